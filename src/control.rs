@@ -1,0 +1,212 @@
+//! The pool's control segment: one shared mapping holding the header, one [`SlotCtl`] per worker
+//! slot, and each slot's two arenas. Made before the fork server is forked, so every process of
+//! the pool sees it at the same address. Everything shared is an atomic or a `Pod` descriptor.
+
+use std::ptr::NonNull;
+
+use crossbeam_utils::CachePadded;
+
+use crate::error::Result;
+use crate::ring::RingMem;
+use crate::shm::{Segment, align_up};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::wake::WakeWord;
+
+/// `PoolHeader::shutdown`: running.
+pub(crate) const RUNNING: u32 = 0;
+/// `PoolHeader::shutdown`: finish the queued work, then exit.
+pub(crate) const GRACEFUL: u32 = 1;
+/// `PoolHeader::shutdown`: kill every worker now.
+pub(crate) const TERMINATE: u32 = 2;
+
+/// Pool-wide shared words.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct PoolHeader {
+    /// Wakes the parent's collector (results, deaths, spawns).
+    pub(crate) collector: WakeWord,
+    /// Wakes the fork server (spawn/kill requests, shutdown).
+    pub(crate) server: WakeWord,
+    /// `RUNNING`, `GRACEFUL` or `TERMINATE`; written by the parent only.
+    pub(crate) shutdown: CachePadded<AtomicU32>,
+    /// Counts worker spawns; gives workers their `PoolWorker-N` names. Written by the server only.
+    pub(crate) spawned: AtomicU64,
+}
+
+/// One worker slot's shared state.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct SlotCtl {
+    /// Parent → worker tasks.
+    pub(crate) tasks: RingMem,
+    /// Worker → parent results.
+    pub(crate) results: RingMem,
+    /// Wakes the worker.
+    pub(crate) wake: WakeWord,
+    /// Result-arena position up to which the parent has consumed results; written by the parent.
+    pub(crate) result_freed: CachePadded<AtomicU64>,
+    /// Pid of the live worker in this slot, 0 if none. Written by the server.
+    pub(crate) pid: AtomicU32,
+    /// Parent sets 1 to ask for a worker; the server sets 0 when it forked (or failed).
+    pub(crate) spawn_req: AtomicU32,
+    /// errno of a failed spawn, 0 on success. Written by the server before clearing `spawn_req`.
+    pub(crate) spawn_errno: AtomicU32,
+    /// Parent sets 1 to have the server SIGKILL this slot's worker.
+    pub(crate) kill_req: AtomicU32,
+    /// Server sets 1 after reaping this slot's worker (then `exit_*` are valid); parent clears.
+    pub(crate) exited: AtomicU32,
+    /// Raw wait status of the reaped worker.
+    pub(crate) exit_status: AtomicU32,
+    /// Pid of the reaped worker.
+    pub(crate) exit_pid: AtomicU32,
+    /// Length of the initializer's panic message, stored at offset 0 of the result arena.
+    pub(crate) init_error_len: AtomicU32,
+}
+
+impl SlotCtl {
+    fn new() -> Self {
+        SlotCtl {
+            tasks: RingMem::new(),
+            results: RingMem::new(),
+            wake: WakeWord::new(),
+            result_freed: CachePadded::new(AtomicU64::new(0)),
+            pid: AtomicU32::new(0),
+            spawn_req: AtomicU32::new(0),
+            spawn_errno: AtomicU32::new(0),
+            kill_req: AtomicU32::new(0),
+            exited: AtomicU32::new(0),
+            exit_status: AtomicU32::new(0),
+            exit_pid: AtomicU32::new(0),
+            init_error_len: AtomicU32::new(0),
+        }
+    }
+}
+
+/// The mapped control segment and its layout.
+#[derive(Debug)]
+pub(crate) struct Control {
+    seg: Segment,
+    base: NonNull<u8>,
+    slots: usize,
+    arena_cap: usize,
+    slots_off: usize,
+    arenas_off: usize,
+}
+
+// SAFETY: everything reachable through `Control` is atomics, rings (SPSC, `Sync`) and arenas whose
+// access is governed by the pool's protocol; the raw base pointer is just the mapping's address.
+unsafe impl Send for Control {}
+// SAFETY: as above.
+unsafe impl Sync for Control {}
+
+const PAGE: usize = 4096;
+
+impl Control {
+    /// Maps and initializes a control segment for `slots` workers with arenas of `arena_cap` bytes.
+    pub(crate) fn new(slots: usize, arena_cap: usize) -> Result<Control> {
+        let slots_off = align_up(size_of::<PoolHeader>(), 128);
+        let arenas_off = align_up(slots_off + slots * size_of::<SlotCtl>(), PAGE);
+        let arena_cap = align_up(arena_cap, PAGE);
+        let len = arenas_off + slots * 2 * arena_cap;
+        let seg = Segment::new("shmpool-control", len)?;
+        let base = NonNull::new(seg.ptr()).expect("mmap never returns null");
+        // SAFETY: the segment is `len` bytes, page aligned, and not yet shared with anyone; the
+        // header and slots fit by construction of the offsets above and are suitably aligned
+        // (128 divides every offset used; the types need at most 128).
+        unsafe {
+            base.as_ptr().cast::<PoolHeader>().write(PoolHeader {
+                collector: WakeWord::new(),
+                server: WakeWord::new(),
+                shutdown: CachePadded::new(AtomicU32::new(RUNNING)),
+                spawned: AtomicU64::new(0),
+            });
+            for i in 0..slots {
+                base.as_ptr()
+                    .add(slots_off + i * size_of::<SlotCtl>())
+                    .cast::<SlotCtl>()
+                    .write(SlotCtl::new());
+            }
+        }
+        const _: () = assert!(align_of::<SlotCtl>() <= 128 && align_of::<PoolHeader>() <= 128);
+        const _: () = assert!(size_of::<SlotCtl>().is_multiple_of(128));
+        let mut c = Control {
+            seg,
+            base,
+            slots,
+            arena_cap,
+            slots_off,
+            arenas_off,
+        };
+        // The mapping is what the pool's processes share; no fd needs to stay open.
+        c.seg.close_fd();
+        Ok(c)
+    }
+
+    pub(crate) fn header(&self) -> &PoolHeader {
+        // SAFETY: initialized in `new`, lives as long as `self.seg`.
+        unsafe { &*self.base.as_ptr().cast::<PoolHeader>() }
+    }
+
+    pub(crate) fn slot(&self, i: usize) -> &SlotCtl {
+        assert!(i < self.slots);
+        // SAFETY: slot `i < slots` was initialized in `new` at this offset.
+        unsafe {
+            &*self
+                .base
+                .as_ptr()
+                .add(self.slots_off + i * size_of::<SlotCtl>())
+                .cast::<SlotCtl>()
+        }
+    }
+
+    pub(crate) fn slots(&self) -> usize {
+        self.slots
+    }
+
+    pub(crate) fn arena_cap(&self) -> usize {
+        self.arena_cap
+    }
+
+    /// Base pointer of slot `i`'s argument arena (`arena_cap` bytes).
+    pub(crate) fn arg_arena(&self, i: usize) -> *mut u8 {
+        assert!(i < self.slots);
+        // SAFETY: in bounds: `arenas_off + (2i+1) * arena_cap <= len`.
+        unsafe {
+            self.base
+                .as_ptr()
+                .add(self.arenas_off + 2 * i * self.arena_cap)
+        }
+    }
+
+    /// Base pointer of slot `i`'s result arena (`arena_cap` bytes).
+    pub(crate) fn result_arena(&self, i: usize) -> *mut u8 {
+        assert!(i < self.slots);
+        // SAFETY: in bounds: `arenas_off + (2i+2) * arena_cap <= len`.
+        unsafe {
+            self.base
+                .as_ptr()
+                .add(self.arenas_off + (2 * i + 1) * self.arena_cap)
+        }
+    }
+
+    /// Keeps children the parent forks from now on from inheriting the segment.
+    pub(crate) fn dont_fork(&self) -> Result<()> {
+        self.seg.dont_fork()
+    }
+
+    /// Total mapped bytes.
+    #[allow(dead_code)]
+    pub(crate) fn mapped_len(&self) -> usize {
+        self.seg.len()
+    }
+
+    /// True if any slot has a pending spawn or kill request, or shutdown was asked for.
+    pub(crate) fn server_has_work(&self) -> bool {
+        // Acquire, SYNC: server-request — pairs with the parent's Release stores of the requests.
+        self.header().shutdown.load(Ordering::Acquire) != RUNNING
+            || (0..self.slots).any(|i| {
+                let s = self.slot(i);
+                s.spawn_req.load(Ordering::Acquire) != 0 || s.kill_req.load(Ordering::Acquire) != 0
+            })
+    }
+}

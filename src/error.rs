@@ -1,0 +1,170 @@
+//! The crate's one error type.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in a pool, with the context needed to act on it.
+///
+/// `Display` is a short lower-case sentence; OS errors are exposed through `source()`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Error {
+    /// An argument was out of range (0 processes, chunksize 0, ...).
+    InvalidArgument {
+        /// What was wrong.
+        what: String,
+    },
+    /// The pool was closed (or terminated) and takes no new work.
+    PoolClosed,
+    /// `join` was called on a pool that is still open.
+    PoolRunning,
+    /// The pool was terminated or dropped before this task finished.
+    PoolTerminated,
+    /// The task panicked in a worker; the worker survived.
+    TaskPanicked {
+        /// Index of the worker that ran the task.
+        worker: usize,
+        /// The panic message.
+        message: String,
+    },
+    /// The worker running the task died (killed by a signal, or exited).
+    WorkerDied {
+        /// Index of the worker slot.
+        worker: usize,
+        /// Its process id.
+        pid: i32,
+        /// The signal that killed it, if any.
+        signal: Option<i32>,
+        /// Its exit code, if it exited.
+        exit_code: Option<i32>,
+    },
+    /// A worker's initializer panicked, so the pool cannot run tasks.
+    InitializerFailed {
+        /// Index of the worker whose initializer failed.
+        worker: usize,
+        /// The panic message.
+        message: String,
+    },
+    /// A wait ran out of time; the result can still be waited for again.
+    Timeout,
+    /// The result of this `AsyncResult` was already taken by an earlier `get`.
+    ResultTaken,
+    /// A payload does not fit in the shared arena it must cross.
+    PayloadTooLarge {
+        /// Encoded size in bytes.
+        size: usize,
+        /// Arena capacity in bytes.
+        capacity: usize,
+    },
+    /// A value could not be encoded or decoded.
+    Codec {
+        /// What failed.
+        detail: String,
+    },
+    /// A worker wrote something that breaks the protocol; it was killed.
+    WorkerCorrupted {
+        /// Index of the worker slot.
+        worker: usize,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The pool can no longer run work (its fork server died).
+    PoolBroken {
+        /// What happened.
+        detail: String,
+    },
+    /// A system call failed.
+    Os {
+        /// The operation that failed.
+        op: &'static str,
+        /// The OS error.
+        source: Arc<std::io::Error>,
+    },
+}
+
+impl Error {
+    pub(crate) fn invalid(what: impl Into<String>) -> Self {
+        Error::InvalidArgument { what: what.into() }
+    }
+
+    pub(crate) fn os(op: &'static str, source: impl Into<std::io::Error>) -> Self {
+        Error::Os {
+            op,
+            source: Arc::new(source.into()),
+        }
+    }
+
+    pub(crate) fn codec(detail: impl fmt::Display) -> Self {
+        Error::Codec {
+            detail: detail.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidArgument { what } => write!(f, "invalid argument: {what}"),
+            Error::PoolClosed => f.write_str("the pool is closed"),
+            Error::PoolRunning => {
+                f.write_str("the pool is still running; call close() or terminate() first")
+            }
+            Error::PoolTerminated => {
+                f.write_str("the pool was terminated before the task finished")
+            }
+            Error::TaskPanicked { worker, message } => {
+                write!(f, "task panicked in worker {worker}: {message}")
+            }
+            Error::WorkerDied {
+                worker,
+                pid,
+                signal,
+                exit_code,
+            } => match (signal, exit_code) {
+                (Some(sig), _) => write!(
+                    f,
+                    "worker {worker} (pid {pid}) was killed by signal {sig} ({})",
+                    signal_name(*sig)
+                ),
+                (None, Some(code)) => {
+                    write!(f, "worker {worker} (pid {pid}) exited with code {code}")
+                }
+                (None, None) => write!(f, "worker {worker} (pid {pid}) died"),
+            },
+            Error::InitializerFailed { worker, message } => {
+                write!(f, "initializer panicked in worker {worker}: {message}")
+            }
+            Error::Timeout => f.write_str("timed out waiting for the result"),
+            Error::ResultTaken => f.write_str("the result was already taken"),
+            Error::PayloadTooLarge { size, capacity } => write!(
+                f,
+                "payload of {size} bytes does not fit the shared arena of {capacity} bytes"
+            ),
+            Error::Codec { detail } => write!(f, "payload codec error: {detail}"),
+            Error::WorkerCorrupted { worker, detail } => {
+                write!(f, "worker {worker} broke the protocol: {detail}")
+            }
+            Error::PoolBroken { detail } => write!(f, "the pool is broken: {detail}"),
+            Error::Os { op, source } => write!(f, "{op} failed: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Os { source, .. } => Some(&**source),
+            _ => None,
+        }
+    }
+}
+
+/// The conventional name of a signal number, e.g. `SIGKILL`.
+pub(crate) fn signal_name(sig: i32) -> &'static str {
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str())
+        .unwrap_or("unknown signal")
+}

@@ -1,0 +1,90 @@
+//! A `multiprocessing.Pool` for Rust: a fixed set of forked worker processes that run tasks
+//! (`apply`, `apply_async`, `map`, `imap`, `imap_unordered`, `starmap`, ...), with the transport in
+//! shared memory.
+//!
+//! # The model
+//!
+//! [`Pool::new`] forks a small *fork server*, which forks the workers. Each worker has a
+//! single-producer single-consumer ring of 64-byte descriptors from the parent and one back, plus
+//! an argument arena and a result arena, all in one anonymous shared mapping (`memfd_create`,
+//! never a name in `/dev/shm`). A task is the address of a monomorphized trampoline for your
+//! function plus its argument encoded into the arena: **code crosses `fork`, data crosses shared
+//! memory**. Workers sleep on a futex when idle and spin briefly when busy, so an idle pool uses
+//! no CPU and a busy one answers in microseconds.
+//!
+//! # Quick start
+//!
+//! ```
+//! use shmpool::Pool;
+//!
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! let pool = Pool::new(2)?;
+//! assert_eq!(pool.apply(square, 12)?, 144);
+//! let r = pool.apply_async(|s: String| s.to_uppercase(), "hi".to_string())?;
+//! assert_eq!(r.get()?, "HI");
+//! assert_eq!(pool.map(square, 1..=4)?, [1, 4, 9, 16]);
+//! let total: u64 = pool.imap(square, 0..1000).map(Result::unwrap).sum();
+//! assert_eq!(total, 332_833_500);
+//! pool.close();
+//! pool.join()?;
+//! # Ok::<(), shmpool::Error>(())
+//! ```
+//!
+//! # Why processes, not threads
+//!
+//! Threads (rayon) are faster to start and share memory freely. Processes buy isolation:
+//!
+//! * a task that segfaults, aborts, or is OOM-killed kills one worker, not your program: its task
+//!   resolves to [`Error::WorkerDied`] and the worker is replaced;
+//! * a task that panics resolves to [`Error::TaskPanicked`] and the worker lives on;
+//! * libraries with global state, or that are not thread-safe, run safely side by side;
+//! * [`PoolBuilder::max_tasks_per_child`] returns leaked memory to the OS;
+//! * per-worker state comes from [`PoolBuilder::initializer`].
+//!
+//! # What a task may rely on after `fork`
+//!
+//! A task function is a `fn` item or a closure that captures nothing (a capturing closure is a
+//! compile error). It runs in a worker, a fork of the parent taken when the pool was built, so:
+//!
+//! * **It sees memory as it was when the pool was built**: statics, globals and anything the
+//!   initializer captured. Later changes in the parent are invisible; pass data as the argument.
+//! * **Only the forking thread exists in a worker.** Do not use a rayon pool or a tokio runtime
+//!   created in the parent (its threads are gone); build your own in the initializer.
+//! * **Locks held by other parent threads at the moment of the fork stay locked in the worker.**
+//!   The pool flushes stdout and stderr before forking and its own post-fork code takes no such
+//!   lock, but if another parent thread held, say, the stdout lock at that instant, a task that
+//!   prints would block. Build pools early, or from a quiet moment, in heavily threaded programs.
+//! * **Workers exit with `_exit`**: atexit handlers and destructors of statics never run twice,
+//!   and output a task left in a buffer without a newline is flushed only on a graceful exit.
+//! * The pool's memory and fds are `CLOEXEC`/`MADV_DONTFORK` where possible: a task may spawn
+//!   `Command`s freely, and a pool built later does not inherit another pool's segments.
+//! * If the parent dies, every worker dies with it (`PR_SET_PDEATHSIG`).
+//!
+//! Linux only.
+
+#![cfg_attr(loom, allow(dead_code, unused_imports))]
+
+mod arena;
+mod control;
+mod error;
+mod payload;
+mod pool;
+mod process;
+mod result;
+#[doc(hidden)]
+pub mod ring;
+mod shm;
+mod sync;
+mod task;
+mod wake;
+mod worker;
+
+pub use error::{Error, Result};
+pub use payload::Payload;
+pub use pool::{DEFAULT_ARENA_SIZE, IMap, Pool, PoolBuilder};
+pub use result::AsyncResult;
+pub use task::StarFn;
+pub use worker::{WorkerInfo, current_worker};

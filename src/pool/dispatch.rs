@@ -1,0 +1,551 @@
+//! The parent's side of the transport: the dispatcher that keeps every worker's ring fed, and the
+//! collector thread that drains results, detects deaths and asks for replacements.
+//!
+//! # Dispatch
+//!
+//! Jobs wait in one `pending` queue in the parent (so an idle worker can always get the next one;
+//! nothing is stranded behind a slow task in another worker's ring). `pump` moves jobs from
+//! `pending` into the least-loaded worker's argument arena and ring, up to a per-worker depth that
+//! adapts to the measured task time: `1 + DEPTH_BUDGET / average task time`, capped at
+//! `MAX_DEPTH`. Long tasks therefore go out one at a time (perfect balance, like Python's shared
+//! queue); tiny tasks are pipelined so a worker never waits for the collector.
+//!
+//! # Collection
+//!
+//! One collector thread per pool owns the consumer side of every result ring. For each result it
+//! pops the matching in-flight record (results come back in ring order, so it is the front one;
+//! anything else is a protocol breach), frees the argument space, refills the ring, runs the
+//! job's completion (which decodes the value straight out of the result arena) and then
+//! publishes `result_freed` so the worker can reuse that space.
+//!
+//! # Death
+//!
+//! When the fork server reports a worker's death, the collector first drains that worker's result
+//! ring, then reads the task ring's `head`: in-flight jobs below it were taken by the dead worker
+//! and never answered, so they fail with [`Error::WorkerDied`]; jobs above it are still in the ring
+//! and are run by the replacement, which attaches at the same positions.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::arena::LocalArena;
+use crate::control::{Control, RUNNING};
+use crate::error::{Error, Result};
+use crate::process::{decode_status, reap_server};
+use crate::ring::{Consumer, Descriptor, Producer, STATUS_OK, STATUS_PANICKED};
+use crate::sync::Ordering;
+use crate::worker::EXIT_INIT_FAILED;
+
+use super::Inner;
+
+/// Most tasks queued in one worker's ring.
+pub(crate) const MAX_DEPTH: usize = 16;
+/// Queued work (ns) a worker may hold beyond the task it runs.
+const DEPTH_BUDGET_NS: f64 = 50_000.0;
+/// How long the collector spins before sleeping.
+const COLLECTOR_SPIN: Duration = Duration::from_micros(50);
+
+/// What a finished task hands its completion.
+#[derive(Debug)]
+pub(crate) enum TaskResult<'a> {
+    /// The encoded result, straight from the result arena.
+    Ok {
+        /// Encoded bytes.
+        bytes: &'a [u8],
+        /// Worker slot that ran the task.
+        worker: usize,
+        /// Time the worker spent in the task.
+        elapsed_ns: u64,
+    },
+    /// The task failed.
+    Err(Error),
+}
+
+/// Runs once when a job ends, in the collector thread (or in the thread that fails it).
+pub(crate) type Completion = Box<dyn FnOnce(TaskResult<'_>) + Send>;
+
+/// A job not yet in any ring.
+pub(crate) struct Job {
+    pub(crate) payload: Vec<u8>,
+    pub(crate) call: usize,
+    pub(crate) done: Completion,
+}
+
+struct InFlight {
+    id: u64,
+    /// Ring position of the job's descriptor.
+    seq: u64,
+    /// Argument-arena position to free when the job ends.
+    arg_end: u64,
+    done: Completion,
+}
+
+/// Lifecycle of the pool.
+#[derive(Debug, Clone)]
+pub(crate) enum Phase {
+    Open,
+    Closed,
+    /// Terminated, or being joined after close (no more work will run).
+    Stopped,
+    /// Unusable (an initializer failed, the fork server died); new work gets this error.
+    Broken(Error),
+}
+
+/// Everything the dispatcher guards with the pool's mutex.
+pub(crate) struct Dispatch {
+    producers: Vec<Producer>,
+    arenas: Vec<LocalArena>,
+    inflight: Vec<VecDeque<InFlight>>,
+    /// Slot can take work (has a live worker or one being spawned).
+    usable: Vec<bool>,
+    /// Average task time per slot (ns), 0 while unknown.
+    avg_ns: Vec<f64>,
+    pending: VecDeque<Job>,
+    next_id: u64,
+    /// Jobs accepted and not yet completed (pending + in flight + completing).
+    pub(crate) outstanding: usize,
+    pub(crate) phase: Phase,
+}
+
+impl Dispatch {
+    pub(crate) fn new(ctl: &Control) -> Dispatch {
+        let n = ctl.slots();
+        Dispatch {
+            // SAFETY: the control segment outlives the dispatcher (both live in `Inner`, which
+            // drops the dispatcher first); the parent is the only producer of task rings.
+            producers: (0..n)
+                .map(|i| unsafe { Producer::attach(&ctl.slot(i).tasks) })
+                .collect(),
+            arenas: (0..n).map(|_| LocalArena::new(ctl.arena_cap())).collect(),
+            inflight: (0..n).map(|_| VecDeque::new()).collect(),
+            usable: vec![true; n],
+            avg_ns: vec![0.0; n],
+            pending: VecDeque::new(),
+            next_id: 1,
+            outstanding: 0,
+            phase: Phase::Open,
+        }
+    }
+
+    /// The error new work gets, if the pool takes none.
+    pub(crate) fn refuse(&self) -> Option<Error> {
+        match &self.phase {
+            Phase::Open => None,
+            Phase::Closed | Phase::Stopped => Some(Error::PoolClosed),
+            Phase::Broken(e) => Some(e.clone()),
+        }
+    }
+
+    /// Accepts a job; the caller then calls `pump`.
+    pub(crate) fn enqueue(&mut self, job: Job) {
+        self.pending.push_back(job);
+        self.outstanding += 1;
+    }
+
+    fn depth_limit(&self, slot: usize) -> usize {
+        let avg = self.avg_ns[slot];
+        if avg <= 0.0 {
+            return 1;
+        }
+        (1 + (DEPTH_BUDGET_NS / avg) as usize).min(MAX_DEPTH)
+    }
+
+    /// Moves pending jobs into rings. Returns a bit set of slots to wake (first 64 slots) and
+    /// whether any slot beyond.
+    pub(crate) fn pump(&mut self, ctl: &Control) -> Vec<usize> {
+        let mut woken = Vec::new();
+        while let Some(job) = self.pending.front() {
+            let len = job.payload.len();
+            let mut best: Option<usize> = None;
+            for s in 0..self.producers.len() {
+                if !self.usable[s] || self.inflight[s].len() >= self.depth_limit(s) {
+                    continue;
+                }
+                if best.is_none_or(|b| self.inflight[s].len() < self.inflight[b].len()) {
+                    best = Some(s);
+                }
+            }
+            let Some(s) = best else { break };
+            let head_before = self.arenas[s].head;
+            let Some(place) = self.arenas[s].alloc(len) else {
+                // That worker's argument arena is full; wait for it to drain.
+                if self.inflight[s].is_empty() {
+                    // Cannot happen: an empty arena fits any payload up to its capacity, which
+                    // `submit` checked. Refuse rather than spin.
+                    let job = self.pending.pop_front().expect("front exists");
+                    self.outstanding -= 1;
+                    (job.done)(TaskResult::Err(Error::PayloadTooLarge {
+                        size: len,
+                        capacity: ctl.arena_cap(),
+                    }));
+                    continue;
+                }
+                break;
+            };
+            let job = self.pending.pop_front().expect("front exists");
+            // SAFETY: `place` is a fresh allocation of `len` bytes inside slot `s`'s argument
+            // arena; the worker reads it only after the descriptor is published below.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    job.payload.as_ptr(),
+                    ctl.arg_arena(s).add(place.offset),
+                    len,
+                );
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            let d = Descriptor {
+                task_id: id,
+                call: job.call as u64,
+                offset: place.offset as u64,
+                len: len as u64,
+                ..Descriptor::default()
+            };
+            let seq = self.producers[s].position();
+            match self.producers[s].push(d) {
+                Ok(Ok(())) => {}
+                // The depth limit keeps rings far from full, and a bad `head` from a broken
+                // worker is caught here: requeue and stop using the slot until it is replaced.
+                Ok(Err(_)) | Err(_) => {
+                    self.arenas[s].head = head_before;
+                    self.pending.push_front(job);
+                    self.usable[s] = false;
+                    ctl.slot(s).kill_req.store(1, Ordering::Release);
+                    ctl.header().server.notify();
+                    continue;
+                }
+            }
+            self.inflight[s].push_back(InFlight {
+                id,
+                seq,
+                arg_end: place.end,
+                done: job.done,
+            });
+            if !woken.contains(&s) {
+                woken.push(s);
+            }
+        }
+        woken
+    }
+
+    /// Takes every job that has not completed (terminate).
+    pub(crate) fn drain_all(&mut self) -> Vec<Completion> {
+        let mut out: Vec<Completion> = self.pending.drain(..).map(|j| j.done).collect();
+        for q in &mut self.inflight {
+            out.extend(q.drain(..).map(|f| f.done));
+        }
+        self.outstanding -= out.len();
+        out
+    }
+}
+
+/// Wakes the workers `pump` fed.
+pub(crate) fn wake(ctl: &Control, slots: &[usize]) {
+    for &s in slots {
+        ctl.slot(s).wake.notify();
+    }
+}
+
+/// The collector thread's main loop. Returns when the fork server is gone.
+pub(crate) fn collect(inner: &Arc<Inner>, server_pid: i32) {
+    let ctl = &inner.ctl;
+    let n = ctl.slots();
+    // SAFETY: the control segment outlives this thread (`Inner` owns it and we hold an `Arc`);
+    // this thread is the only consumer of result rings.
+    let mut consumers: Vec<Consumer> = (0..n)
+        .map(|i| unsafe { Consumer::attach(&ctl.slot(i).results) })
+        .collect();
+    let mut respawning = vec![false; n];
+    loop {
+        let mut progressed = false;
+        // Deaths are noted before draining, so everything the dead worker pushed is drained first.
+        let dead: Vec<usize> = (0..n)
+            // Acquire, SYNC: slot-exit.
+            .filter(|&s| ctl.slot(s).exited.load(Ordering::Acquire) != 0)
+            .collect();
+        for (s, consumer) in consumers.iter_mut().enumerate() {
+            loop {
+                match consumer.pop() {
+                    Ok(Some(d)) => {
+                        progressed = true;
+                        on_result(inner, s, d);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        corrupted(inner, s, e.to_string());
+                        break;
+                    }
+                }
+            }
+        }
+        for s in dead {
+            progressed = true;
+            on_death(inner, s);
+            respawning[s] = true;
+        }
+        for (s, waiting) in respawning.iter_mut().enumerate() {
+            // Acquire, SYNC: spawn-done.
+            if *waiting && ctl.slot(s).spawn_req.load(Ordering::Acquire) == 0 {
+                *waiting = false;
+                if ctl.slot(s).pid.load(Ordering::Relaxed) == 0 {
+                    spawn_failed(inner, s);
+                }
+            }
+        }
+        if let Some(status) = reap_server(server_pid, false) {
+            server_gone(inner, status);
+            return;
+        }
+        if !progressed {
+            ctl.header().collector.wait_until(
+                COLLECTOR_SPIN,
+                Some(Duration::from_millis(100)),
+                || {
+                    consumers.iter().any(Consumer::has_data)
+                        || (0..n).any(|s| ctl.slot(s).exited.load(Ordering::Acquire) != 0)
+                },
+            );
+        }
+    }
+}
+
+fn lock(inner: &Inner) -> std::sync::MutexGuard<'_, Dispatch> {
+    inner.dispatch.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One job ended: account for it and wake `join` if it was the last.
+fn finished(inner: &Inner, count: usize) {
+    if count == 0 {
+        return;
+    }
+    let mut d = lock(inner);
+    d.outstanding -= count;
+    if d.outstanding == 0 {
+        inner.idle.notify_all();
+    }
+}
+
+fn on_result(inner: &Arc<Inner>, s: usize, d: Descriptor) {
+    let ctl = &inner.ctl;
+    let cap = ctl.arena_cap();
+    let (done, woken) = {
+        let mut g = lock(inner);
+        if matches!(g.phase, Phase::Stopped) && g.inflight[s].is_empty() {
+            // Terminated: the job was already failed. Free the space and move on.
+            drop(g);
+            // Release, SYNC: result-free.
+            ctl.slot(s)
+                .result_freed
+                .store(d.arena_end, Ordering::Release);
+            return;
+        }
+        if g.inflight[s].front().is_none_or(|f| f.id != d.task_id) {
+            drop(g);
+            corrupted(inner, s, format!("result for unknown task {}", d.task_id));
+            return;
+        }
+        let f = g.inflight[s].pop_front().expect("front exists");
+        g.arenas[s].free_to(f.arg_end);
+        let sample = (d.elapsed_ns as f64).max(1.0);
+        let avg = g.avg_ns[s];
+        g.avg_ns[s] = if avg <= 0.0 {
+            sample
+        } else {
+            0.8 * avg + 0.2 * sample
+        };
+        let woken = g.pump(ctl);
+        (f.done, woken)
+    };
+    wake(ctl, &woken);
+    let offset = d.offset as usize;
+    let len = d.len as usize;
+    // Acquire: our own last store, no partner needed.
+    let freed = ctl.slot(s).result_freed.load(Ordering::Relaxed);
+    if offset.checked_add(len).is_none_or(|e| e > cap) || d.arena_end < freed {
+        done(TaskResult::Err(Error::WorkerCorrupted {
+            worker: s,
+            detail: format!("result at {offset}+{len} outside the arena of {cap} bytes"),
+        }));
+        finished(inner, 1);
+        corrupted(inner, s, "result outside the arena".into());
+        return;
+    }
+    // SAFETY: bounds checked above. The worker wrote these bytes before publishing the descriptor
+    // (ring-publish) and will not reuse them until we publish `result_freed` past them below.
+    let bytes = unsafe { std::slice::from_raw_parts(ctl.result_arena(s).add(offset), len) };
+    let r = match d.status {
+        STATUS_OK => TaskResult::Ok {
+            bytes,
+            worker: s,
+            elapsed_ns: d.elapsed_ns,
+        },
+        STATUS_PANICKED => TaskResult::Err(Error::TaskPanicked {
+            worker: s,
+            message: String::from_utf8_lossy(bytes).into_owned(),
+        }),
+        _ => TaskResult::Err(Error::Codec {
+            detail: String::from_utf8_lossy(bytes).into_owned(),
+        }),
+    };
+    done(r);
+    // Release, SYNC: result-free — our reads of the region happen before the worker reuses it.
+    ctl.slot(s)
+        .result_freed
+        .store(d.arena_end, Ordering::Release);
+    finished(inner, 1);
+}
+
+fn on_death(inner: &Arc<Inner>, s: usize) {
+    let ctl = &inner.ctl;
+    let slot = ctl.slot(s);
+    // Relaxed: ordered by the Acquire load of `exited` that found the death.
+    let status = slot.exit_status.load(Ordering::Relaxed) as i32;
+    let pid = slot.exit_pid.load(Ordering::Relaxed) as i32;
+    slot.exited.store(0, Ordering::Relaxed);
+    let (signal, exit_code) = decode_status(status);
+    let init_failed = exit_code == Some(EXIT_INIT_FAILED);
+    let (failed, respawn, broken_jobs) = {
+        let mut guard = lock(inner);
+        let g = &mut *guard;
+        let taken = slot.tasks.consumed();
+        let mut failed = Vec::new();
+        while g.inflight[s].front().is_some_and(|f| f.seq < taken) {
+            let f = g.inflight[s].pop_front().expect("front exists");
+            g.arenas[s].free_to(f.arg_end);
+            failed.push(f.done);
+        }
+        let mut broken_jobs = Vec::new();
+        if init_failed {
+            // Acquire, SYNC: init-error.
+            let n = (slot.init_error_len.load(Ordering::Acquire) as usize).min(ctl.arena_cap());
+            // SAFETY: the worker wrote `n` bytes at offset 0 of its result arena before exiting.
+            let msg = unsafe { std::slice::from_raw_parts(ctl.result_arena(s), n) };
+            let err = Error::InitializerFailed {
+                worker: s,
+                message: String::from_utf8_lossy(msg).into_owned(),
+            };
+            g.phase = Phase::Broken(err.clone());
+            g.usable[s] = false;
+            broken_jobs.extend(g.pending.drain(..).map(|j| j.done));
+            broken_jobs.extend(g.inflight[s].drain(..).map(|f| f.done));
+            g.arenas[s].reset();
+            (failed, false, Some((broken_jobs, err)))
+        } else {
+            let respawn = matches!(g.phase, Phase::Open | Phase::Closed)
+                && ctl.header().shutdown.load(Ordering::Relaxed) == RUNNING;
+            if taken > g.producers[s].position() {
+                // The dead worker scribbled on its ring: nothing in it can be trusted. Fail what
+                // it held and restart the ring empty for the replacement.
+                failed.extend(g.inflight[s].drain(..).map(|f| f.done));
+                g.arenas[s].reset();
+                slot.tasks.force_consumed(g.producers[s].position());
+            }
+            if respawn {
+                g.usable[s] = true;
+            }
+            (failed, respawn, None)
+        }
+    };
+    if respawn {
+        slot.init_error_len.store(0, Ordering::Relaxed);
+        slot.kill_req.store(0, Ordering::Relaxed);
+        // Release, SYNC: server-request.
+        slot.spawn_req.store(1, Ordering::Release);
+        ctl.header().server.notify();
+    }
+    let n_failed = failed.len();
+    for done in failed {
+        done(TaskResult::Err(Error::WorkerDied {
+            worker: s,
+            pid,
+            signal,
+            exit_code,
+        }));
+    }
+    let mut n_broken = 0;
+    if let Some((jobs, err)) = broken_jobs {
+        n_broken = jobs.len();
+        for done in jobs {
+            done(TaskResult::Err(err.clone()));
+        }
+    }
+    finished(inner, n_failed + n_broken);
+}
+
+fn spawn_failed(inner: &Arc<Inner>, s: usize) {
+    let ctl = &inner.ctl;
+    let errno = ctl.slot(s).spawn_errno.load(Ordering::Relaxed) as i32;
+    let err = Error::os(
+        "fork (replacement worker)",
+        std::io::Error::from_raw_os_error(errno),
+    );
+    let jobs = {
+        let mut g = lock(inner);
+        g.usable[s] = false;
+        let mut jobs: Vec<Completion> = g.inflight[s].drain(..).map(|f| f.done).collect();
+        g.arenas[s].reset();
+        if !g.usable.iter().any(|&u| u) {
+            g.phase = Phase::Broken(err.clone());
+            jobs.extend(g.pending.drain(..).map(|j| j.done));
+        }
+        jobs
+    };
+    let n = jobs.len();
+    for done in jobs {
+        done(TaskResult::Err(err.clone()));
+    }
+    finished(inner, n);
+}
+
+fn corrupted(inner: &Arc<Inner>, s: usize, detail: String) {
+    let ctl = &inner.ctl;
+    let mut g = lock(inner);
+    if matches!(g.phase, Phase::Stopped) {
+        return;
+    }
+    g.usable[s] = false;
+    drop(g);
+    let _ = detail;
+    // The server kills it; the death path then fails what it held and replaces it.
+    ctl.slot(s).kill_req.store(1, Ordering::Release);
+    ctl.header().server.notify();
+}
+
+fn server_gone(inner: &Arc<Inner>, status: i32) {
+    let (signal, exit_code) = decode_status(status);
+    let jobs = {
+        let mut g = lock(inner);
+        let err = match g.phase {
+            Phase::Stopped => Error::PoolTerminated,
+            _ => Error::PoolBroken {
+                detail: format!("the fork server exited (signal {signal:?}, code {exit_code:?})"),
+            },
+        };
+        if !matches!(g.phase, Phase::Stopped) {
+            g.phase = Phase::Broken(err.clone());
+        }
+        g.drain_all()
+            .into_iter()
+            .map(|d| (d, err.clone()))
+            .collect::<Vec<_>>()
+    };
+    for (done, err) in jobs {
+        done(TaskResult::Err(err));
+    }
+    let g = lock(inner);
+    inner.idle.notify_all();
+    drop(g);
+}
+
+/// Encodes a payload for a job, checking it fits the arena.
+pub(crate) fn encode<T: serde::Serialize + ?Sized>(value: &T, cap: usize) -> Result<Vec<u8>> {
+    let bytes = postcard::to_allocvec(value).map_err(Error::codec)?;
+    if bytes.len() > cap {
+        return Err(Error::PayloadTooLarge {
+            size: bytes.len(),
+            capacity: cap,
+        });
+    }
+    Ok(bytes)
+}

@@ -1,0 +1,217 @@
+//! The lazy `imap` / `imap_unordered` iterator with a bounded window and a reorder buffer.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::payload::Payload;
+
+use super::dispatch::{Completion, Job, TaskResult, encode};
+use super::{Pool, decode_chunk};
+
+/// Chunk duration the automatic chunksize aims for: long enough to amortize the per-chunk
+/// dispatch cost (a few µs), short enough to keep every worker busy to the end.
+const TARGET_CHUNK_NS: f64 = 200_000.0;
+/// Largest automatic chunksize.
+const MAX_AUTO_CHUNK: usize = 1 << 16;
+
+struct ChunkDone<R> {
+    index: u64,
+    items: usize,
+    result: Result<Vec<Result<R>>>,
+    elapsed_ns: u64,
+}
+
+/// Iterator returned by [`Pool::imap`] and [`Pool::imap_unordered`].
+///
+/// Yields one `Result<R>` per input item. It pulls input only to keep a bounded window of chunks
+/// in flight (`4 × processes`), so memory stays constant whatever the input's length.
+pub struct IMap<'p, I: Iterator, R> {
+    pool: &'p Pool,
+    input: std::iter::Fuse<I>,
+    call: usize,
+    ordered: bool,
+    /// Fixed chunksize, or `None` to adapt.
+    fixed: Option<usize>,
+    /// Current automatic chunksize.
+    auto: usize,
+    /// Measured cost per item (ns), 0 until known.
+    per_item_ns: f64,
+    tx: mpsc::Sender<ChunkDone<R>>,
+    rx: mpsc::Receiver<ChunkDone<R>>,
+    next_index: u64,
+    yield_index: u64,
+    reorder: BTreeMap<u64, ChunkDone<R>>,
+    ready: VecDeque<Result<R>>,
+    /// Chunks submitted and not yet moved to `ready`.
+    live: usize,
+    window: usize,
+    /// An error to yield before anything else (bad chunksize).
+    error: Option<Error>,
+    finished: bool,
+}
+
+impl<I: Iterator, R> std::fmt::Debug for IMap<'_, I, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IMap")
+            .field("ordered", &self.ordered)
+            .field("chunksize", &self.fixed)
+            .field("in_flight", &self.live)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'p, I, R> IMap<'p, I, R>
+where
+    I: Iterator,
+    I::Item: Payload,
+    R: Payload,
+{
+    pub(crate) fn new(pool: &'p Pool, input: I, call: usize, ordered: bool) -> Self {
+        let (tx, rx) = mpsc::channel();
+        IMap {
+            pool,
+            input: input.fuse(),
+            call,
+            ordered,
+            fixed: None,
+            auto: 1,
+            per_item_ns: 0.0,
+            tx,
+            rx,
+            next_index: 0,
+            yield_index: 0,
+            reorder: BTreeMap::new(),
+            ready: VecDeque::new(),
+            live: 0,
+            window: 4 * pool.processes(),
+            error: None,
+            finished: false,
+        }
+    }
+
+    /// Sends `n` items per task instead of adapting. `0` is an error, yielded as the first item.
+    pub fn chunksize(mut self, n: usize) -> Self {
+        if n == 0 {
+            self.error = Some(Error::invalid("chunksize must be at least 1"));
+        } else {
+            self.fixed = Some(n);
+        }
+        self
+    }
+
+    fn next_chunksize(&self) -> usize {
+        self.fixed.unwrap_or(self.auto)
+    }
+
+    /// Submits chunks until the window is full or the input ends.
+    fn fill(&mut self) -> Result<()> {
+        while self.live < self.window {
+            let size = self.next_chunksize();
+            let chunk: Vec<I::Item> = self.input.by_ref().take(size).collect();
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            let index = self.next_index;
+            let items = chunk.len();
+            let tx = self.tx.clone();
+            let done: Completion = Box::new(move |r: TaskResult<'_>| {
+                let elapsed_ns = match &r {
+                    TaskResult::Ok { elapsed_ns, .. } => *elapsed_ns,
+                    TaskResult::Err(_) => 0,
+                };
+                let _ = tx.send(ChunkDone {
+                    index,
+                    items,
+                    result: decode_chunk::<R>(r),
+                    elapsed_ns,
+                });
+            });
+            let payload = encode(&chunk, self.pool.arena_cap())?;
+            self.pool.submit(vec![Job {
+                payload,
+                call: self.call,
+                done,
+            }])?;
+            self.next_index += 1;
+            self.live += 1;
+        }
+        Ok(())
+    }
+
+    fn learn(&mut self, c: &ChunkDone<R>) {
+        if self.fixed.is_some() || c.elapsed_ns == 0 || c.items == 0 {
+            return;
+        }
+        let sample = c.elapsed_ns as f64 / c.items as f64;
+        self.per_item_ns = if self.per_item_ns == 0.0 {
+            sample
+        } else {
+            0.7 * self.per_item_ns + 0.3 * sample
+        };
+        let want = (TARGET_CHUNK_NS / self.per_item_ns.max(1.0)) as usize;
+        self.auto = want.clamp(1, MAX_AUTO_CHUNK).min(self.auto * 2).max(1);
+    }
+
+    fn accept(&mut self, c: ChunkDone<R>) {
+        self.live -= 1;
+        match c.result {
+            Ok(v) => self.ready.extend(v),
+            Err(e) => self.ready.extend((0..c.items).map(|_| Err(e.clone()))),
+        }
+    }
+}
+
+impl<I, R> Iterator for IMap<'_, I, R>
+where
+    I: Iterator,
+    I::Item: Payload,
+    R: Payload,
+{
+    type Item = Result<R>;
+
+    fn next(&mut self) -> Option<Result<R>> {
+        if let Some(e) = self.error.take() {
+            self.finished = true;
+            return Some(Err(e));
+        }
+        loop {
+            if let Some(x) = self.ready.pop_front() {
+                return Some(x);
+            }
+            if self.finished {
+                return None;
+            }
+            if let Err(e) = self.fill() {
+                self.finished = true;
+                return Some(Err(e));
+            }
+            if self.ordered
+                && let Some(c) = self.reorder.remove(&self.yield_index)
+            {
+                self.yield_index += 1;
+                self.accept(c);
+                continue;
+            }
+            if self.live == 0 {
+                self.finished = true;
+                return None;
+            }
+            // Completions always run (a dead worker or a terminated pool fails them), so this
+            // cannot wait forever while the pool lives; the pool outlives `self` by borrow.
+            let c = match self.rx.recv() {
+                Ok(c) => c,
+                Err(_) => {
+                    self.finished = true;
+                    return Some(Err(Error::PoolTerminated));
+                }
+            };
+            self.learn(&c);
+            if self.ordered {
+                self.reorder.insert(c.index, c);
+            } else {
+                self.accept(c);
+            }
+        }
+    }
+}

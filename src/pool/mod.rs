@@ -1,0 +1,820 @@
+//! [`Pool`], its builder, and the public API (`apply`, `map`, `imap`, ...).
+
+mod callbacks;
+pub(crate) mod dispatch;
+mod imap;
+
+use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::control::{Control, GRACEFUL, TERMINATE};
+use crate::error::{Error, Result};
+use crate::payload::Payload;
+use crate::process::{ServerCtx, fork_server, reap_server};
+use crate::result::{AsyncResult, ResultCell};
+use crate::sync::Ordering;
+use crate::task::{CallFn, StarFn, assert_task_fn, call_chunk, call_one, call_star_chunk};
+
+use callbacks::Callbacks;
+use dispatch::{Completion, Dispatch, Job, Phase, TaskResult, encode};
+pub use imap::IMap;
+
+/// Default size of each worker's argument arena and result arena.
+pub const DEFAULT_ARENA_SIZE: usize = 64 << 20;
+
+/// State shared by the pool handle and its collector thread.
+pub(crate) struct Inner {
+    pub(crate) ctl: Control,
+    pub(crate) dispatch: Mutex<Dispatch>,
+    /// Notified when `outstanding` drops to 0 (or the pool breaks).
+    pub(crate) idle: Condvar,
+    callbacks: Arc<Callbacks>,
+    collector: Mutex<Option<JoinHandle<()>>>,
+    initializer: Option<Arc<dyn Fn() + Send + Sync>>,
+    max_tasks: Option<u64>,
+    processes: usize,
+}
+
+/// A pool of forked worker processes (Python's `multiprocessing.Pool`).
+///
+/// Tasks travel to the workers through lock-free rings in shared memory and run there in
+/// parallel. A task function is a `fn` item or a closure that captures nothing (checked at
+/// compile time); its argument and result cross as bytes (see [`Payload`]).
+///
+/// Dropping the pool terminates it: workers are killed and reaped, every pending
+/// [`AsyncResult`] resolves to [`Error::PoolTerminated`], and no process or shared memory is
+/// left behind. Call [`close`](Pool::close) then [`join`](Pool::join) to finish queued work first.
+///
+/// `Pool` is `Send + Sync`: any number of threads may submit to one pool.
+///
+/// # Examples
+///
+/// ```
+/// use shmpool::Pool;
+///
+/// let pool = Pool::new(2)?;
+/// assert_eq!(pool.apply(|x: u64| x * x, 7)?, 49);
+/// let squares = pool.map(|x: u64| x * x, 0..10)?;
+/// assert_eq!(squares[9], 81);
+/// pool.close();
+/// pool.join()?;
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+///
+/// A capturing closure does not compile:
+///
+/// ```compile_fail
+/// let pool = shmpool::Pool::new(1).unwrap();
+/// let offset = 5u64;
+/// pool.apply(move |x: u64| x + offset, 1).unwrap();
+/// ```
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.inner.processes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures and builds a [`Pool`].
+///
+/// # Examples
+///
+/// ```
+/// let pool = shmpool::Pool::builder()
+///     .processes(2)
+///     .initializer(|| println!("worker ready"))
+///     .max_tasks_per_child(1000)
+///     .build()?;
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    initializer: Option<Arc<dyn Fn() + Send + Sync>>,
+    max_tasks: Option<u64>,
+    arena_size: usize,
+}
+
+impl std::fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("processes", &self.processes)
+            .field("initializer", &self.initializer.is_some())
+            .field("max_tasks_per_child", &self.max_tasks)
+            .field("arena_size", &self.arena_size)
+            .finish()
+    }
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        PoolBuilder {
+            processes: None,
+            initializer: None,
+            max_tasks: None,
+            arena_size: DEFAULT_ARENA_SIZE,
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// Number of worker processes (default: the number of CPUs available to this process).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// Runs `f` once in each worker right after it is forked (never in the parent), before it
+    /// takes any task. `f` may capture: it is in memory when the pool forks. Use it for
+    /// per-worker state (a thread-local, a connection, a rayon or tokio runtime of its own).
+    /// If it panics, the pool reports [`Error::InitializerFailed`] for all queued and new work.
+    pub fn initializer(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.initializer = Some(Arc::new(f));
+        self
+    }
+
+    /// Replaces each worker after it has run `n` tasks (Python's `maxtasksperchild`), which
+    /// returns any memory a task leaked.
+    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
+        self.max_tasks = Some(n);
+        self
+    }
+
+    /// Size in bytes of each worker's argument arena and of its result arena (default
+    /// [`DEFAULT_ARENA_SIZE`]). One encoded argument or result must fit in it. The memory is
+    /// reserved, not touched: pages cost RAM only once a payload that large is used.
+    pub fn arena_size(mut self, bytes: usize) -> Self {
+        self.arena_size = bytes;
+        self
+    }
+
+    /// Forks the workers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for 0 processes, `max_tasks_per_child(0)` or an arena smaller
+    /// than 4 KiB; [`Error::Os`] if a segment cannot be mapped or a process cannot be forked.
+    /// Construction is all-or-nothing: on error, no process or segment is left.
+    pub fn build(self) -> Result<Pool> {
+        let processes = match self.processes {
+            Some(0) => return Err(Error::invalid("processes must be at least 1")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        if self.max_tasks == Some(0) {
+            return Err(Error::invalid("max_tasks_per_child must be at least 1"));
+        }
+        if self.arena_size < 4096 {
+            return Err(Error::invalid("arena_size must be at least 4096 bytes"));
+        }
+        let ctl = Control::new(processes, self.arena_size)?;
+        let inner = Arc::new(Inner {
+            dispatch: Mutex::new(Dispatch::new(&ctl)),
+            ctl,
+            idle: Condvar::new(),
+            callbacks: Arc::new(Callbacks::new()),
+            collector: Mutex::new(None),
+            initializer: self.initializer,
+            max_tasks: self.max_tasks,
+            processes,
+        });
+        let (tx, rx) = mpsc::channel();
+        let for_thread = Arc::clone(&inner);
+        let handle = std::thread::Builder::new()
+            .name("shmpool-collector".into())
+            .spawn(move || collector_thread(for_thread, tx))
+            .map_err(|e| Error::os("spawn collector thread", e))?;
+        match rx.recv() {
+            Ok(Ok(())) => {
+                *inner.collector.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+                Ok(Pool { inner })
+            }
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = handle.join();
+                Err(Error::PoolBroken {
+                    detail: "the collector thread died while starting the pool".into(),
+                })
+            }
+        }
+    }
+}
+
+/// The collector thread: forks the server (so the parent-death signal follows a thread that
+/// lives exactly as long as the pool), starts the workers, reports to `build`, then collects.
+fn collector_thread(inner: Arc<Inner>, ready: mpsc::Sender<Result<()>>) {
+    let ctx = ServerCtx {
+        ctl: &inner.ctl,
+        initializer: inner.initializer.as_deref(),
+        max_tasks: inner.max_tasks,
+    };
+    let server = match fork_server(&ctx) {
+        Ok(pid) => pid,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let ctl = &inner.ctl;
+    let started = ctl.dont_fork().and_then(|()| start_workers(ctl));
+    if let Err(e) = started {
+        ctl.header().shutdown.store(TERMINATE, Ordering::Release);
+        ctl.header().server.notify();
+        let _ = reap_server(server, true);
+        let _ = ready.send(Err(e));
+        return;
+    }
+    let _ = ready.send(Ok(()));
+    dispatch::collect(&inner, server);
+}
+
+/// Asks the server for every worker and waits until it forked them all.
+fn start_workers(ctl: &Control) -> Result<()> {
+    for s in 0..ctl.slots() {
+        // Release, SYNC: server-request.
+        ctl.slot(s).spawn_req.store(1, Ordering::Release);
+    }
+    ctl.header().server.notify();
+    let all_done = || {
+        // Acquire, SYNC: spawn-done.
+        (0..ctl.slots()).all(|s| ctl.slot(s).spawn_req.load(Ordering::Acquire) == 0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !all_done() {
+        if Instant::now() > deadline {
+            return Err(Error::PoolBroken {
+                detail: "the fork server did not start the workers within 60 s".into(),
+            });
+        }
+        ctl.header().collector.wait_until(
+            Duration::ZERO,
+            Some(Duration::from_millis(100)),
+            all_done,
+        );
+    }
+    for s in 0..ctl.slots() {
+        let errno = ctl.slot(s).spawn_errno.load(Ordering::Relaxed);
+        if errno != 0 {
+            return Err(Error::os(
+                "fork (worker)",
+                std::io::Error::from_raw_os_error(errno as i32),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Pool {
+    /// A pool of `processes` workers.
+    ///
+    /// # Errors
+    ///
+    /// As [`PoolBuilder::build`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(3)?;
+    /// assert_eq!(pool.processes(), 3);
+    /// assert!(shmpool::Pool::new(0).is_err());
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn new(processes: usize) -> Result<Pool> {
+        Pool::builder().processes(processes).build()
+    }
+
+    /// A builder for a pool with non-default settings.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// The number of worker processes.
+    pub fn processes(&self) -> usize {
+        self.inner.processes
+    }
+
+    /// The pids of the live workers, by slot (0 while a slot's worker is being replaced).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        (0..self.inner.processes)
+            .map(|s| self.inner.ctl.slot(s).pid.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Dispatch> {
+        self.inner
+            .dispatch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn arena_cap(&self) -> usize {
+        self.inner.ctl.arena_cap()
+    }
+
+    /// Accepts jobs (all or none) and feeds the workers.
+    fn submit(&self, jobs: Vec<Job>) -> Result<()> {
+        let woken = {
+            let mut g = self.lock();
+            if let Some(e) = g.refuse() {
+                return Err(e);
+            }
+            for job in jobs {
+                g.enqueue(job);
+            }
+            g.pump(&self.inner.ctl)
+        };
+        dispatch::wake(&self.inner.ctl, &woken);
+        Ok(())
+    }
+
+    /// Runs `f(arg)` in a worker without waiting (Python's `apply_async`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PoolClosed`] after `close`/`terminate`, [`Error::PayloadTooLarge`] or
+    /// [`Error::Codec`] if `arg` cannot cross. Failures of the task itself arrive through the
+    /// returned [`AsyncResult`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let results: Vec<_> = (0..4u64)
+    ///     .map(|i| pool.apply_async(|x: u64| x + 1, i))
+    ///     .collect::<Result<_, _>>()?;
+    /// let values: Vec<u64> = results.into_iter().map(|r| r.get()).collect::<Result<_, _>>()?;
+    /// assert_eq!(values, [1, 2, 3, 4]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn apply_async<F, A, R>(&self, f: F, arg: A) -> Result<AsyncResult<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Payload,
+        R: Payload,
+    {
+        let _ = f;
+        assert_task_fn::<F>();
+        let cell = ResultCell::new();
+        let out = Arc::clone(&cell);
+        let done: Completion = Box::new(move |r| out.set(decode_result::<R>(r)));
+        self.submit(vec![Job {
+            payload: encode(&arg, self.arena_cap())?,
+            call: call_one::<F, A, R> as CallFn as usize,
+            done,
+        }])?;
+        Ok(AsyncResult::from_cell(cell))
+    }
+
+    /// Runs `f(arg)` in a worker and waits for the result (Python's `apply`).
+    ///
+    /// # Errors
+    ///
+    /// As [`apply_async`](Pool::apply_async), plus the task's own failure
+    /// ([`Error::TaskPanicked`], [`Error::WorkerDied`], ...).
+    pub fn apply<F, A, R>(&self, f: F, arg: A) -> Result<R>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Payload,
+        R: Payload,
+    {
+        self.apply_async(f, arg)?.get()
+    }
+
+    /// Like [`apply_async`](Pool::apply_async), and `callback` runs in the parent with the
+    /// outcome when the task ends (Python's `callback` and `error_callback` in one).
+    ///
+    /// Callbacks run one at a time on a thread of the pool, never on the thread that collects
+    /// results, so a slow callback delays other callbacks but no result. [`join`](Pool::join)
+    /// waits for every callback. A panicking callback is reported on stderr and ignored.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// static SUM: AtomicU64 = AtomicU64::new(0);
+    /// let pool = shmpool::Pool::new(2)?;
+    /// for i in 0..10u64 {
+    ///     pool.apply_async_with_callback(|x: u64| x + 1, i, |r| {
+    ///         SUM.fetch_add(r.unwrap(), Ordering::SeqCst);
+    ///     })?;
+    /// }
+    /// pool.close();
+    /// pool.join()?;
+    /// assert_eq!(SUM.load(Ordering::SeqCst), 55);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn apply_async_with_callback<F, A, R, C>(
+        &self,
+        f: F,
+        arg: A,
+        callback: C,
+    ) -> Result<AsyncResult<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Payload,
+        R: Payload,
+        C: FnOnce(Result<R>) + Send + 'static,
+    {
+        let _ = f;
+        assert_task_fn::<F>();
+        let cell = ResultCell::new();
+        let out = Arc::clone(&cell);
+        let callbacks = Arc::clone(&self.inner.callbacks);
+        let payload = encode(&arg, self.arena_cap())?;
+        // Counted before submitting, so `join` cannot miss a callback that is about to be queued.
+        callbacks.expect();
+        let done: Completion = Box::new(move |r| {
+            let for_callback = match &r {
+                TaskResult::Ok { .. } => decode_result::<R>(clone_ok(&r)),
+                TaskResult::Err(e) => Err(e.clone()),
+            };
+            out.set(decode_result::<R>(r));
+            callbacks.push(Box::new(move || callback(for_callback)));
+        });
+        if let Err(e) = self.submit(vec![Job {
+            payload,
+            call: call_one::<F, A, R> as CallFn as usize,
+            done,
+        }]) {
+            self.inner.callbacks.cancel_expected();
+            return Err(e);
+        }
+        Ok(AsyncResult::from_cell(cell))
+    }
+
+    /// Applies `f` to every item, in parallel, and returns the results in order (Python's
+    /// `map`). Items are sent in chunks of `ceil(len / (4 * processes))`, Python's rule.
+    ///
+    /// # Errors
+    ///
+    /// The first failed item's error ([`Error::TaskPanicked`], ...), or a submission error.
+    pub fn map<F, A, R, I>(&self, f: F, items: I) -> Result<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Payload,
+        R: Payload,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async(f, items)?.get()
+    }
+
+    /// [`map`](Pool::map) with an explicit chunksize (items per task).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for chunksize 0; otherwise as `map`.
+    pub fn map_chunked<F, A, R, I>(&self, f: F, items: I, chunksize: usize) -> Result<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Payload,
+        R: Payload,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async_chunked(f, items, chunksize)?.get()
+    }
+
+    /// [`map`](Pool::map) without waiting: one [`AsyncResult`] for the whole list.
+    ///
+    /// # Errors
+    ///
+    /// As [`apply_async`](Pool::apply_async).
+    pub fn map_async<F, A, R, I>(&self, f: F, items: I) -> Result<AsyncResult<Vec<R>>>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Payload,
+        R: Payload,
+        I: IntoIterator<Item = A>,
+    {
+        let items: Vec<A> = items.into_iter().collect();
+        let chunksize = items.len().div_ceil(4 * self.processes()).max(1);
+        self.map_async_chunked(f, items, chunksize)
+    }
+
+    /// [`map_async`](Pool::map_async) with an explicit chunksize.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for chunksize 0; otherwise as `map_async`.
+    pub fn map_async_chunked<F, A, R, I>(
+        &self,
+        f: F,
+        items: I,
+        chunksize: usize,
+    ) -> Result<AsyncResult<Vec<R>>>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Payload,
+        R: Payload,
+        I: IntoIterator<Item = A>,
+    {
+        let _ = f;
+        assert_task_fn::<F>();
+        let items: Vec<A> = items.into_iter().collect();
+        self.submit_chunks(call_chunk::<F, A, R> as CallFn as usize, &items, chunksize)
+    }
+
+    /// Like [`map`](Pool::map) for a function of two or three arguments, each item a tuple of
+    /// them (Python's `starmap`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let sums = pool.starmap(|a: u64, b: u64| a + b, vec![(1, 2), (3, 4)])?;
+    /// assert_eq!(sums, [3, 7]);
+    /// let prods = pool.starmap(|a: u64, b: u64, c: u64| a * b * c, vec![(1, 2, 3)])?;
+    /// assert_eq!(prods, [6]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As `map`.
+    pub fn starmap<F, Args, R, I>(&self, f: F, items: I) -> Result<Vec<R>>
+    where
+        F: StarFn<Args, Output = R> + Send + 'static,
+        Args: Payload,
+        R: Payload,
+        I: IntoIterator<Item = Args>,
+    {
+        self.starmap_async(f, items)?.get()
+    }
+
+    /// [`starmap`](Pool::starmap) without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As `map_async`.
+    pub fn starmap_async<F, Args, R, I>(&self, f: F, items: I) -> Result<AsyncResult<Vec<R>>>
+    where
+        F: StarFn<Args, Output = R> + Send + 'static,
+        Args: Payload,
+        R: Payload,
+        I: IntoIterator<Item = Args>,
+    {
+        let _ = f;
+        assert_task_fn::<F>();
+        let items: Vec<Args> = items.into_iter().collect();
+        let chunksize = items.len().div_ceil(4 * self.processes()).max(1);
+        self.submit_chunks(
+            call_star_chunk::<F, Args, R> as CallFn as usize,
+            &items,
+            chunksize,
+        )
+    }
+
+    fn submit_chunks<A: Serialize, R: Payload>(
+        &self,
+        call: usize,
+        items: &[A],
+        chunksize: usize,
+    ) -> Result<AsyncResult<Vec<R>>> {
+        if chunksize == 0 {
+            return Err(Error::invalid("chunksize must be at least 1"));
+        }
+        let cell = ResultCell::new();
+        if items.is_empty() {
+            cell.set(Ok(Vec::new()));
+            if let Some(e) = self.lock().refuse() {
+                return Err(e);
+            }
+            return Ok(AsyncResult::from_cell(cell));
+        }
+        let n_chunks = items.len().div_ceil(chunksize);
+        let agg = Arc::new(Mutex::new(MapAgg::<R> {
+            parts: (0..n_chunks).map(|_| None).collect(),
+            left: n_chunks,
+            failed: false,
+        }));
+        let mut jobs = Vec::with_capacity(n_chunks);
+        for (i, chunk) in items.chunks(chunksize).enumerate() {
+            let agg = Arc::clone(&agg);
+            let cell = Arc::clone(&cell);
+            let done: Completion = Box::new(move |r| {
+                let part = decode_chunk::<R>(r);
+                let mut a = agg.lock().unwrap_or_else(|e| e.into_inner());
+                if a.failed {
+                    return;
+                }
+                match part.and_then(|v| v.into_iter().collect::<Result<Vec<R>>>()) {
+                    Err(e) => {
+                        a.failed = true;
+                        cell.set(Err(e));
+                    }
+                    Ok(v) => {
+                        a.parts[i] = Some(v);
+                        a.left -= 1;
+                        if a.left == 0 {
+                            let all = a.parts.drain(..).flatten().flatten().collect();
+                            cell.set(Ok(all));
+                        }
+                    }
+                }
+            });
+            jobs.push(Job {
+                payload: encode(chunk, self.arena_cap())?,
+                call,
+                done,
+            });
+        }
+        self.submit(jobs)?;
+        Ok(AsyncResult::from_cell(cell))
+    }
+
+    /// A lazy, ordered iterator of `f(item)` results (Python's `imap`).
+    ///
+    /// Input is pulled only as results are consumed, with a bounded number of chunks in flight,
+    /// so it runs in constant memory over any input, even an endless one. Without
+    /// [`IMap::chunksize`] the chunksize adapts to the measured cost per item.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let first: Vec<u64> = pool
+    ///     .imap(|x: u64| x * 2, 0u64..)
+    ///     .take(5)
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(first, [0, 2, 4, 6, 8]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn imap<F, A, R, I>(&self, f: F, items: I) -> IMap<'_, I::IntoIter, R>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Payload,
+        R: Payload,
+        I: IntoIterator<Item = A>,
+    {
+        let _ = f;
+        assert_task_fn::<F>();
+        IMap::new(
+            self,
+            items.into_iter(),
+            call_chunk::<F, A, R> as CallFn as usize,
+            true,
+        )
+    }
+
+    /// Like [`imap`](Pool::imap), yielding results in the order they finish.
+    pub fn imap_unordered<F, A, R, I>(&self, f: F, items: I) -> IMap<'_, I::IntoIter, R>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Payload,
+        R: Payload,
+        I: IntoIterator<Item = A>,
+    {
+        let _ = f;
+        assert_task_fn::<F>();
+        IMap::new(
+            self,
+            items.into_iter(),
+            call_chunk::<F, A, R> as CallFn as usize,
+            false,
+        )
+    }
+
+    /// Stops accepting work; queued work still runs (Python's `close`).
+    pub fn close(&self) {
+        let mut g = self.lock();
+        if matches!(g.phase, Phase::Open) {
+            g.phase = Phase::Closed;
+        }
+    }
+
+    /// Waits for all queued work and callbacks, then stops the workers and reaps every process.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PoolRunning`] if the pool was neither closed nor terminated (as Python raises).
+    pub fn join(&self) -> Result<()> {
+        {
+            let mut g = self.lock();
+            if matches!(g.phase, Phase::Open) {
+                return Err(Error::PoolRunning);
+            }
+            while g.outstanding > 0 {
+                g = self.inner.idle.wait(g).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        self.inner.callbacks.wait_idle();
+        {
+            let mut g = self.lock();
+            g.phase = Phase::Stopped;
+        }
+        let ctl = &self.inner.ctl;
+        // Release, SYNC: server-request (workers read it with Acquire too).
+        let _ = ctl.header().shutdown.compare_exchange(
+            crate::control::RUNNING,
+            GRACEFUL,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+        self.stop_threads();
+        Ok(())
+    }
+
+    /// Stops now: kills the workers, fails every unfinished task with
+    /// [`Error::PoolTerminated`], and reaps every process (Python's `terminate`).
+    pub fn terminate(&self) {
+        let jobs = {
+            let mut g = self.lock();
+            g.phase = Phase::Stopped;
+            g.drain_all()
+        };
+        for done in jobs {
+            done(TaskResult::Err(Error::PoolTerminated));
+        }
+        {
+            let g = self.lock();
+            self.inner.idle.notify_all();
+            drop(g);
+        }
+        // Release, SYNC: server-request.
+        self.inner
+            .ctl
+            .header()
+            .shutdown
+            .store(TERMINATE, Ordering::Release);
+        self.stop_threads();
+    }
+
+    /// Wakes everyone who must notice a shutdown, joins the collector (which returns once the
+    /// server has been reaped) and the callback thread.
+    fn stop_threads(&self) {
+        let ctl = &self.inner.ctl;
+        ctl.header().server.notify();
+        for s in 0..ctl.slots() {
+            ctl.slot(s).wake.notify();
+        }
+        let handle = self
+            .inner
+            .collector
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        self.inner.callbacks.shutdown();
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+struct MapAgg<R> {
+    parts: Vec<Option<Vec<R>>>,
+    left: usize,
+    failed: bool,
+}
+
+/// Re-borrows an `Ok` result (for decoding it twice).
+fn clone_ok<'a>(r: &TaskResult<'a>) -> TaskResult<'a> {
+    match r {
+        TaskResult::Ok {
+            bytes,
+            worker,
+            elapsed_ns,
+        } => TaskResult::Ok {
+            bytes,
+            worker: *worker,
+            elapsed_ns: *elapsed_ns,
+        },
+        TaskResult::Err(e) => TaskResult::Err(e.clone()),
+    }
+}
+
+fn decode_result<R: DeserializeOwned>(r: TaskResult<'_>) -> Result<R> {
+    match r {
+        TaskResult::Ok { bytes, .. } => postcard::from_bytes(bytes).map_err(Error::codec),
+        TaskResult::Err(e) => Err(e),
+    }
+}
+
+/// Decodes a chunk's `Vec<Result<R, panic message>>` into per-item results.
+pub(crate) fn decode_chunk<R: DeserializeOwned>(r: TaskResult<'_>) -> Result<Vec<Result<R>>> {
+    match r {
+        TaskResult::Ok { bytes, worker, .. } => {
+            let v: Vec<std::result::Result<R, String>> =
+                postcard::from_bytes(bytes).map_err(Error::codec)?;
+            Ok(v.into_iter()
+                .map(|x| x.map_err(|message| Error::TaskPanicked { worker, message }))
+                .collect())
+        }
+        TaskResult::Err(e) => Err(e),
+    }
+}

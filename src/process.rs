@@ -1,0 +1,222 @@
+//! Forking: the per-pool fork server, worker spawning, reaping, and the death protocol.
+//!
+//! # The fork server
+//!
+//! When a pool is built, its collector thread (which lives exactly as long as the pool) forks one
+//! **fork server**. The server is single-threaded from its first instruction and forks every
+//! worker of the pool, the first ones and every replacement. So:
+//!
+//! * workers are forks of a single-threaded process, and a replacement is forked from the same
+//!   small image as the first workers, not from a parent that has grown since;
+//! * every worker sees the parent's memory as it was when the pool was built (statics, the
+//!   initializer and anything it captured) and the control segment at the same address;
+//! * the server is the workers' parent, so it alone reaps them (`waitpid`), and it reports each
+//!   death to the parent through the slot's `exited`/`exit_status` words (SYNC: slot-exit) and a
+//!   wake of the collector.
+//!
+//! # Requests (parent → server), all in shared memory
+//!
+//! * `spawn_req = 1` (Release, SYNC: server-request): fork a worker for this slot. The server
+//!   writes `pid` and `spawn_errno`, then clears `spawn_req` (Release) and wakes the collector.
+//! * `kill_req = 1`: SIGKILL this slot's worker (timeouts, a worker that broke the protocol). The
+//!   server can do this without racing a pid reuse, because only it reaps the worker.
+//! * `shutdown = GRACEFUL`: workers exit once their rings are empty; the server exits when it has
+//!   reaped them all. `shutdown = TERMINATE`: the server SIGKILLs every worker, reaps, exits.
+//!
+//! # Death
+//!
+//! * A worker dies: the server reaps it, publishes the wait status (slot-exit), wakes the
+//!   collector. The collector fails the task the worker had taken (ring `head` says which), leaves
+//!   the untaken ones in the ring, and asks for a replacement.
+//! * The parent dies: the server has `PR_SET_PDEATHSIG = SIGKILL` against the collector thread,
+//!   which lives as long as the pool; workers have it against the server. So the whole tree goes.
+//!   Both check `getppid()` right after `prctl`, in case the parent died before it.
+//! * The server dies (it should not): workers see it through the parent-death signal; the parent's
+//!   collector sees `waitpid` on the server succeed and fails every outstanding task.
+
+#![allow(clippy::disallowed_types)] // the SIGCHLD flag is a process-local std atomic
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering as StdOrdering};
+use std::time::Duration;
+
+use crate::control::{Control, RUNNING, TERMINATE};
+use crate::error::{Error, Result};
+use crate::sync::Ordering;
+use crate::worker::{ExitOnUnwind, WorkerCtx, die_with_parent, exit_now, worker_main};
+
+/// Set by the server's SIGCHLD handler; cleared before each reaping pass.
+static CHILD_EVENT: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigchld(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    CHILD_EVENT.store(true, StdOrdering::SeqCst);
+}
+
+/// What the fork server needs, inherited through `fork` (it lives in the parent's memory).
+pub(crate) struct ServerCtx<'a> {
+    pub(crate) ctl: &'a Control,
+    pub(crate) initializer: Option<&'a (dyn Fn() + Send + Sync)>,
+    pub(crate) max_tasks: Option<u64>,
+}
+
+/// Forks the fork server from the calling thread; returns its pid.
+///
+/// Must be called from the thread that lives as long as the pool (the parent-death signal
+/// follows the forking *thread*).
+pub(crate) fn fork_server(ctx: &ServerCtx<'_>) -> Result<i32> {
+    // Flush so the server (and the workers it forks) do not hold copies of buffered output that
+    // they would print a second time.
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: fork() in a possibly multi-threaded process. The child only runs `server_main`,
+    // which touches no lock another thread of the parent could hold except through user code
+    // (the initializer, tasks), which runs later in the workers; see the crate docs' fork-safety
+    // section for what that code may rely on. The parent side continues normally.
+    match unsafe { libc::fork() } {
+        -1 => Err(Error::os(
+            "fork (fork server)",
+            std::io::Error::last_os_error(),
+        )),
+        0 => server_main(ctx, parent),
+        pid => Ok(pid),
+    }
+}
+
+fn server_main(ctx: &ServerCtx<'_>, parent: i32) -> ! {
+    let _guard = ExitOnUnwind("the fork server");
+    die_with_parent(parent);
+    // SAFETY: installs an async-signal-safe handler (an atomic store) for SIGCHLD, without
+    // SA_RESTART so that a child's death interrupts our futex wait.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigchld as *const () as usize;
+        sa.sa_flags = libc::SA_NOCLDSTOP;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGCHLD, &sa, std::ptr::null_mut());
+    }
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    let ctl = ctx.ctl;
+    let header = ctl.header();
+    let n = ctl.slots();
+    let mut pids = vec![0i32; n];
+    loop {
+        CHILD_EVENT.store(false, StdOrdering::SeqCst);
+        reap(ctl, &mut pids);
+        // Acquire, SYNC: server-request.
+        let shutdown = header.shutdown.load(Ordering::Acquire);
+        if shutdown == TERMINATE {
+            for &p in pids.iter().filter(|&&p| p != 0) {
+                // SAFETY: `p` is our own unreaped child, so the pid cannot have been reused.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+        if shutdown != RUNNING && pids.iter().all(|&p| p == 0) {
+            exit_now(0, false);
+        }
+        for (i, &p) in pids.iter().enumerate() {
+            // AcqRel, SYNC: server-request — take the request exactly once.
+            if ctl.slot(i).kill_req.swap(0, Ordering::AcqRel) != 0 && p != 0 {
+                // SAFETY: as above, an unreaped child of ours.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+        if shutdown == RUNNING {
+            for (i, pid) in pids.iter_mut().enumerate() {
+                let slot = ctl.slot(i);
+                // Acquire, SYNC: server-request — the parent reset the slot before asking.
+                if slot.spawn_req.load(Ordering::Acquire) == 0 || *pid != 0 {
+                    continue;
+                }
+                // Relaxed: only this process writes `spawned`.
+                let seq = header.spawned.fetch_add(1, Ordering::Relaxed) + 1;
+                // SAFETY: this process is single-threaded (a fork that runs only this loop), so
+                // fork is safe here; the child runs `worker_main`, which never returns.
+                match unsafe { libc::fork() } {
+                    -1 => {
+                        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(-1);
+                        slot.spawn_errno.store(errno as u32, Ordering::Relaxed);
+                    }
+                    0 => worker_main(WorkerCtx {
+                        ctl,
+                        slot: i,
+                        seq,
+                        server_pid: me,
+                        initializer: ctx.initializer,
+                        max_tasks: ctx.max_tasks,
+                    }),
+                    child => {
+                        *pid = child;
+                        slot.spawn_errno.store(0, Ordering::Relaxed);
+                        // Relaxed: published by the Release store of `spawn_req` below.
+                        slot.pid.store(child as u32, Ordering::Relaxed);
+                    }
+                }
+                // Release, SYNC: spawn-done — pairs with the collector's Acquire load.
+                slot.spawn_req.store(0, Ordering::Release);
+                header.collector.notify();
+            }
+        }
+        let graceful = shutdown != RUNNING && shutdown != TERMINATE;
+        header
+            .server
+            .wait_until(Duration::ZERO, Some(Duration::from_millis(200)), || {
+                CHILD_EVENT.load(StdOrdering::SeqCst) || (!graceful && ctl.server_has_work())
+            });
+    }
+}
+
+/// Reaps every exited child and reports it in its slot.
+fn reap(ctl: &Control, pids: &mut [i32]) {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: plain waitpid on our own children with a valid out-pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return;
+        }
+        let Some(i) = pids.iter().position(|&p| p == pid) else {
+            continue;
+        };
+        pids[i] = 0;
+        let slot = ctl.slot(i);
+        // Relaxed: published by the Release store of `exited`.
+        slot.exit_status.store(status as u32, Ordering::Relaxed);
+        slot.exit_pid.store(pid as u32, Ordering::Relaxed);
+        slot.pid.store(0, Ordering::Relaxed);
+        // Release, SYNC: slot-exit — pairs with the collector's Acquire load of `exited`.
+        slot.exited.store(1, Ordering::Release);
+        ctl.header().collector.notify();
+    }
+}
+
+/// Waits for the server to exit and reaps it; returns its raw wait status.
+pub(crate) fn reap_server(pid: i32, block: bool) -> Option<i32> {
+    let mut status: libc::c_int = 0;
+    let flags = if block { 0 } else { libc::WNOHANG };
+    loop {
+        // SAFETY: waitpid on our own child with a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, flags) };
+        if r == pid {
+            return Some(status);
+        }
+        if r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        return None;
+    }
+}
+
+/// Describes a raw wait status as `(signal, exit code)`.
+pub(crate) fn decode_status(status: i32) -> (Option<i32>, Option<i32>) {
+    if libc::WIFSIGNALED(status) {
+        (Some(libc::WTERMSIG(status)), None)
+    } else if libc::WIFEXITED(status) {
+        (None, Some(libc::WEXITSTATUS(status)))
+    } else {
+        (None, None)
+    }
+}

@@ -1,0 +1,192 @@
+//! [`AsyncResult`]: a handle to a result that a worker will produce.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::sync::{AtomicU32, Ordering};
+
+/// How long a waiter spins on the ready flag before parking (keeps `apply` round trips short).
+const SPIN: Duration = Duration::from_micros(50);
+
+enum State<R> {
+    Pending,
+    Ready(Result<R>),
+    Taken,
+}
+
+/// The shared cell a completion fills and an [`AsyncResult`] reads.
+pub(crate) struct ResultCell<R> {
+    state: Mutex<State<R>>,
+    cond: Condvar,
+    /// 1 once `state` is `Ready`; lets waiters spin without the lock.
+    ready: AtomicU32,
+}
+
+impl<R> ResultCell<R> {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(ResultCell {
+            state: Mutex::new(State::Pending),
+            cond: Condvar::new(),
+            ready: AtomicU32::new(0),
+        })
+    }
+
+    /// Stores the outcome (only the first one counts) and wakes every waiter.
+    pub(crate) fn set(&self, r: Result<R>) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*st, State::Pending) {
+            *st = State::Ready(r);
+            // Release, SYNC: result-ready — pairs with the Acquire in `is_ready`; the value itself
+            // is read under the mutex anyway.
+            self.ready.store(1, Ordering::Release);
+            self.cond.notify_all();
+        }
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        // Acquire, SYNC: result-ready.
+        self.ready.load(Ordering::Acquire) != 0
+    }
+
+    fn wait_deadline(&self, deadline: Option<Instant>) -> bool {
+        let start = Instant::now();
+        let backoff = crossbeam_utils::Backoff::new();
+        while start.elapsed() < SPIN {
+            if self.is_ready() {
+                return true;
+            }
+            backoff.snooze();
+        }
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if !matches!(*st, State::Pending) {
+                return true;
+            }
+            match deadline {
+                None => st = self.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return false;
+                    }
+                    st = self
+                        .cond
+                        .wait_timeout(st, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
+    fn take(&self) -> Result<R> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match std::mem::replace(&mut *st, State::Taken) {
+            State::Ready(r) => r,
+            State::Taken => Err(Error::ResultTaken),
+            State::Pending => {
+                *st = State::Pending;
+                Err(Error::Timeout)
+            }
+        }
+    }
+
+    fn successful(&self) -> Option<bool> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match &*st {
+            State::Pending => None,
+            State::Ready(r) => Some(r.is_ok()),
+            State::Taken => Some(true),
+        }
+    }
+}
+
+/// A result that a pool worker is computing (Python's `AsyncResult`).
+///
+/// It never blocks forever: if the pool is terminated or dropped first, it resolves to
+/// [`Error::PoolTerminated`]; if the worker dies, to [`Error::WorkerDied`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// let pool = shmpool::Pool::new(2)?;
+/// let r = pool.apply_async(|x: u64| x * 2, 21)?;
+/// assert!(r.wait_timeout(Duration::from_secs(10)));
+/// assert_eq!(r.successful(), Some(true));
+/// assert_eq!(r.get()?, 42);
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+pub struct AsyncResult<R> {
+    cell: Arc<ResultCell<R>>,
+}
+
+impl<R> std::fmt::Debug for AsyncResult<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("ready", &self.ready())
+            .finish()
+    }
+}
+
+impl<R> AsyncResult<R> {
+    pub(crate) fn from_cell(cell: Arc<ResultCell<R>>) -> Self {
+        AsyncResult { cell }
+    }
+
+    /// Waits for the result and returns it.
+    ///
+    /// # Errors
+    ///
+    /// The task's failure: [`Error::TaskPanicked`], [`Error::WorkerDied`],
+    /// [`Error::PoolTerminated`], [`Error::Codec`], ...
+    pub fn get(self) -> Result<R> {
+        self.cell.wait_deadline(None);
+        self.cell.take()
+    }
+
+    /// Waits at most `timeout` for the result.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] if it is not ready in time (the handle stays usable: wait again);
+    /// [`Error::ResultTaken`] if an earlier call already returned the result; otherwise as `get`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let mut r = pool.apply_async(|ms: u64| { std::thread::sleep(Duration::from_millis(ms)); ms }, 300)?;
+    /// assert!(matches!(r.get_timeout(Duration::from_millis(1)), Err(shmpool::Error::Timeout)));
+    /// assert_eq!(r.get_timeout(Duration::from_secs(30))?, 300);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn get_timeout(&mut self, timeout: Duration) -> Result<R> {
+        if !self.cell.wait_deadline(Some(Instant::now() + timeout)) {
+            return Err(Error::Timeout);
+        }
+        self.cell.take()
+    }
+
+    /// Blocks until the result is ready.
+    pub fn wait(&self) {
+        self.cell.wait_deadline(None);
+    }
+
+    /// Blocks until the result is ready or `timeout` passes; returns whether it is ready.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.cell.wait_deadline(Some(Instant::now() + timeout))
+    }
+
+    /// Whether the result is ready (never blocks).
+    pub fn ready(&self) -> bool {
+        self.cell.is_ready()
+    }
+
+    /// `None` while running; then whether the task succeeded (Python raises instead of `None`).
+    pub fn successful(&self) -> Option<bool> {
+        self.cell.successful()
+    }
+}

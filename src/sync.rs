@@ -1,0 +1,69 @@
+//! The one door to atomics: `core` normally, `loom` under `cfg(loom)`, so the ring and wake
+//! algorithms can be model-checked in one process (loom cannot follow a `fork`).
+//!
+//! The atomic types are `#[repr(transparent)]` newtypes that deref to the real type: the shared
+//! memory layout is that of the primitive, and `clippy.toml` can forbid naming the raw types
+//! anywhere else (`disallowed-types`), so nothing bypasses this module by accident.
+#![allow(clippy::disallowed_types)]
+
+use std::ops::Deref;
+
+#[cfg(not(loom))]
+use core::sync::atomic as imp;
+#[cfg(loom)]
+use loom::sync::atomic as imp;
+
+pub(crate) use imp::Ordering;
+
+macro_rules! facade {
+    ($name:ident, $prim:ty) => {
+        #[doc = concat!("`", stringify!($name), "` from `core` or `loom` (see the module docs).")]
+        #[repr(transparent)]
+        #[derive(Debug)]
+        pub(crate) struct $name(imp::$name);
+
+        impl $name {
+            #[cfg(not(loom))]
+            pub(crate) const fn new(v: $prim) -> Self {
+                Self(imp::$name::new(v))
+            }
+
+            #[cfg(loom)]
+            pub(crate) fn new(v: $prim) -> Self {
+                Self(imp::$name::new(v))
+            }
+        }
+
+        impl Deref for $name {
+            type Target = imp::$name;
+            fn deref(&self) -> &imp::$name {
+                &self.0
+            }
+        }
+    };
+}
+
+facade!(AtomicU32, u32);
+facade!(AtomicU64, u64);
+
+/// An `UnsafeCell` with loom's closure API, so the ring's slot accesses are race-checked under loom.
+#[cfg(not(loom))]
+#[derive(Debug)]
+#[repr(transparent)]
+pub(crate) struct UnsafeCell<T>(core::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+impl<T> UnsafeCell<T> {
+    pub(crate) const fn new(value: T) -> Self {
+        Self(core::cell::UnsafeCell::new(value))
+    }
+    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+
+#[cfg(loom)]
+pub(crate) use loom::cell::UnsafeCell;

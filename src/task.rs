@@ -1,0 +1,298 @@
+//! What crosses `fork` as code: monomorphized trampolines that a descriptor names by address.
+//!
+//! A task function `F` must be zero-sized and `Copy` (a `fn` item or a closure that captures
+//! nothing), checked at compile time by [`assert_task_fn`]. The worker is a fork of the parent, so
+//! the address of `call_one::<F, A, R>` taken in the parent is valid in the worker; the trampoline
+//! decodes the argument from the argument arena, makes its own copy of `F` (zero bytes, so a copy
+//! needs no data from the parent), runs it under `catch_unwind`, and encodes the result straight
+//! into the result arena.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::arena::{free_region, plan};
+use crate::sync::{AtomicU64, Ordering};
+
+/// Where an encoded result landed in the result arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Encoded {
+    pub(crate) offset: usize,
+    pub(crate) len: usize,
+    pub(crate) end: u64,
+}
+
+/// What running a trampoline produced.
+#[derive(Debug)]
+pub(crate) enum CallOutcome {
+    /// The result was encoded into the arena.
+    Done(Encoded),
+    /// The task panicked with this message.
+    Panicked(String),
+    /// The task could not be run or its result not shipped.
+    Failed(String),
+}
+
+/// The type of every trampoline.
+pub(crate) type CallFn = unsafe fn(arg: &[u8], sink: &mut ResultSink<'_>) -> CallOutcome;
+
+/// A worker's writer into its result arena.
+pub(crate) struct ResultSink<'a> {
+    base: *mut u8,
+    cap: usize,
+    /// Our allocation position (worker-private; re-derived from `freed` after a respawn).
+    head: &'a mut u64,
+    /// The parent's consumption position (`SlotCtl::result_freed`).
+    freed: &'a AtomicU64,
+    /// Called while waiting for the parent to free space; returns false to give up.
+    keep_waiting: &'a dyn Fn() -> bool,
+}
+
+impl std::fmt::Debug for ResultSink<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResultSink")
+            .field("cap", &self.cap)
+            .field("head", &self.head)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> ResultSink<'a> {
+    /// # Safety
+    ///
+    /// `base..base+cap` is this worker's result arena, and only this process allocates in it.
+    pub(crate) unsafe fn new(
+        base: *mut u8,
+        cap: usize,
+        head: &'a mut u64,
+        freed: &'a AtomicU64,
+        keep_waiting: &'a dyn Fn() -> bool,
+    ) -> Self {
+        ResultSink {
+            base,
+            cap,
+            head,
+            freed,
+            keep_waiting,
+        }
+    }
+
+    fn freed(&self) -> u64 {
+        // Acquire, SYNC: result-free — pairs with the parent's Release store after it decoded a
+        // result, so its reads of that region happen before we overwrite it.
+        let f = self.freed.load(Ordering::Acquire);
+        f.min(*self.head)
+    }
+
+    /// Encodes `value` into the arena: straight into free space when it fits, otherwise through
+    /// one temporary buffer once space frees up.
+    pub(crate) fn put<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<Encoded, String> {
+        let freed = self.freed();
+        let (off, len) = free_region(*self.head, freed, self.cap);
+        // SAFETY: `off..off+len` lies in the arena (`free_region` contract) and holds no result the
+        // parent has not consumed yet, so nobody else reads or writes it while we encode.
+        let region = unsafe { std::slice::from_raw_parts_mut(self.base.add(off), len) };
+        match postcard::to_slice(value, region) {
+            Ok(used) => {
+                let n = used.len();
+                let p = plan(*self.head, freed, self.cap, n).expect("region was free");
+                debug_assert_eq!(p.offset, off);
+                *self.head = p.end;
+                return Ok(Encoded {
+                    offset: off,
+                    len: n,
+                    end: p.end,
+                });
+            }
+            Err(postcard::Error::SerializeBufferFull) => {}
+            Err(e) => return Err(format!("cannot encode the result: {e}")),
+        }
+        let bytes =
+            postcard::to_allocvec(value).map_err(|e| format!("cannot encode the result: {e}"))?;
+        self.put_bytes(&bytes)
+    }
+
+    /// Copies already-encoded bytes into the arena, waiting for space if needed.
+    pub(crate) fn put_bytes(&mut self, bytes: &[u8]) -> Result<Encoded, String> {
+        let n = bytes.len();
+        if n > self.cap {
+            return Err(format!(
+                "the result of {n} bytes does not fit the result arena of {} bytes",
+                self.cap
+            ));
+        }
+        loop {
+            let freed = self.freed();
+            if let Some(p) = plan(*self.head, freed, self.cap, n) {
+                // SAFETY: `plan` placed `n` bytes inside the arena over space the parent freed.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.add(p.offset), n);
+                }
+                *self.head = p.end;
+                return Ok(Encoded {
+                    offset: p.offset,
+                    len: n,
+                    end: p.end,
+                });
+            }
+            if !(self.keep_waiting)() {
+                return Err("gave up waiting for result arena space".into());
+            }
+            std::thread::sleep(std::time::Duration::from_micros(20));
+        }
+    }
+}
+
+/// Compile-time check that `F` can cross `fork` as code only.
+#[inline(always)]
+pub(crate) const fn assert_task_fn<F>() {
+    const {
+        assert!(
+            size_of::<F>() == 0,
+            "shmpool: a task function must capture nothing (a `fn` item or a non-capturing \
+             closure); pass data in the argument or set it up in the initializer"
+        )
+    }
+}
+
+/// Makes this process's copy of the task function.
+///
+/// # Safety
+///
+/// `F` is zero-sized and `Copy`, and a value of `F` existed in the parent (the pool took one):
+/// copying zero bytes of it is exactly what this does.
+unsafe fn conjure<F: Copy>() -> F {
+    assert_task_fn::<F>();
+    // SAFETY: `F` has no bytes, so the all-zero `F` is every `F`; per the contract this is a
+    // bitwise copy of the parent's `F`, which `Copy` allows.
+    unsafe { std::mem::zeroed::<F>() }
+}
+
+/// The message of a caught panic payload.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_string()
+    }
+}
+
+fn decode<A: DeserializeOwned>(arg: &[u8]) -> Result<A, CallOutcome> {
+    postcard::from_bytes(arg)
+        .map_err(|e| CallOutcome::Failed(format!("cannot decode the argument: {e}")))
+}
+
+fn ship<R: Serialize>(sink: &mut ResultSink<'_>, r: &R) -> CallOutcome {
+    match sink.put(r) {
+        Ok(e) => CallOutcome::Done(e),
+        Err(msg) => CallOutcome::Failed(msg),
+    }
+}
+
+/// Trampoline for one call `f(a)`.
+///
+/// # Safety
+///
+/// Called only in a worker, with `F` checked by `assert_task_fn` when the task was submitted and
+/// `arg` encoded from an `A` by the parent.
+pub(crate) unsafe fn call_one<F, A, R>(arg: &[u8], sink: &mut ResultSink<'_>) -> CallOutcome
+where
+    F: Fn(A) -> R + Copy,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let a: A = match decode(arg) {
+        Ok(a) => a,
+        Err(o) => return o,
+    };
+    // SAFETY: delegated to the caller (see # Safety): the parent held an `F` when it submitted.
+    let f: F = unsafe { conjure() };
+    match catch_unwind(AssertUnwindSafe(move || f(a))) {
+        Ok(r) => ship(sink, &r),
+        Err(p) => CallOutcome::Panicked(panic_message(&*p)),
+    }
+}
+
+/// Trampoline for a chunk of a `map`: `Vec<A>` in, `Vec<Result<R, panic message>>` out.
+///
+/// # Safety
+///
+/// As for [`call_one`].
+pub(crate) unsafe fn call_chunk<F, A, R>(arg: &[u8], sink: &mut ResultSink<'_>) -> CallOutcome
+where
+    F: Fn(A) -> R + Copy,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let items: Vec<A> = match decode(arg) {
+        Ok(a) => a,
+        Err(o) => return o,
+    };
+    // SAFETY: delegated to the caller (see # Safety).
+    let f: F = unsafe { conjure() };
+    let out: Vec<Result<R, String>> = items
+        .into_iter()
+        .map(|a| catch_unwind(AssertUnwindSafe(move || f(a))).map_err(|p| panic_message(&*p)))
+        .collect();
+    ship(sink, &out)
+}
+
+/// A function called with its arguments spread from a tuple (`starmap`).
+pub trait StarFn<Args>: Copy {
+    /// What the function returns.
+    type Output;
+    /// Calls the function with the tuple's fields as arguments.
+    fn call_star(&self, args: Args) -> Self::Output;
+}
+
+impl<F, A, B, R> StarFn<(A, B)> for F
+where
+    F: Fn(A, B) -> R + Copy,
+{
+    type Output = R;
+    fn call_star(&self, (a, b): (A, B)) -> R {
+        self(a, b)
+    }
+}
+
+impl<F, A, B, C, R> StarFn<(A, B, C)> for F
+where
+    F: Fn(A, B, C) -> R + Copy,
+{
+    type Output = R;
+    fn call_star(&self, (a, b, c): (A, B, C)) -> R {
+        self(a, b, c)
+    }
+}
+
+/// Trampoline for a chunk of a `starmap`.
+///
+/// # Safety
+///
+/// As for [`call_one`].
+pub(crate) unsafe fn call_star_chunk<F, Args, R>(
+    arg: &[u8],
+    sink: &mut ResultSink<'_>,
+) -> CallOutcome
+where
+    F: StarFn<Args, Output = R>,
+    Args: DeserializeOwned,
+    R: Serialize,
+{
+    let items: Vec<Args> = match decode(arg) {
+        Ok(a) => a,
+        Err(o) => return o,
+    };
+    // SAFETY: delegated to the caller (see # Safety).
+    let f: F = unsafe { conjure() };
+    let out: Vec<Result<R, String>> = items
+        .into_iter()
+        .map(|a| {
+            catch_unwind(AssertUnwindSafe(move || f.call_star(a))).map_err(|p| panic_message(&*p))
+        })
+        .collect();
+    ship(sink, &out)
+}

@@ -1,0 +1,194 @@
+//! Sleeping and waking across processes: a futex on a word in shared memory.
+//!
+//! # Protocol
+//!
+//! A [`WakeWord`] has two shared words: `seq`, bumped by every notification, and `sleepers`, the
+//! number of waiters that may be inside (or about to enter) `futex_wait`.
+//!
+//! Waiter (`wait_until`):
+//! 1. spin for a short, bounded time re-checking the condition (a round trip through spinning
+//!    costs ~0.13 µs on these machines, through futex ~13.5 µs);
+//! 2. `sleepers += 1` (SeqCst), `s = seq` (SeqCst), re-check the condition;
+//! 3. `futex_wait(seq, s, timeout)`; the kernel returns at once if `seq != s`;
+//! 4. `sleepers -= 1`, loop.
+//!
+//! Notifier (`notify`), after publishing its data with a Release store:
+//! 1. `seq += 1` (SeqCst);
+//! 2. if `sleepers != 0` (SeqCst), `futex_wake(seq)`.
+//!
+//! **Lost wake-up ruled out:** all four `sleepers`/`seq` accesses are SeqCst, so they have one total
+//! order. If the notifier's load of `sleepers` reads 0, it precedes the waiter's increment, so the
+//! waiter's load of `seq` (after its increment) reads the bumped value and synchronizes with it:
+//! the waiter's re-check then sees the published data. If the load reads non-zero, the notifier
+//! calls `futex_wake`; a waiter that has not entered the kernel yet holds a stale `s` and the
+//! kernel's compare fails, so it does not sleep.
+//!
+//! **Dead peers:** every wait has a timeout, so a waiter whose notifier died re-checks the world
+//! (parent alive? worker alive?) at least that often. No `FUTEX_PRIVATE_FLAG`: the word is shared
+//! between processes.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+
+use crate::sync::{AtomicU32, Ordering};
+
+/// A cross-process wake-up word pair; lives in shared memory, `#[repr(C)]`.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct WakeWord {
+    /// Bumped (wrapping) by every `notify`; waiters sleep on it.
+    seq: CachePadded<AtomicU32>,
+    /// Number of waiters that may be asleep; lets `notify` skip the syscall when zero.
+    sleepers: CachePadded<AtomicU32>,
+}
+
+/// How long a waiter spins before going to sleep.
+pub(crate) const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+
+impl WakeWord {
+    pub(crate) fn new() -> Self {
+        WakeWord {
+            seq: CachePadded::new(AtomicU32::new(0)),
+            sleepers: CachePadded::new(AtomicU32::new(0)),
+        }
+    }
+
+    /// Wakes every waiter (cheap when nobody sleeps: no syscall).
+    pub(crate) fn notify(&self) {
+        // SeqCst: see "Lost wake-up ruled out" in the module docs.
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) != 0 {
+            futex_wake(&self.seq);
+        }
+    }
+
+    /// Waits until `ready()` holds or `timeout` passes; returns the last value of `ready()`.
+    ///
+    /// Spins for at most `spin`, then sleeps on the futex in slices of at most `slice`, calling
+    /// `ready` after every wake-up (spurious or not).
+    pub(crate) fn wait_until(
+        &self,
+        spin: Duration,
+        timeout: Option<Duration>,
+        mut ready: impl FnMut() -> bool,
+    ) -> bool {
+        if ready() {
+            return true;
+        }
+        let start = Instant::now();
+        let deadline = timeout.map(|t| start + t);
+        // Phase 1: bounded spin.
+        let backoff = crossbeam_utils::Backoff::new();
+        while start.elapsed() < spin {
+            if ready() {
+                return true;
+            }
+            if backoff.is_completed() {
+                std::thread::yield_now();
+            } else {
+                backoff.snooze();
+            }
+        }
+        // Phase 2: sleep.
+        loop {
+            // SeqCst: see "Lost wake-up ruled out".
+            self.sleepers.fetch_add(1, Ordering::SeqCst);
+            let seen = self.seq.load(Ordering::SeqCst);
+            if ready() {
+                self.sleepers.fetch_sub(1, Ordering::SeqCst);
+                return true;
+            }
+            let slice = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+                        return false;
+                    }
+                    d - now
+                }
+                None => Duration::from_secs(3600),
+            };
+            futex_wait(&self.seq, seen, slice);
+            self.sleepers.fetch_sub(1, Ordering::SeqCst);
+            if ready() {
+                return true;
+            }
+        }
+    }
+}
+
+impl Default for WakeWord {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(not(loom))]
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `word` is a live, 4-byte aligned atomic (in shared memory or on the heap) for the
+    // whole call; FUTEX_WAIT only reads it and compares with `expected`. No FUTEX_PRIVATE_FLAG, so
+    // the kernel keys the wait on the physical page, which is what makes it work across processes.
+    // The return value (0, EAGAIN, EINTR, ETIMEDOUT) needs no handling: callers re-check.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+#[cfg(not(loom))]
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: as in `futex_wait`; FUTEX_WAKE reads no memory, it only wakes waiters keyed on the
+    // word's address.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX);
+    }
+}
+
+#[cfg(loom)]
+fn futex_wait(_word: &AtomicU32, _expected: u32, _timeout: Duration) {
+    loom::thread::yield_now();
+}
+
+#[cfg(loom)]
+fn futex_wake(_word: &AtomicU32) {}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::sync::AtomicU64;
+    use std::sync::Arc;
+
+    #[test]
+    fn notify_wakes_a_sleeper_across_threads() {
+        let w = Arc::new((WakeWord::new(), AtomicU64::new(0)));
+        let w2 = Arc::clone(&w);
+        let t = std::thread::spawn(move || {
+            w2.0.wait_until(Duration::ZERO, Some(Duration::from_secs(30)), || {
+                w2.1.load(Ordering::Acquire) == 1
+            })
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        w.1.store(1, Ordering::Release);
+        w.0.notify();
+        assert!(t.join().unwrap());
+    }
+
+    #[test]
+    fn wait_times_out_when_nothing_happens() {
+        let w = WakeWord::new();
+        assert!(!w.wait_until(Duration::ZERO, Some(Duration::from_millis(10)), || false));
+    }
+}

@@ -1,0 +1,297 @@
+//! The loop a worker runs after `fork`, and [`current_worker`].
+//!
+//! A worker never returns and never unwinds into its copy of the parent's stack: user code runs
+//! under `catch_unwind`, our own code under [`ExitOnUnwind`], and the process leaves only through
+//! `_exit`, so the parent's atexit handlers and buffered output never run twice.
+
+#![allow(clippy::disallowed_types)] // process-wide identity flags below are plain std atomics
+
+use std::io::Write;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering as StdOrdering};
+use std::time::{Duration, Instant};
+
+use crate::control::{Control, RUNNING};
+use crate::ring::{Consumer, Descriptor, Producer, STATUS_ERROR, STATUS_OK, STATUS_PANICKED};
+use crate::sync::Ordering;
+use crate::task::{CallFn, CallOutcome, ResultSink, panic_message};
+use crate::wake::DEFAULT_SPIN;
+
+/// Exit code of a worker whose initializer panicked.
+pub(crate) const EXIT_INIT_FAILED: i32 = 86;
+/// Exit code of a worker that found the parent broke the protocol.
+pub(crate) const EXIT_PROTOCOL: i32 = 87;
+/// Exit code of a worker (or server) whose parent was already gone.
+pub(crate) const EXIT_ORPHAN: i32 = 88;
+/// Exit code of a worker or server whose own code panicked.
+pub(crate) const EXIT_INTERNAL: i32 = 89;
+
+/// Most bytes of a panic message shipped back to the parent.
+const MAX_MESSAGE: usize = 64 * 1024;
+
+static WORKER_INDEX: AtomicU64 = AtomicU64::new(u64::MAX);
+static WORKER_SEQ: AtomicU64 = AtomicU64::new(0);
+static WORKER_PID: AtomicI32 = AtomicI32::new(0);
+
+/// Who the current process is, when it is a pool worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    index: usize,
+    pid: u32,
+    seq: u64,
+}
+
+impl WorkerInfo {
+    /// The worker's slot, `0..processes`. A replacement for a dead worker takes over its slot.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The worker's name, `PoolWorker-N`, where `N` counts the workers this pool has started
+    /// (from 1; a replacement gets a new number), like Python's `current_process().name`.
+    pub fn name(&self) -> String {
+        format!("PoolWorker-{}", self.seq)
+    }
+}
+
+/// The worker running the calling code, or `None` in a process that is not a pool worker.
+///
+/// # Examples
+///
+/// ```
+/// let pool = shmpool::Pool::new(2)?;
+/// assert!(shmpool::current_worker().is_none());
+/// let name = pool.apply(|_: ()| shmpool::current_worker().unwrap().name(), ())?;
+/// assert!(name.starts_with("PoolWorker-"));
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+pub fn current_worker() -> Option<WorkerInfo> {
+    let index = WORKER_INDEX.load(StdOrdering::Relaxed);
+    // Relaxed: written once, right after fork, before any task runs in this process.
+    if index == u64::MAX || WORKER_PID.load(StdOrdering::Relaxed) != std::process::id() as i32 {
+        return None;
+    }
+    Some(WorkerInfo {
+        index: index as usize,
+        pid: std::process::id(),
+        seq: WORKER_SEQ.load(StdOrdering::Relaxed),
+    })
+}
+
+/// Leaves the process with `_exit(code)`, flushing what the task printed first if asked.
+pub(crate) fn exit_now(code: i32, flush: bool) -> ! {
+    if flush {
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+    }
+    // SAFETY: `_exit` is async-signal-safe and never returns; it skips atexit handlers and stdio
+    // buffers on purpose (they belong to the parent's image).
+    unsafe { libc::_exit(code) }
+}
+
+/// Writes `msg` to stderr with a raw `write(2)` (no lock, no allocation).
+pub(crate) fn raw_stderr(msg: &str) {
+    // SAFETY: writes `msg.len()` bytes from a live buffer to fd 2; the result is irrelevant.
+    unsafe {
+        libc::write(2, msg.as_ptr().cast(), msg.len());
+    }
+}
+
+/// Turns any unwind through our own post-fork code into `_exit(EXIT_INTERNAL)`.
+pub(crate) struct ExitOnUnwind(pub(crate) &'static str);
+
+impl Drop for ExitOnUnwind {
+    fn drop(&mut self) {
+        // Only reached while unwinding: the normal paths leave through `exit_now`.
+        raw_stderr("shmpool: internal panic in ");
+        raw_stderr(self.0);
+        raw_stderr("; exiting\n");
+        exit_now(EXIT_INTERNAL, false);
+    }
+}
+
+/// Sets the parent-death signal and checks the parent is still the one we were forked from.
+pub(crate) fn die_with_parent(expected_parent: i32) {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only changes this process's own attribute.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+    // The parent may have died before prctl took effect: then we were re-parented already.
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != expected_parent {
+        exit_now(EXIT_ORPHAN, false);
+    }
+}
+
+/// Everything a freshly forked worker needs.
+pub(crate) struct WorkerCtx<'a> {
+    pub(crate) ctl: &'a Control,
+    pub(crate) slot: usize,
+    pub(crate) seq: u64,
+    pub(crate) server_pid: i32,
+    pub(crate) initializer: Option<&'a (dyn Fn() + Send + Sync)>,
+    pub(crate) max_tasks: Option<u64>,
+}
+
+/// The worker's life. Never returns.
+pub(crate) fn worker_main(ctx: WorkerCtx<'_>) -> ! {
+    let _guard = ExitOnUnwind("a pool worker");
+    die_with_parent(ctx.server_pid);
+    // SAFETY: restoring the default disposition of SIGCHLD (the server installed a handler) is a
+    // plain sigaction on our own process; tasks that spawn children then see normal behaviour.
+    unsafe {
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+    }
+    WORKER_INDEX.store(ctx.slot as u64, StdOrdering::Relaxed);
+    WORKER_SEQ.store(ctx.seq, StdOrdering::Relaxed);
+    WORKER_PID.store(std::process::id() as i32, StdOrdering::Relaxed);
+
+    let ctl = ctx.ctl;
+    let slot = ctl.slot(ctx.slot);
+    let header = ctl.header();
+    let cap = ctl.arena_cap();
+    let result_base = ctl.result_arena(ctx.slot);
+    let arg_base = ctl.arg_arena(ctx.slot);
+
+    if let Some(init) = ctx.initializer
+        && let Err(p) = catch_unwind(AssertUnwindSafe(init))
+    {
+        {
+            let msg = panic_message(&*p);
+            let n = msg.len().min(MAX_MESSAGE).min(cap);
+            // SAFETY: offset 0..n of our result arena; no task ran, so the parent reads nothing
+            // there until it sees `init_error_len` (published below with Release).
+            unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), result_base, n) };
+            // Release, SYNC: init-error — pairs with the collector's Acquire load.
+            slot.init_error_len.store(n as u32, Ordering::Release);
+            exit_now(EXIT_INIT_FAILED, true);
+        }
+    }
+
+    // SAFETY: the control segment stays mapped for our whole life; this worker is the only
+    // consumer of its task ring and the only producer of its result ring (a predecessor in this
+    // slot is dead and reaped before the parent asks for us).
+    let (mut tasks, mut results) = unsafe {
+        (
+            Consumer::attach(&slot.tasks),
+            Producer::attach(&slot.results),
+        )
+    };
+    // Acquire, SYNC: result-free — everything the parent consumed is free for us.
+    let mut head = slot.result_freed.load(Ordering::Acquire);
+    let server_pid = ctx.server_pid;
+    let parent_alive = move || {
+        // SAFETY: getppid has no preconditions.
+        unsafe { libc::getppid() == server_pid }
+    };
+    let mut done: u64 = 0;
+
+    loop {
+        let d = match tasks.pop() {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                // Acquire, SYNC: server-request (shutdown flag written with Release by the parent).
+                if header.shutdown.load(Ordering::Acquire) != RUNNING && !tasks.has_data() {
+                    exit_now(0, true);
+                }
+                let woke =
+                    slot.wake
+                        .wait_until(DEFAULT_SPIN, Some(Duration::from_millis(500)), || {
+                            tasks.has_data() || header.shutdown.load(Ordering::Acquire) != RUNNING
+                        });
+                if !woke && !parent_alive() {
+                    exit_now(EXIT_ORPHAN, false);
+                }
+                continue;
+            }
+            Err(_) => exit_now(EXIT_PROTOCOL, false),
+        };
+        let offset = d.offset as usize;
+        let len = d.len as usize;
+        if d.call == 0 || offset.checked_add(len).is_none_or(|end| end > cap) {
+            exit_now(EXIT_PROTOCOL, false);
+        }
+        // SAFETY: bounds checked above; the parent wrote this argument before publishing the
+        // descriptor (ring-publish) and does not touch it until it has our result.
+        let arg = unsafe { std::slice::from_raw_parts(arg_base.add(offset), len) };
+        // SAFETY: the parent only ever sends addresses of `CallFn` trampolines of this very
+        // binary image (we are its fork), so the address is a valid `CallFn`.
+        let call: CallFn = unsafe { std::mem::transmute::<usize, CallFn>(d.call as usize) };
+        let keep_waiting = || parent_alive();
+        let started = Instant::now();
+        let outcome = {
+            // SAFETY: `result_base..+cap` is our result arena and only we allocate in it.
+            let mut sink = unsafe {
+                ResultSink::new(
+                    result_base,
+                    cap,
+                    &mut head,
+                    &slot.result_freed,
+                    &keep_waiting,
+                )
+            };
+            // SAFETY: the argument was encoded by the parent for this very trampoline.
+            let outcome = unsafe { call(arg, &mut sink) };
+            match outcome {
+                CallOutcome::Done(e) => Ok((STATUS_OK, e)),
+                CallOutcome::Panicked(m) => message(&mut sink, STATUS_PANICKED, &m),
+                CallOutcome::Failed(m) => message(&mut sink, STATUS_ERROR, &m),
+            }
+        };
+        let elapsed_ns = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        let (status, enc) = match outcome {
+            Ok(x) => x,
+            Err(()) => exit_now(EXIT_ORPHAN, false),
+        };
+        let mut rd = Descriptor {
+            task_id: d.task_id,
+            call: 0,
+            offset: enc.offset as u64,
+            len: enc.len as u64,
+            arena_end: enc.end,
+            elapsed_ns,
+            status,
+            flags: 0,
+            reserved: 0,
+        };
+        loop {
+            match results.push(rd) {
+                Ok(Ok(())) => break,
+                Ok(Err(back)) => {
+                    rd = back;
+                    if !parent_alive() {
+                        exit_now(EXIT_ORPHAN, false);
+                    }
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                Err(_) => exit_now(EXIT_PROTOCOL, false),
+            }
+        }
+        header.collector.notify();
+        done += 1;
+        if ctx.max_tasks.is_some_and(|m| done >= m) {
+            exit_now(0, true);
+        }
+    }
+}
+
+/// Ships a panic or error message as the task's result payload.
+fn message(
+    sink: &mut ResultSink<'_>,
+    status: u32,
+    msg: &str,
+) -> Result<(u32, crate::task::Encoded), ()> {
+    let mut end = msg.len().min(MAX_MESSAGE);
+    while !msg.is_char_boundary(end) {
+        end -= 1;
+    }
+    match sink.put_bytes(&msg.as_bytes()[..end]) {
+        Ok(e) => Ok((status, e)),
+        Err(_) => Err(()),
+    }
+}

@@ -1,0 +1,3 @@
+//! The `shmpool` command-line tool.
+
+fn main() {}
