@@ -68,6 +68,7 @@
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 mod arena;
+mod channel;
 mod control;
 mod error;
 mod payload;

@@ -56,6 +56,10 @@ extern "C" fn on_sigchld(_: libc::c_int) {
 /// What the fork server needs, inherited through `fork` (it lives in the parent's memory).
 pub(crate) struct ServerCtx<'a> {
     pub(crate) ctl: &'a Control,
+    /// Each slot's worker end of its segment channel (inherited by the slot's workers).
+    pub(crate) worker_channels: &'a [i32],
+    /// The parent's ends, which the server closes at once.
+    pub(crate) parent_channels: &'a [i32],
     pub(crate) initializer: Option<&'a (dyn Fn() + Send + Sync)>,
     pub(crate) max_tasks: Option<u64>,
 }
@@ -96,6 +100,11 @@ fn server_main(ctx: &ServerCtx<'_>, parent: i32) -> ! {
         sa.sa_flags = libc::SA_NOCLDSTOP;
         libc::sigemptyset(&mut sa.sa_mask);
         libc::sigaction(libc::SIGCHLD, &sa, std::ptr::null_mut());
+    }
+    for &fd in ctx.parent_channels {
+        // SAFETY: these are the parent's ends of the channel pairs, inherited by fork and never
+        // used by this process; closing our copies leaves the parent's open.
+        unsafe { libc::close(fd) };
     }
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };
@@ -145,6 +154,7 @@ fn server_main(ctx: &ServerCtx<'_>, parent: i32) -> ! {
                         slot: i,
                         seq,
                         server_pid: me,
+                        channel: ctx.worker_channels[i],
                         initializer: ctx.initializer,
                         max_tasks: ctx.max_tasks,
                     }),

@@ -1,6 +1,6 @@
 //! [`AsyncResult`]: a handle to a result that a worker will produce.
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -15,20 +15,34 @@ enum State<R> {
     Taken,
 }
 
+/// Something a waiter can do while it spins, instead of waiting for another thread to do it:
+/// the pool lets a thread blocked in `get` collect results itself, which saves a thread hop (and
+/// a futex wake) per `apply`.
+pub(crate) trait Helper: Send + Sync {
+    /// A waiter starts helping.
+    fn enter(&self);
+    /// Does one round of work, if no one else is doing it right now.
+    fn help(&self);
+    /// The waiter stops helping (it found its result, or it is going to sleep).
+    fn leave(&self);
+}
+
 /// The shared cell a completion fills and an [`AsyncResult`] reads.
 pub(crate) struct ResultCell<R> {
     state: Mutex<State<R>>,
     cond: Condvar,
     /// 1 once `state` is `Ready`; lets waiters spin without the lock.
     ready: AtomicU32,
+    helper: Option<Weak<dyn Helper>>,
 }
 
 impl<R> ResultCell<R> {
-    pub(crate) fn new() -> Arc<Self> {
+    pub(crate) fn new(helper: Option<Weak<dyn Helper>>) -> Arc<Self> {
         Arc::new(ResultCell {
             state: Mutex::new(State::Pending),
             cond: Condvar::new(),
             ready: AtomicU32::new(0),
+            helper,
         })
     }
 
@@ -50,13 +64,26 @@ impl<R> ResultCell<R> {
     }
 
     fn wait_deadline(&self, deadline: Option<Instant>) -> bool {
+        if self.is_ready() {
+            return true;
+        }
         let start = Instant::now();
         let backoff = crossbeam_utils::Backoff::new();
-        while start.elapsed() < SPIN {
+        let helper = self.helper.as_ref().and_then(Weak::upgrade);
+        if let Some(h) = &helper {
+            h.enter();
+        }
+        while start.elapsed() < SPIN && deadline.is_none_or(|d| Instant::now() < d) {
+            if let Some(h) = &helper {
+                h.help();
+            }
             if self.is_ready() {
-                return true;
+                break;
             }
             backoff.snooze();
+        }
+        if let Some(h) = &helper {
+            h.leave();
         }
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {

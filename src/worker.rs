@@ -134,6 +134,8 @@ pub(crate) struct WorkerCtx<'a> {
     pub(crate) slot: usize,
     pub(crate) seq: u64,
     pub(crate) server_pid: i32,
+    /// This slot's end of the segment channel.
+    pub(crate) channel: i32,
     pub(crate) initializer: Option<&'a (dyn Fn() + Send + Sync)>,
     pub(crate) max_tasks: Option<u64>,
 }
@@ -150,6 +152,7 @@ pub(crate) fn worker_main(ctx: WorkerCtx<'_>) -> ! {
     WORKER_INDEX.store(ctx.slot as u64, StdOrdering::Relaxed);
     WORKER_SEQ.store(ctx.seq, StdOrdering::Relaxed);
     WORKER_PID.store(std::process::id() as i32, StdOrdering::Relaxed);
+    crate::channel::set_worker_channel(ctx.channel);
 
     let ctl = ctx.ctl;
     let slot = ctl.slot(ctx.slot);

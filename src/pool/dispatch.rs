@@ -26,10 +26,12 @@
 //! and are run by the replacement, which attaches at the same positions.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
+use std::os::fd::RawFd;
+
 use crate::arena::LocalArena;
+use crate::channel::{SegmentShare, SentSegments};
 use crate::control::{Control, RUNNING};
 use crate::error::{Error, Result};
 use crate::process::{decode_status, reap_server};
@@ -70,6 +72,19 @@ pub(crate) struct Job {
     pub(crate) payload: Vec<u8>,
     pub(crate) call: usize,
     pub(crate) done: Completion,
+    /// Shared segments the task reads or writes (sent to the worker before the task).
+    pub(crate) segments: Vec<SegmentShare>,
+}
+
+impl Job {
+    pub(crate) fn new(payload: Vec<u8>, call: usize, done: Completion) -> Job {
+        Job {
+            payload,
+            call,
+            done,
+            segments: Vec::new(),
+        }
+    }
 }
 
 struct InFlight {
@@ -102,6 +117,10 @@ pub(crate) struct Dispatch {
     /// Average task time per slot (ns), 0 while unknown.
     avg_ns: Vec<f64>,
     pending: VecDeque<Job>,
+    /// The parent's end of each slot's segment channel.
+    channels: Vec<RawFd>,
+    /// Which segments each slot's worker holds.
+    sent: Vec<SentSegments>,
     next_id: u64,
     /// Jobs accepted and not yet completed (pending + in flight + completing).
     pub(crate) outstanding: usize,
@@ -109,7 +128,7 @@ pub(crate) struct Dispatch {
 }
 
 impl Dispatch {
-    pub(crate) fn new(ctl: &Control) -> Dispatch {
+    pub(crate) fn new(ctl: &Control, channels: Vec<RawFd>) -> Dispatch {
         let n = ctl.slots();
         Dispatch {
             // SAFETY: the control segment outlives the dispatcher (both live in `Inner`, which
@@ -122,6 +141,8 @@ impl Dispatch {
             usable: vec![true; n],
             avg_ns: vec![0.0; n],
             pending: VecDeque::new(),
+            sent: (0..n).map(|_| SentSegments::default()).collect(),
+            channels,
             next_id: 1,
             outstanding: 0,
             phase: Phase::Open,
@@ -184,6 +205,14 @@ impl Dispatch {
                 break;
             };
             let job = self.pending.pop_front().expect("front exists");
+            if !job.segments.is_empty()
+                && let Err(e) = self.sent[s].sync(self.channels[s], &job.segments)
+            {
+                self.arenas[s].head = head_before;
+                self.outstanding -= 1;
+                (job.done)(TaskResult::Err(e));
+                continue;
+            }
             // SAFETY: `place` is a fresh allocation of `len` bytes inside slot `s`'s argument
             // arena; the worker reads it only after the descriptor is published below.
             unsafe {
@@ -247,66 +276,125 @@ pub(crate) fn wake(ctl: &Control, slots: &[usize]) {
     }
 }
 
-/// The collector thread's main loop. Returns when the fork server is gone.
-pub(crate) fn collect(inner: &Arc<Inner>, server_pid: i32) {
+/// The collector role: the consumer side of every result ring. Held by the collector thread, or
+/// by a thread waiting in `AsyncResult::get` that collects for itself (see `Helper`).
+pub(crate) struct Collect {
+    consumers: Vec<Consumer>,
+    /// Slots whose replacement worker was requested and not yet confirmed.
+    respawning: Vec<bool>,
+}
+
+impl Collect {
+    pub(crate) fn new(ctl: &Control) -> Collect {
+        Collect {
+            // SAFETY: the control segment outlives the collector role (both live in `Inner`);
+            // whoever holds the role's mutex is the only consumer of the result rings.
+            consumers: (0..ctl.slots())
+                .map(|i| unsafe { Consumer::attach(&ctl.slot(i).results) })
+                .collect(),
+            respawning: vec![false; ctl.slots()],
+        }
+    }
+
+    /// True if a result or a death is waiting.
+    pub(crate) fn has_work(&self, ctl: &Control) -> bool {
+        self.consumers.iter().any(Consumer::has_data)
+            // Acquire, SYNC: slot-exit.
+            || (0..ctl.slots()).any(|s| ctl.slot(s).exited.load(Ordering::Acquire) != 0)
+            || self.respawning.iter().any(|&r| r)
+    }
+}
+
+/// Drains every result ring, handles deaths and finished respawns once. Returns whether anything
+/// happened.
+pub(crate) fn poll_once(inner: &Inner, c: &mut Collect) -> bool {
     let ctl = &inner.ctl;
     let n = ctl.slots();
-    // SAFETY: the control segment outlives this thread (`Inner` owns it and we hold an `Arc`);
-    // this thread is the only consumer of result rings.
-    let mut consumers: Vec<Consumer> = (0..n)
-        .map(|i| unsafe { Consumer::attach(&ctl.slot(i).results) })
+    let mut progressed = false;
+    // Deaths are noted before draining, so everything the dead worker pushed is drained first.
+    let dead: Vec<usize> = (0..n)
+        // Acquire, SYNC: slot-exit.
+        .filter(|&s| ctl.slot(s).exited.load(Ordering::Acquire) != 0)
         .collect();
-    let mut respawning = vec![false; n];
-    loop {
-        let mut progressed = false;
-        // Deaths are noted before draining, so everything the dead worker pushed is drained first.
-        let dead: Vec<usize> = (0..n)
-            // Acquire, SYNC: slot-exit.
-            .filter(|&s| ctl.slot(s).exited.load(Ordering::Acquire) != 0)
-            .collect();
-        for (s, consumer) in consumers.iter_mut().enumerate() {
-            loop {
-                match consumer.pop() {
-                    Ok(Some(d)) => {
-                        progressed = true;
-                        on_result(inner, s, d);
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        corrupted(inner, s, e.to_string());
-                        break;
-                    }
+    for (s, consumer) in c.consumers.iter_mut().enumerate() {
+        loop {
+            match consumer.pop() {
+                Ok(Some(d)) => {
+                    progressed = true;
+                    on_result(inner, s, d);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    corrupted(inner, s, e.to_string());
+                    break;
                 }
             }
         }
-        for s in dead {
+    }
+    for s in dead {
+        progressed = true;
+        on_death(inner, s);
+        c.respawning[s] = true;
+    }
+    for (s, waiting) in c.respawning.iter_mut().enumerate() {
+        // Acquire, SYNC: spawn-done.
+        if *waiting && ctl.slot(s).spawn_req.load(Ordering::Acquire) == 0 {
+            *waiting = false;
             progressed = true;
-            on_death(inner, s);
-            respawning[s] = true;
-        }
-        for (s, waiting) in respawning.iter_mut().enumerate() {
-            // Acquire, SYNC: spawn-done.
-            if *waiting && ctl.slot(s).spawn_req.load(Ordering::Acquire) == 0 {
-                *waiting = false;
-                if ctl.slot(s).pid.load(Ordering::Relaxed) == 0 {
-                    spawn_failed(inner, s);
-                }
+            if ctl.slot(s).pid.load(Ordering::Relaxed) == 0 {
+                spawn_failed(inner, s);
             }
         }
+    }
+    progressed
+}
+
+/// The collector thread's main loop. Returns when the fork server is gone.
+///
+/// While some thread is collecting for itself (`active_callers > 0`), this thread stays off the
+/// futex, so a worker that publishes a result pays no `futex_wake` and no thread is woken for
+/// nothing; the last such caller to leave wakes it (`callers_left`). See `Helper`.
+pub(crate) fn collect(inner: &Inner, server_pid: i32) {
+    let ctl = &inner.ctl;
+    loop {
+        let progressed = {
+            let mut c = inner.collect.lock().unwrap_or_else(|e| e.into_inner());
+            poll_once(inner, &mut c)
+        };
         if let Some(status) = reap_server(server_pid, false) {
+            let mut c = inner.collect.lock().unwrap_or_else(|e| e.into_inner());
+            poll_once(inner, &mut c);
+            drop(c);
             server_gone(inner, status);
             return;
         }
-        if !progressed {
-            ctl.header().collector.wait_until(
-                COLLECTOR_SPIN,
-                Some(Duration::from_millis(100)),
-                || {
-                    consumers.iter().any(Consumer::has_data)
-                        || (0..n).any(|s| ctl.slot(s).exited.load(Ordering::Acquire) != 0)
-                },
-            );
+        if progressed {
+            continue;
         }
+        if inner.active_callers.load(Ordering::SeqCst) > 0 {
+            let g = inner
+                .callers_left
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let _ = inner
+                .callers_left
+                .1
+                .wait_timeout_while(g, Duration::from_millis(100), |_| {
+                    inner.active_callers.load(Ordering::SeqCst) > 0
+                });
+            continue;
+        }
+        ctl.header()
+            .collector
+            .wait_until(COLLECTOR_SPIN, Some(Duration::from_millis(100)), || {
+                inner.active_callers.load(Ordering::SeqCst) > 0
+                    || inner
+                        .collect
+                        .try_lock()
+                        .map(|c| c.has_work(ctl))
+                        .unwrap_or(true)
+            });
     }
 }
 
@@ -326,7 +414,7 @@ fn finished(inner: &Inner, count: usize) {
     }
 }
 
-fn on_result(inner: &Arc<Inner>, s: usize, d: Descriptor) {
+fn on_result(inner: &Inner, s: usize, d: Descriptor) {
     let ctl = &inner.ctl;
     let cap = ctl.arena_cap();
     let (done, woken) = {
@@ -396,7 +484,7 @@ fn on_result(inner: &Arc<Inner>, s: usize, d: Descriptor) {
     finished(inner, 1);
 }
 
-fn on_death(inner: &Arc<Inner>, s: usize) {
+fn on_death(inner: &Inner, s: usize) {
     let ctl = &inner.ctl;
     let slot = ctl.slot(s);
     // Relaxed: ordered by the Acquire load of `exited` that found the death.
@@ -443,6 +531,7 @@ fn on_death(inner: &Arc<Inner>, s: usize) {
             }
             if respawn {
                 g.usable[s] = true;
+                g.sent[s].reset();
             }
             (failed, respawn, None)
         }
@@ -473,7 +562,7 @@ fn on_death(inner: &Arc<Inner>, s: usize) {
     finished(inner, n_failed + n_broken);
 }
 
-fn spawn_failed(inner: &Arc<Inner>, s: usize) {
+fn spawn_failed(inner: &Inner, s: usize) {
     let ctl = &inner.ctl;
     let errno = ctl.slot(s).spawn_errno.load(Ordering::Relaxed) as i32;
     let err = Error::os(
@@ -498,7 +587,7 @@ fn spawn_failed(inner: &Arc<Inner>, s: usize) {
     finished(inner, n);
 }
 
-fn corrupted(inner: &Arc<Inner>, s: usize, detail: String) {
+fn corrupted(inner: &Inner, s: usize, detail: String) {
     let ctl = &inner.ctl;
     let mut g = lock(inner);
     if matches!(g.phase, Phase::Stopped) {
@@ -512,7 +601,7 @@ fn corrupted(inner: &Arc<Inner>, s: usize, detail: String) {
     ctl.header().server.notify();
 }
 
-fn server_gone(inner: &Arc<Inner>, status: i32) {
+fn server_gone(inner: &Inner, status: i32) {
     let (signal, exit_code) = decode_status(status);
     let jobs = {
         let mut g = lock(inner);

@@ -128,11 +128,7 @@ where
                 });
             });
             let payload = encode(&chunk, self.pool.arena_cap())?;
-            self.pool.submit(vec![Job {
-                payload,
-                call: self.call,
-                done,
-            }])?;
+            self.pool.submit(vec![Job::new(payload, self.call, done)])?;
             self.next_index += 1;
             self.live += 1;
         }

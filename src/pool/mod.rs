@@ -4,6 +4,7 @@ mod callbacks;
 pub(crate) mod dispatch;
 mod imap;
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -11,16 +12,17 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::channel;
 use crate::control::{Control, GRACEFUL, TERMINATE};
 use crate::error::{Error, Result};
 use crate::payload::Payload;
 use crate::process::{ServerCtx, fork_server, reap_server};
-use crate::result::{AsyncResult, ResultCell};
-use crate::sync::Ordering;
+use crate::result::{AsyncResult, Helper, ResultCell};
+use crate::sync::{AtomicU32, Ordering};
 use crate::task::{CallFn, StarFn, assert_task_fn, call_chunk, call_one, call_star_chunk};
 
 use callbacks::Callbacks;
-use dispatch::{Completion, Dispatch, Job, Phase, TaskResult, encode};
+use dispatch::{Collect, Completion, Dispatch, Job, Phase, TaskResult, encode};
 pub use imap::IMap;
 
 /// Default size of each worker's argument arena and result arena.
@@ -33,7 +35,15 @@ pub(crate) struct Inner {
     /// Notified when `outstanding` drops to 0 (or the pool breaks).
     pub(crate) idle: Condvar,
     callbacks: Arc<Callbacks>,
+    /// The parent's end of each slot's segment channel (see `channel`).
+    channels: Vec<OwnedFd>,
     collector: Mutex<Option<JoinHandle<()>>>,
+    /// The collector role (consumer side of the result rings).
+    pub(crate) collect: Mutex<Collect>,
+    /// Threads currently collecting for themselves while they wait for a result.
+    pub(crate) active_callers: AtomicU32,
+    /// Wakes the collector thread when the last such caller leaves.
+    pub(crate) callers_left: (Mutex<()>, Condvar),
     initializer: Option<Arc<dyn Fn() + Send + Sync>>,
     max_tasks: Option<u64>,
     processes: usize,
@@ -176,8 +186,20 @@ impl PoolBuilder {
             return Err(Error::invalid("arena_size must be at least 4096 bytes"));
         }
         let ctl = Control::new(processes, self.arena_size)?;
+        let (channels, worker_channels): (Vec<OwnedFd>, Vec<OwnedFd>) = (0..processes)
+            .map(|_| channel::pair())
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
         let inner = Arc::new(Inner {
-            dispatch: Mutex::new(Dispatch::new(&ctl)),
+            dispatch: Mutex::new(Dispatch::new(
+                &ctl,
+                channels.iter().map(AsRawFd::as_raw_fd).collect(),
+            )),
+            channels,
+            collect: Mutex::new(Collect::new(&ctl)),
+            active_callers: AtomicU32::new(0),
+            callers_left: (Mutex::new(()), Condvar::new()),
             ctl,
             idle: Condvar::new(),
             callbacks: Arc::new(Callbacks::new()),
@@ -190,7 +212,7 @@ impl PoolBuilder {
         let for_thread = Arc::clone(&inner);
         let handle = std::thread::Builder::new()
             .name("shmpool-collector".into())
-            .spawn(move || collector_thread(for_thread, tx))
+            .spawn(move || collector_thread(for_thread, worker_channels, tx))
             .map_err(|e| Error::os("spawn collector thread", e))?;
         match rx.recv() {
             Ok(Ok(())) => {
@@ -213,9 +235,17 @@ impl PoolBuilder {
 
 /// The collector thread: forks the server (so the parent-death signal follows a thread that
 /// lives exactly as long as the pool), starts the workers, reports to `build`, then collects.
-fn collector_thread(inner: Arc<Inner>, ready: mpsc::Sender<Result<()>>) {
+fn collector_thread(
+    inner: Arc<Inner>,
+    worker_channels: Vec<OwnedFd>,
+    ready: mpsc::Sender<Result<()>>,
+) {
+    let worker_fds: Vec<i32> = worker_channels.iter().map(AsRawFd::as_raw_fd).collect();
+    let parent_fds: Vec<i32> = inner.channels.iter().map(AsRawFd::as_raw_fd).collect();
     let ctx = ServerCtx {
         ctl: &inner.ctl,
+        worker_channels: &worker_fds,
+        parent_channels: &parent_fds,
         initializer: inner.initializer.as_deref(),
         max_tasks: inner.max_tasks,
     };
@@ -226,6 +256,8 @@ fn collector_thread(inner: Arc<Inner>, ready: mpsc::Sender<Result<()>>) {
             return;
         }
     };
+    // The server (and through it every worker) holds the worker ends now.
+    drop(worker_channels);
     let ctl = &inner.ctl;
     let started = ctl.dont_fork().and_then(|()| start_workers(ctl));
     if let Err(e) = started {
@@ -318,6 +350,11 @@ impl Pool {
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    fn helper(&self) -> std::sync::Weak<dyn Helper> {
+        let weak: std::sync::Weak<Inner> = Arc::downgrade(&self.inner);
+        weak
+    }
+
     fn arena_cap(&self) -> usize {
         self.inner.ctl.arena_cap()
     }
@@ -365,14 +402,14 @@ impl Pool {
     {
         let _ = f;
         assert_task_fn::<F>();
-        let cell = ResultCell::new();
+        let cell = ResultCell::new(Some(self.helper()));
         let out = Arc::clone(&cell);
         let done: Completion = Box::new(move |r| out.set(decode_result::<R>(r)));
-        self.submit(vec![Job {
-            payload: encode(&arg, self.arena_cap())?,
-            call: call_one::<F, A, R> as CallFn as usize,
+        self.submit(vec![Job::new(
+            encode(&arg, self.arena_cap())?,
+            call_one::<F, A, R> as CallFn as usize,
             done,
-        }])?;
+        )])?;
         Ok(AsyncResult::from_cell(cell))
     }
 
@@ -428,7 +465,7 @@ impl Pool {
     {
         let _ = f;
         assert_task_fn::<F>();
-        let cell = ResultCell::new();
+        let cell = ResultCell::new(Some(self.helper()));
         let out = Arc::clone(&cell);
         let callbacks = Arc::clone(&self.inner.callbacks);
         let payload = encode(&arg, self.arena_cap())?;
@@ -442,11 +479,8 @@ impl Pool {
             out.set(decode_result::<R>(r));
             callbacks.push(Box::new(move || callback(for_callback)));
         });
-        if let Err(e) = self.submit(vec![Job {
-            payload,
-            call: call_one::<F, A, R> as CallFn as usize,
-            done,
-        }]) {
+        let call = call_one::<F, A, R> as CallFn as usize;
+        if let Err(e) = self.submit(vec![Job::new(payload, call, done)]) {
             self.inner.callbacks.cancel_expected();
             return Err(e);
         }
@@ -583,7 +617,7 @@ impl Pool {
         if chunksize == 0 {
             return Err(Error::invalid("chunksize must be at least 1"));
         }
-        let cell = ResultCell::new();
+        let cell = ResultCell::new(Some(self.helper()));
         if items.is_empty() {
             cell.set(Ok(Vec::new()));
             if let Some(e) = self.lock().refuse() {
@@ -622,11 +656,7 @@ impl Pool {
                     }
                 }
             });
-            jobs.push(Job {
-                payload: encode(chunk, self.arena_cap())?,
-                call,
-                done,
-            });
+            jobs.push(Job::new(encode(chunk, self.arena_cap())?, call, done));
         }
         self.submit(jobs)?;
         Ok(AsyncResult::from_cell(cell))
@@ -767,6 +797,32 @@ impl Pool {
             let _ = h.join();
         }
         self.inner.callbacks.shutdown();
+    }
+}
+
+impl Helper for Inner {
+    fn enter(&self) {
+        // SeqCst: the collector thread reads it to decide whether to sleep on the futex or on
+        // `callers_left`; see `dispatch::collect`.
+        self.active_callers.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn help(&self) {
+        if let Ok(mut c) = self.collect.try_lock() {
+            dispatch::poll_once(self, &mut c);
+        }
+    }
+
+    fn leave(&self) {
+        // SeqCst: as in `enter`.
+        if self.active_callers.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let _g = self
+                .callers_left
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.callers_left.1.notify_all();
+        }
     }
 }
 

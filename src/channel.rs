@@ -1,0 +1,249 @@
+//! Passing segment file descriptors to workers (`SCM_RIGHTS` over a per-slot socket pair).
+//!
+//! Segments made after the pool forked (a `SharedVec`, a mapped file, a reader's buffers) reach a
+//! worker as file descriptors. Every slot has a `SOCK_SEQPACKET` socket pair made before the fork
+//! server is forked: the parent keeps one end, every worker of the slot inherits the other.
+//!
+//! # Protocol
+//!
+//! Messages are 16 bytes, `[op: u64, id: u64]`, little-endian:
+//!
+//! * `ADD id` carries one fd (`SCM_RIGHTS`): segment `id` is this file.
+//! * `FORGET id` carries none: segment `id` is gone in the parent; close your copy.
+//!
+//! The parent sends `ADD` for a segment the first time it dispatches a task that needs it to that
+//! slot, *before* pushing the task's descriptor; so when the worker meets an id it does not know,
+//! the message is already in its socket and a blocking receive cannot wait forever. The parent
+//! sends `FORGET` for segments that were dropped, piggybacked on the next dispatch to that slot,
+//! and the worker drains its socket (non-blocking) before each bulk task, so it holds at most the
+//! segments still alive plus those dropped since its last bulk task. A replacement worker inherits
+//! whatever its predecessor left unread, which is harmless: `ADD` of a known id replaces it,
+//! `FORGET` of an unknown id is ignored, and the parent re-sends everything after a respawn.
+
+#![allow(clippy::disallowed_types)] // the worker's channel fd is a process-local std atomic
+
+use std::collections::HashMap;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, Ordering as StdOrdering};
+
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg, socketpair,
+};
+
+use crate::error::{Error, Result};
+
+const OP_ADD: u64 = 1;
+const OP_FORGET: u64 = 2;
+
+/// Makes the socket pair of one slot: `(parent end, worker end)`, both `CLOEXEC`.
+pub(crate) fn pair() -> Result<(OwnedFd, OwnedFd)> {
+    socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| Error::os("socketpair", std::io::Error::from(e)))
+}
+
+fn message(op: u64, id: u64) -> [u8; 16] {
+    let mut m = [0u8; 16];
+    m[..8].copy_from_slice(&op.to_le_bytes());
+    m[8..].copy_from_slice(&id.to_le_bytes());
+    m
+}
+
+/// Parent side: tells the worker at `sock` that segment `id` is `fd`.
+pub(crate) fn send_add(sock: RawFd, id: u64, fd: RawFd) -> Result<()> {
+    let m = message(OP_ADD, id);
+    let iov = [IoSlice::new(&m)];
+    let fds = [fd];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(sock, &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
+        .map_err(|e| Error::os("sendmsg(SCM_RIGHTS)", std::io::Error::from(e)))?;
+    Ok(())
+}
+
+/// Parent side: tells the worker at `sock` to close its copy of segment `id`.
+pub(crate) fn send_forget(sock: RawFd, id: u64) -> Result<()> {
+    let m = message(OP_FORGET, id);
+    let iov = [IoSlice::new(&m)];
+    sendmsg::<()>(sock, &iov, &[], MsgFlags::MSG_NOSIGNAL, None)
+        .map_err(|e| Error::os("sendmsg", std::io::Error::from(e)))?;
+    Ok(())
+}
+
+/// The worker's end of its slot's socket, set once right after fork.
+static CHANNEL: AtomicI32 = AtomicI32::new(-1);
+
+/// The worker's segments by id.
+static SEGMENTS: Mutex<Option<HashMap<u64, OwnedFd>>> = Mutex::new(None);
+
+/// Worker side: records the channel fd (called in `worker_main`).
+pub(crate) fn set_worker_channel(fd: RawFd) {
+    // Relaxed: written once before any task runs in this single-threaded process.
+    CHANNEL.store(fd, StdOrdering::Relaxed);
+    // A fork inherits the parent's map (only a worker's own fork could have one): start empty.
+    *SEGMENTS.lock().unwrap_or_else(|e| e.into_inner()) = Some(HashMap::new());
+}
+
+/// Receives one message; `Ok(None)` when none is waiting and `block` is false.
+fn receive(sock: RawFd, block: bool) -> Result<Option<(u64, u64, Option<OwnedFd>)>> {
+    let mut m = [0u8; 16];
+    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    let flags = if block {
+        MsgFlags::MSG_CMSG_CLOEXEC
+    } else {
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT
+    };
+    let (bytes, fds) = loop {
+        let mut iov = [IoSliceMut::new(&mut m)];
+        match recvmsg::<()>(sock, &mut iov, Some(&mut cmsg), flags) {
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                for c in msg
+                    .cmsgs()
+                    .map_err(|e| Error::os("recvmsg", std::io::Error::from(e)))?
+                {
+                    if let ControlMessageOwned::ScmRights(v) = c {
+                        fds.extend(v);
+                    }
+                }
+                break (msg.bytes, fds);
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) if !block => return Ok(None),
+            Err(e) => return Err(Error::os("recvmsg", std::io::Error::from(e))),
+        }
+    };
+    // SAFETY: the kernel just installed these fds in our table for us (SCM_RIGHTS); we own them.
+    let mut owned: Vec<OwnedFd> = fds
+        .into_iter()
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect();
+    if bytes != 16 {
+        return Err(Error::PoolBroken {
+            detail: format!("segment channel message of {bytes} bytes"),
+        });
+    }
+    let op = u64::from_le_bytes(m[..8].try_into().expect("8 bytes"));
+    let id = u64::from_le_bytes(m[8..].try_into().expect("8 bytes"));
+    Ok(Some((op, id, owned.pop())))
+}
+
+fn apply(map: &mut HashMap<u64, OwnedFd>, op: u64, id: u64, fd: Option<OwnedFd>) {
+    match (op, fd) {
+        (OP_ADD, Some(fd)) => {
+            map.insert(id, fd);
+        }
+        (OP_FORGET, _) => {
+            map.remove(&id);
+        }
+        _ => {}
+    }
+}
+
+/// Worker side: processes every message already waiting (closes forgotten segments).
+#[allow(dead_code)] // used by the bulk module (issue 3)
+pub(crate) fn drain() -> Result<()> {
+    let sock = CHANNEL.load(StdOrdering::Relaxed);
+    let mut guard = SEGMENTS.lock().unwrap_or_else(|e| e.into_inner());
+    let map = guard.get_or_insert_with(HashMap::new);
+    while let Some((op, id, fd)) = receive(sock, false)? {
+        apply(map, op, id, fd);
+    }
+    Ok(())
+}
+
+/// Worker side: a duplicate of segment `id`'s fd, receiving it first if needed.
+#[allow(dead_code)] // used by the bulk module (issue 3)
+pub(crate) fn resolve(id: u64) -> Result<OwnedFd> {
+    let sock = CHANNEL.load(StdOrdering::Relaxed);
+    if sock < 0 {
+        return Err(Error::invalid(
+            "shared segments can only be resolved in a pool worker",
+        ));
+    }
+    let mut guard = SEGMENTS.lock().unwrap_or_else(|e| e.into_inner());
+    let map = guard.get_or_insert_with(HashMap::new);
+    while let Some((op, rid, fd)) = receive(sock, false)? {
+        apply(map, op, rid, fd);
+    }
+    while !map.contains_key(&id) {
+        // The parent sent `ADD id` before the task that needs it (see the protocol).
+        match receive(sock, true)? {
+            Some((op, rid, fd)) => apply(map, op, rid, fd),
+            None => unreachable!("a blocking receive returns a message or an error"),
+        }
+    }
+    map[&id]
+        .try_clone()
+        .map_err(|e| Error::os("dup segment fd", e))
+}
+
+/// A segment as a job hands it to the dispatcher: its id and its (shared) fd.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentShare {
+    pub(crate) id: u64,
+    pub(crate) fd: std::sync::Arc<OwnedFd>,
+}
+
+/// Parent side: which segments each slot's worker holds.
+#[derive(Debug, Default)]
+pub(crate) struct SentSegments {
+    held: HashMap<u64, std::sync::Weak<OwnedFd>>,
+}
+
+impl SentSegments {
+    /// Sends `FORGET` for dropped segments and `ADD` for `needed` ones the worker lacks.
+    pub(crate) fn sync(&mut self, sock: RawFd, needed: &[SegmentShare]) -> Result<()> {
+        let dead: Vec<u64> = self
+            .held
+            .iter()
+            .filter(|(_, w)| w.strong_count() == 0)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in dead {
+            send_forget(sock, id)?;
+            self.held.remove(&id);
+        }
+        for s in needed {
+            if !self.held.contains_key(&s.id) {
+                send_add(sock, s.id, s.fd.as_raw_fd())?;
+                self.held.insert(s.id, std::sync::Arc::downgrade(&s.fd));
+            }
+        }
+        Ok(())
+    }
+
+    /// The worker was replaced: assume it holds nothing.
+    pub(crate) fn reset(&mut self) {
+        self.held.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_and_forget_cross_a_socket_pair_with_the_fd() {
+        let (parent, worker) = pair().unwrap();
+        let memfd = crate::shm::Segment::new("t", 4096).unwrap();
+        let _ = memfd;
+        let file = std::fs::File::open("/proc/self/exe").unwrap();
+        send_add(parent.as_raw_fd(), 7, file.as_raw_fd()).unwrap();
+        send_forget(parent.as_raw_fd(), 9).unwrap();
+        let (op, id, fd) = receive(worker.as_raw_fd(), false).unwrap().unwrap();
+        assert_eq!((op, id), (OP_ADD, 7));
+        let fd = fd.expect("an fd came with ADD");
+        let a = nix::sys::stat::fstat(&fd).unwrap();
+        let b = nix::sys::stat::fstat(&file).unwrap();
+        assert_eq!((a.st_dev, a.st_ino), (b.st_dev, b.st_ino));
+        let (op, id, fd) = receive(worker.as_raw_fd(), false).unwrap().unwrap();
+        assert_eq!((op, id, fd.is_none()), (OP_FORGET, 9, true));
+        assert!(receive(worker.as_raw_fd(), false).unwrap().is_none());
+    }
+}
