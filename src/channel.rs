@@ -210,9 +210,9 @@ impl SentSegments {
             self.held.remove(&id);
         }
         for s in needed {
-            if !self.held.contains_key(&s.id) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.held.entry(s.id) {
                 send_add(sock, s.id, s.fd.as_raw_fd())?;
-                self.held.insert(s.id, std::sync::Arc::downgrade(&s.fd));
+                slot.insert(std::sync::Arc::downgrade(&s.fd));
             }
         }
         Ok(())
