@@ -350,17 +350,17 @@ impl Pool {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    fn helper(&self) -> std::sync::Weak<dyn Helper> {
+    pub(crate) fn helper(&self) -> std::sync::Weak<dyn Helper> {
         let weak: std::sync::Weak<Inner> = Arc::downgrade(&self.inner);
         weak
     }
 
-    fn arena_cap(&self) -> usize {
+    pub(crate) fn arena_cap(&self) -> usize {
         self.inner.ctl.arena_cap()
     }
 
     /// Accepts jobs (all or none) and feeds the workers.
-    fn submit(&self, jobs: Vec<Job>) -> Result<()> {
+    pub(crate) fn submit(&self, jobs: Vec<Job>) -> Result<()> {
         let woken = {
             let mut g = self.lock();
             if let Some(e) = g.refuse() {
@@ -854,7 +854,7 @@ fn clone_ok<'a>(r: &TaskResult<'a>) -> TaskResult<'a> {
     }
 }
 
-fn decode_result<R: DeserializeOwned>(r: TaskResult<'_>) -> Result<R> {
+pub(crate) fn decode_result<R: DeserializeOwned>(r: TaskResult<'_>) -> Result<R> {
     match r {
         TaskResult::Ok { bytes, .. } => postcard::from_bytes(bytes).map_err(Error::codec),
         TaskResult::Err(e) => Err(e),
