@@ -2,8 +2,13 @@
 //!
 //! Each task prints its number and pid, sleeps a random time (up to 0.5 s here; 2 s in the seed)
 //! and prints how long it took. Only three run at once, and a worker that finishes takes the next
-//! task, so only three pids appear. `-----start-----` comes first because `apply_async` returns at
-//! once; `-----end-----` comes last because `join` waits for all ten.
+//! task, so only three pids appear. `-----start-----` is printed as soon as the ten
+//! `apply_async` calls have returned, without waiting for any task; `-----end-----` comes last
+//! because `join` waits for all ten.
+//!
+//! In the seed `-----start-----` is the first line because Python's pool takes milliseconds to
+//! hand out the first task. shmpool hands it out in microseconds, so the first workers may print
+//! their `开始执行` lines just before it: the two run concurrently and neither order is promised.
 //!
 //! ```text
 //! -----start-----

@@ -10,7 +10,7 @@ use std::thread;
 use std::time::Duration;
 
 use sha2::{Digest, Sha512};
-use shmpool::{AsyncResult, Error, Pool, current_worker};
+use shmpool::{AsyncResult, Error, Pool, Queue, current_worker};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -575,5 +575,54 @@ fn seed4_worker_names() -> TestResult {
         assert_eq!(msg, format!("hello {i}"));
         assert!(names.contains(name), "{s}");
     }
+    Ok(())
+}
+
+/// The seed's `write`: put the letters of "python"; returns the worker's pid.
+fn queue_write(q: Queue<char>) -> u32 {
+    for c in "python".chars() {
+        q.put(c).expect("put");
+    }
+    std::process::id()
+}
+
+/// The seed's `read`: take as many items as the queue holds now; returns them and the pid.
+fn queue_read(q: Queue<char>) -> (String, u32) {
+    let n = q.len();
+    let s = (0..n).map(|_| q.get().expect("get")).collect();
+    (s, std::process::id())
+}
+
+/// Takes exactly six items, blocking until each arrives.
+fn queue_read6(q: Queue<char>) -> String {
+    (0..6).map(|_| q.get().expect("get")).collect()
+}
+
+/// Seed 001, "进程池中的Queue": a queue created before the pool and passed to two tasks
+/// carries p, y, t, h, o, n in order from one worker to another.
+#[test]
+fn seed1_queue_carries_python_between_tasks() -> TestResult {
+    let _wd = watchdog("seed1_queue_carries_python_between_tasks");
+    let q = Queue::new(16)?;
+    let pool = Pool::new(2)?;
+    let workers = pool.worker_pids();
+
+    // As the seed: write, wait until written, then read what is there.
+    let writer = pool.apply_async(queue_write, q.clone())?.get()?;
+    assert_eq!(q.len(), 6);
+    let (read, reader) = pool.apply(queue_read, q.clone())?;
+    assert_eq!(read, "python");
+    assert_eq!(q.len(), 0);
+    assert!(workers.contains(&writer) && workers.contains(&reader));
+    assert_eq!(q.try_get()?, None);
+
+    // The reader may also start first and block in `get` until the writer, in another
+    // worker, puts each letter.
+    let reader = pool.apply_async(queue_read6, q.clone())?;
+    pool.apply_async(queue_write, q.clone())?;
+    assert_eq!(reader.get()?, "python");
+    pool.close();
+    pool.join()?;
+    assert_eq!(q.len(), 0);
     Ok(())
 }
