@@ -158,7 +158,6 @@ pub(crate) fn drain() -> Result<()> {
 }
 
 /// Worker side: a duplicate of segment `id`'s fd, receiving it first if needed.
-#[allow(dead_code)] // used by the bulk module (issue 3)
 pub(crate) fn resolve(id: u64) -> Result<OwnedFd> {
     let sock = CHANNEL.load(StdOrdering::Relaxed);
     if sock < 0 {

@@ -44,6 +44,9 @@
 //! * [`PoolBuilder::max_tasks_per_child`] returns leaked memory to the OS;
 //! * per-worker state comes from [`PoolBuilder::initializer`].
 //!
+//! Bulk data does not go through the arenas at all: [`SharedVec`] and [`MappedFile`] are split
+//! by [`Pool::map_chunks`] and friends, and workers read them in place (see [`SharedVec`]).
+//!
 //! # What a task may rely on after `fork`
 //!
 //! A task function is a `fn` item or a closure that captures nothing (a capturing closure is a
@@ -68,6 +71,7 @@
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 mod arena;
+mod bulk;
 mod channel;
 mod control;
 mod error;
@@ -83,6 +87,7 @@ mod task;
 mod wake;
 mod worker;
 
+pub use bulk::{BulkInput, IMapChunks, IMapReader, MappedFile, SharedVec};
 pub use error::{Error, Result};
 pub use payload::Payload;
 pub use pool::{DEFAULT_ARENA_SIZE, IMap, Pool, PoolBuilder};

@@ -162,7 +162,7 @@ pub(crate) const fn assert_task_fn<F>() {
 ///
 /// `F` is zero-sized and `Copy`, and a value of `F` existed in the parent (the pool took one):
 /// copying zero bytes of it is exactly what this does.
-unsafe fn conjure<F: Copy>() -> F {
+pub(crate) unsafe fn conjure<F: Copy>() -> F {
     assert_task_fn::<F>();
     // SAFETY: `F` has no bytes, so the all-zero `F` is every `F`; per the contract this is a
     // bitwise copy of the parent's `F`, which `Copy` allows.
