@@ -23,8 +23,39 @@ pub(crate) trait Helper: Send + Sync {
     fn enter(&self);
     /// Does one round of work, if no one else is doing it right now.
     fn help(&self);
-    /// The waiter stops helping (it found its result, or it is going to sleep).
-    fn leave(&self);
+    /// The waiter stops helping: it found its result (`parking == false`), or it is going to
+    /// sleep and someone else must collect for it (`parking == true`).
+    fn leave(&self, parking: bool);
+}
+
+/// Spins for at most `SPIN` (or until `deadline`) until `done()`, collecting results through
+/// `helper` meanwhile; returns whether `done()` became true. On `false` the caller is about to
+/// sleep, and the helper has been told so (`leave(parking = true)`).
+pub(crate) fn help_while_waiting(
+    helper: Option<&dyn Helper>,
+    deadline: Option<Instant>,
+    mut done: impl FnMut() -> bool,
+) -> bool {
+    let start = Instant::now();
+    let backoff = crossbeam_utils::Backoff::new();
+    if let Some(h) = helper {
+        h.enter();
+    }
+    let mut finished = false;
+    while start.elapsed() < SPIN && deadline.is_none_or(|d| Instant::now() < d) {
+        if let Some(h) = helper {
+            h.help();
+        }
+        if done() {
+            finished = true;
+            break;
+        }
+        backoff.snooze();
+    }
+    if let Some(h) = helper {
+        h.leave(!finished);
+    }
+    finished
 }
 
 /// The shared cell a completion fills and an [`AsyncResult`] reads.
@@ -67,24 +98,8 @@ impl<R> ResultCell<R> {
         if self.is_ready() {
             return true;
         }
-        let start = Instant::now();
-        let backoff = crossbeam_utils::Backoff::new();
         let helper = self.helper.as_ref().and_then(Weak::upgrade);
-        if let Some(h) = &helper {
-            h.enter();
-        }
-        while start.elapsed() < SPIN && deadline.is_none_or(|d| Instant::now() < d) {
-            if let Some(h) = &helper {
-                h.help();
-            }
-            if self.is_ready() {
-                break;
-            }
-            backoff.snooze();
-        }
-        if let Some(h) = &helper {
-            h.leave();
-        }
+        help_while_waiting(helper.as_deref(), deadline, || self.is_ready());
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if !matches!(*st, State::Pending) {

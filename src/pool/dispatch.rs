@@ -45,8 +45,9 @@ use super::Inner;
 pub(crate) const MAX_DEPTH: usize = 16;
 /// Queued work (ns) a worker may hold beyond the task it runs.
 const DEPTH_BUDGET_NS: f64 = 50_000.0;
-/// How long the collector spins before sleeping.
-const COLLECTOR_SPIN: Duration = Duration::from_micros(50);
+/// How long the collector thread naps while waiters collect for themselves. Waiters that find
+/// their result leave without waking it (the saving), so it checks back this often.
+const HELPED_NAP: Duration = Duration::from_millis(1);
 
 /// What a finished task hands its completion.
 #[derive(Debug)]
@@ -351,9 +352,11 @@ pub(crate) fn poll_once(inner: &Inner, c: &mut Collect) -> bool {
 
 /// The collector thread's main loop. Returns when the fork server is gone.
 ///
-/// While some thread is collecting for itself (`active_callers > 0`), this thread stays off the
-/// futex, so a worker that publishes a result pays no `futex_wake` and no thread is woken for
-/// nothing; the last such caller to leave wakes it (`callers_left`). See `Helper`.
+/// While some thread is collecting for itself (`active_callers > 0`), this thread naps on
+/// `callers_left` instead of the futex, so a worker that publishes a result pays no `futex_wake`
+/// and this thread does not compete with the waiter for a core. A waiter that gives up spinning
+/// to sleep wakes it (`Helper::leave(parking = true)`); otherwise it checks back every
+/// `HELPED_NAP`. It never spins: whoever needs low latency is waiting, and waiting collects.
 pub(crate) fn collect(inner: &Inner, server_pid: i32) {
     let ctl = &inner.ctl;
     loop {
@@ -377,17 +380,12 @@ pub(crate) fn collect(inner: &Inner, server_pid: i32) {
                 .0
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            let _ = inner
-                .callers_left
-                .1
-                .wait_timeout_while(g, Duration::from_millis(100), |_| {
-                    inner.active_callers.load(Ordering::SeqCst) > 0
-                });
+            let _ = inner.callers_left.1.wait_timeout(g, HELPED_NAP);
             continue;
         }
         ctl.header()
             .collector
-            .wait_until(COLLECTOR_SPIN, Some(Duration::from_millis(100)), || {
+            .wait_until(Duration::ZERO, Some(Duration::from_millis(100)), || {
                 inner.active_callers.load(Ordering::SeqCst) > 0
                     || inner
                         .collect

@@ -5,6 +5,7 @@ use std::sync::mpsc;
 
 use crate::error::{Error, Result};
 use crate::payload::Payload;
+use crate::result::help_while_waiting;
 
 use super::dispatch::{Completion, Job, TaskResult, encode};
 use super::{Pool, decode_chunk};
@@ -135,6 +136,21 @@ where
         Ok(())
     }
 
+    /// Waits for the next finished chunk, collecting results itself while it spins (see
+    /// `Helper`), then sleeping on the channel.
+    fn receive(&mut self) -> Option<ChunkDone<R>> {
+        let helper = self.pool.helper().upgrade();
+        let mut got = None;
+        help_while_waiting(helper.as_deref(), None, || {
+            got = self.rx.try_recv().ok();
+            got.is_some()
+        });
+        match got {
+            Some(c) => Some(c),
+            None => self.rx.recv().ok(),
+        }
+    }
+
     fn learn(&mut self, c: &ChunkDone<R>) {
         if self.fixed.is_some() || c.elapsed_ns == 0 || c.items == 0 {
             return;
@@ -195,9 +211,9 @@ where
             }
             // Completions always run (a dead worker or a terminated pool fails them), so this
             // cannot wait forever while the pool lives; the pool outlives `self` by borrow.
-            let c = match self.rx.recv() {
-                Ok(c) => c,
-                Err(_) => {
+            let c = match self.receive() {
+                Some(c) => c,
+                None => {
                     self.finished = true;
                     return Some(Err(Error::PoolTerminated));
                 }

@@ -813,9 +813,12 @@ impl Helper for Inner {
         }
     }
 
-    fn leave(&self) {
+    fn leave(&self, parking: bool) {
         // SeqCst: as in `enter`.
-        if self.active_callers.fetch_sub(1, Ordering::SeqCst) == 1 {
+        self.active_callers.fetch_sub(1, Ordering::SeqCst);
+        if parking {
+            // We stop collecting but still wait: the collector thread must take over now, not at
+            // its next nap's end. A caller that got its result wakes no one (that is the point).
             let _g = self
                 .callers_left
                 .0
