@@ -1,3 +1,43 @@
-//! The `shmpool` command-line tool.
+//! The `shmpool` command-line tool: benchmarks for the `shmpool` process pool.
+//!
+//! Exit codes: 0 on success (a closed stdout, as in `shmpool bench | head`, counts as success),
+//! 2 on any error, printed to stderr as `shmpool: <error>: <cause>...`. Usage errors come from
+//! clap, also with exit code 2.
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+mod cmd;
+mod measure;
+mod plot;
+mod python;
+mod report;
+mod work;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shmpool: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = cli::Cli::parse();
+    match cli.command {
+        cli::Command::Bench(args) => cmd::bench::run(args),
+    }
+}
+
+/// Whether the error is a write to a closed pipe (the reader went away: not our failure).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

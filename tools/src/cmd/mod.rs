@@ -1,0 +1,3 @@
+//! One module per subcommand; each only glues library calls and the sweep/report modules.
+
+pub(crate) mod bench;
