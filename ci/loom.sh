@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Model-checks the SPSC ring with loom (tests/loom_ring.rs). Reproducible by hand: `bash ci/loom.sh`.
+# Loom cannot follow a fork, so this checks the ring algorithm over heap memory in one process;
+# tests/ring_cross_process.rs checks it across a real fork.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export RUSTFLAGS="--cfg loom"
+export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}"
+# Its own target dir: `--cfg loom` rebuilds every crate, and must not thrash the shared one.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/loom}"
+echo "== loom: RUSTFLAGS=\"$RUSTFLAGS\" LOOM_MAX_PREEMPTIONS=$LOOM_MAX_PREEMPTIONS" \
+  "LOOM_MAX_BRANCHES=${LOOM_MAX_BRANCHES:-default} CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
+echo "== loom: $(rustc --version)"
+start=$(date +%s)
+cargo test --release --test loom_ring --no-run
+built=$(date +%s)
+cargo test --release --test loom_ring -- --test-threads=1
+end=$(date +%s)
+echo "== loom: build $((built - start)) s, models $((end - built)) s"

@@ -1,0 +1,239 @@
+//! Helpers shared by the integration tests: a watchdog that aborts a hung test, process and fd
+//! accounting through `/proc`, gates that hold a task until the test opens them, and a re-exec
+//! helper that runs a scenario in a child copy of the test binary.
+//!
+//! Not every test file uses every helper.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Env var that selects a re-exec scenario in a child copy of the test binary.
+pub(crate) const SCENARIO_VAR: &str = "SHMPOOL_TEST_SCENARIO";
+
+/// Aborts the process if not dropped (disarmed) before its deadline.
+#[derive(Debug)]
+pub(crate) struct Watchdog {
+    state: Arc<(Mutex<bool>, Condvar)>,
+}
+
+/// Arms a watchdog: unless the returned guard is dropped within `secs` seconds, a line naming the
+/// test goes to stderr and the process aborts (a hang becomes a failure, never a stuck CI job).
+pub(crate) fn arm(secs: u64) -> Watchdog {
+    let state = Arc::new((Mutex::new(false), Condvar::new()));
+    let for_thread = Arc::clone(&state);
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("<unnamed>")
+        .to_string();
+    std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || {
+            let (lock, cond) = &*for_thread;
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            let mut disarmed = lock.lock().unwrap_or_else(|e| e.into_inner());
+            while !*disarmed {
+                let now = Instant::now();
+                if now >= deadline {
+                    let msg = format!("\nwatchdog: test `{name}` hung for {secs} s; aborting\n");
+                    // SAFETY: writes `msg.len()` bytes from a live buffer to fd 2 (no lock, so a
+                    // stuck stderr lock elsewhere cannot stop the report).
+                    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+                    std::process::abort();
+                }
+                disarmed = cond
+                    .wait_timeout(disarmed, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        })
+        .expect("spawn the watchdog thread");
+    Watchdog { state }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let (lock, cond) = &*self.state;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cond.notify_all();
+    }
+}
+
+/// Fields of `/proc/<pid>/stat` after the command name: `(state, ppid)`.
+pub(crate) fn proc_stat(pid: u32) -> Option<(char, u32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces or ')'.
+    let rest = &s[s.rfind(')')? + 1..];
+    let mut it = rest.split_whitespace();
+    let state = it.next()?.chars().next()?;
+    let ppid = it.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Whether `pid` still has a `/proc` entry (running, sleeping, or a zombie nobody reaped).
+pub(crate) fn exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Whether `pid` is gone or at least dead (a zombie waiting for a reaper that is not us).
+pub(crate) fn dead(pid: u32) -> bool {
+    match proc_stat(pid) {
+        None => true,
+        Some((state, _)) => state == 'Z' || state == 'X',
+    }
+}
+
+/// The parent pid of `pid`, if it exists.
+pub(crate) fn ppid_of(pid: u32) -> Option<u32> {
+    proc_stat(pid).map(|(_, ppid)| ppid)
+}
+
+/// Direct children of this process (any thread's), found by scanning `/proc/*/stat` for our pid
+/// as ppid (`/proc/self/task/*/children` is not available on every kernel).
+pub(crate) fn children() -> BTreeSet<u32> {
+    let me = std::process::id();
+    let mut out = BTreeSet::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if ppid_of(pid) == Some(me) {
+            out.insert(pid);
+        }
+    }
+    out
+}
+
+/// Number of open fds in this process.
+pub(crate) fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("read /proc/self/fd")
+        .count()
+}
+
+/// Names in `/dev/shm` (empty if it does not exist).
+pub(crate) fn dev_shm() -> BTreeSet<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Polls `cond` every 10 ms until it holds or `limit` passes; returns whether it held.
+/// (For things that happen asynchronously, such as a replacement worker appearing or an orphan
+/// being killed; never used to assert how long something took.)
+pub(crate) fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A file whose existence releases tasks waiting on it: a worker cannot see the parent's memory
+/// after the fork, but it sees the file system. Removed on drop.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    path: PathBuf,
+}
+
+impl Gate {
+    /// A closed gate with a path unique to this process and call.
+    pub(crate) fn new() -> Gate {
+        static NEXT: Mutex<u64> = Mutex::new(0);
+        let n = {
+            let mut g = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+            *g += 1;
+            *g
+        };
+        let path = std::env::temp_dir().join(format!(
+            "shmpool-test-gate-{}-{n}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let _ = std::fs::remove_file(&path);
+        Gate { path }
+    }
+
+    /// The path a task waits on (pass it as the task's argument).
+    pub(crate) fn path(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    /// Releases every task waiting on this gate.
+    pub(crate) fn open(&self) {
+        std::fs::write(&self.path, b"open").expect("create the gate file");
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Task body: blocks until the gate at `path` is opened. Runs in a worker.
+pub(crate) fn wait_gate(path: &Path) {
+    while !path.exists() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The scenario this process was re-executed to run, if any.
+pub(crate) fn scenario() -> Option<String> {
+    std::env::var(SCENARIO_VAR).ok()
+}
+
+/// Builds a command that re-runs this test binary's test `test_name` alone, with `scenario` in
+/// [`SCENARIO_VAR`]; the test checks [`scenario`] first and runs the scenario instead. Stdout is
+/// piped, stderr inherited.
+pub(crate) fn reexec(test_name: &str, scenario: &str) -> Command {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(exe);
+    cmd.args([test_name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(SCENARIO_VAR, scenario)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    cmd
+}
+
+/// Sends `sig` to `pid`.
+pub(crate) fn kill(pid: u32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions; the test owns the target process.
+    let r = unsafe { libc::kill(pid as i32, sig) };
+    assert_eq!(
+        r,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Turns off core dumps for this process (called in a task before it crashes its worker on
+/// purpose, so a crash test does not write a core file).
+pub(crate) fn no_core_dumps() {
+    let lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit with a valid pointer to an initialized rlimit; lowering a limit is
+    // always allowed.
+    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &lim) };
+}
