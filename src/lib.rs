@@ -78,6 +78,7 @@ mod error;
 mod payload;
 mod pool;
 mod process;
+mod queue;
 mod result;
 #[doc(hidden)]
 pub mod ring;
@@ -91,6 +92,7 @@ pub use bulk::{BulkInput, IMapChunks, IMapReader, MappedFile, SharedVec};
 pub use error::{Error, Result};
 pub use payload::Payload;
 pub use pool::{DEFAULT_ARENA_SIZE, IMap, Pool, PoolBuilder};
+pub use queue::Queue;
 pub use result::AsyncResult;
 pub use task::StarFn;
 pub use worker::{WorkerInfo, current_worker};
