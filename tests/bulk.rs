@@ -582,7 +582,8 @@ fn segments_made_after_the_pool_reach_the_workers_and_nothing_appears_in_dev_shm
     let _w = common::arm(60);
     let before = common::dev_shm();
     let pool = Pool::new(2).unwrap();
-    for round in 0..20u64 {
+    // More rounds than a worker caches mappings (32), so eviction runs too.
+    for round in 0..40u64 {
         let v: SharedVec<u64> = (0..10_000u64).map(|x| x + round).collect();
         let sums = pool
             .map_chunks(&v, 2_500, |s: &[u64]| s.iter().sum::<u64>())

@@ -14,7 +14,8 @@ use crate::pool::dispatch::{Completion, Job, encode};
 use crate::pool::{Pool, decode_result};
 use crate::task::{CallFn, assert_task_fn};
 
-use super::{BulkInput, ChunkArg, Plan, SharedVec, call_chunk, call_chunk_into, share_of};
+use super::worker::{call_chunk, call_chunk_into};
+use super::{BulkInput, ChunkArg, Plan, SharedVec, Span, share_of};
 
 /// One chunk's job: its argument, the segments it needs, and where its result goes.
 pub(super) fn chunk_job(
@@ -198,6 +199,8 @@ pub struct IMapChunks<'a, R> {
     pool: &'a Pool,
     plan: Plan,
     share: Option<SegmentShare>,
+    /// The input is one of our memfds (see `Span::memfd`).
+    memfd: bool,
     elem_size: usize,
     call: usize,
     next_chunk: usize,
@@ -229,10 +232,11 @@ impl<R: Payload> IMapChunks<'_, R> {
         while self.window.held() < self.limit && self.next_chunk < self.plan.chunks() {
             let (start, len) = self.plan.range(self.next_chunk);
             let arg = ChunkArg {
-                input: super::Span {
+                input: Span {
                     seg: share.id,
                     offset: (start * self.elem_size) as u64,
                     len: (len * self.elem_size) as u64,
+                    memfd: self.memfd,
                 },
                 output: None,
             };
@@ -334,7 +338,7 @@ impl Pool {
         let jobs = (0..plan.chunks())
             .map(|i| {
                 let arg = ChunkArg {
-                    input: plan.span::<I::Elem>(share.id, i),
+                    input: plan.span::<I::Elem>(share.id, input.is_memfd(), i),
                     output: None,
                 };
                 chunk_job(self, &arg, call, vec![share.clone()], gather.completion(i))
@@ -402,8 +406,8 @@ impl Pool {
         let jobs = (0..plan.chunks())
             .map(|i| {
                 let arg = ChunkArg {
-                    input: plan.span::<I::Elem>(share.id, i),
-                    output: Some(plan.span::<U>(out_share.id, i)),
+                    input: plan.span::<I::Elem>(share.id, input.is_memfd(), i),
+                    output: Some(plan.span::<U>(out_share.id, true, i)),
                 };
                 let segments = vec![share.clone(), out_share.clone()];
                 chunk_job(self, &arg, call, segments, gather.completion(i))
@@ -499,6 +503,7 @@ impl Pool {
             pool: self,
             plan,
             share: share_of(input),
+            memfd: input.is_memfd(),
             elem_size: size_of::<I::Elem>(),
             call: call_chunk::<F, I::Elem, R> as CallFn as usize,
             next_chunk: 0,

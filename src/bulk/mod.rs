@@ -12,16 +12,14 @@
 //! `SCM_RIGHTS` socket before the first task that needs it (see `channel`), so segments made after
 //! the pool forked reach the workers too.
 //!
-//! # Per-chunk mappings in the worker
+//! # Mappings in the worker
 //!
-//! The worker maps **only the chunk's page-aligned range** (`MAP_SHARED | MAP_POPULATE`,
-//! read-only for input, read-write for output), calls `f` on a slice that points straight into
-//! that mapping, then unmaps it before shipping the result. It never keeps a mapping between
-//! chunks. This is what bounds a worker's resident memory by one chunk, whatever the size of the
-//! input (an 8 GiB file), with no bookkeeping of what is mapped where; and a segment that the
-//! parent dropped is never kept mapped by a worker. The price is one `mmap`/`munmap` pair per
-//! chunk (a few µs, plus setting up the page tables, which a cached mapping would pay once per
-//! page as well); `benches/bulk.rs` and `examples/bulk_compare.rs` measure it at 64 KiB chunks.
+//! A worker keeps a mapping of a whole `SharedVec` (or reader buffer) in a small cache, so
+//! repeated maps over the same data build its page tables once; the parent truncates the memfd
+//! when it drops the vector, which frees the memory at once in every process. A `MappedFile` is
+//! mapped **per chunk** (only the chunk's page-aligned range, unmapped when `f` returns), which
+//! bounds a worker's resident memory by one chunk whatever the file's size. The trade-off is
+//! written down and measured in the `worker` module's docs.
 //!
 //! # Who may write while workers read
 //!
@@ -34,13 +32,13 @@
 
 mod chunks;
 mod reader;
+mod worker;
 
 use std::fmt;
 use std::fs::File;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -49,10 +47,9 @@ use memmap2::{Advice, Mmap, MmapOptions, MmapRaw};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use serde::{Deserialize, Serialize};
 
-use crate::channel::{self, SegmentShare};
+use crate::channel::SegmentShare;
 use crate::error::{Error, Result};
 use crate::sync::{AtomicU64, Ordering};
-use crate::task::{CallOutcome, ResultSink, conjure, panic_message};
 
 pub use chunks::IMapChunks;
 pub use reader::IMapReader;
@@ -107,6 +104,16 @@ impl Region {
             id: self.id,
             fd: Arc::clone(&self.fd),
         }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // Free the memory now, not when the last worker closes its copy of the fd or unmaps its
+        // cached mapping (see `worker`): no chunk task of this region is in flight (borrows and
+        // `Window::settle` guarantee it), and the id is never used again, so no worker touches
+        // the truncated pages. Failure only delays freeing to the last close.
+        let _ = nix::unistd::ftruncate(&*self.fd, 0);
     }
 }
 
@@ -552,6 +559,8 @@ mod sealed {
         fn elems(&self) -> usize;
         /// The segment's id and fd, `None` when empty.
         fn segment(&self) -> Option<(u64, &Arc<OwnedFd>)>;
+        /// Whether the segment is one of our memfds (not a user's file).
+        fn is_memfd(&self) -> bool;
     }
 }
 
@@ -561,6 +570,9 @@ impl<T: Pod> sealed::Sealed for SharedVec<T> {
     }
     fn segment(&self) -> Option<(u64, &Arc<OwnedFd>)> {
         self.region.as_ref().map(|r| (r.id, &r.fd))
+    }
+    fn is_memfd(&self) -> bool {
+        true
     }
 }
 
@@ -574,6 +586,9 @@ impl sealed::Sealed for MappedFile {
     }
     fn segment(&self) -> Option<(u64, &Arc<OwnedFd>)> {
         (!self.is_empty()).then_some((self.id, &self.fd))
+    }
+    fn is_memfd(&self) -> bool {
+        false
     }
 }
 
@@ -595,6 +610,9 @@ struct Span {
     seg: u64,
     offset: u64,
     len: u64,
+    /// The segment is one of our memfds (a `SharedVec` or a reader buffer), not a user's file:
+    /// the worker may keep a mapping of all of it (see `worker`).
+    memfd: bool,
 }
 
 /// A chunk task's whole argument: a few bytes, whatever the chunk's size.
@@ -632,167 +650,13 @@ impl Plan {
     }
 
     /// The byte span of chunk `i` of a segment of `T`s.
-    fn span<T>(&self, seg: u64, i: usize) -> Span {
+    fn span<T>(&self, seg: u64, memfd: bool, i: usize) -> Span {
         let (start, len) = self.range(i);
         Span {
             seg,
             offset: (start * size_of::<T>()) as u64,
             len: (len * size_of::<T>()) as u64,
+            memfd,
         }
-    }
-}
-
-/// A worker's mapping of one chunk; unmapped on drop.
-enum ChunkMap {
-    /// A zero-length span (maps nothing).
-    Empty,
-    Read(Mmap),
-    Write(memmap2::MmapMut),
-}
-
-impl ChunkMap {
-    /// Maps `span` of the segment the parent sent as `span.seg` (only that range, page-aligned
-    /// by memmap2, pre-faulted with `MAP_POPULATE`).
-    fn open(span: Span, write: bool) -> std::result::Result<ChunkMap, String> {
-        if span.len == 0 {
-            return Ok(ChunkMap::Empty);
-        }
-        let len = usize::try_from(span.len).map_err(|_| "chunk too large".to_string())?;
-        let fd = channel::resolve(span.seg).map_err(|e| e.to_string())?;
-        let mut opts = MmapOptions::new();
-        opts.offset(span.offset).len(len).populate();
-        let map = if write {
-            // SAFETY: memmap2's contract (no one else changes the range while it is mapped): the
-            // parent holds `&mut` of the output for as long as this task runs and gives every
-            // chunk a disjoint range, so only this task touches these bytes.
-            unsafe { opts.map_mut(fd.as_raw_fd()) }.map(ChunkMap::Write)
-        } else {
-            // SAFETY: memmap2's contract: the parent holds `&` of a `SharedVec` for as long as
-            // this task runs (so it cannot write it), and for a `MappedFile` the caller of
-            // `MappedFile::open` promised that nobody modifies the file while it is mapped.
-            unsafe { opts.map(fd.as_raw_fd()) }.map(ChunkMap::Read)
-        };
-        map.map_err(|e| format!("cannot map the chunk: {e}"))
-    }
-
-    fn bytes(&self) -> &[u8] {
-        match self {
-            ChunkMap::Empty => &[],
-            ChunkMap::Read(m) => m,
-            ChunkMap::Write(m) => m,
-        }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        match self {
-            ChunkMap::Empty | ChunkMap::Read(_) => &mut [],
-            ChunkMap::Write(m) => m,
-        }
-    }
-}
-
-fn decode_arg(arg: &[u8]) -> std::result::Result<ChunkArg, CallOutcome> {
-    postcard::from_bytes(arg)
-        .map_err(|e| CallOutcome::Failed(format!("cannot decode the chunk task: {e}")))
-}
-
-fn ship<R: Serialize>(sink: &mut ResultSink<'_>, r: &R) -> CallOutcome {
-    match sink.put(r) {
-        Ok(e) => CallOutcome::Done(e),
-        Err(msg) => CallOutcome::Failed(msg),
-    }
-}
-
-fn cast<T: Pod>(bytes: &[u8]) -> std::result::Result<&[T], CallOutcome> {
-    bytemuck::try_cast_slice(bytes).map_err(|e| {
-        CallOutcome::Failed(format!(
-            "chunk is not a slice of {}: {e}",
-            std::any::type_name::<T>()
-        ))
-    })
-}
-
-/// Trampoline of a chunk map: maps the chunk, runs `f(&[T]) -> R` on it, unmaps, ships `R`.
-///
-/// # Safety
-///
-/// Called only in a worker, with `F` checked by `assert_task_fn` when the task was submitted and
-/// `arg` an encoded [`ChunkArg`] whose input span lies inside a segment of `T`s the parent sent.
-unsafe fn call_chunk<F, T, R>(arg: &[u8], sink: &mut ResultSink<'_>) -> CallOutcome
-where
-    F: Fn(&[T]) -> R + Copy,
-    T: Pod,
-    R: Serialize,
-{
-    let a = match decode_arg(arg) {
-        Ok(a) => a,
-        Err(o) => return o,
-    };
-    let input = match ChunkMap::open(a.input, false) {
-        Ok(m) => m,
-        Err(msg) => return CallOutcome::Failed(msg),
-    };
-    let items: &[T] = match cast(input.bytes()) {
-        Ok(s) => s,
-        Err(o) => return o,
-    };
-    // SAFETY: delegated to the caller (see # Safety): the parent held an `F` when it submitted.
-    let f: F = unsafe { conjure() };
-    let r = catch_unwind(AssertUnwindSafe(|| f(items)));
-    drop(input);
-    match r {
-        Ok(v) => ship(sink, &v),
-        Err(p) => CallOutcome::Panicked(panic_message(&*p)),
-    }
-}
-
-/// Trampoline of `map_chunks_into`: maps the input chunk read-only and the output chunk
-/// read-write, runs `f(&[T], &mut [U])`, unmaps both, ships `()`.
-///
-/// # Safety
-///
-/// As [`call_chunk`], and the output span lies inside a segment of `U`s.
-unsafe fn call_chunk_into<F, T, U>(arg: &[u8], sink: &mut ResultSink<'_>) -> CallOutcome
-where
-    F: Fn(&[T], &mut [U]) + Copy,
-    T: Pod,
-    U: Pod,
-{
-    let a = match decode_arg(arg) {
-        Ok(a) => a,
-        Err(o) => return o,
-    };
-    let Some(out_span) = a.output else {
-        return CallOutcome::Failed("chunk task without an output range".into());
-    };
-    let input = match ChunkMap::open(a.input, false) {
-        Ok(m) => m,
-        Err(msg) => return CallOutcome::Failed(msg),
-    };
-    let mut output = match ChunkMap::open(out_span, true) {
-        Ok(m) => m,
-        Err(msg) => return CallOutcome::Failed(msg),
-    };
-    let items: &[T] = match cast(input.bytes()) {
-        Ok(s) => s,
-        Err(o) => return o,
-    };
-    let out: &mut [U] = match bytemuck::try_cast_slice_mut(output.bytes_mut()) {
-        Ok(s) => s,
-        Err(e) => {
-            return CallOutcome::Failed(format!(
-                "output chunk is not a slice of {}: {e}",
-                std::any::type_name::<U>()
-            ));
-        }
-    };
-    // SAFETY: delegated to the caller (see # Safety): the parent held an `F` when it submitted.
-    let f: F = unsafe { conjure() };
-    let r = catch_unwind(AssertUnwindSafe(|| f(items, out)));
-    drop(output);
-    drop(input);
-    match r {
-        Ok(()) => ship(sink, &()),
-        Err(p) => CallOutcome::Panicked(panic_message(&*p)),
     }
 }

@@ -15,7 +15,8 @@ use crate::pool::Pool;
 use crate::task::{CallFn, assert_task_fn};
 
 use super::chunks::{Window, chunk_job};
-use super::{ChunkArg, Region, Span, call_chunk};
+use super::worker::call_chunk;
+use super::{ChunkArg, Region, Span};
 
 /// Lazy, ordered iterator of chunk results over a stream, returned by [`Pool::imap_reader`].
 ///
@@ -114,6 +115,7 @@ impl<Rd: Read, R: Payload> IMapReader<'_, Rd, R> {
                     seg: buf.id,
                     offset: 0,
                     len: n as u64,
+                    memfd: true,
                 },
                 output: None,
             };
