@@ -70,29 +70,53 @@
 
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
-mod arena;
-mod bulk;
-mod channel;
-mod control;
-mod error;
-mod payload;
-mod pool;
-mod process;
-mod queue;
-mod result;
+// Under `--cfg loom` only the lock-free algorithms are built (loom models them in one process;
+// the rest forks, which loom cannot follow). See `ci/loom.sh`.
 #[doc(hidden)]
 pub mod ring;
-mod shm;
 mod sync;
-mod task;
 mod wake;
+
+#[cfg(not(loom))]
+mod arena;
+#[cfg(not(loom))]
+mod bulk;
+#[cfg(not(loom))]
+mod channel;
+#[cfg(not(loom))]
+mod control;
+#[cfg(not(loom))]
+mod error;
+#[cfg(not(loom))]
+mod payload;
+#[cfg(not(loom))]
+mod pool;
+#[cfg(not(loom))]
+mod process;
+#[cfg(not(loom))]
+mod queue;
+#[cfg(not(loom))]
+mod result;
+#[cfg(not(loom))]
+mod shm;
+#[cfg(not(loom))]
+mod task;
+#[cfg(not(loom))]
 mod worker;
 
+#[cfg(not(loom))]
 pub use bulk::{BulkInput, IMapChunks, IMapReader, MappedFile, SharedVec};
+#[cfg(not(loom))]
 pub use error::{Error, Result};
+#[cfg(not(loom))]
 pub use payload::Payload;
+#[cfg(not(loom))]
 pub use pool::{DEFAULT_ARENA_SIZE, IMap, Pool, PoolBuilder};
+#[cfg(not(loom))]
 pub use queue::Queue;
+#[cfg(not(loom))]
 pub use result::AsyncResult;
+#[cfg(not(loom))]
 pub use task::StarFn;
+#[cfg(not(loom))]
 pub use worker::{WorkerInfo, current_worker};

@@ -216,7 +216,24 @@ where
     }
 }
 
-/// Trampoline for a chunk of a `map`: `Vec<A>` in, `Vec<Result<R, panic message>>` out.
+/// What a chunk trampoline ships back: the results of the items that returned, in item order,
+/// and `(index, panic message)` for each item that panicked. Kept flat (not one `Result` per
+/// item) so that the common all-good chunk encodes and decodes as a bare `Vec<R>`.
+pub(crate) type ChunkOut<R> = (Vec<R>, Vec<(u32, String)>);
+
+fn run_chunk<A, R>(items: Vec<A>, g: impl Fn(A) -> R) -> ChunkOut<R> {
+    let mut values = Vec::with_capacity(items.len());
+    let mut failures = Vec::new();
+    for (i, a) in items.into_iter().enumerate() {
+        match catch_unwind(AssertUnwindSafe(|| g(a))) {
+            Ok(r) => values.push(r),
+            Err(p) => failures.push((i as u32, panic_message(&*p))),
+        }
+    }
+    (values, failures)
+}
+
+/// Trampoline for a chunk of a `map`: `Vec<A>` in, [`ChunkOut<R>`] out.
 ///
 /// # Safety
 ///
@@ -233,11 +250,7 @@ where
     };
     // SAFETY: delegated to the caller (see # Safety).
     let f: F = unsafe { conjure() };
-    let out: Vec<Result<R, String>> = items
-        .into_iter()
-        .map(|a| catch_unwind(AssertUnwindSafe(move || f(a))).map_err(|p| panic_message(&*p)))
-        .collect();
-    ship(sink, &out)
+    ship(sink, &run_chunk(items, f))
 }
 
 /// A function called with its arguments spread from a tuple (`starmap`).
@@ -288,11 +301,5 @@ where
     };
     // SAFETY: delegated to the caller (see # Safety).
     let f: F = unsafe { conjure() };
-    let out: Vec<Result<R, String>> = items
-        .into_iter()
-        .map(|a| {
-            catch_unwind(AssertUnwindSafe(move || f.call_star(a))).map_err(|p| panic_message(&*p))
-        })
-        .collect();
-    ship(sink, &out)
+    ship(sink, &run_chunk(items, |a| f.call_star(a)))
 }

@@ -48,6 +48,9 @@ const DEPTH_BUDGET_NS: f64 = 50_000.0;
 /// How long the collector thread naps while waiters collect for themselves. Waiters that find
 /// their result leave without waking it (the saving), so it checks back this often.
 const HELPED_NAP: Duration = Duration::from_millis(1);
+/// How long the collector thread spins for the next result when nobody helps, before it sleeps
+/// on the futex (a sleeping collector costs every result a `futex_wake` and a context switch).
+const COLLECTOR_SPIN: Duration = Duration::from_micros(50);
 
 /// What a finished task hands its completion.
 #[derive(Debug)]
@@ -334,15 +337,17 @@ pub(crate) fn poll_once(inner: &Inner, c: &mut Collect) -> bool {
     }
     for s in dead {
         progressed = true;
-        on_death(inner, s);
-        c.respawning[s] = true;
+        c.respawning[s] = on_death(inner, s);
     }
     for (s, waiting) in c.respawning.iter_mut().enumerate() {
         // Acquire, SYNC: spawn-done.
         if *waiting && ctl.slot(s).spawn_req.load(Ordering::Acquire) == 0 {
             *waiting = false;
             progressed = true;
-            if ctl.slot(s).pid.load(Ordering::Relaxed) == 0 {
+            // Relaxed: published by the Release store of `spawn_req` just read. The pid cannot
+            // tell (the replacement may already have run its tasks and been reaped); the server's
+            // errno can.
+            if ctl.slot(s).spawn_errno.load(Ordering::Relaxed) != 0 {
                 spawn_failed(inner, s);
             }
         }
@@ -356,7 +361,9 @@ pub(crate) fn poll_once(inner: &Inner, c: &mut Collect) -> bool {
 /// `callers_left` instead of the futex, so a worker that publishes a result pays no `futex_wake`
 /// and this thread does not compete with the waiter for a core. A waiter that gives up spinning
 /// to sleep wakes it (`Helper::leave(parking = true)`); otherwise it checks back every
-/// `HELPED_NAP`. It never spins: whoever needs low latency is waiting, and waiting collects.
+/// `HELPED_NAP`. When nobody helps (results go to callbacks, `map_async` or an `AsyncResult` not
+/// yet waited on) it spins `COLLECTOR_SPIN` for the next result before sleeping, and stops
+/// spinning the moment a waiter starts helping.
 pub(crate) fn collect(inner: &Inner, server_pid: i32) {
     let ctl = &inner.ctl;
     loop {
@@ -385,7 +392,7 @@ pub(crate) fn collect(inner: &Inner, server_pid: i32) {
         }
         ctl.header()
             .collector
-            .wait_until(Duration::ZERO, Some(Duration::from_millis(100)), || {
+            .wait_until(COLLECTOR_SPIN, Some(Duration::from_millis(100)), || {
                 inner.active_callers.load(Ordering::SeqCst) > 0
                     || inner
                         .collect
@@ -482,7 +489,8 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor) {
     finished(inner, 1);
 }
 
-fn on_death(inner: &Inner, s: usize) {
+/// Handles the reaped worker of slot `s`; returns whether a replacement was requested.
+fn on_death(inner: &Inner, s: usize) -> bool {
     let ctl = &inner.ctl;
     let slot = ctl.slot(s);
     // Relaxed: ordered by the Acquire load of `exited` that found the death.
@@ -537,6 +545,7 @@ fn on_death(inner: &Inner, s: usize) {
     if respawn {
         slot.init_error_len.store(0, Ordering::Relaxed);
         slot.kill_req.store(0, Ordering::Relaxed);
+        slot.spawn_errno.store(0, Ordering::Relaxed);
         // Release, SYNC: server-request.
         slot.spawn_req.store(1, Ordering::Release);
         ctl.header().server.notify();
@@ -558,6 +567,7 @@ fn on_death(inner: &Inner, s: usize) {
         }
     }
     finished(inner, n_failed + n_broken);
+    respawn
 }
 
 fn spawn_failed(inner: &Inner, s: usize) {
@@ -627,7 +637,10 @@ fn server_gone(inner: &Inner, status: i32) {
 
 /// Encodes a payload for a job, checking it fits the arena.
 pub(crate) fn encode<T: serde::Serialize + ?Sized>(value: &T, cap: usize) -> Result<Vec<u8>> {
-    let bytes = postcard::to_allocvec(value).map_err(Error::codec)?;
+    // Sized for the common case (fixed-size items encode to at most their in-memory size plus a
+    // few bytes), so encoding rarely reallocates.
+    let hint = std::mem::size_of_val(value).saturating_add(16).min(cap);
+    let bytes = postcard::to_extend(value, Vec::with_capacity(hint)).map_err(Error::codec)?;
     if bytes.len() > cap {
         return Err(Error::PayloadTooLarge {
             size: bytes.len(),

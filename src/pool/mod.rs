@@ -19,7 +19,9 @@ use crate::payload::Payload;
 use crate::process::{ServerCtx, fork_server, reap_server};
 use crate::result::{AsyncResult, Helper, ResultCell};
 use crate::sync::{AtomicU32, Ordering};
-use crate::task::{CallFn, StarFn, assert_task_fn, call_chunk, call_one, call_star_chunk};
+use crate::task::{
+    CallFn, ChunkOut, StarFn, assert_task_fn, call_chunk, call_one, call_star_chunk,
+};
 
 use callbacks::Callbacks;
 use dispatch::{Collect, Completion, Dispatch, Job, Phase, TaskResult, encode};
@@ -372,6 +374,11 @@ impl Pool {
             g.pump(&self.inner.ctl)
         };
         dispatch::wake(&self.inner.ctl, &woken);
+        // A thread submitting a burst drains finished results on its way (if no one else is), which
+        // frees ring slots for its next submissions without a wake-up of the collector thread.
+        if let Ok(mut c) = self.inner.collect.try_lock() {
+            dispatch::poll_once(&self.inner, &mut c);
+        }
         Ok(())
     }
 
@@ -636,12 +643,12 @@ impl Pool {
             let agg = Arc::clone(&agg);
             let cell = Arc::clone(&cell);
             let done: Completion = Box::new(move |r| {
-                let part = decode_chunk::<R>(r);
+                let part = decode_chunk_values::<R>(r);
                 let mut a = agg.lock().unwrap_or_else(|e| e.into_inner());
                 if a.failed {
                     return;
                 }
-                match part.and_then(|v| v.into_iter().collect::<Result<Vec<R>>>()) {
+                match part {
                     Err(e) => {
                         a.failed = true;
                         cell.set(Err(e));
@@ -650,7 +657,11 @@ impl Pool {
                         a.parts[i] = Some(v);
                         a.left -= 1;
                         if a.left == 0 {
-                            let all = a.parts.drain(..).flatten().flatten().collect();
+                            let total = a.parts.iter().flatten().map(Vec::len).sum();
+                            let mut all = Vec::with_capacity(total);
+                            for part in a.parts.drain(..).flatten() {
+                                all.extend(part);
+                            }
                             cell.set(Ok(all));
                         }
                     }
@@ -864,15 +875,46 @@ pub(crate) fn decode_result<R: DeserializeOwned>(r: TaskResult<'_>) -> Result<R>
     }
 }
 
-/// Decodes a chunk's `Vec<Result<R, panic message>>` into per-item results.
+/// Decodes a chunk's [`ChunkOut`]: `Ok(values)` if every item returned, otherwise the first
+/// panicked item's error.
+pub(crate) fn decode_chunk_values<R: DeserializeOwned>(r: TaskResult<'_>) -> Result<Vec<R>> {
+    match r {
+        TaskResult::Ok { bytes, worker, .. } => {
+            let (values, mut failures): ChunkOut<R> =
+                postcard::from_bytes(bytes).map_err(Error::codec)?;
+            if failures.is_empty() {
+                Ok(values)
+            } else {
+                Err(Error::TaskPanicked {
+                    worker,
+                    message: failures.swap_remove(0).1,
+                })
+            }
+        }
+        TaskResult::Err(e) => Err(e),
+    }
+}
+
+/// Decodes a chunk's [`ChunkOut`] into one result per item, in item order.
 pub(crate) fn decode_chunk<R: DeserializeOwned>(r: TaskResult<'_>) -> Result<Vec<Result<R>>> {
     match r {
         TaskResult::Ok { bytes, worker, .. } => {
-            let v: Vec<std::result::Result<R, String>> =
+            let (values, failures): ChunkOut<R> =
                 postcard::from_bytes(bytes).map_err(Error::codec)?;
-            Ok(v.into_iter()
-                .map(|x| x.map_err(|message| Error::TaskPanicked { worker, message }))
-                .collect())
+            let n = values.len() + failures.len();
+            let mut values = values.into_iter();
+            let mut failures = failures.into_iter().peekable();
+            let mut out = Vec::with_capacity(n);
+            for i in 0..n {
+                match failures.next_if(|(at, _)| *at as usize == i) {
+                    Some((_, message)) => out.push(Err(Error::TaskPanicked { worker, message })),
+                    None => match values.next() {
+                        Some(v) => out.push(Ok(v)),
+                        None => return Err(Error::codec("chunk result has too few values")),
+                    },
+                }
+            }
+            Ok(out)
         }
         TaskResult::Err(e) => Err(e),
     }
