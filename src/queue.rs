@@ -1024,7 +1024,11 @@ impl<'de, T: Payload> Deserialize<'de> for Queue<T> {
                 shared,
                 _item: PhantomData,
             }),
-            Err(msg) => Err(de::Error::custom(msg)),
+            Err(msg) => {
+                // postcard drops custom messages; keep this one for the task's error.
+                crate::task::note_decode_detail(&msg.to_string());
+                Err(de::Error::custom(msg))
+            }
         }
     }
 }

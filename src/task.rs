@@ -180,9 +180,26 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+thread_local! {
+    /// Why the last `Deserialize` of one of our own types failed (postcard keeps only a generic
+    /// "Serde Deserialization Error" for custom messages).
+    static DECODE_DETAIL: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Records why a `Deserialize` impl of this crate is about to fail, for the task's error.
+pub(crate) fn note_decode_detail(detail: &str) {
+    DECODE_DETAIL.with(|d| *d.borrow_mut() = Some(detail.to_owned()));
+}
+
 fn decode<A: DeserializeOwned>(arg: &[u8]) -> Result<A, CallOutcome> {
-    postcard::from_bytes(arg)
-        .map_err(|e| CallOutcome::Failed(format!("cannot decode the argument: {e}")))
+    DECODE_DETAIL.with(|d| d.borrow_mut().take());
+    postcard::from_bytes(arg).map_err(|e| {
+        let detail = DECODE_DETAIL.with(|d| d.borrow_mut().take());
+        CallOutcome::Failed(match detail {
+            Some(d) => format!("cannot decode the argument: {e}: {d}"),
+            None => format!("cannot decode the argument: {e}"),
+        })
+    })
 }
 
 fn ship<R: Serialize>(sink: &mut ResultSink<'_>, r: &R) -> CallOutcome {

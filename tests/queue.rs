@@ -279,7 +279,15 @@ fn a_queue_created_after_the_pool_is_a_clear_error_in_the_task() {
     // Through the pool, the task cannot decode its argument: an error, not a crash or a hang.
     match pool.apply(queue_len, late.clone()) {
         Err(Error::Codec { detail }) => {
-            assert!(detail.contains("cannot decode the argument"), "{detail}")
+            let (_, serial) =
+                postcard::from_bytes::<(u32, u64)>(&postcard::to_allocvec(&late).unwrap()).unwrap();
+            assert!(detail.starts_with("cannot decode the argument"), "{detail}");
+            assert!(
+                detail.ends_with(&format!(
+                    ": queue {serial} was created after the pool was built; create queues before the pool"
+                )),
+                "{detail}"
+            );
         }
         other => panic!("expected a codec error, got {other:?}"),
     }
