@@ -11,3 +11,5 @@ echo "== cargo test --workspace (the README's test command)"
 cargo test --workspace
 echo "== benches compile and run once in test mode"
 cargo test --workspace --benches
+echo "== loom models of the ring"
+bash ci/loom.sh
