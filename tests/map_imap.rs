@@ -286,3 +286,61 @@ fn empty_inputs_give_empty_outputs() {
     pool.close();
     pool.join().unwrap();
 }
+
+/// Busy work whose cost depends on the item, so chunks finish out of order.
+fn uneven(x: u64) -> u64 {
+    let mut h = x;
+    for _ in 0..(x % 7) * 2_000 {
+        h = h.rotate_left(7) ^ 0x9e37_79b9_7f4a_7c15;
+    }
+    std::hint::black_box(h) ^ h ^ x
+}
+
+#[test]
+fn the_automatic_map_grows_its_chunks_and_keeps_order() {
+    let _w = common::arm(120);
+    let pool = Pool::new(2).unwrap();
+    // Enough items that the chunksize ramps up from 1 through many sizes.
+    assert_eq!(pool.map(square, 0..200_000).unwrap(), squares(200_000));
+    let expected: Vec<u64> = (0..3_000).map(uneven).collect();
+    assert_eq!(pool.map(uneven, 0..3_000).unwrap(), expected);
+    let pairs: Vec<(u64, u64)> = (0..5_000).map(|i| (i, i + 1)).collect();
+    let sums: Vec<u64> = pairs.iter().map(|(a, b)| a + b).collect();
+    assert_eq!(pool.starmap(|a: u64, b: u64| a + b, pairs).unwrap(), sums);
+}
+
+#[test]
+fn a_map_accepted_before_close_finishes_and_join_waits_for_all_of_it() {
+    let _w = common::arm(120);
+    let pool = Pool::new(2).unwrap();
+    // The automatic map submits its later chunks as earlier ones finish; close() must not cut it
+    // short, and join() must not return before its last chunk.
+    let r = pool.map_async(uneven, 0..20_000).unwrap();
+    pool.close();
+    assert!(matches!(
+        pool.map_async(uneven, 0..10),
+        Err(Error::PoolClosed)
+    ));
+    pool.join().unwrap();
+    assert!(r.ready(), "join returned before the map finished");
+    let expected: Vec<u64> = (0..20_000).map(uneven).collect();
+    assert_eq!(r.get().unwrap(), expected);
+}
+
+#[test]
+fn terminate_fails_an_unfinished_automatic_map() {
+    let _w = common::arm(120);
+    let pool = Pool::new(2).unwrap();
+    let r = pool
+        .map_async(
+            |ms: u64| {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                ms
+            },
+            vec![200u64; 50],
+        )
+        .unwrap();
+    pool.terminate();
+    assert!(matches!(r.get(), Err(Error::PoolTerminated)));
+    pool.join().unwrap();
+}

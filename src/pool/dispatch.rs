@@ -126,8 +126,12 @@ pub(crate) struct Dispatch {
     /// Which segments each slot's worker holds.
     sent: Vec<SentSegments>,
     next_id: u64,
-    /// Jobs accepted and not yet completed (pending + in flight + completing).
+    /// Jobs accepted and not yet completed (pending + in flight + completing), plus one token
+    /// per adaptive `map` that still has items to submit (see `map`).
     pub(crate) outstanding: usize,
+    /// Jobs `pump` could not place, to be failed by the caller once the lock is released
+    /// (completions may submit work, which takes this lock). Still counted in `outstanding`.
+    refused: Vec<(Completion, Error)>,
     pub(crate) phase: Phase,
 }
 
@@ -145,6 +149,7 @@ impl Dispatch {
             usable: vec![true; n],
             avg_ns: vec![0.0; n],
             pending: VecDeque::new(),
+            refused: Vec::new(),
             sent: (0..n).map(|_| SentSegments::default()).collect(),
             channels,
             next_id: 1,
@@ -199,11 +204,13 @@ impl Dispatch {
                     // Cannot happen: an empty arena fits any payload up to its capacity, which
                     // `submit` checked. Refuse rather than spin.
                     let job = self.pending.pop_front().expect("front exists");
-                    self.outstanding -= 1;
-                    (job.done)(TaskResult::Err(Error::PayloadTooLarge {
-                        size: len,
-                        capacity: ctl.arena_cap(),
-                    }));
+                    self.refused.push((
+                        job.done,
+                        Error::PayloadTooLarge {
+                            size: len,
+                            capacity: ctl.arena_cap(),
+                        },
+                    ));
                     continue;
                 }
                 break;
@@ -213,8 +220,7 @@ impl Dispatch {
                 && let Err(e) = self.sent[s].sync(self.channels[s], &job.segments)
             {
                 self.arenas[s].head = head_before;
-                self.outstanding -= 1;
-                (job.done)(TaskResult::Err(e));
+                self.refused.push((job.done, e));
                 continue;
             }
             // SAFETY: `place` is a fresh allocation of `len` bytes inside slot `s`'s argument
@@ -262,9 +268,15 @@ impl Dispatch {
         woken
     }
 
+    /// Takes the jobs `pump` refused; run them with [`fail_refused`] after unlocking.
+    pub(crate) fn take_refused(&mut self) -> Vec<(Completion, Error)> {
+        std::mem::take(&mut self.refused)
+    }
+
     /// Takes every job that has not completed (terminate).
     pub(crate) fn drain_all(&mut self) -> Vec<Completion> {
         let mut out: Vec<Completion> = self.pending.drain(..).map(|j| j.done).collect();
+        out.extend(self.refused.drain(..).map(|(done, _)| done));
         for q in &mut self.inflight {
             out.extend(q.drain(..).map(|f| f.done));
         }
@@ -407,8 +419,17 @@ fn lock(inner: &Inner) -> std::sync::MutexGuard<'_, Dispatch> {
     inner.dispatch.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One job ended: account for it and wake `join` if it was the last.
-fn finished(inner: &Inner, count: usize) {
+/// Fails jobs `pump` refused (call without the dispatch lock).
+pub(crate) fn fail_refused(inner: &Inner, refused: Vec<(Completion, Error)>) {
+    let n = refused.len();
+    for (done, e) in refused {
+        done(TaskResult::Err(e));
+    }
+    finished(inner, n);
+}
+
+/// `count` jobs (or map tokens) ended: account for them and wake `join` if they were the last.
+pub(crate) fn finished(inner: &Inner, count: usize) {
     if count == 0 {
         return;
     }
@@ -422,7 +443,7 @@ fn finished(inner: &Inner, count: usize) {
 fn on_result(inner: &Inner, s: usize, d: Descriptor) {
     let ctl = &inner.ctl;
     let cap = ctl.arena_cap();
-    let (done, woken) = {
+    let (done, woken, refused) = {
         let mut g = lock(inner);
         if matches!(g.phase, Phase::Stopped) && g.inflight[s].is_empty() {
             // Terminated: the job was already failed. Free the space and move on.
@@ -448,9 +469,10 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor) {
             0.8 * avg + 0.2 * sample
         };
         let woken = g.pump(ctl);
-        (f.done, woken)
+        (f.done, woken, g.take_refused())
     };
     wake(ctl, &woken);
+    fail_refused(inner, refused);
     let offset = d.offset as usize;
     let len = d.len as usize;
     // Acquire: our own last store, no partner needed.

@@ -7,14 +7,9 @@ use crate::error::{Error, Result};
 use crate::payload::Payload;
 use crate::result::help_while_waiting;
 
+use super::auto::AutoChunk;
 use super::dispatch::{Completion, Job, TaskResult, encode};
 use super::{Pool, decode_chunk};
-
-/// Chunk duration the automatic chunksize aims for: long enough to amortize the per-chunk
-/// dispatch cost (a few µs), short enough to keep every worker busy to the end.
-const TARGET_CHUNK_NS: f64 = 200_000.0;
-/// Largest automatic chunksize.
-const MAX_AUTO_CHUNK: usize = 1 << 16;
 
 struct ChunkDone<R> {
     index: u64,
@@ -26,7 +21,9 @@ struct ChunkDone<R> {
 /// Iterator returned by [`Pool::imap`] and [`Pool::imap_unordered`].
 ///
 /// Yields one `Result<R>` per input item. It pulls input only to keep a bounded window of chunks
-/// in flight (`4 × processes`), so memory stays constant whatever the input's length.
+/// in flight (`4 × processes`), so memory stays constant whatever the input's length. Without
+/// [`chunksize`](IMap::chunksize), chunks start at one item and grow with the measured cost per
+/// item until each takes about 200 µs of worker time (see the crate's automatic chunksize rule).
 pub struct IMap<'p, I: Iterator, R> {
     pool: &'p Pool,
     input: std::iter::Fuse<I>,
@@ -34,10 +31,8 @@ pub struct IMap<'p, I: Iterator, R> {
     ordered: bool,
     /// Fixed chunksize, or `None` to adapt.
     fixed: Option<usize>,
-    /// Current automatic chunksize.
-    auto: usize,
-    /// Measured cost per item (ns), 0 until known.
-    per_item_ns: f64,
+    /// The automatic chunksize (see `auto`).
+    auto: AutoChunk,
     tx: mpsc::Sender<ChunkDone<R>>,
     rx: mpsc::Receiver<ChunkDone<R>>,
     next_index: u64,
@@ -76,8 +71,7 @@ where
             call,
             ordered,
             fixed: None,
-            auto: 1,
-            per_item_ns: 0.0,
+            auto: AutoChunk::new(),
             tx,
             rx,
             next_index: 0,
@@ -102,7 +96,8 @@ where
     }
 
     fn next_chunksize(&self) -> usize {
-        self.fixed.unwrap_or(self.auto)
+        self.fixed
+            .unwrap_or_else(|| self.auto.next(None, self.pool.processes()))
     }
 
     /// Submits chunks until the window is full or the input ends.
@@ -152,17 +147,9 @@ where
     }
 
     fn learn(&mut self, c: &ChunkDone<R>) {
-        if self.fixed.is_some() || c.elapsed_ns == 0 || c.items == 0 {
-            return;
+        if self.fixed.is_none() {
+            self.auto.learn(c.items, c.elapsed_ns);
         }
-        let sample = c.elapsed_ns as f64 / c.items as f64;
-        self.per_item_ns = if self.per_item_ns == 0.0 {
-            sample
-        } else {
-            0.7 * self.per_item_ns + 0.3 * sample
-        };
-        let want = (TARGET_CHUNK_NS / self.per_item_ns.max(1.0)) as usize;
-        self.auto = want.clamp(1, MAX_AUTO_CHUNK).min(self.auto * 2).max(1);
     }
 
     fn accept(&mut self, c: ChunkDone<R>) {

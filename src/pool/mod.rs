@@ -1,8 +1,10 @@
 //! [`Pool`], its builder, and the public API (`apply`, `map`, `imap`, ...).
 
+mod auto;
 mod callbacks;
 pub(crate) mod dispatch;
 mod imap;
+mod map;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
@@ -363,23 +365,7 @@ impl Pool {
 
     /// Accepts jobs (all or none) and feeds the workers.
     pub(crate) fn submit(&self, jobs: Vec<Job>) -> Result<()> {
-        let woken = {
-            let mut g = self.lock();
-            if let Some(e) = g.refuse() {
-                return Err(e);
-            }
-            for job in jobs {
-                g.enqueue(job);
-            }
-            g.pump(&self.inner.ctl)
-        };
-        dispatch::wake(&self.inner.ctl, &woken);
-        // A thread submitting a burst drains finished results on its way (if no one else is), which
-        // frees ring slots for its next submissions without a wake-up of the collector thread.
-        if let Ok(mut c) = self.inner.collect.try_lock() {
-            dispatch::poll_once(&self.inner, &mut c);
-        }
-        Ok(())
+        self.inner.submit(jobs, false)
     }
 
     /// Runs `f(arg)` in a worker without waiting (Python's `apply_async`).
@@ -495,7 +481,9 @@ impl Pool {
     }
 
     /// Applies `f` to every item, in parallel, and returns the results in order (Python's
-    /// `map`). Items are sent in chunks of `ceil(len / (4 * processes))`, Python's rule.
+    /// `map`). Without a chunksize, chunks start at one item and grow with the measured cost per
+    /// item until each takes about 200 µs of worker time, and shrink again for the last items so
+    /// every worker finishes together (Python instead guesses `len / (4 × processes)`).
     ///
     /// # Errors
     ///
@@ -537,9 +525,13 @@ impl Pool {
         R: Payload,
         I: IntoIterator<Item = A>,
     {
-        let items: Vec<A> = items.into_iter().collect();
-        let chunksize = items.len().div_ceil(4 * self.processes()).max(1);
-        self.map_async_chunked(f, items, chunksize)
+        let _ = f;
+        assert_task_fn::<F>();
+        map::start(
+            self,
+            call_chunk::<F, A, R> as CallFn as usize,
+            items.into_iter().collect(),
+        )
     }
 
     /// [`map_async`](Pool::map_async) with an explicit chunksize.
@@ -606,12 +598,10 @@ impl Pool {
     {
         let _ = f;
         assert_task_fn::<F>();
-        let items: Vec<Args> = items.into_iter().collect();
-        let chunksize = items.len().div_ceil(4 * self.processes()).max(1);
-        self.submit_chunks(
+        map::start(
+            self,
             call_star_chunk::<F, Args, R> as CallFn as usize,
-            &items,
-            chunksize,
+            items.into_iter().collect(),
         )
     }
 
@@ -808,6 +798,36 @@ impl Pool {
             let _ = h.join();
         }
         self.inner.callbacks.shutdown();
+    }
+}
+
+impl Inner {
+    /// Accepts jobs (all or none) and feeds the workers. A `continuation` (more chunks of a `map`
+    /// accepted before `close`) is still taken after `close`, until the pool stops.
+    pub(crate) fn submit(&self, jobs: Vec<Job>, continuation: bool) -> Result<()> {
+        let (woken, refused) = {
+            let mut g = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
+            let refusal = match (&g.phase, continuation) {
+                (Phase::Closed, true) => None,
+                _ => g.refuse(),
+            };
+            if let Some(e) = refusal {
+                return Err(e);
+            }
+            for job in jobs {
+                g.enqueue(job);
+            }
+            let woken = g.pump(&self.ctl);
+            (woken, g.take_refused())
+        };
+        dispatch::wake(&self.ctl, &woken);
+        dispatch::fail_refused(self, refused);
+        // A thread submitting a burst drains finished results on its way (if no one else is),
+        // which frees ring slots for its next submissions without waking the collector thread.
+        if let Ok(mut c) = self.collect.try_lock() {
+            dispatch::poll_once(self, &mut c);
+        }
+        Ok(())
     }
 }
 
