@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::arena::{free_region, plan};
+use crate::payload::{decode_seq, encode_chunk_out};
 use crate::sync::{AtomicU64, Ordering};
 
 /// Where an encoded result landed in the result arena.
@@ -258,16 +259,29 @@ fn run_chunk<A, R>(items: Vec<A>, g: impl Fn(A) -> R) -> ChunkOut<R> {
 pub(crate) unsafe fn call_chunk<F, A, R>(arg: &[u8], sink: &mut ResultSink<'_>) -> CallOutcome
 where
     F: Fn(A) -> R + Copy,
-    A: DeserializeOwned,
-    R: Serialize,
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
 {
-    let items: Vec<A> = match decode(arg) {
+    let items: Vec<A> = match decode_seq(arg) {
         Ok(a) => a,
-        Err(o) => return o,
+        Err(e) => return CallOutcome::Failed(format!("cannot decode the argument: {e}")),
     };
     // SAFETY: delegated to the caller (see # Safety).
     let f: F = unsafe { conjure() };
-    ship(sink, &run_chunk(items, f))
+    ship_chunk(sink, run_chunk(items, f))
+}
+
+fn ship_chunk<R: Serialize + 'static>(
+    sink: &mut ResultSink<'_>,
+    (values, failures): ChunkOut<R>,
+) -> CallOutcome {
+    match encode_chunk_out(&values, &failures) {
+        Ok(bytes) => match sink.put_bytes(&bytes) {
+            Ok(e) => CallOutcome::Done(e),
+            Err(msg) => CallOutcome::Failed(msg),
+        },
+        Err(e) => CallOutcome::Failed(format!("cannot encode the result: {e}")),
+    }
 }
 
 /// A function called with its arguments spread from a tuple (`starmap`).
@@ -309,14 +323,14 @@ pub(crate) unsafe fn call_star_chunk<F, Args, R>(
 ) -> CallOutcome
 where
     F: StarFn<Args, Output = R>,
-    Args: DeserializeOwned,
-    R: Serialize,
+    Args: DeserializeOwned + 'static,
+    R: Serialize + 'static,
 {
-    let items: Vec<Args> = match decode(arg) {
+    let items: Vec<Args> = match decode_seq(arg) {
         Ok(a) => a,
-        Err(o) => return o,
+        Err(e) => return CallOutcome::Failed(format!("cannot decode the argument: {e}")),
     };
     // SAFETY: delegated to the caller (see # Safety).
     let f: F = unsafe { conjure() };
-    ship(sink, &run_chunk(items, |a| f.call_star(a)))
+    ship_chunk(sink, run_chunk(items, |a| f.call_star(a)))
 }

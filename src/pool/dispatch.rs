@@ -657,6 +657,23 @@ fn server_gone(inner: &Inner, status: i32) {
     drop(g);
 }
 
+/// Encodes a chunk of items for a job in the chunk wire format (`payload::encode_seq`), checking
+/// it fits the arena.
+pub(crate) fn encode_items<T: serde::Serialize + 'static>(
+    items: &[T],
+    cap: usize,
+) -> Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(std::mem::size_of_val(items).saturating_add(16).min(cap));
+    crate::payload::encode_seq(items, &mut bytes).map_err(Error::codec)?;
+    if bytes.len() > cap {
+        return Err(Error::PayloadTooLarge {
+            size: bytes.len(),
+            capacity: cap,
+        });
+    }
+    Ok(bytes)
+}
+
 /// Encodes a payload for a job, checking it fits the arena.
 pub(crate) fn encode<T: serde::Serialize + ?Sized>(value: &T, cap: usize) -> Result<Vec<u8>> {
     // Sized for the common case (fixed-size items encode to at most their in-memory size plus a

@@ -8,7 +8,7 @@ use crate::payload::Payload;
 use crate::result::help_while_waiting;
 
 use super::auto::AutoChunk;
-use super::dispatch::{Completion, Job, TaskResult, encode};
+use super::dispatch::{Completion, Job, TaskResult, encode_items};
 use super::{Pool, decode_chunk};
 
 struct ChunkDone<R> {
@@ -123,7 +123,7 @@ where
                     elapsed_ns,
                 });
             });
-            let payload = encode(&chunk, self.pool.arena_cap())?;
+            let payload = encode_items(&chunk, self.pool.arena_cap())?;
             self.pool.submit(vec![Job::new(payload, self.call, done)])?;
             self.next_index += 1;
             self.live += 1;

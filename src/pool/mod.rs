@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use crate::channel;
 use crate::control::{Control, GRACEFUL, TERMINATE};
 use crate::error::{Error, Result};
-use crate::payload::Payload;
+use crate::payload::{Payload, decode_chunk_out};
 use crate::process::{ServerCtx, fork_server, reap_server};
 use crate::result::{AsyncResult, Helper, ResultCell};
 use crate::sync::{AtomicU32, Ordering};
@@ -26,7 +26,7 @@ use crate::task::{
 };
 
 use callbacks::Callbacks;
-use dispatch::{Collect, Completion, Dispatch, Job, Phase, TaskResult, encode};
+use dispatch::{Collect, Completion, Dispatch, Job, Phase, TaskResult, encode, encode_items};
 pub use imap::IMap;
 
 /// Default size of each worker's argument arena and result arena.
@@ -605,7 +605,7 @@ impl Pool {
         )
     }
 
-    fn submit_chunks<A: Serialize, R: Payload>(
+    fn submit_chunks<A: Serialize + 'static, R: Payload>(
         &self,
         call: usize,
         items: &[A],
@@ -657,7 +657,7 @@ impl Pool {
                     }
                 }
             });
-            jobs.push(Job::new(encode(chunk, self.arena_cap())?, call, done));
+            jobs.push(Job::new(encode_items(chunk, self.arena_cap())?, call, done));
         }
         self.submit(jobs)?;
         Ok(AsyncResult::from_cell(cell))
@@ -897,11 +897,13 @@ pub(crate) fn decode_result<R: DeserializeOwned>(r: TaskResult<'_>) -> Result<R>
 
 /// Decodes a chunk's [`ChunkOut`]: `Ok(values)` if every item returned, otherwise the first
 /// panicked item's error.
-pub(crate) fn decode_chunk_values<R: DeserializeOwned>(r: TaskResult<'_>) -> Result<Vec<R>> {
+pub(crate) fn decode_chunk_values<R: DeserializeOwned + 'static>(
+    r: TaskResult<'_>,
+) -> Result<Vec<R>> {
     match r {
         TaskResult::Ok { bytes, worker, .. } => {
             let (values, mut failures): ChunkOut<R> =
-                postcard::from_bytes(bytes).map_err(Error::codec)?;
+                decode_chunk_out(bytes).map_err(Error::codec)?;
             if failures.is_empty() {
                 Ok(values)
             } else {
@@ -916,11 +918,12 @@ pub(crate) fn decode_chunk_values<R: DeserializeOwned>(r: TaskResult<'_>) -> Res
 }
 
 /// Decodes a chunk's [`ChunkOut`] into one result per item, in item order.
-pub(crate) fn decode_chunk<R: DeserializeOwned>(r: TaskResult<'_>) -> Result<Vec<Result<R>>> {
+pub(crate) fn decode_chunk<R: DeserializeOwned + 'static>(
+    r: TaskResult<'_>,
+) -> Result<Vec<Result<R>>> {
     match r {
         TaskResult::Ok { bytes, worker, .. } => {
-            let (values, failures): ChunkOut<R> =
-                postcard::from_bytes(bytes).map_err(Error::codec)?;
+            let (values, failures): ChunkOut<R> = decode_chunk_out(bytes).map_err(Error::codec)?;
             let n = values.len() + failures.len();
             let mut values = values.into_iter();
             let mut failures = failures.into_iter().peekable();
