@@ -76,7 +76,7 @@ pub(crate) fn encode_seq<T: Serialize + 'static>(
 pub(crate) fn decode_seq<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<Vec<T>, String> {
     if is_plain_number::<T>() {
         let size = size_of::<T>();
-        if bytes.len() % size != 0 {
+        if !bytes.len().is_multiple_of(size) {
             return Err(format!(
                 "{} bytes is not a whole number of {size}-byte items",
                 bytes.len()
@@ -113,7 +113,7 @@ pub(crate) fn encode_chunk_out<R: Serialize + 'static>(
 /// Decodes what [`encode_chunk_out`] wrote.
 pub(crate) fn decode_chunk_out<R: DeserializeOwned + 'static>(
     bytes: &[u8],
-) -> Result<(Vec<R>, Vec<(u32, String)>), String> {
+) -> Result<crate::task::ChunkOut<R>, String> {
     let Some((len, rest)) = bytes.split_first_chunk::<8>() else {
         return Err("chunk result shorter than its header".into());
     };
