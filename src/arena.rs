@@ -7,7 +7,10 @@
 //! `head` (next allocation) and `freed` (everything before it is free). Position `p` lives at byte
 //! offset `p % capacity`. An allocation never wraps: if it does not fit before the end of the
 //! arena, the gap is skipped and counted as used until it is freed. When the arena is empty the
-//! next allocation restarts at offset 0, so small payloads keep touching the same few pages.
+//! next allocation restarts at offset 0 of the next lap, so small payloads keep touching the same
+//! few pages; the allocating side then knows everything before that lap start is free (its
+//! *floor*) and passes `max(freed, floor)` as `freed`, so the skipped gap is not counted as used
+//! (it once was, and an arena that restarted near its start then held one result at a time).
 
 /// The placement of one allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +19,9 @@ pub(crate) struct Placement {
     pub(crate) offset: usize,
     /// The arena's `head` after this allocation: freeing up to here frees this allocation.
     pub(crate) end: u64,
+    /// Set when the allocation restarted an empty arena at this lap start: everything before it
+    /// is free, and the caller should raise its floor to it.
+    pub(crate) restart: Option<u64>,
 }
 
 /// Plans an allocation of `n` bytes given `head` and `freed` (`freed <= head`).
@@ -34,6 +40,7 @@ pub(crate) fn plan(head: u64, freed: u64, cap: usize, n: usize) -> Option<Placem
         return Some(Placement {
             offset: 0,
             end: start + n64.max(1),
+            restart: Some(start),
         });
     }
     let start = if pos + n64 <= cap64 {
@@ -45,6 +52,7 @@ pub(crate) fn plan(head: u64, freed: u64, cap: usize, n: usize) -> Option<Placem
         Some(Placement {
             offset: (start % cap64) as usize,
             end: start + n64.max(1),
+            restart: None,
         })
     } else {
         None
@@ -89,6 +97,10 @@ impl LocalArena {
     pub(crate) fn alloc(&mut self, n: usize) -> Option<Placement> {
         let p = plan(self.head, self.freed, self.cap, n)?;
         self.head = p.end;
+        if let Some(floor) = p.restart {
+            // Empty: both positions are ours, so just move `freed` up to the new lap.
+            self.freed = floor;
+        }
         Some(p)
     }
 
@@ -154,6 +166,25 @@ mod tests {
         assert!(a.alloc(20).is_none());
         a.free_to(q.end);
         assert_eq!(a.alloc(100).unwrap().offset, 0);
+    }
+
+    #[test]
+    fn an_arena_restarted_near_its_start_still_holds_many_allocations() {
+        let mut a = LocalArena::new(1000);
+        let p = a.alloc(10).unwrap();
+        a.free_to(p.end);
+        // Empty at offset 10: the next allocation restarts the lap at 0.
+        let first = a.alloc(10).unwrap();
+        assert_eq!((first.offset, first.restart.is_some()), (0, true));
+        // ... and the gap it skipped does not count as used: 90 more fit.
+        for i in 1..100 {
+            assert_eq!(
+                a.alloc(10).map(|p| p.offset),
+                Some(i * 10),
+                "allocation {i}"
+            );
+        }
+        assert!(a.alloc(10).is_none());
     }
 
     #[test]

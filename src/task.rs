@@ -12,7 +12,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::arena::{free_region, plan};
+use crate::arena::{Placement, free_region, plan};
 use crate::payload::{decode_seq, encode_chunk_out};
 use crate::sync::{AtomicU64, Ordering};
 
@@ -44,6 +44,8 @@ pub(crate) struct ResultSink<'a> {
     cap: usize,
     /// Our allocation position (worker-private; re-derived from `freed` after a respawn).
     head: &'a mut u64,
+    /// Everything before this is free (we restarted the empty arena there; see `arena`).
+    floor: &'a mut u64,
     /// The parent's consumption position (`SlotCtl::result_freed`).
     freed: &'a AtomicU64,
     /// Called while waiting for the parent to free space; returns false to give up.
@@ -67,6 +69,7 @@ impl<'a> ResultSink<'a> {
         base: *mut u8,
         cap: usize,
         head: &'a mut u64,
+        floor: &'a mut u64,
         freed: &'a AtomicU64,
         keep_waiting: &'a dyn Fn() -> bool,
     ) -> Self {
@@ -74,6 +77,7 @@ impl<'a> ResultSink<'a> {
             base,
             cap,
             head,
+            floor,
             freed,
             keep_waiting,
         }
@@ -83,7 +87,14 @@ impl<'a> ResultSink<'a> {
         // Acquire, SYNC: result-free — pairs with the parent's Release store after it decoded a
         // result, so its reads of that region happen before we overwrite it.
         let f = self.freed.load(Ordering::Acquire);
-        f.min(*self.head)
+        f.max(*self.floor).min(*self.head)
+    }
+
+    fn advance(&mut self, p: Placement) {
+        *self.head = p.end;
+        if let Some(floor) = p.restart {
+            *self.floor = floor;
+        }
     }
 
     /// Encodes `value` into the arena: straight into free space when it fits, otherwise through
@@ -99,7 +110,7 @@ impl<'a> ResultSink<'a> {
                 let n = used.len();
                 let p = plan(*self.head, freed, self.cap, n).expect("region was free");
                 debug_assert_eq!(p.offset, off);
-                *self.head = p.end;
+                self.advance(p);
                 return Ok(Encoded {
                     offset: off,
                     len: n,
@@ -130,7 +141,7 @@ impl<'a> ResultSink<'a> {
                 unsafe {
                     std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.add(p.offset), n);
                 }
-                *self.head = p.end;
+                self.advance(p);
                 return Ok(Encoded {
                     offset: p.offset,
                     len: n,

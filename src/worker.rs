@@ -187,6 +187,7 @@ pub(crate) fn worker_main(ctx: WorkerCtx<'_>) -> ! {
     };
     // Acquire, SYNC: result-free — everything the parent consumed is free for us.
     let mut head = slot.result_freed.load(Ordering::Acquire);
+    let mut floor = head;
     let server_pid = ctx.server_pid;
     let parent_alive = move || {
         // SAFETY: getppid has no preconditions.
@@ -234,6 +235,7 @@ pub(crate) fn worker_main(ctx: WorkerCtx<'_>) -> ! {
                     result_base,
                     cap,
                     &mut head,
+                    &mut floor,
                     &slot.result_freed,
                     &keep_waiting,
                 )
