@@ -43,8 +43,11 @@ use super::Inner;
 
 /// Most tasks queued in one worker's ring.
 pub(crate) const MAX_DEPTH: usize = 16;
-/// Queued work (ns) a worker may hold beyond the task it runs.
-const DEPTH_BUDGET_NS: f64 = 50_000.0;
+/// Queued work (ns) a worker may hold beyond the task it runs. Large enough that a chunk of the
+/// automatic chunksize (~200 µs) always has a successor waiting, so a worker never idles for a
+/// wake-up round trip between chunks; small enough that a task waits at most ~2 ms behind
+/// another worker's queue while a worker is free (tasks longer than that go out one at a time).
+const DEPTH_BUDGET_NS: f64 = 2_000_000.0;
 /// How long the collector thread naps while waiters collect for themselves. Waiters that find
 /// their result leave without waking it (the saving), so it checks back this often.
 const HELPED_NAP: Duration = Duration::from_millis(1);

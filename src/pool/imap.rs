@@ -1,6 +1,6 @@
 //! The lazy `imap` / `imap_unordered` iterator with a bounded window and a reorder buffer.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::mpsc;
 
 use crate::error::{Error, Result};
@@ -9,13 +9,47 @@ use crate::result::help_while_waiting;
 
 use super::auto::AutoChunk;
 use super::dispatch::{Completion, Job, TaskResult, encode_items};
-use super::{Pool, decode_chunk};
+use super::{Pool, decode_chunk_parts};
 
 struct ChunkDone<R> {
     index: u64,
     items: usize,
-    result: Result<Vec<Result<R>>>,
+    result: Result<Cursor<R>>,
     elapsed_ns: u64,
+}
+
+/// Walks one finished chunk item by item without materializing a `Result` per item (a
+/// `Result<R, Error>` is several times wider than a small `R`, and `imap` over tiny items is
+/// bound by the parent's per-item cost).
+struct Cursor<R> {
+    values: std::vec::IntoIter<R>,
+    /// `(item index, panic message)`, ascending.
+    failures: std::iter::Peekable<std::vec::IntoIter<(u32, String)>>,
+    next_index: u32,
+    worker: usize,
+}
+
+impl<R> Iterator for Cursor<R> {
+    type Item = Result<R>;
+
+    fn next(&mut self) -> Option<Result<R>> {
+        let i = self.next_index;
+        self.next_index = i.wrapping_add(1);
+        if let Some((_, message)) = self.failures.next_if(|(at, _)| *at == i) {
+            return Some(Err(Error::TaskPanicked {
+                worker: self.worker,
+                message,
+            }));
+        }
+        self.values.next().map(Ok)
+    }
+}
+
+/// What `next` yields from: the chunk being walked, or one error repeated for a failed chunk.
+enum Current<R> {
+    Idle,
+    Chunk(Cursor<R>),
+    Failed(Error, usize),
 }
 
 /// Iterator returned by [`Pool::imap`] and [`Pool::imap_unordered`].
@@ -38,7 +72,7 @@ pub struct IMap<'p, I: Iterator, R> {
     next_index: u64,
     yield_index: u64,
     reorder: BTreeMap<u64, ChunkDone<R>>,
-    ready: VecDeque<Result<R>>,
+    current: Current<R>,
     /// Chunks submitted and not yet moved to `ready`.
     live: usize,
     window: usize,
@@ -77,7 +111,7 @@ where
             next_index: 0,
             yield_index: 0,
             reorder: BTreeMap::new(),
-            ready: VecDeque::new(),
+            current: Current::Idle,
             live: 0,
             window: 4 * pool.processes(),
             error: None,
@@ -116,10 +150,16 @@ where
                     TaskResult::Ok { elapsed_ns, .. } => *elapsed_ns,
                     TaskResult::Err(_) => 0,
                 };
+                let result = decode_chunk_parts::<R>(r).map(|(values, failures, worker)| Cursor {
+                    values: values.into_iter(),
+                    failures: failures.into_iter().peekable(),
+                    next_index: 0,
+                    worker,
+                });
                 let _ = tx.send(ChunkDone {
                     index,
                     items,
-                    result: decode_chunk::<R>(r),
+                    result,
                     elapsed_ns,
                 });
             });
@@ -154,10 +194,10 @@ where
 
     fn accept(&mut self, c: ChunkDone<R>) {
         self.live -= 1;
-        match c.result {
-            Ok(v) => self.ready.extend(v),
-            Err(e) => self.ready.extend((0..c.items).map(|_| Err(e.clone()))),
-        }
+        self.current = match c.result {
+            Ok(cursor) => Current::Chunk(cursor),
+            Err(e) => Current::Failed(e, c.items),
+        };
     }
 }
 
@@ -175,9 +215,19 @@ where
             return Some(Err(e));
         }
         loop {
-            if let Some(x) = self.ready.pop_front() {
-                return Some(x);
+            match &mut self.current {
+                Current::Chunk(cursor) => {
+                    if let Some(x) = cursor.next() {
+                        return Some(x);
+                    }
+                }
+                Current::Failed(e, left) if *left > 0 => {
+                    *left -= 1;
+                    return Some(Err(e.clone()));
+                }
+                _ => {}
             }
+            self.current = Current::Idle;
             if self.finished {
                 return None;
             }

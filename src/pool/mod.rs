@@ -917,27 +917,14 @@ pub(crate) fn decode_chunk_values<R: DeserializeOwned + 'static>(
     }
 }
 
-/// Decodes a chunk's [`ChunkOut`] into one result per item, in item order.
-pub(crate) fn decode_chunk<R: DeserializeOwned + 'static>(
+/// Decodes a chunk's [`ChunkOut`] as `(values, failures, worker)`.
+pub(crate) fn decode_chunk_parts<R: DeserializeOwned + 'static>(
     r: TaskResult<'_>,
-) -> Result<Vec<Result<R>>> {
+) -> Result<(Vec<R>, Vec<(u32, String)>, usize)> {
     match r {
         TaskResult::Ok { bytes, worker, .. } => {
             let (values, failures): ChunkOut<R> = decode_chunk_out(bytes).map_err(Error::codec)?;
-            let n = values.len() + failures.len();
-            let mut values = values.into_iter();
-            let mut failures = failures.into_iter().peekable();
-            let mut out = Vec::with_capacity(n);
-            for i in 0..n {
-                match failures.next_if(|(at, _)| *at as usize == i) {
-                    Some((_, message)) => out.push(Err(Error::TaskPanicked { worker, message })),
-                    None => match values.next() {
-                        Some(v) => out.push(Ok(v)),
-                        None => return Err(Error::codec("chunk result has too few values")),
-                    },
-                }
-            }
-            Ok(out)
+            Ok((values, failures, worker))
         }
         TaskResult::Err(e) => Err(e),
     }

@@ -1,0 +1,167 @@
+//! `map` without a chunksize: a driver that submits chunks as earlier ones finish, so each chunk's
+//! size can follow the measured cost per item (the rule is in `auto`).
+//!
+//! The driver keeps `2 × processes` chunks in flight. Each chunk's completion stores its values,
+//! teaches the [`AutoChunk`] the chunk's cost, and submits the next chunks (`feed`). Until every
+//! item has been submitted the driver holds one *token* in the dispatcher's `outstanding` count,
+//! so `join` cannot see the pool idle between a chunk's end and its successor's submission; and
+//! its follow-up chunks are accepted after `close` (the `map` itself was accepted before).
+
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::error::{Error, Result};
+use crate::payload::Payload;
+use crate::result::{AsyncResult, ResultCell};
+
+use super::auto::AutoChunk;
+use super::dispatch::{self, Completion, Job, TaskResult, encode_items};
+use super::{Inner, Pool, decode_chunk_values};
+
+struct Driver<A, R> {
+    items: Vec<A>,
+    /// Items before this index have been submitted.
+    next: usize,
+    in_flight: usize,
+    auto: AutoChunk,
+    /// Finished chunks as `(first item index, values)`.
+    parts: Vec<(usize, Vec<R>)>,
+    /// Items whose values are in `parts`.
+    done: usize,
+    failed: bool,
+    /// Holds a token in `Dispatch::outstanding`.
+    token: bool,
+    call: usize,
+    cell: Arc<ResultCell<Vec<R>>>,
+}
+
+type Shared<A, R> = Arc<Mutex<Driver<A, R>>>;
+
+fn lock<A, R>(d: &Shared<A, R>) -> std::sync::MutexGuard<'_, Driver<A, R>> {
+    d.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Starts an adaptive map of `call` over `items`.
+pub(crate) fn start<A: Payload, R: Payload>(
+    pool: &Pool,
+    call: usize,
+    items: Vec<A>,
+) -> Result<AsyncResult<Vec<R>>> {
+    let cell = ResultCell::new(Some(pool.helper()));
+    {
+        let mut g = pool.lock();
+        if let Some(e) = g.refuse() {
+            return Err(e);
+        }
+        if items.is_empty() {
+            cell.set(Ok(Vec::new()));
+            return Ok(AsyncResult::from_cell(cell));
+        }
+        g.outstanding += 1;
+    }
+    let driver = Arc::new(Mutex::new(Driver {
+        items,
+        next: 0,
+        in_flight: 0,
+        auto: AutoChunk::new(),
+        parts: Vec::new(),
+        done: 0,
+        failed: false,
+        token: true,
+        call,
+        cell: Arc::clone(&cell),
+    }));
+    feed(&pool.inner, &driver);
+    Ok(AsyncResult::from_cell(cell))
+}
+
+/// Submits chunks until the window is full; gives the token back once everything is submitted
+/// (or the map failed).
+fn feed<A: Payload, R: Payload>(inner: &Arc<Inner>, driver: &Shared<A, R>) {
+    let processes = inner.processes;
+    let cap = inner.ctl.arena_cap();
+    let mut jobs = Vec::new();
+    let mut error = None;
+    {
+        let mut d = lock(driver);
+        while !d.failed && d.in_flight < 2 * processes && d.next < d.items.len() {
+            let n = d.auto.next(Some(d.items.len() - d.next), processes);
+            let (first, end) = (d.next, d.next + n);
+            match encode_items(&d.items[first..end], cap) {
+                Ok(payload) => {
+                    let done = completion(Arc::downgrade(inner), Arc::clone(driver), first, n);
+                    jobs.push(Job::new(payload, d.call, done));
+                    d.in_flight += 1;
+                    d.next = end;
+                }
+                Err(e) => error = Some(e),
+            }
+            if let Some(e) = error.take() {
+                fail(&mut d, e);
+            }
+        }
+    }
+    if !jobs.is_empty()
+        && let Err(e) = inner.submit(jobs, true)
+    {
+        fail(&mut lock(driver), e);
+    }
+    let release = {
+        let mut d = lock(driver);
+        let release = d.token && (d.failed || d.next == d.items.len());
+        if release {
+            d.token = false;
+        }
+        release
+    };
+    if release {
+        dispatch::finished(inner, 1);
+    }
+}
+
+fn fail<A, R>(d: &mut Driver<A, R>, e: Error) {
+    if !d.failed {
+        d.failed = true;
+        d.cell.set(Err(e));
+    }
+}
+
+fn completion<A: Payload, R: Payload>(
+    inner: Weak<Inner>,
+    driver: Shared<A, R>,
+    first: usize,
+    n: usize,
+) -> Completion {
+    Box::new(move |r: TaskResult<'_>| {
+        let elapsed_ns = match &r {
+            TaskResult::Ok { elapsed_ns, .. } => *elapsed_ns,
+            TaskResult::Err(_) => 0,
+        };
+        let part = decode_chunk_values::<R>(r);
+        {
+            let mut d = lock(&driver);
+            d.in_flight -= 1;
+            match part {
+                Err(e) => fail(&mut d, e),
+                Ok(values) if !d.failed => {
+                    d.auto.learn(n, elapsed_ns);
+                    d.done += n;
+                    d.parts.push((first, values));
+                    if d.done == d.items.len() {
+                        let mut parts = std::mem::take(&mut d.parts);
+                        parts.sort_unstable_by_key(|(first, _)| *first);
+                        let mut all = Vec::with_capacity(d.done);
+                        for (_, values) in parts {
+                            all.extend(values);
+                        }
+                        d.cell.set(Ok(all));
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+        match inner.upgrade() {
+            Some(inner) => feed(&inner, &driver),
+            None => fail(&mut lock(&driver), Error::PoolTerminated),
+        }
+    })
+}
