@@ -150,12 +150,13 @@ where
                     TaskResult::Ok { elapsed_ns, .. } => *elapsed_ns,
                     TaskResult::Err(_) => 0,
                 };
-                let result = decode_chunk_parts::<R>(r).map(|(values, failures, worker)| Cursor {
-                    values: values.into_iter(),
-                    failures: failures.into_iter().peekable(),
-                    next_index: 0,
-                    worker,
-                });
+                let result =
+                    decode_chunk_parts::<R>(r).map(|((values, failures), worker)| Cursor {
+                        values: values.into_iter(),
+                        failures: failures.into_iter().peekable(),
+                        next_index: 0,
+                        worker,
+                    });
                 let _ = tx.send(ChunkDone {
                     index,
                     items,

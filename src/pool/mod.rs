@@ -917,14 +917,14 @@ pub(crate) fn decode_chunk_values<R: DeserializeOwned + 'static>(
     }
 }
 
-/// Decodes a chunk's [`ChunkOut`] as `(values, failures, worker)`.
+/// Decodes a chunk's [`ChunkOut`], with the worker that ran it.
 pub(crate) fn decode_chunk_parts<R: DeserializeOwned + 'static>(
     r: TaskResult<'_>,
-) -> Result<(Vec<R>, Vec<(u32, String)>, usize)> {
+) -> Result<(ChunkOut<R>, usize)> {
     match r {
         TaskResult::Ok { bytes, worker, .. } => {
-            let (values, failures): ChunkOut<R> = decode_chunk_out(bytes).map_err(Error::codec)?;
-            Ok((values, failures, worker))
+            let out: ChunkOut<R> = decode_chunk_out(bytes).map_err(Error::codec)?;
+            Ok((out, worker))
         }
         TaskResult::Err(e) => Err(e),
     }
