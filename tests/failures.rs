@@ -501,3 +501,45 @@ fn an_imap_broken_by_a_worker_death_reports_it_per_item() {
     }
     assert_eq!(pool.apply(double, 8).unwrap(), 16);
 }
+
+#[test]
+fn terminate_resolves_a_running_task_only_after_its_worker_is_gone() {
+    let _w = common::arm(60);
+    let pool = Pool::new(2).unwrap();
+    let gate = common::Gate::new();
+    let pid_file = |i: u8| gate.path().with_extension(format!("pid{i}"));
+    // Each task writes its worker's pid, then blocks until terminate kills it (the gate never
+    // opens).
+    let running: Vec<_> = (0..2u8)
+        .map(|i| {
+            pool.apply_async(
+                |(gate, pid_file): (PathBuf, PathBuf)| {
+                    std::fs::write(&pid_file, std::process::id().to_string()).unwrap();
+                    common::wait_gate(&gate);
+                    0u8
+                },
+                (gate.path(), pid_file(i)),
+            )
+            .unwrap()
+        })
+        .collect();
+    let pids: Vec<u32> = (0..2u8)
+        .map(|i| {
+            assert!(common::eventually(Duration::from_secs(30), || pid_file(i).exists()));
+            let text = std::fs::read_to_string(pid_file(i)).unwrap();
+            text.parse().unwrap()
+        })
+        .collect();
+    std::thread::scope(|s| {
+        s.spawn(|| pool.terminate());
+        for (r, pid) in running.into_iter().zip(pids) {
+            assert!(matches!(r.get(), Err(Error::PoolTerminated)));
+            // Its worker is gone before the task resolves: memory handed back to the caller
+            // (a map_chunks_into output) is never written again.
+            assert!(
+                !common::exists(pid),
+                "worker {pid} still exists after its task resolved"
+            );
+        }
+    });
+}

@@ -101,6 +101,8 @@ struct InFlight {
     /// Argument-arena position to free when the job ends.
     arg_end: u64,
     done: Completion,
+    /// Segments the task needs; re-sent if a replacement worker inherits the task.
+    segments: Vec<SegmentShare>,
 }
 
 /// Lifecycle of the pool.
@@ -188,6 +190,10 @@ impl Dispatch {
     /// whether any slot beyond.
     pub(crate) fn pump(&mut self, ctl: &Control) -> Vec<usize> {
         let mut woken = Vec::new();
+        if matches!(self.phase, Phase::Stopped) {
+            // Terminating (or joined): nothing new goes out.
+            return woken;
+        }
         while let Some(job) = self.pending.front() {
             let len = job.payload.len();
             let mut best: Option<usize> = None;
@@ -263,6 +269,7 @@ impl Dispatch {
                 seq,
                 arg_end: place.end,
                 done: job.done,
+                segments: job.segments,
             });
             if !woken.contains(&s) {
                 woken.push(s);
@@ -563,6 +570,17 @@ fn on_death(inner: &Inner, s: usize) -> bool {
             if respawn {
                 g.usable[s] = true;
                 g.sent[s].reset();
+                // The tasks still in the ring go to the replacement, which knows no segment yet
+                // (its predecessor read their fds from the socket): send theirs again first.
+                let needed: Vec<SegmentShare> = g.inflight[s]
+                    .iter()
+                    .flat_map(|f| f.segments.iter().cloned())
+                    .collect();
+                if !needed.is_empty() && g.sent[s].sync(g.channels[s], &needed).is_err() {
+                    failed.extend(g.inflight[s].drain(..).map(|f| f.done));
+                    g.arenas[s].reset();
+                    slot.tasks.force_consumed(g.producers[s].position());
+                }
             }
             (failed, respawn, None)
         }
@@ -576,12 +594,18 @@ fn on_death(inner: &Inner, s: usize) -> bool {
         ctl.header().server.notify();
     }
     let n_failed = failed.len();
+    // A worker killed by `terminate` is not a failure of its task.
+    let terminated = matches!(lock(inner).phase, Phase::Stopped);
     for done in failed {
-        done(TaskResult::Err(Error::WorkerDied {
-            worker: s,
-            pid,
-            signal,
-            exit_code,
+        done(TaskResult::Err(if terminated {
+            Error::PoolTerminated
+        } else {
+            Error::WorkerDied {
+                worker: s,
+                pid,
+                signal,
+                exit_code,
+            }
         }));
     }
     let mut n_broken = 0;

@@ -757,12 +757,22 @@ impl Pool {
 
     /// Stops now: kills the workers, fails every unfinished task with
     /// [`Error::PoolTerminated`], and reaps every process (Python's `terminate`).
+    ///
+    /// Unfinished tasks fail only after every worker has been killed and reaped, so no worker can
+    /// still be writing into memory (a `map_chunks_into` output) that the caller gets back.
     pub fn terminate(&self) {
-        let jobs = {
-            let mut g = self.lock();
-            g.phase = Phase::Stopped;
-            g.drain_all()
-        };
+        self.lock().phase = Phase::Stopped;
+        // Release, SYNC: server-request.
+        self.inner
+            .ctl
+            .header()
+            .shutdown
+            .store(TERMINATE, Ordering::Release);
+        // Returns once the server, and so every worker, is reaped; the collector fails what it
+        // still held on its way out (`server_gone`).
+        self.stop_collector();
+        // Whatever is left (the collector was gone already) has no process to touch it either.
+        let jobs = self.lock().drain_all();
         for done in jobs {
             done(TaskResult::Err(Error::PoolTerminated));
         }
@@ -771,18 +781,18 @@ impl Pool {
             self.inner.idle.notify_all();
             drop(g);
         }
-        // Release, SYNC: server-request.
-        self.inner
-            .ctl
-            .header()
-            .shutdown
-            .store(TERMINATE, Ordering::Release);
-        self.stop_threads();
+        self.inner.callbacks.shutdown();
     }
 
-    /// Wakes everyone who must notice a shutdown, joins the collector (which returns once the
-    /// server has been reaped) and the callback thread.
+    /// Joins the collector and the callback thread (see `stop_collector`).
     fn stop_threads(&self) {
+        self.stop_collector();
+        self.inner.callbacks.shutdown();
+    }
+
+    /// Wakes everyone who must notice a shutdown and joins the collector, which returns once the
+    /// server has been reaped.
+    fn stop_collector(&self) {
         let ctl = &self.inner.ctl;
         ctl.header().server.notify();
         for s in 0..ctl.slots() {
@@ -797,7 +807,6 @@ impl Pool {
         if let Some(h) = handle {
             let _ = h.join();
         }
-        self.inner.callbacks.shutdown();
     }
 }
 
