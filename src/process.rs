@@ -14,6 +14,17 @@
 //!   death to the parent through the slot's `exited`/`exit_status` words (SYNC: slot-exit) and a
 //!   wake of the collector.
 //!
+//! # Locks across the fork
+//!
+//! A fork copies only the forking thread; a lock another thread held at that instant stays held
+//! in the child forever. The server is forked once per pool, so `fork_server` makes the instant
+//! safe for the std locks that workers are sure to take: it waits for any panic being printed
+//! (the panic hook's lock and std's panic-output lock; a task's panic in a worker takes both) and
+//! holds stdout and stderr across the fork. What remains is documented in the crate docs: a lock
+//! of the program's own (or a library's) held by another thread at the instant of the fork.
+//! This was found, not imagined: under `cargo test`, a test whose callback panicked in the parent
+//! while another test built a pool left that pool's workers deadlocked in their first panic.
+//!
 //! # Requests (parent → server), all in shared memory
 //!
 //! * `spawn_req = 1` (Release, SYNC: server-request): fork a worker for this slot. The server
@@ -69,17 +80,34 @@ pub(crate) struct ServerCtx<'a> {
 /// Must be called from the thread that lives as long as the pool (the parent-death signal
 /// follows the forking *thread*).
 pub(crate) fn fork_server(ctx: &ServerCtx<'_>) -> Result<i32> {
-    // Flush so the server (and the workers it forks) do not hold copies of buffered output that
-    // they would print a second time.
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
+    // Quiesce the std locks a fork could catch held by another thread of the parent; the child
+    // would inherit them locked forever (see "Locks across the fork" below).
+    //
+    // 1. A panic being printed holds the panic hook's read lock and std's panic-output lock for as
+    //    long as it prints (milliseconds with RUST_BACKTRACE). `take_hook` and `set_hook` need
+    //    the hook's write lock, so doing both waits for every panic in progress to finish, and
+    //    leaves the hook as it was.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(hook);
+    // 2. stdout and stderr: held (and flushed) across the fork, so no other thread is mid-print
+    //    and the children hold no copy of buffered output to print a second time.
+    let out = std::io::stdout().lock();
+    let err = std::io::stderr().lock();
+    let (mut out, mut err) = (out, err);
+    let _ = out.flush();
+    let _ = err.flush();
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     // SAFETY: fork() in a possibly multi-threaded process. The child only runs `server_main`,
     // which touches no lock another thread of the parent could hold except through user code
     // (the initializer, tasks), which runs later in the workers; see the crate docs' fork-safety
     // section for what that code may rely on. The parent side continues normally.
-    match unsafe { libc::fork() } {
+    let pid = unsafe { libc::fork() };
+    // In both processes this thread holds the two locks (the child's thread is a copy of this
+    // one, with the same std thread identity), so both release them here.
+    drop(out);
+    drop(err);
+    match pid {
         -1 => Err(Error::os(
             "fork (fork server)",
             std::io::Error::last_os_error(),
