@@ -51,6 +51,8 @@ const DEPTH_BUDGET_NS: f64 = 2_000_000.0;
 /// How long the collector thread naps while waiters collect for themselves. Waiters that find
 /// their result leave without waking it (the saving), so it checks back this often.
 const HELPED_NAP: Duration = Duration::from_millis(1);
+/// The shortest nap worth taking instead of spinning (see `Dispatch::pace`).
+const MIN_PACE_NAP: Duration = Duration::from_micros(20);
 /// How long the collector thread spins for the next result when nobody helps, before it sleeps
 /// on the futex (a sleeping collector costs every result a `futex_wake` and a context switch).
 const COLLECTOR_SPIN: Duration = Duration::from_micros(50);
@@ -278,6 +280,30 @@ impl Dispatch {
         woken
     }
 
+    /// How long the collector may nap without starving any worker: half the queued work of the
+    /// busy worker with the least queued behind its running task, if every busy worker has at
+    /// least one task queued and that is worth a nap (see `collect`).
+    fn pace(&self) -> Option<Duration> {
+        let mut slack_ns = f64::INFINITY;
+        let mut busy = false;
+        for s in 0..self.inflight.len() {
+            let queued = self.inflight[s].len();
+            if queued == 0 {
+                if self.usable[s] && !self.pending.is_empty() {
+                    return None; // an idle worker has work waiting for it: pump soon
+                }
+                continue;
+            }
+            if queued < 2 || self.avg_ns[s] <= 0.0 {
+                return None;
+            }
+            busy = true;
+            slack_ns = slack_ns.min((queued - 1) as f64 * self.avg_ns[s]);
+        }
+        let nap = Duration::from_nanos((slack_ns / 2.0).min(1e6) as u64);
+        (busy && nap >= MIN_PACE_NAP).then_some(nap)
+    }
+
     /// Takes the jobs `pump` refused; run them with [`fail_refused`] after unlocking.
     pub(crate) fn take_refused(&mut self) -> Vec<(Completion, Error)> {
         std::mem::take(&mut self.refused)
@@ -401,6 +427,13 @@ pub(crate) fn collect(inner: &Inner, server_pid: i32) {
             return;
         }
         if progressed {
+            // Every worker has tasks queued behind the one it runs: nothing is urgent. Nap (a
+            // plain sleep: workers see no futex sleeper, so publishing a result stays a store)
+            // and drain the results in a batch, instead of spinning on a core the workers need.
+            let nap = lock(inner).pace();
+            if let Some(nap) = nap {
+                std::thread::sleep(nap);
+            }
             continue;
         }
         if inner.active_callers.load(Ordering::SeqCst) > 0 {
