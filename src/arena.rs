@@ -32,14 +32,16 @@ pub(crate) fn plan(head: u64, freed: u64, cap: usize, n: usize) -> Option<Placem
     debug_assert!(freed <= head, "freed {freed} > head {head}");
     debug_assert!(n <= cap);
     let cap64 = cap as u64;
-    let n64 = n as u64;
+    // A 0-byte payload still advances the position by 1 (so every allocation has a distinct
+    // end); the fit is checked with what is advanced, or a full arena would overflow by one.
+    let n64 = (n as u64).max(1);
     let pos = head % cap64;
     if head == freed {
         // Empty: restart at offset 0 of the next lap (nothing unfreed can be overwritten).
         let start = if pos == 0 { head } else { head - pos + cap64 };
         return Some(Placement {
             offset: 0,
-            end: start + n64.max(1),
+            end: start + n64,
             restart: Some(start),
         });
     }
@@ -51,7 +53,7 @@ pub(crate) fn plan(head: u64, freed: u64, cap: usize, n: usize) -> Option<Placem
     if start + n64 - freed <= cap64 {
         Some(Placement {
             offset: (start % cap64) as usize,
-            end: start + n64.max(1),
+            end: start + n64,
             restart: None,
         })
     } else {
@@ -185,6 +187,19 @@ mod tests {
             );
         }
         assert!(a.alloc(10).is_none());
+    }
+
+    #[test]
+    fn empty_payloads_on_a_full_arena_wait_instead_of_overflowing() {
+        let mut a = LocalArena::new(100);
+        let full = a.alloc(100).unwrap();
+        assert_eq!(full.offset, 0);
+        assert!(
+            a.alloc(0).is_none(),
+            "a 0-byte payload does not fit a full arena"
+        );
+        a.free_to(full.end);
+        assert!(a.alloc(0).is_some());
     }
 
     #[test]

@@ -155,8 +155,10 @@ fn server_main(ctx: &ServerCtx<'_>, parent: i32) -> ! {
             exit_now(0, false);
         }
         for (i, &p) in pids.iter().enumerate() {
-            // AcqRel, SYNC: server-request — take the request exactly once.
-            if ctl.slot(i).kill_req.swap(0, Ordering::AcqRel) != 0 && p != 0 {
+            // AcqRel, SYNC: server-request — take the request exactly once, and only when there
+            // is a worker to kill (the parent clears a stale one before it asks for a
+            // replacement).
+            if p != 0 && ctl.slot(i).kill_req.swap(0, Ordering::AcqRel) != 0 {
                 // SAFETY: as above, an unreaped child of ours.
                 unsafe { libc::kill(p, libc::SIGKILL) };
             }

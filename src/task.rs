@@ -108,14 +108,19 @@ impl<'a> ResultSink<'a> {
         match postcard::to_slice(value, region) {
             Ok(used) => {
                 let n = used.len();
-                let p = plan(*self.head, freed, self.cap, n).expect("region was free");
-                debug_assert_eq!(p.offset, off);
-                self.advance(p);
-                return Ok(Encoded {
-                    offset: off,
-                    len: n,
-                    end: p.end,
-                });
+                // It fits the free region, so `plan` places it there; the one exception is an
+                // empty payload on a full arena, which waits like any other in `put_bytes`.
+                if let Some(p) = plan(*self.head, freed, self.cap, n) {
+                    debug_assert_eq!(p.offset, off);
+                    self.advance(p);
+                    return Ok(Encoded {
+                        offset: off,
+                        len: n,
+                        end: p.end,
+                    });
+                }
+                debug_assert_eq!(n, 0);
+                return self.put_bytes(&[]);
             }
             Err(postcard::Error::SerializeBufferFull) => {}
             Err(e) => return Err(format!("cannot encode the result: {e}")),

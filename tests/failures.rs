@@ -543,3 +543,62 @@ fn terminate_resolves_a_running_task_only_after_its_worker_is_gone() {
         }
     });
 }
+
+#[test]
+fn empty_results_after_a_result_that_fills_the_arena_exactly_do_not_kill_the_worker() {
+    let _w = common::arm(60);
+    let pool = Pool::builder()
+        .processes(1)
+        .arena_size(4096)
+        .build()
+        .unwrap();
+    for round in 0..20 {
+        // 4094 bytes + a 2-byte length prefix: exactly the 4096-byte result arena.
+        let full = pool.apply_async(|_: ()| vec![7u8; 4094], ()).unwrap();
+        let empty1 = pool.apply_async(|_: ()| (), ()).unwrap();
+        let empty2 = pool.apply_async(|_: ()| (), ()).unwrap();
+        assert_eq!(full.get().unwrap().len(), 4094, "round {round}");
+        empty1.get().unwrap();
+        empty2.get().unwrap();
+    }
+}
+
+#[test]
+fn a_pool_that_breaks_while_a_recycling_worker_holds_queued_tasks_fails_them_all() {
+    let _w = common::arm(120);
+    // Worker 1's initializer fails late, while worker 0 (replaced after every task) has tasks
+    // queued in its ring: once the pool is broken nobody replaces worker 0, and every task must
+    // still resolve.
+    let pool = Pool::builder()
+        .processes(2)
+        .max_tasks_per_child(1)
+        .initializer(|| {
+            if current_worker().unwrap().index() == 1 {
+                std::thread::sleep(Duration::from_millis(200));
+                panic!("late failure");
+            }
+        })
+        .build()
+        .unwrap();
+    let mut results: Vec<_> = (0..2000u64)
+        .map(|i| {
+            pool.apply_async(
+                |x: u64| {
+                    std::thread::sleep(Duration::from_micros(100));
+                    x
+                },
+                i,
+            )
+            .unwrap()
+        })
+        .collect();
+    let mut errors = 0;
+    for r in &mut results {
+        match r.get_timeout(Duration::from_secs(30)) {
+            Ok(_) => {}
+            Err(Error::Timeout) => panic!("a task was stranded"),
+            Err(_) => errors += 1,
+        }
+    }
+    assert!(errors > 0, "the initializer failure reached no task");
+}

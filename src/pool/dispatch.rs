@@ -208,7 +208,8 @@ impl Dispatch {
                 }
             }
             let Some(s) = best else { break };
-            let head_before = self.arenas[s].head;
+            // An allocation may also move `freed` (restarting an empty arena): undo both.
+            let arena_before = (self.arenas[s].head, self.arenas[s].freed);
             let Some(place) = self.arenas[s].alloc(len) else {
                 // That worker's argument arena is full; wait for it to drain.
                 if self.inflight[s].is_empty() {
@@ -230,7 +231,7 @@ impl Dispatch {
             if !job.segments.is_empty()
                 && let Err(e) = self.sent[s].sync(self.channels[s], &job.segments)
             {
-                self.arenas[s].head = head_before;
+                (self.arenas[s].head, self.arenas[s].freed) = arena_before;
                 self.refused.push((job.done, e));
                 continue;
             }
@@ -258,7 +259,7 @@ impl Dispatch {
                 // The depth limit keeps rings far from full, and a bad `head` from a broken
                 // worker is caught here: requeue and stop using the slot until it is replaced.
                 Ok(Err(_)) | Err(_) => {
-                    self.arenas[s].head = head_before;
+                    (self.arenas[s].head, self.arenas[s].freed) = arena_before;
                     self.pending.push_front(job);
                     self.usable[s] = false;
                     ctl.slot(s).kill_req.store(1, Ordering::Release);
@@ -564,6 +565,8 @@ fn on_death(inner: &Inner, s: usize) -> bool {
     slot.exited.store(0, Ordering::Relaxed);
     let (signal, exit_code) = decode_status(status);
     let init_failed = exit_code == Some(EXIT_INIT_FAILED);
+    let mut stranded: Vec<Completion> = Vec::new();
+    let mut stranded_error = None;
     let (failed, respawn, broken_jobs) = {
         let mut guard = lock(inner);
         let g = &mut *guard;
@@ -599,6 +602,18 @@ fn on_death(inner: &Inner, s: usize) -> bool {
                 failed.extend(g.inflight[s].drain(..).map(|f| f.done));
                 g.arenas[s].reset();
                 slot.tasks.force_consumed(g.producers[s].position());
+            }
+            if !respawn {
+                // No replacement will run what is still queued in this slot's ring (the pool is
+                // broken or stopping): fail it now, or its waiters would wait forever.
+                stranded.extend(g.inflight[s].drain(..).map(|f| f.done));
+                g.arenas[s].reset();
+                g.usable[s] = false;
+                slot.tasks.force_consumed(g.producers[s].position());
+                stranded_error = Some(match &g.phase {
+                    Phase::Broken(e) => e.clone(),
+                    _ => Error::PoolTerminated,
+                });
             }
             if respawn {
                 g.usable[s] = true;
@@ -641,6 +656,12 @@ fn on_death(inner: &Inner, s: usize) -> bool {
             }
         }));
     }
+    let n_stranded = stranded.len();
+    if let Some(err) = stranded_error {
+        for done in stranded {
+            done(TaskResult::Err(err.clone()));
+        }
+    }
     let mut n_broken = 0;
     if let Some((jobs, err)) = broken_jobs {
         n_broken = jobs.len();
@@ -648,7 +669,7 @@ fn on_death(inner: &Inner, s: usize) -> bool {
             done(TaskResult::Err(err.clone()));
         }
     }
-    finished(inner, n_failed + n_broken);
+    finished(inner, n_failed + n_broken + n_stranded);
     respawn
 }
 
