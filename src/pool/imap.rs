@@ -35,7 +35,9 @@ impl<R> Iterator for Cursor<R> {
     fn next(&mut self) -> Option<Result<R>> {
         let i = self.next_index;
         self.next_index = i.wrapping_add(1);
-        if let Some((_, message)) = self.failures.next_if(|(at, _)| *at == i) {
+        if self.failures.len() != 0
+            && let Some((_, message)) = self.failures.next_if(|(at, _)| *at == i)
+        {
             return Some(Err(Error::TaskPanicked {
                 worker: self.worker,
                 message,
@@ -211,6 +213,12 @@ where
     type Item = Result<R>;
 
     fn next(&mut self) -> Option<Result<R>> {
+        // Fast path: the next item of the chunk being walked (what almost every call does).
+        if let Current::Chunk(cursor) = &mut self.current
+            && let Some(x) = cursor.next()
+        {
+            return Some(x);
+        }
         if let Some(e) = self.error.take() {
             self.finished = true;
             return Some(Err(e));
