@@ -230,8 +230,6 @@ mod tests {
     #[test]
     fn add_and_forget_cross_a_socket_pair_with_the_fd() {
         let (parent, worker) = pair().unwrap();
-        let memfd = crate::shm::Segment::new("t", 4096).unwrap();
-        let _ = memfd;
         let file = std::fs::File::open("/proc/self/exe").unwrap();
         send_add(parent.as_raw_fd(), 7, file.as_raw_fd()).unwrap();
         send_forget(parent.as_raw_fd(), 9).unwrap();

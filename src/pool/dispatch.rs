@@ -127,6 +127,8 @@ pub(crate) struct Dispatch {
     usable: Vec<bool>,
     /// Average task time per slot (ns), 0 while unknown.
     avg_ns: Vec<f64>,
+    /// Why the slot's worker is being killed for breaking the protocol, if it is.
+    corrupted: Vec<Option<String>>,
     pending: VecDeque<Job>,
     /// The parent's end of each slot's segment channel.
     channels: Vec<RawFd>,
@@ -155,6 +157,7 @@ impl Dispatch {
             inflight: (0..n).map(|_| VecDeque::new()).collect(),
             usable: vec![true; n],
             avg_ns: vec![0.0; n],
+            corrupted: vec![None; n],
             pending: VecDeque::new(),
             refused: Vec::new(),
             sent: (0..n).map(|_| SentSegments::default()).collect(),
@@ -567,6 +570,7 @@ fn on_death(inner: &Inner, s: usize) -> bool {
     let init_failed = exit_code == Some(EXIT_INIT_FAILED);
     let mut stranded: Vec<Completion> = Vec::new();
     let mut stranded_error = None;
+    let corruption = lock(inner).corrupted[s].take();
     let (failed, respawn, broken_jobs) = {
         let mut guard = lock(inner);
         let g = &mut *guard;
@@ -647,6 +651,11 @@ fn on_death(inner: &Inner, s: usize) -> bool {
     for done in failed {
         done(TaskResult::Err(if terminated {
             Error::PoolTerminated
+        } else if let Some(detail) = &corruption {
+            Error::WorkerCorrupted {
+                worker: s,
+                detail: detail.clone(),
+            }
         } else {
             Error::WorkerDied {
                 worker: s,
@@ -705,8 +714,9 @@ fn corrupted(inner: &Inner, s: usize, detail: String) {
         return;
     }
     g.usable[s] = false;
+    // Kept for the tasks the worker held: they fail with `WorkerCorrupted`, not a bare death.
+    g.corrupted[s].get_or_insert(detail);
     drop(g);
-    let _ = detail;
     // The server kills it; the death path then fails what it held and replaces it.
     ctl.slot(s).kill_req.store(1, Ordering::Release);
     ctl.header().server.notify();
