@@ -57,9 +57,10 @@
 //! * **Only the forking thread exists in a worker.** Do not use a rayon pool or a tokio runtime
 //!   created in the parent (its threads are gone); build your own in the initializer.
 //! * **Locks held by other parent threads at the moment of the fork stay locked in the worker.**
-//!   The pool flushes stdout and stderr before forking and its own post-fork code takes no such
-//!   lock, but if another parent thread held, say, the stdout lock at that instant, a task that
-//!   prints would block. Build pools early, or from a quiet moment, in heavily threaded programs.
+//!   The pool takes care of std's: it forks only once no thread is printing a panic, and holds
+//!   stdout and stderr across the fork. A lock of your program's own (or a library's) that
+//!   another thread holds at that instant would stay held in every worker: build pools early,
+//!   or from a quiet moment, in heavily threaded programs.
 //! * **Workers exit with `_exit`**: atexit handlers and destructors of statics never run twice,
 //!   and output a task left in a buffer without a newline is flushed only on a graceful exit.
 //! * The pool's memory and fds are `CLOEXEC`/`MADV_DONTFORK` where possible: a task may spawn
