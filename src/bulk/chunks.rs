@@ -293,7 +293,7 @@ impl<R> Drop for IMapChunks<'_, R> {
 impl Pool {
     /// Splits `input` into chunks of `chunk_len` elements (the last may be shorter) and returns
     /// `f(chunk)` for each, in order. Each worker receives a slice that points straight into the
-    /// shared mapping of a [`SharedVec`] or the page cache of a [`MappedFile`]: only
+    /// shared mapping of a [`SharedVec`] or the page cache of a [`MappedFile`](crate::MappedFile): only
     /// `(segment, offset, length)` crosses, never the data.
     ///
     /// All chunks are queued at once (like [`map`](Pool::map)); use
@@ -421,7 +421,7 @@ impl Pool {
     /// with at most `4 × processes` chunks in flight or waiting to be yielded.
     ///
     /// Memory stays bounded by that window, not by the input: the parent never reads the input,
-    /// and each worker maps only the chunk it is working on, so an 8 GiB [`MappedFile`] can be
+    /// and each worker maps only the chunk it is working on, so an 8 GiB [`MappedFile`](crate::MappedFile) can be
     /// crunched with a few chunks' worth of resident memory per process (`examples/crunch.rs`).
     ///
     /// A chunk length of 0 is yielded as an [`Error::InvalidArgument`] first item; a failed
