@@ -54,7 +54,9 @@ use std::time::Duration;
 use crate::control::{Control, RUNNING, TERMINATE};
 use crate::error::{Error, Result};
 use crate::sync::Ordering;
-use crate::worker::{ExitOnUnwind, WorkerCtx, die_with_parent, exit_now, worker_main};
+use crate::worker::{
+    ExitOnUnwind, WorkerCtx, die_with_parent, exit_now, set_process_name, worker_main,
+};
 
 /// Set by the server's SIGCHLD handler; cleared before each reaping pass.
 static CHILD_EVENT: AtomicBool = AtomicBool::new(false);
@@ -120,6 +122,7 @@ pub(crate) fn fork_server(ctx: &ServerCtx<'_>) -> Result<i32> {
 fn server_main(ctx: &ServerCtx<'_>, parent: i32) -> ! {
     let _guard = ExitOnUnwind("the fork server");
     die_with_parent(parent);
+    set_process_name("shmpool-server");
     // SAFETY: installs an async-signal-safe handler (an atomic store) for SIGCHLD, without
     // SA_RESTART so that a child's death interrupts our futex wait.
     unsafe {

@@ -115,6 +115,19 @@ impl Drop for ExitOnUnwind {
     }
 }
 
+/// Names this process in `ps`, `top` and `/proc/<pid>/comm` (at most 15 bytes are kept). The
+/// forked process otherwise shows the name of the thread that forked it.
+pub(crate) fn set_process_name(name: &str) {
+    let mut buf = [0u8; 16];
+    let n = name.len().min(15);
+    buf[..n].copy_from_slice(&name.as_bytes()[..n]);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from a live buffer;
+    // `buf` is 16 bytes and its last byte is always 0.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, buf.as_ptr() as libc::c_ulong, 0, 0, 0);
+    }
+}
+
 /// Sets the parent-death signal and checks the parent is still the one we were forked from.
 pub(crate) fn die_with_parent(expected_parent: i32) {
     // SAFETY: prctl(PR_SET_PDEATHSIG) only changes this process's own attribute.
@@ -152,6 +165,7 @@ pub(crate) fn worker_main(ctx: WorkerCtx<'_>) -> ! {
     WORKER_INDEX.store(ctx.slot as u64, StdOrdering::Relaxed);
     WORKER_SEQ.store(ctx.seq, StdOrdering::Relaxed);
     WORKER_PID.store(std::process::id() as i32, StdOrdering::Relaxed);
+    set_process_name(&format!("PoolWorker-{}", ctx.seq));
     crate::channel::set_worker_channel(ctx.channel);
 
     let ctl = ctx.ctl;

@@ -267,3 +267,24 @@ fn a_panicking_callback_is_ignored_and_the_pool_goes_on() {
     pool.close();
     pool.join().unwrap();
 }
+
+#[test]
+fn workers_and_the_fork_server_carry_their_names_in_proc() {
+    let _w = common::arm(60);
+    let pool = Pool::new(2).unwrap();
+    let (name, comm) = pool
+        .apply(
+            |_: ()| {
+                (
+                    shmpool::current_worker().unwrap().name(),
+                    std::fs::read_to_string("/proc/self/comm").unwrap(),
+                )
+            },
+            (),
+        )
+        .unwrap();
+    assert_eq!(comm.trim_end(), name);
+    let server = common::ppid_of(pool.worker_pids()[0]).unwrap();
+    let server_comm = std::fs::read_to_string(format!("/proc/{server}/comm")).unwrap();
+    assert_eq!(server_comm.trim_end(), "shmpool-server");
+}
