@@ -1,9 +1,8 @@
 //! The chunk maps on [`Pool`]: `map_chunks`, `map_chunks_into`, `imap_chunks`,
-//! `imap_chunks_unordered`, and the window that keeps a bounded number of chunks in flight.
+//! `imap_chunks_unordered` (their window of chunks in flight is `pool::window::Window`).
 
-use std::collections::BTreeMap;
 use std::marker::PhantomData;
-use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex};
 
 use bytemuck::Pod;
 
@@ -11,6 +10,7 @@ use crate::channel::SegmentShare;
 use crate::error::{Error, Result};
 use crate::payload::Payload;
 use crate::pool::dispatch::{Completion, Job, encode};
+use crate::pool::window::Window;
 use crate::pool::{Pool, decode_result};
 use crate::task::{CallFn, assert_task_fn};
 
@@ -81,99 +81,23 @@ impl<R: Payload> Gather<R> {
     }
 }
 
-/// What arrives from a chunk of an iterator.
+/// What arrives from a chunk of a bulk iterator.
 pub(super) struct Arrived<R> {
-    /// Submission order.
-    pub(super) index: u64,
     /// The submitter's own tag (the reader's buffer slot).
     pub(super) tag: usize,
     pub(super) result: Result<R>,
 }
 
-/// Chunks in flight for a lazy iterator, and the reorder buffer of an ordered one.
-pub(super) struct Window<R> {
-    tx: mpsc::Sender<Arrived<R>>,
-    rx: mpsc::Receiver<Arrived<R>>,
-    ordered: bool,
-    /// Submitted and not yet received.
-    live: usize,
-    next_index: u64,
-    yield_index: u64,
-    /// Received ahead of `yield_index` (ordered only).
-    reorder: BTreeMap<u64, Arrived<R>>,
-}
-
-impl<R> Window<R> {
-    pub(super) fn new(ordered: bool) -> Window<R> {
-        let (tx, rx) = mpsc::channel();
-        Window {
-            tx,
-            rx,
-            ordered,
-            live: 0,
-            next_index: 0,
-            yield_index: 0,
-            reorder: BTreeMap::new(),
-        }
-    }
-
-    /// Chunks submitted and not yet yielded: what the window bounds.
-    pub(super) fn held(&self) -> usize {
-        self.live + self.reorder.len()
-    }
-
-    pub(super) fn submitted(&mut self) {
-        self.next_index += 1;
-        self.live += 1;
-    }
-    /// The next chunk to yield, waiting for it; `None` when nothing is held.
-    pub(super) fn next(&mut self) -> Option<Arrived<R>> {
-        loop {
-            if self.ordered
-                && let Some(a) = self.reorder.remove(&self.yield_index)
-            {
-                self.yield_index += 1;
-                return Some(a);
-            }
-            if self.live == 0 {
-                debug_assert!(self.reorder.is_empty(), "a gap in the reorder buffer");
-                return None;
-            }
-            // Completions always run (a dead worker or a terminated pool fails them), and we
-            // hold a sender, so this returns.
-            let a = self.rx.recv().expect("the window holds a sender");
-            self.live -= 1;
-            if !self.ordered {
-                return Some(a);
-            }
-            self.reorder.insert(a.index, a);
-        }
-    }
-
-    /// Waits until no chunk is in flight (so no worker still reads or writes the input).
-    pub(super) fn settle(&mut self) {
-        while self.live > 0 {
-            let _ = self.rx.recv();
-            self.live -= 1;
-        }
-    }
-}
-
-impl<R: Payload> Window<R> {
-    /// The completion of the next chunk; call [`submitted`](Window::submitted) once its job is
-    /// accepted.
-    pub(super) fn completion(&self, tag: usize) -> Completion {
-        let tx = self.tx.clone();
-        let index = self.next_index;
-        Box::new(move |r| {
-            // The receiver lives as long as the window, which waits for every chunk on drop.
-            let _ = tx.send(Arrived {
-                index,
-                tag,
-                result: decode_result::<R>(r),
-            });
+/// The completion of the next chunk of `window`; call `window.submitted()` once its job is
+/// accepted.
+pub(super) fn completion<R: Payload>(window: &Window<Arrived<R>>, tag: usize) -> Completion {
+    let send = window.sender();
+    Box::new(move |r| {
+        send(Arrived {
+            tag,
+            result: decode_result::<R>(r),
         })
-    }
+    })
 }
 
 /// Lazy iterator of chunk results returned by [`Pool::imap_chunks`] and
@@ -204,7 +128,7 @@ pub struct IMapChunks<'a, R> {
     elem_size: usize,
     call: usize,
     next_chunk: usize,
-    window: Window<R>,
+    window: Window<Arrived<R>>,
     limit: usize,
     /// Yielded first (a bad chunk length), then the iterator ends.
     error: Option<Error>,
@@ -218,7 +142,7 @@ impl<R> std::fmt::Debug for IMapChunks<'_, R> {
         f.debug_struct("IMapChunks")
             .field("chunks", &self.plan.chunks())
             .field("next_chunk", &self.next_chunk)
-            .field("in_flight", &self.window.live)
+            .field("in_flight", &self.window.in_flight())
             .finish_non_exhaustive()
     }
 }
@@ -240,7 +164,7 @@ impl<R: Payload> IMapChunks<'_, R> {
                 },
                 output: None,
             };
-            let done = self.window.completion(0);
+            let done = completion(&self.window, 0);
             let job = chunk_job(self.pool, &arg, self.call, vec![share.clone()], done)?;
             self.pool.submit(vec![job])?;
             self.window.submitted();
@@ -265,7 +189,7 @@ impl<R: Payload> Iterator for IMapChunks<'_, R> {
             self.finished = true;
             return Some(Err(e));
         }
-        match self.window.next() {
+        match self.window.next(self.pool) {
             Some(a) => Some(a.result),
             None => {
                 self.finished = true;
@@ -286,7 +210,7 @@ impl<R: Payload> Iterator for IMapChunks<'_, R> {
 impl<R> Drop for IMapChunks<'_, R> {
     fn drop(&mut self) {
         // The borrow of the input ends here: no worker may still read it afterwards.
-        self.window.settle();
+        self.window.settle(self.pool);
     }
 }
 

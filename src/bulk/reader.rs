@@ -14,7 +14,9 @@ use crate::payload::Payload;
 use crate::pool::Pool;
 use crate::task::{CallFn, assert_task_fn};
 
-use super::chunks::{Window, chunk_job};
+use crate::pool::window::Window;
+
+use super::chunks::{Arrived, chunk_job, completion};
 use super::worker::call_chunk;
 use super::{ChunkArg, Region, Span};
 
@@ -40,7 +42,7 @@ pub struct IMapReader<'p, Rd, R> {
     bufs: Vec<Region>,
     /// Indices into `bufs` that no chunk task holds.
     free: Vec<usize>,
-    window: Window<R>,
+    window: Window<Arrived<R>>,
     limit: usize,
     /// The stream ended (or failed): read no more.
     eof: bool,
@@ -119,7 +121,7 @@ impl<Rd: Read, R: Payload> IMapReader<'_, Rd, R> {
                 },
                 output: None,
             };
-            let done = self.window.completion(slot);
+            let done = completion(&self.window, slot);
             let job = match chunk_job(self.pool, &arg, self.call, vec![buf.share()], done) {
                 Ok(j) => j,
                 Err(e) => {
@@ -152,7 +154,7 @@ impl<Rd: Read, R: Payload> Iterator for IMapReader<'_, Rd, R> {
             self.finished = true;
             return Some(Err(e));
         }
-        match self.window.next() {
+        match self.window.next(self.pool) {
             Some(a) => {
                 self.free.push(a.tag);
                 Some(a.result)
@@ -168,7 +170,7 @@ impl<Rd: Read, R: Payload> Iterator for IMapReader<'_, Rd, R> {
 impl<Rd, R> Drop for IMapReader<'_, Rd, R> {
     fn drop(&mut self) {
         // Workers may still read the buffers: wait before unmapping them.
-        self.window.settle();
+        self.window.settle(self.pool);
     }
 }
 

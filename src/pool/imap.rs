@@ -1,18 +1,14 @@
-//! The lazy `imap` / `imap_unordered` iterator with a bounded window and a reorder buffer.
-
-use std::collections::BTreeMap;
-use std::sync::mpsc;
+//! The lazy `imap` / `imap_unordered` iterator over a bounded [`Window`] of chunks.
 
 use crate::error::{Error, Result};
 use crate::payload::Payload;
-use crate::result::help_while_waiting;
 
 use super::auto::AutoChunk;
 use super::dispatch::{Completion, Job, TaskResult, encode_items};
+use super::window::Window;
 use super::{Pool, decode_chunk_parts};
 
 struct ChunkDone<R> {
-    index: u64,
     items: usize,
     result: Result<Cursor<R>>,
     elapsed_ns: u64,
@@ -69,15 +65,11 @@ pub struct IMap<'p, I: Iterator, R> {
     fixed: Option<usize>,
     /// The automatic chunksize (see `auto`).
     auto: AutoChunk,
-    tx: mpsc::Sender<ChunkDone<R>>,
-    rx: mpsc::Receiver<ChunkDone<R>>,
-    next_index: u64,
-    yield_index: u64,
-    reorder: BTreeMap<u64, ChunkDone<R>>,
+    /// Chunks submitted and not yet walked.
+    chunks: Window<ChunkDone<R>>,
     current: Current<R>,
-    /// Chunks submitted and not yet moved to `ready`.
-    live: usize,
-    window: usize,
+    /// Most chunks held by `chunks`.
+    limit: usize,
     /// An error to yield before anything else (bad chunksize).
     error: Option<Error>,
     finished: bool,
@@ -88,7 +80,7 @@ impl<I: Iterator, R> std::fmt::Debug for IMap<'_, I, R> {
         f.debug_struct("IMap")
             .field("ordered", &self.ordered)
             .field("chunksize", &self.fixed)
-            .field("in_flight", &self.live)
+            .field("in_flight", &self.chunks.in_flight())
             .finish_non_exhaustive()
     }
 }
@@ -100,7 +92,6 @@ where
     R: Payload,
 {
     pub(crate) fn new(pool: &'p Pool, input: I, call: usize, ordered: bool) -> Self {
-        let (tx, rx) = mpsc::channel();
         IMap {
             pool,
             input: input.fuse(),
@@ -108,14 +99,9 @@ where
             ordered,
             fixed: None,
             auto: AutoChunk::new(),
-            tx,
-            rx,
-            next_index: 0,
-            yield_index: 0,
-            reorder: BTreeMap::new(),
+            chunks: Window::new(ordered),
             current: Current::Idle,
-            live: 0,
-            window: 4 * pool.processes(),
+            limit: 4 * pool.processes(),
             error: None,
             finished: false,
         }
@@ -138,15 +124,14 @@ where
 
     /// Submits chunks until the window is full or the input ends.
     fn fill(&mut self) -> Result<()> {
-        while self.live < self.window {
+        while self.chunks.held() < self.limit {
             let size = self.next_chunksize();
             let chunk: Vec<I::Item> = self.input.by_ref().take(size).collect();
             if chunk.is_empty() {
                 return Ok(());
             }
-            let index = self.next_index;
             let items = chunk.len();
-            let tx = self.tx.clone();
+            let send = self.chunks.sender();
             let done: Completion = Box::new(move |r: TaskResult<'_>| {
                 let elapsed_ns = match &r {
                     TaskResult::Ok { elapsed_ns, .. } => *elapsed_ns,
@@ -159,8 +144,7 @@ where
                         next_index: 0,
                         worker,
                     });
-                let _ = tx.send(ChunkDone {
-                    index,
+                send(ChunkDone {
                     items,
                     result,
                     elapsed_ns,
@@ -168,25 +152,9 @@ where
             });
             let payload = encode_items(&chunk, self.pool.arena_cap())?;
             self.pool.submit(vec![Job::new(payload, self.call, done)])?;
-            self.next_index += 1;
-            self.live += 1;
+            self.chunks.submitted();
         }
         Ok(())
-    }
-
-    /// Waits for the next finished chunk, collecting results itself while it spins (see
-    /// `Helper`), then sleeping on the channel.
-    fn receive(&mut self) -> Option<ChunkDone<R>> {
-        let helper = self.pool.helper().upgrade();
-        let mut got = None;
-        help_while_waiting(helper.as_deref(), None, || {
-            got = self.rx.try_recv().ok();
-            got.is_some()
-        });
-        match got {
-            Some(c) => Some(c),
-            None => self.rx.recv().ok(),
-        }
     }
 
     fn learn(&mut self, c: &ChunkDone<R>) {
@@ -196,7 +164,6 @@ where
     }
 
     fn accept(&mut self, c: ChunkDone<R>) {
-        self.live -= 1;
         self.current = match c.result {
             Ok(cursor) => Current::Chunk(cursor),
             Err(e) => Current::Failed(e, c.items),
@@ -244,31 +211,15 @@ where
                 self.finished = true;
                 return Some(Err(e));
             }
-            if self.ordered
-                && let Some(c) = self.reorder.remove(&self.yield_index)
-            {
-                self.yield_index += 1;
-                self.accept(c);
-                continue;
-            }
-            if self.live == 0 {
-                self.finished = true;
-                return None;
-            }
-            // Completions always run (a dead worker or a terminated pool fails them), so this
-            // cannot wait forever while the pool lives; the pool outlives `self` by borrow.
-            let c = match self.receive() {
-                Some(c) => c,
+            match self.chunks.next(self.pool) {
+                Some(c) => {
+                    self.learn(&c);
+                    self.accept(c);
+                }
                 None => {
                     self.finished = true;
-                    return Some(Err(Error::PoolTerminated));
+                    return None;
                 }
-            };
-            self.learn(&c);
-            if self.ordered {
-                self.reorder.insert(c.index, c);
-            } else {
-                self.accept(c);
             }
         }
     }

@@ -5,6 +5,7 @@ mod callbacks;
 pub(crate) mod dispatch;
 mod imap;
 mod map;
+pub(crate) mod window;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
