@@ -27,20 +27,9 @@ fn sha256(chunk: &[u8]) -> [u8; 32] {
     Sha256::digest(chunk).into()
 }
 
-/// A fast 64-bit hash over 8-byte words (plus the tail), order-sensitive.
-fn hash64(bytes: &[u8]) -> u64 {
-    let mut h = 0x9e37_79b9_7f4a_7c15u64 ^ bytes.len() as u64;
-    let words = bytes.chunks_exact(8);
-    let tail = words.remainder();
-    for w in words {
-        let x = u64::from_le_bytes(w.try_into().expect("8 bytes"));
-        h = (h ^ x).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29);
-    }
-    for &b in tail {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
+#[path = "../examples/common/hash64.rs"]
+mod hash64;
+use hash64::hash64;
 
 /// Every contender agrees with a single thread, checked once before timing.
 fn check<I, F, R>(pool: &Pool, rayon_pool: &rayon::ThreadPool, input: &I, chunk: usize, f: F)
