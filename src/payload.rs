@@ -72,17 +72,34 @@ pub(crate) fn encode_seq<T: Serialize + 'static>(
     Ok(())
 }
 
+/// Appends every item of `items` like [`encode_seq`] (the same bytes as for a slice of them),
+/// without collecting primitive numbers into a `Vec` first; returns how many items there were.
+pub(crate) fn encode_seq_from<T: Serialize + 'static>(
+    items: impl Iterator<Item = T>,
+    out: &mut Vec<u8>,
+) -> Result<usize, String> {
+    if is_plain_number::<T>() {
+        let mut n = 0;
+        for item in items {
+            // SAFETY: `T` is a primitive number (checked above): its `size_of::<T>()` bytes are
+            // all initialized, and `item` lives until the end of this block.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(std::ptr::from_ref(&item).cast::<u8>(), size_of::<T>())
+            };
+            out.extend_from_slice(bytes);
+            n += 1;
+        }
+        return Ok(n);
+    }
+    let items: Vec<T> = items.collect();
+    encode_seq(&items, out)?;
+    Ok(items.len())
+}
+
 /// Decodes what [`encode_seq`] wrote (the whole of `bytes`).
 pub(crate) fn decode_seq<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<Vec<T>, String> {
     if is_plain_number::<T>() {
-        let size = size_of::<T>();
-        if !bytes.len().is_multiple_of(size) {
-            return Err(format!(
-                "{} bytes is not a whole number of {size}-byte items",
-                bytes.len()
-            ));
-        }
-        let n = bytes.len() / size;
+        let n = plain_count::<T>(bytes)?;
         let mut v: Vec<T> = Vec::with_capacity(n);
         // SAFETY: `v` has room for `n` items = `bytes.len()` bytes; the regions cannot overlap (a
         // fresh allocation); every bit pattern is a valid primitive number, so after the copy the
@@ -96,18 +113,116 @@ pub(crate) fn decode_seq<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<
     postcard::from_bytes(bytes).map_err(|e| e.to_string())
 }
 
+/// How many `T`s (a primitive number) `bytes` holds, or why it is not a whole number of them.
+fn plain_count<T>(bytes: &[u8]) -> Result<usize, String> {
+    let size = size_of::<T>();
+    if !bytes.len().is_multiple_of(size) {
+        return Err(format!(
+            "{} bytes is not a whole number of {size}-byte items",
+            bytes.len()
+        ));
+    }
+    Ok(bytes.len() / size)
+}
+
+/// Calls `f` with each item of what [`encode_seq`] wrote, in order. Primitive numbers are read
+/// in place (no `Vec` of them is made: a worker walks the argument arena directly).
+pub(crate) fn for_each_in_seq<T: DeserializeOwned + 'static>(
+    bytes: &[u8],
+    mut f: impl FnMut(T),
+) -> Result<(), String> {
+    if is_plain_number::<T>() {
+        plain_count::<T>(bytes)?;
+        for item in bytes.chunks_exact(size_of::<T>()) {
+            // SAFETY: `item` is `size_of::<T>()` readable bytes (`chunks_exact`), read without
+            // assuming alignment, and every bit pattern is a valid primitive number.
+            f(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<T>()) });
+        }
+        return Ok(());
+    }
+    decode_seq::<T>(bytes)?.into_iter().for_each(f);
+    Ok(())
+}
+
+/// Writes a chunk's results in the format of [`encode_chunk_out`] as they are produced: a
+/// primitive number goes straight into `out` (no `Vec<R>` in between), other types are held and
+/// encoded together by [`finish`](ChunkOutWriter::finish).
+pub(crate) struct ChunkOutWriter<'a, R> {
+    out: &'a mut Vec<u8>,
+    plain: bool,
+    held: Vec<R>,
+    failures: Vec<(u32, String)>,
+}
+
+impl<'a, R: Serialize + 'static> ChunkOutWriter<'a, R> {
+    /// Starts a chunk's results in `out` (cleared first).
+    pub(crate) fn new(out: &'a mut Vec<u8>) -> Self {
+        out.clear();
+        out.extend_from_slice(&[0u8; 8]);
+        ChunkOutWriter {
+            out,
+            plain: is_plain_number::<R>(),
+            held: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    /// The next item's result.
+    #[inline]
+    pub(crate) fn value(&mut self, r: R) {
+        if self.plain {
+            // SAFETY: `R` is a primitive number (`plain`): its `size_of::<R>()` bytes are all
+            // initialized (no padding), and `r` lives until the end of this block.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(std::ptr::from_ref(&r).cast::<u8>(), size_of::<R>())
+            };
+            self.out.extend_from_slice(bytes);
+        } else {
+            self.held.push(r);
+        }
+    }
+
+    /// The item at `index` (in the chunk) panicked with `message`.
+    pub(crate) fn failure(&mut self, index: u32, message: String) {
+        self.failures.push((index, message));
+    }
+
+    /// Completes the format in `out`.
+    pub(crate) fn finish(self) -> Result<(), String> {
+        let ChunkOutWriter {
+            out,
+            plain,
+            held,
+            failures,
+        } = self;
+        if !plain {
+            encode_seq(&held, out)?;
+        }
+        let len = (out.len() - 8) as u64;
+        out[..8].copy_from_slice(&len.to_le_bytes());
+        let taken = std::mem::take(out);
+        *out = postcard::to_extend(&failures, taken).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
 /// A chunk's results in the wire format: `[len of values: u64 LE][values (encode_seq)]
 /// [postcard failures]`.
-pub(crate) fn encode_chunk_out<R: Serialize + 'static>(
+#[cfg(test)]
+pub(crate) fn encode_chunk_out<R: Serialize + Clone + 'static>(
     values: &[R],
     failures: &[(u32, String)],
 ) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(8 + std::mem::size_of_val(values) + 16);
-    out.extend_from_slice(&[0u8; 8]);
-    encode_seq(values, &mut out)?;
-    let len = (out.len() - 8) as u64;
-    out[..8].copy_from_slice(&len.to_le_bytes());
-    postcard::to_extend(failures, out).map_err(|e| e.to_string())
+    let mut out = Vec::new();
+    let mut w = ChunkOutWriter::new(&mut out);
+    for v in values {
+        w.value(v.clone());
+    }
+    for (i, m) in failures {
+        w.failure(*i, m.clone());
+    }
+    w.finish()?;
+    Ok(out)
 }
 
 /// Decodes what [`encode_chunk_out`] wrote.
@@ -131,12 +246,23 @@ pub(crate) fn decode_chunk_out<R: DeserializeOwned + 'static>(
 mod tests {
     use super::*;
 
-    fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug + 'static>(
+    fn round_trip<
+        T: Serialize + DeserializeOwned + PartialEq + Clone + std::fmt::Debug + 'static,
+    >(
         v: Vec<T>,
     ) {
         let mut bytes = Vec::new();
         encode_seq(&v, &mut bytes).unwrap();
         assert_eq!(decode_seq::<T>(&bytes).unwrap(), v);
+        let mut streamed = Vec::new();
+        assert_eq!(
+            encode_seq_from(v.iter().cloned(), &mut streamed),
+            Ok(v.len())
+        );
+        assert_eq!(streamed, bytes);
+        let mut walked = Vec::new();
+        for_each_in_seq::<T>(&bytes, |x| walked.push(x)).unwrap();
+        assert_eq!(walked, v);
         let failures = vec![(3u32, "boom".to_string())];
         let out = encode_chunk_out(&v, &failures).unwrap();
         assert_eq!(decode_chunk_out::<T>(&out).unwrap(), (v, failures));
@@ -160,6 +286,13 @@ mod tests {
         encode_seq(&[1u32, 2], &mut bytes).unwrap();
         assert_eq!(bytes, [1, 0, 0, 0, 2, 0, 0, 0]);
         assert!(decode_seq::<u32>(&bytes[..7]).is_err());
+        assert!(for_each_in_seq::<u32>(&bytes[..7], |_| panic!("no item")).is_err());
+        // Read in place from any alignment.
+        let mut shifted = vec![0u8];
+        encode_seq(&[u64::MAX - 1, 5], &mut shifted).unwrap();
+        let mut walked = Vec::new();
+        for_each_in_seq::<u64>(&shifted[1..], |x| walked.push(x)).unwrap();
+        assert_eq!(walked, [u64::MAX - 1, 5]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::arena::{Placement, free_region, plan};
-use crate::payload::{decode_seq, encode_chunk_out};
+use crate::payload::{ChunkOutWriter, for_each_in_seq};
 use crate::sync::{AtomicU64, Ordering};
 
 /// Where an encoded result landed in the result arena.
@@ -255,19 +255,64 @@ where
 /// item) so that the common all-good chunk encodes and decodes as a bare `Vec<R>`.
 pub(crate) type ChunkOut<R> = (Vec<R>, Vec<(u32, String)>);
 
-fn run_chunk<A, R>(items: Vec<A>, g: impl Fn(A) -> R) -> ChunkOut<R> {
-    let mut values = Vec::with_capacity(items.len());
-    let mut failures = Vec::new();
-    for (i, a) in items.into_iter().enumerate() {
-        match catch_unwind(AssertUnwindSafe(|| g(a))) {
-            Ok(r) => values.push(r),
-            Err(p) => failures.push((i as u32, panic_message(&*p))),
-        }
-    }
-    (values, failures)
+thread_local! {
+    /// A worker's buffer for encoding a chunk's results, kept between chunks: allocating it
+    /// afresh made every chunk of tiny items pay page faults (glibc gives a freed top of heap
+    /// over 128 KiB back to the kernel, and the next chunk faults it in again).
+    static CHUNK_SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// Trampoline for a chunk of a `map`: `Vec<A>` in, [`ChunkOut<R>`] out.
+/// Largest chunk buffer a worker keeps between chunks.
+const MAX_KEPT_SCRATCH: usize = 1 << 20;
+
+/// Runs `g` over a chunk's encoded items (read in place) and ships the results.
+fn run_chunk<A, R>(arg: &[u8], sink: &mut ResultSink<'_>, g: impl Fn(A) -> R) -> CallOutcome
+where
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
+{
+    // Taken out of the thread-local for the duration, so a task that itself runs a chunk (a pool
+    // used inside a task) simply finds it empty.
+    let mut out = CHUNK_SCRATCH.take();
+    let outcome = run_chunk_into(arg, sink, g, &mut out);
+    if out.capacity() <= MAX_KEPT_SCRATCH {
+        CHUNK_SCRATCH.set(out);
+    }
+    outcome
+}
+
+fn run_chunk_into<A, R>(
+    arg: &[u8],
+    sink: &mut ResultSink<'_>,
+    g: impl Fn(A) -> R,
+    out: &mut Vec<u8>,
+) -> CallOutcome
+where
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
+{
+    let mut writer = ChunkOutWriter::new(out);
+    let mut index = 0u32;
+    let walked = for_each_in_seq(arg, |a: A| {
+        match catch_unwind(AssertUnwindSafe(|| g(a))) {
+            Ok(r) => writer.value(r),
+            Err(p) => writer.failure(index, panic_message(&*p)),
+        }
+        index = index.wrapping_add(1);
+    });
+    if let Err(e) = walked {
+        return CallOutcome::Failed(format!("cannot decode the argument: {e}"));
+    }
+    if let Err(e) = writer.finish() {
+        return CallOutcome::Failed(format!("cannot encode the result: {e}"));
+    }
+    match sink.put_bytes(out) {
+        Ok(e) => CallOutcome::Done(e),
+        Err(msg) => CallOutcome::Failed(msg),
+    }
+}
+
+/// Trampoline for a chunk of a `map`: a sequence of `A` in, [`ChunkOut<R>`] out.
 ///
 /// # Safety
 ///
@@ -278,26 +323,9 @@ where
     A: DeserializeOwned + 'static,
     R: Serialize + 'static,
 {
-    let items: Vec<A> = match decode_seq(arg) {
-        Ok(a) => a,
-        Err(e) => return CallOutcome::Failed(format!("cannot decode the argument: {e}")),
-    };
     // SAFETY: delegated to the caller (see # Safety).
     let f: F = unsafe { conjure() };
-    ship_chunk(sink, run_chunk(items, f))
-}
-
-fn ship_chunk<R: Serialize + 'static>(
-    sink: &mut ResultSink<'_>,
-    (values, failures): ChunkOut<R>,
-) -> CallOutcome {
-    match encode_chunk_out(&values, &failures) {
-        Ok(bytes) => match sink.put_bytes(&bytes) {
-            Ok(e) => CallOutcome::Done(e),
-            Err(msg) => CallOutcome::Failed(msg),
-        },
-        Err(e) => CallOutcome::Failed(format!("cannot encode the result: {e}")),
-    }
+    run_chunk(arg, sink, f)
 }
 
 /// A function called with its arguments spread from a tuple (`starmap`).
@@ -342,11 +370,7 @@ where
     Args: DeserializeOwned + 'static,
     R: Serialize + 'static,
 {
-    let items: Vec<Args> = match decode_seq(arg) {
-        Ok(a) => a,
-        Err(e) => return CallOutcome::Failed(format!("cannot decode the argument: {e}")),
-    };
     // SAFETY: delegated to the caller (see # Safety).
     let f: F = unsafe { conjure() };
-    ship_chunk(sink, run_chunk(items, |a| f.call_star(a)))
+    run_chunk(arg, sink, |a: Args| f.call_star(a))
 }

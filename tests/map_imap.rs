@@ -191,6 +191,56 @@ fn imap_over_many_items_with_a_small_window() {
     assert_eq!(count as u64, n);
 }
 
+/// Panics for items 0, 5, 10, … and for the last item of every chunk of 7 (6, 13, 20, …), so a
+/// chunk can fail at its first item, its last, in the middle and at two neighbours (20 and 21).
+fn fails_here(x: u32) -> bool {
+    x.is_multiple_of(5) || x % 7 == 6
+}
+
+fn fails_here_and_there(x: u32) -> u32 {
+    if fails_here(x) {
+        panic!("item {x}");
+    }
+    x * 10
+}
+
+#[test]
+fn imap_puts_every_failure_of_a_chunk_at_its_place() {
+    let _w = common::arm(60);
+    let pool = Pool::new(2).unwrap();
+    let expected = |x: u32| {
+        if fails_here(x) {
+            Err(format!("item {x}"))
+        } else {
+            Ok(x * 10)
+        }
+    };
+    let message = |r: shmpool::Result<u32>| {
+        r.map_err(|e| match e {
+            shmpool::Error::TaskPanicked { message, .. } => message,
+            other => panic!("unexpected error {other}"),
+        })
+    };
+    let ordered: Vec<_> = pool
+        .imap(fails_here_and_there, 0..45u32)
+        .chunksize(7)
+        .map(message)
+        .collect();
+    assert_eq!(ordered, (0..45).map(expected).collect::<Vec<_>>());
+    // Unordered: chunks may come in any order, but within a chunk the items keep theirs.
+    let mut unordered: Vec<_> = pool
+        .imap_unordered(fails_here_and_there, 0..45u32)
+        .chunksize(7)
+        .map(message)
+        .collect();
+    let key = |r: &Result<u32, String>| match r {
+        Ok(v) => v / 10,
+        Err(m) => m.trim_start_matches("item ").parse().unwrap(),
+    };
+    unordered.sort_by_key(key);
+    assert_eq!(unordered, (0..45).map(expected).collect::<Vec<_>>());
+}
+
 #[test]
 fn imap_reports_a_failed_item_and_continues() {
     let _w = common::arm(60);

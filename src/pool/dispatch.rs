@@ -73,6 +73,19 @@ pub(crate) enum TaskResult<'a> {
     Err(Error),
 }
 
+impl TaskResult<'_> {
+    /// The worker time and the result's encoded size (zeros for a failed task), which the
+    /// automatic chunksize learns from.
+    pub(crate) fn cost(&self) -> (u64, usize) {
+        match self {
+            TaskResult::Ok {
+                bytes, elapsed_ns, ..
+            } => (*elapsed_ns, bytes.len()),
+            TaskResult::Err(_) => (0, 0),
+        }
+    }
+}
+
 /// Runs once when a job ends, in the collector thread (or in the thread that fails it).
 pub(crate) type Completion = Box<dyn FnOnce(TaskResult<'_>) + Send>;
 
@@ -756,6 +769,26 @@ pub(crate) fn encode_items<T: serde::Serialize + 'static>(
 ) -> Result<Vec<u8>> {
     let mut bytes = Vec::with_capacity(std::mem::size_of_val(items).saturating_add(16).min(cap));
     crate::payload::encode_seq(items, &mut bytes).map_err(Error::codec)?;
+    fits(bytes, cap)
+}
+
+/// Like [`encode_items`] for the next `max` items of `items` (fewer if it ends), without
+/// collecting them first; returns the payload and how many items it holds.
+pub(crate) fn encode_items_from<T: serde::Serialize + 'static>(
+    items: impl Iterator<Item = T>,
+    max: usize,
+    cap: usize,
+) -> Result<(Vec<u8>, usize)> {
+    let hint = max
+        .saturating_mul(size_of::<T>())
+        .saturating_add(16)
+        .min(cap);
+    let mut bytes = Vec::with_capacity(hint);
+    let n = crate::payload::encode_seq_from(items.take(max), &mut bytes).map_err(Error::codec)?;
+    Ok((fits(bytes, cap)?, n))
+}
+
+fn fits(bytes: Vec<u8>, cap: usize) -> Result<Vec<u8>> {
     if bytes.len() > cap {
         return Err(Error::PayloadTooLarge {
             size: bytes.len(),
@@ -771,11 +804,5 @@ pub(crate) fn encode<T: serde::Serialize + ?Sized>(value: &T, cap: usize) -> Res
     // few bytes), so encoding rarely reallocates.
     let hint = std::mem::size_of_val(value).saturating_add(16).min(cap);
     let bytes = postcard::to_extend(value, Vec::with_capacity(hint)).map_err(Error::codec)?;
-    if bytes.len() > cap {
-        return Err(Error::PayloadTooLarge {
-            size: bytes.len(),
-            capacity: cap,
-        });
-    }
-    Ok(bytes)
+    fits(bytes, cap)
 }

@@ -88,7 +88,13 @@ fn feed<A: Payload, R: Payload>(inner: &Arc<Inner>, driver: &Shared<A, R>) {
             let (first, end) = (d.next, d.next + n);
             match encode_items(&d.items[first..end], cap) {
                 Ok(payload) => {
-                    let done = completion(Arc::downgrade(inner), Arc::clone(driver), first, n);
+                    let done = completion(
+                        Arc::downgrade(inner),
+                        Arc::clone(driver),
+                        first,
+                        n,
+                        payload.len(),
+                    );
                     jobs.push(Job::new(payload, d.call, done));
                     d.in_flight += 1;
                     d.next = end;
@@ -130,12 +136,10 @@ fn completion<A: Payload, R: Payload>(
     driver: Shared<A, R>,
     first: usize,
     n: usize,
+    arg_bytes: usize,
 ) -> Completion {
     Box::new(move |r: TaskResult<'_>| {
-        let elapsed_ns = match &r {
-            TaskResult::Ok { elapsed_ns, .. } => *elapsed_ns,
-            TaskResult::Err(_) => 0,
-        };
+        let (elapsed_ns, result_bytes) = r.cost();
         let part = decode_chunk_values::<R>(r);
         {
             let mut d = lock(&driver);
@@ -143,7 +147,7 @@ fn completion<A: Payload, R: Payload>(
             match part {
                 Err(e) => fail(&mut d, e),
                 Ok(values) if !d.failed => {
-                    d.auto.learn(n, elapsed_ns);
+                    d.auto.learn(n, elapsed_ns, arg_bytes + result_bytes);
                     d.done += n;
                     d.parts.push((first, values));
                     if d.done == d.items.len() {
