@@ -309,10 +309,10 @@ pub(crate) fn sweep_shmpool(plan: &Plan, step: &dyn Fn()) -> Result<ShmpoolSweep
                 step();
             }
             let n = best.map_or(n_max, |b| b.items);
-            let auto_cs = n.div_ceil(4 * w);
+            // No chunksize recorded: the automatic one changes from chunk to chunk.
             let s = repeat(plan.reps, || run_map_auto(pool, &items[..n]))
                 .with_context(|| format!("map, {w} workers"))?;
-            out.push(row(Mode::MapAuto, Some(w), Some(auto_cs), s));
+            out.push(row(Mode::MapAuto, Some(w), None, s));
             step();
             let s = repeat(plan.reps, || run_imap_auto(pool, &items[..n]))
                 .with_context(|| format!("imap, {w} workers"))?;

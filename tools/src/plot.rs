@@ -181,6 +181,8 @@ fn panel(
                 .draw_series([Cross::new(xy(c), 9, color.stroke_width(3))])
                 .map_err(plot_err)?;
         }
+        // Python's automatic `map` uses one chunksize (`len / (4 × processes)`): a marker at it.
+        // shmpool's adapts chunk by chunk, like its `imap`: a level line across the panel.
         if let Some(a) = s.map_auto {
             if python {
                 let (x, y) = xy(a);
@@ -189,7 +191,12 @@ fn panel(
                 chart.draw_series([outline]).map_err(plot_err)?;
             } else {
                 chart
-                    .draw_series([TriangleMarker::new(xy(a), 8, color.filled())])
+                    .draw_series(DashedLineSeries::new(
+                        [(x_lo, a.median), (x_hi, a.median)],
+                        12,
+                        4,
+                        color.stroke_width(1),
+                    ))
                     .map_err(plot_err)?;
             }
         }
@@ -277,12 +284,27 @@ fn legend(
             "single process, Python loop".into(),
         )?;
     }
+    if has_python {
+        entry(
+            &|y| {
+                let outline = EmptyElement::at((45, y))
+                    + PathElement::new([(0, -8), (7, 4), (-7, 4), (0, -8)], GREY.stroke_width(2));
+                area.draw(&outline).map_err(plot_err)
+            },
+            "Python map, automatic chunksize (len / 4 x workers)".into(),
+        )?;
+    }
     entry(
         &|y| {
-            area.draw(&TriangleMarker::new((45, y), 8, BLACK.filled()))
-                .map_err(plot_err)
+            area.draw(&DashedPathElement::new(
+                [(20, y), (70, y)],
+                12,
+                4,
+                BLACK.stroke_width(1),
+            ))
+            .map_err(plot_err)
         },
-        "map, automatic chunksize (hollow: Python)".into(),
+        "shmpool map, automatic chunksize".into(),
     )?;
     entry(
         &|y| {
