@@ -61,6 +61,11 @@ impl AutoChunk {
         n.max(1)
     }
 
+    /// Worker time the next chunk is expected to take (ns), 0 until a chunk has been measured.
+    pub(crate) fn chunk_ns(&self) -> f64 {
+        self.per_item_ns * self.size as f64
+    }
+
     /// Learns from a finished chunk of `items` items that took the worker `elapsed_ns` and whose
     /// arguments and results encoded to `bytes` together.
     pub(crate) fn learn(&mut self, items: usize, elapsed_ns: u64, bytes: usize) {
