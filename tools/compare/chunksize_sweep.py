@@ -4,7 +4,7 @@
 Mirrors tools/src/measure.rs: the same work levels (ns of busy arithmetic per item, calibrated here
 to this interpreter's own speed), chunksizes and worker counts; the same item budget per work level
 (what the single-process loop does in the target time), the same probe and run sizing, the median of
-`--reps` runs. Prints one JSON object on stdout:
+at least `--reps` runs (more for short runs, as there). Prints one JSON object on stdout:
 
     {"python": "3.11.2", "ns_per_iteration": 41.7, "measurements": [{...}, ...]}
 
@@ -55,14 +55,27 @@ def iterations_for(work_ns, ns_per_iteration):
     return max(0, min(int(round(work_ns / ns_per_iteration)), 0xFFFFFFFF))
 
 
-def repeat(reps, run):
+MAX_REPS_FACTOR = 5
+
+
+def repeat(reps, target_s, run):
+    """At least `reps` runs; more (up to MAX_REPS_FACTOR x reps) while they add up to less than
+    `target_s` (see `repeat` in tools/src/measure.rs)."""
     rates = []
     items = 0
-    for _ in range(reps):
+    total = 0.0
+    while len(rates) < reps or (total < target_s and len(rates) < MAX_REPS_FACTOR * reps):
         items, secs = run()
+        total += secs
         rates.append(items / max(secs, 1e-9))
     rates.sort()
-    return {"items": items, "median": rates[len(rates) // 2], "min": rates[0], "max": rates[-1]}
+    return {
+        "items": items,
+        "median": rates[len(rates) // 2],
+        "min": rates[0],
+        "max": rates[-1],
+        "runs": len(rates),
+    }
 
 
 def single_run(buf, target_s):
@@ -174,11 +187,11 @@ def main():
                 "median": s["median"],
                 "min": s["min"],
                 "max": s["max"],
-                "reps": a.reps,
+                "reps": s["runs"],
             }
 
         buf = [pack(iterations, i) for i in range(4096)]
-        single = repeat(a.reps, lambda: single_run(buf, target_s))
+        single = repeat(a.reps, target_s, lambda: single_run(buf, target_s))
         out.append(row("single", None, None, single))
         step()
 
@@ -193,14 +206,14 @@ def main():
                     continue
                 rate = hint if hint is not None else probe(pool, w, items, cs, target_s)
                 n = items_for_run(n_max, cs, w, rate, target_s)
-                s = repeat(a.reps, lambda: run_chunked(pool, items[:n], cs))
+                s = repeat(a.reps, target_s, lambda: run_chunked(pool, items[:n], cs))
                 hint = s["median"]
                 if best is None or s["median"] > best["median"]:
                     best = s
                 out.append(row("map_chunked", w, cs, s))
                 step()
             n = best["items"] if best is not None else n_max
-            s = repeat(a.reps, lambda: run_map_auto(pool, items[:n]))
+            s = repeat(a.reps, target_s, lambda: run_map_auto(pool, items[:n]))
             auto_cs = -(-n // (4 * w))
             out.append(row("map_auto", w, auto_cs, s))
             step()

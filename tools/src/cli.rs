@@ -62,7 +62,8 @@ pub(crate) struct ChunksizeArgs {
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_workers)]
     pub(crate) workers: Option<Vec<usize>>,
 
-    /// Repetitions of each measurement; the median is reported [default: 3]
+    /// Repetitions of each measurement, at least; the median is reported. Runs shorter than the
+    /// target repeat until they fill it, up to 5 × N [default: 3]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) reps: Option<u32>,
 

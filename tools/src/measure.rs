@@ -70,7 +70,7 @@ pub(crate) struct Measurement {
     pub(crate) min: f64,
     /// Fastest run, items/s.
     pub(crate) max: f64,
-    /// Number of runs.
+    /// Number of runs (at least the asked-for repetitions; more for short runs, see `repeat`).
     pub(crate) reps: u32,
 }
 
@@ -128,13 +128,28 @@ pub(crate) fn items_for_run(
     ((rate_hint * t) as usize).clamp(at_least, n_max)
 }
 
-/// Throughput statistics of `reps` runs of `run`, which returns the items it processed.
-fn repeat(reps: u32, mut run: impl FnMut() -> Result<(usize, Duration)>) -> Result<Stats> {
+/// Most runs of one measurement, as a multiple of the asked-for repetitions.
+const MAX_REPS_FACTOR: u32 = 5;
+
+/// Throughput statistics of at least `reps` runs of `run`, which returns the items it processed
+/// and how long that took. Runs much shorter than `target` are noisy (one scheduler hiccup is a
+/// large share of a 5 ms run), so while the runs so far add up to less than `target`, it runs
+/// more, up to `MAX_REPS_FACTOR × reps`: the median of many short runs is as steady as that of a
+/// few long ones, at the same cost in time.
+fn repeat(
+    reps: u32,
+    target: Duration,
+    mut run: impl FnMut() -> Result<(usize, Duration)>,
+) -> Result<Stats> {
     let mut rates = Vec::with_capacity(reps as usize);
     let mut items = 0;
-    for _ in 0..reps {
+    let mut total = Duration::ZERO;
+    while (rates.len() as u32) < reps
+        || (total < target && (rates.len() as u32) < MAX_REPS_FACTOR * reps)
+    {
         let (n, d) = run()?;
         items = n;
+        total += d;
         rates.push(n as f64 / d.as_secs_f64().max(1e-9));
     }
     rates.sort_by(f64::total_cmp);
@@ -143,6 +158,7 @@ fn repeat(reps: u32, mut run: impl FnMut() -> Result<(usize, Duration)>) -> Resu
         median: rates[rates.len() / 2],
         min: rates[0],
         max: rates[rates.len() - 1],
+        runs: rates.len() as u32,
     })
 }
 
@@ -150,6 +166,8 @@ fn repeat(reps: u32, mut run: impl FnMut() -> Result<(usize, Duration)>) -> Resu
 #[derive(Debug, Clone, Copy)]
 struct Stats {
     items: usize,
+    /// How many runs the statistics are of.
+    runs: u32,
     median: f64,
     min: f64,
     max: f64,
@@ -275,11 +293,11 @@ pub(crate) fn sweep_shmpool(plan: &Plan, step: &dyn Fn()) -> Result<ShmpoolSweep
             median: s.median,
             min: s.min,
             max: s.max,
-            reps: plan.reps,
+            reps: s.runs,
         };
 
         let buf: Vec<u64> = (0..4096).map(|i| pack(iterations, i)).collect();
-        let single = repeat(plan.reps, || Ok(single_run(&buf, plan.target)))?;
+        let single = repeat(plan.reps, plan.target, || Ok(single_run(&buf, plan.target)))?;
         out.push(row(Mode::Single, None, None, single));
         step();
 
@@ -299,8 +317,10 @@ pub(crate) fn sweep_shmpool(plan: &Plan, step: &dyn Fn()) -> Result<ShmpoolSweep
                     None => probe(pool, &items, cs, plan.target)?,
                 };
                 let n = items_for_run(n_max, cs, w, rate, plan.target);
-                let s = repeat(plan.reps, || run_chunked(pool, &items[..n], cs))
-                    .with_context(|| format!("map_chunked, {w} workers, chunksize {cs}"))?;
+                let s = repeat(plan.reps, plan.target, || {
+                    run_chunked(pool, &items[..n], cs)
+                })
+                .with_context(|| format!("map_chunked, {w} workers, chunksize {cs}"))?;
                 hint = Some(s.median);
                 if best.is_none_or(|b| s.median > b.median) {
                     best = Some(s);
@@ -310,11 +330,11 @@ pub(crate) fn sweep_shmpool(plan: &Plan, step: &dyn Fn()) -> Result<ShmpoolSweep
             }
             let n = best.map_or(n_max, |b| b.items);
             // No chunksize recorded: the automatic one changes from chunk to chunk.
-            let s = repeat(plan.reps, || run_map_auto(pool, &items[..n]))
+            let s = repeat(plan.reps, plan.target, || run_map_auto(pool, &items[..n]))
                 .with_context(|| format!("map, {w} workers"))?;
             out.push(row(Mode::MapAuto, Some(w), None, s));
             step();
-            let s = repeat(plan.reps, || run_imap_auto(pool, &items[..n]))
+            let s = repeat(plan.reps, plan.target, || run_imap_auto(pool, &items[..n]))
                 .with_context(|| format!("imap, {w} workers"))?;
             out.push(row(Mode::ImapAuto, Some(w), None, s));
             step();
@@ -366,14 +386,34 @@ mod tests {
     #[test]
     fn stats_take_median_min_and_max() {
         let mut runs = [3u64, 1, 2].into_iter();
-        let s = repeat(3, || {
+        let s = repeat(3, Duration::from_millis(100), || {
             Ok((100, Duration::from_millis(runs.next().unwrap() * 100)))
         })
         .unwrap();
         assert_eq!(s.items, 100);
+        assert_eq!(s.runs, 3);
         assert!((s.median - 500.0).abs() < 1e-6);
         assert!((s.min - 1000.0 / 3.0).abs() < 1e-6);
         assert!((s.max - 1000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn short_runs_repeat_until_they_fill_the_target() {
+        let ms = Duration::from_millis;
+        // 10 ms runs against a 45 ms target: 5 runs (50 ms), not the 2 asked for.
+        let mut calls = 0;
+        let s = repeat(2, ms(45), || {
+            calls += 1;
+            Ok((10, ms(10)))
+        })
+        .unwrap();
+        assert_eq!((s.runs, calls), (5, 5));
+        // Never more than `MAX_REPS_FACTOR` times the repetitions asked for.
+        let s = repeat(2, ms(1000), || Ok((10, ms(1)))).unwrap();
+        assert_eq!(s.runs, 2 * MAX_REPS_FACTOR);
+        // Long runs: exactly the repetitions asked for.
+        let s = repeat(3, ms(10), || Ok((10, ms(50)))).unwrap();
+        assert_eq!(s.runs, 3);
     }
 
     #[test]

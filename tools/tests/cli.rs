@@ -220,16 +220,18 @@ fn tiny_sweep_writes_every_measurement_to_csv_and_a_plot() {
                 ("imap_auto", "2", ""),
             ]
         );
-        assert!(
-            here.iter()
-                .all(|r| r.5 == "1" && r.4 >= 1 && r.4 <= 2000 || r.0 == "single")
-        );
+        // One repetition asked for; short runs repeat to fill the target, at most 5 times.
+        assert!(here.iter().all(|r| {
+            let runs: u32 = r.5.parse().unwrap();
+            (1..=5).contains(&runs) && (r.4 >= 1 && r.4 <= 2000 || r.0 == "single")
+        }));
     }
-    // map with the automatic chunksize records the chunksize it used: ceil(items / (4 workers)).
-    for r in rows.iter().filter(|r| r.0 == "map_auto") {
-        let w: usize = r.1.parse().unwrap();
-        assert_eq!(r.3, r.4.div_ceil(4 * w).to_string(), "{r:?}");
-    }
+    // shmpool's automatic map adapts chunk by chunk: no single chunksize to record.
+    assert!(
+        rows.iter()
+            .filter(|r| r.0 == "map_auto")
+            .all(|r| r.3.is_empty())
+    );
     assert!(out.contains("crossover"), "{out}");
     assert!(
         out.contains("Python comparison skipped (--no-python)"),
