@@ -4,13 +4,13 @@
 //!
 //! Python guesses (`map`: `ceil(len / (4 × processes))`, `imap`: 1). We measure instead. Every
 //! chunk's result carries the time the worker spent on it; from that we keep an average cost per
-//! item, and the next chunk holds enough items to take about [`TARGET_CHUNK_NS`] of worker time:
+//! item (recent chunks' time over their items, see [`AutoChunk`]), and the next chunk holds enough items to take about [`TARGET_CHUNK_NS`] of worker time:
 //!
 //! * the first chunks hold 1 item (nothing is known yet);
 //! * afterwards `size = TARGET_CHUNK_NS / cost per item`, but at most twice the previous size (so
 //!   one fast outlier cannot make a huge chunk), and between 1 and [`MAX_AUTO_CHUNK`];
-//! * and at most [`TARGET_CHUNK_BYTES`] of encoded arguments and results together (also averaged
-//!   per item), so that a chunk of tiny items stays in the CPU's cache: the parent encodes,
+//! * and at most [`TARGET_CHUNK_BYTES`] of encoded arguments and results together (measured like
+//!   the time), so that a chunk of tiny items stays in the CPU's cache: the parent encodes,
 //!   copies and decodes every chunk, and when the work per item is near zero that traffic *is* the
 //!   cost. Measured on the 2-core dev machine (512 KiB of L2 per core), `imap` over `u64` with no
 //!   work ran at ~105 M items/s with chunks of 4096–8192 items (32–64 KiB each way) and ~52 M/s with
@@ -33,22 +33,42 @@ pub(crate) const TARGET_CHUNK_BYTES: f64 = 128.0 * 1024.0;
 pub(crate) const MAX_AUTO_CHUNK: usize = 1 << 16;
 
 /// The measured state of an automatic chunksize.
+///
+/// Costs per item are ratios of moving averages of whole chunks (time over items), not averages of
+/// per-item samples: a chunk's fixed cost (a microsecond or so) makes the first one-item chunks
+/// look a thousand times dearer per item than tiny items are, and averaging those samples kept
+/// chunks small for a dozen chunks after the truth was known. Weighted by size, the latest (and
+/// largest) chunks dominate at once.
 #[derive(Debug, Clone)]
 pub(crate) struct AutoChunk {
-    /// Average cost per item (ns), 0 until a chunk has been measured.
-    per_item_ns: f64,
-    /// Average encoded bytes per item (arguments plus results), 0 until a chunk has been measured.
-    per_item_bytes: f64,
+    /// Moving averages of a chunk's items, worker time (ns) and encoded bytes; 0 until a chunk
+    /// has been measured.
+    items: f64,
+    ns: f64,
+    bytes: f64,
     /// Chunksize to use next, before the remaining-items cap.
     size: usize,
 }
 
+/// Weight of the newest chunk in the moving averages.
+const NEWEST: f64 = 0.3;
+
 impl AutoChunk {
     pub(crate) fn new() -> Self {
         AutoChunk {
-            per_item_ns: 0.0,
-            per_item_bytes: 0.0,
+            items: 0.0,
+            ns: 0.0,
+            bytes: 0.0,
             size: 1,
+        }
+    }
+
+    /// Average worker time per item (ns), 0 until a chunk has been measured.
+    fn per_item_ns(&self) -> f64 {
+        if self.items > 0.0 {
+            self.ns / self.items
+        } else {
+            0.0
         }
     }
 
@@ -63,7 +83,7 @@ impl AutoChunk {
 
     /// Worker time the next chunk is expected to take (ns), 0 until a chunk has been measured.
     pub(crate) fn chunk_ns(&self) -> f64 {
-        self.per_item_ns * self.size as f64
+        self.per_item_ns() * self.size as f64
     }
 
     /// Learns from a finished chunk of `items` items that took the worker `elapsed_ns` and whose
@@ -72,19 +92,20 @@ impl AutoChunk {
         if items == 0 || elapsed_ns == 0 {
             return;
         }
-        let per_item = |total: f64, average: f64| {
-            let sample = total / items as f64;
-            if average == 0.0 {
-                sample
+        let first = self.items == 0.0;
+        let average = |old: f64, new: f64| {
+            if first {
+                new
             } else {
-                0.7 * average + 0.3 * sample
+                (1.0 - NEWEST) * old + NEWEST * new
             }
         };
-        self.per_item_ns = per_item(elapsed_ns as f64, self.per_item_ns);
-        self.per_item_bytes = per_item(bytes as f64, self.per_item_bytes);
-        let for_time = TARGET_CHUNK_NS / self.per_item_ns.max(1.0);
-        let for_bytes = TARGET_CHUNK_BYTES / self.per_item_bytes.max(1.0);
-        self.size = (for_time.min(for_bytes) as usize)
+        self.items = average(self.items, items as f64);
+        self.ns = average(self.ns, elapsed_ns as f64);
+        self.bytes = average(self.bytes, bytes as f64);
+        let for_time = TARGET_CHUNK_NS / self.per_item_ns().max(1.0);
+        let for_bytes = TARGET_CHUNK_BYTES / (self.bytes / self.items).max(1.0);
+        self.size = (for_time.min(for_bytes).round() as usize)
             .min(self.size.saturating_mul(2))
             .clamp(1, MAX_AUTO_CHUNK);
     }
@@ -135,6 +156,19 @@ mod tests {
         }
         assert_eq!(words.next(None, 2), 8192);
         assert_eq!(records.next(None, 2), 131);
+    }
+
+    #[test]
+    fn a_chunks_fixed_cost_does_not_hold_back_growth() {
+        // 10 µs per chunk plus 1 ns per item: one-item chunks look like 10 µs per item, but
+        // once chunks are large the cost per item is known to be tiny, and growth is limited only
+        // by doubling: 13 doublings from 1 to the byte cap of 8192 `u64`s.
+        let mut a = AutoChunk::new();
+        for _ in 0..13 {
+            let n = a.next(None, 2);
+            a.learn(n, 10_000 + n as u64, n * 16);
+        }
+        assert_eq!(a.next(None, 2), 8192);
     }
 
     #[test]
