@@ -61,21 +61,28 @@ MAX_REPS_FACTOR = 5
 def repeat(reps, target_s, run):
     """At least `reps` runs; more (up to MAX_REPS_FACTOR x reps) while they add up to less than
     `target_s` (see `repeat` in tools/src/measure.rs)."""
-    rates = []
-    items = 0
-    total = 0.0
-    while len(rates) < reps or (total < target_s and len(rates) < MAX_REPS_FACTOR * reps):
-        items, secs = run()
-        total += secs
-        rates.append(items / max(secs, 1e-9))
-    rates.sort()
-    return {
-        "items": items,
-        "median": rates[len(rates) // 2],
-        "min": rates[0],
-        "max": rates[-1],
-        "runs": len(rates),
-    }
+    return interleave(reps, target_s, [run])[0]
+
+
+def interleave(reps, target_s, runs):
+    """`repeat` for several contenders, their runs taken in turn (A B A B ...)."""
+    rates = [[] for _ in runs]
+    items = [0 for _ in runs]
+    total = [0.0 for _ in runs]
+    rounds = 0
+    while rounds < reps or (min(total) < target_s and rounds < MAX_REPS_FACTOR * reps):
+        for i, run in enumerate(runs):
+            items[i], secs = run()
+            total[i] += secs
+            rates[i].append(items[i] / max(secs, 1e-9))
+        rounds += 1
+    out = []
+    for i, r in enumerate(rates):
+        r.sort()
+        out.append(
+            {"items": items[i], "median": r[len(r) // 2], "min": r[0], "max": r[-1], "runs": rounds}
+        )
+    return out
 
 
 def single_run(buf, target_s):
@@ -209,11 +216,19 @@ def main():
                 s = repeat(a.reps, target_s, lambda: run_chunked(pool, items[:n], cs))
                 hint = s["median"]
                 if best is None or s["median"] > best["median"]:
-                    best = s
+                    best, best_cs = s, cs
                 out.append(row("map_chunked", w, cs, s))
                 step()
+            # Python's automatic map over the items of the best chunksize, its runs interleaved
+            # with that chunksize's again (as in tools/src/measure.rs).
             n = best["items"] if best is not None else n_max
-            s = repeat(a.reps, target_s, lambda: run_map_auto(pool, items[:n]))
+            auto = lambda: run_map_auto(pool, items[:n])
+            if best is not None:
+                again = lambda: run_chunked(pool, items[:n], best_cs)
+                b, s = interleave(a.reps, target_s, [again, auto])
+                out.append(row("map_chunked_best", w, best_cs, b))
+            else:
+                s = repeat(a.reps, target_s, auto)
             auto_cs = -(-n // (4 * w))
             out.append(row("map_auto", w, auto_cs, s))
             step()

@@ -33,6 +33,10 @@ pub(crate) enum Mode {
     MapAuto,
     /// `imap` with the automatic chunksize (`shmpool` only: Python's `imap` defaults to 1).
     ImapAuto,
+    /// The best swept chunksize again, its runs interleaved with those of the automatic modes so
+    /// that "automatic as % of best" compares runs that saw the same machine.
+    #[serde(rename = "map_chunked_best")]
+    BestAgain,
 }
 
 impl Mode {
@@ -43,6 +47,7 @@ impl Mode {
             Mode::MapChunked => "map_chunked",
             Mode::MapAuto => "map_auto",
             Mode::ImapAuto => "imap_auto",
+            Mode::BestAgain => "map_chunked_best",
         }
     }
 }
@@ -141,25 +146,41 @@ fn repeat(
     target: Duration,
     mut run: impl FnMut() -> Result<(usize, Duration)>,
 ) -> Result<Stats> {
-    let mut rates = Vec::with_capacity(reps as usize);
-    let mut items = 0;
-    let mut total = Duration::ZERO;
-    while (rates.len() as u32) < reps
-        || (total < target && (rates.len() as u32) < MAX_REPS_FACTOR * reps)
-    {
-        let (n, d) = run()?;
-        items = n;
-        total += d;
-        rates.push(n as f64 / d.as_secs_f64().max(1e-9));
+    let [s] = interleave(reps, target, [&mut run])?;
+    Ok(s)
+}
+
+/// [`repeat`] for several contenders at once, their runs taken in turn (A B C A B C …) so that a
+/// noisy stretch of the machine hits them all alike; the comparison between them is what counts.
+fn interleave<const N: usize>(
+    reps: u32,
+    target: Duration,
+    mut runs: [&mut dyn FnMut() -> Result<(usize, Duration)>; N],
+) -> Result<[Stats; N]> {
+    let mut rates: [Vec<f64>; N] = std::array::from_fn(|_| Vec::with_capacity(reps as usize));
+    let mut items = [0; N];
+    let mut total = [Duration::ZERO; N];
+    let mut rounds = 0;
+    while rounds < reps || (total.iter().any(|&t| t < target) && rounds < MAX_REPS_FACTOR * reps) {
+        for (i, run) in runs.iter_mut().enumerate() {
+            let (n, d) = run()?;
+            items[i] = n;
+            total[i] += d;
+            rates[i].push(n as f64 / d.as_secs_f64().max(1e-9));
+        }
+        rounds += 1;
     }
-    rates.sort_by(f64::total_cmp);
-    Ok(Stats {
-        items,
-        median: rates[rates.len() / 2],
-        min: rates[0],
-        max: rates[rates.len() - 1],
-        runs: rates.len() as u32,
-    })
+    Ok(std::array::from_fn(|i| {
+        let r = &mut rates[i];
+        r.sort_by(f64::total_cmp);
+        Stats {
+            items: items[i],
+            median: r[r.len() / 2],
+            min: r[0],
+            max: r[r.len() - 1],
+            runs: rounds,
+        }
+    }))
 }
 
 /// Throughput of some runs.
@@ -306,7 +327,7 @@ pub(crate) fn sweep_shmpool(plan: &Plan, step: &dyn Fn()) -> Result<ShmpoolSweep
         for pool in &pools {
             let w = pool.processes();
             let mut hint = None;
-            let mut best: Option<Stats> = None;
+            let mut best: Option<(Stats, usize)> = None;
             for &cs in &plan.chunksizes {
                 if cs > n_max {
                     step();
@@ -322,21 +343,36 @@ pub(crate) fn sweep_shmpool(plan: &Plan, step: &dyn Fn()) -> Result<ShmpoolSweep
                 })
                 .with_context(|| format!("map_chunked, {w} workers, chunksize {cs}"))?;
                 hint = Some(s.median);
-                if best.is_none_or(|b| s.median > b.median) {
-                    best = Some(s);
+                if best.is_none_or(|(b, _)| s.median > b.median) {
+                    best = Some((s, cs));
                 }
                 out.push(row(Mode::MapChunked, Some(w), Some(cs), s));
                 step();
             }
-            let n = best.map_or(n_max, |b| b.items);
+            // The automatic modes run over the items of the best chunksize, their runs
+            // interleaved with that chunksize's again.
+            let (n, best_cs) = best.map_or((n_max, None), |(s, cs)| (s.items, Some(cs)));
+            let mut best_again = || run_chunked(pool, &items[..n], best_cs.unwrap_or(1));
+            let mut map_auto = || run_map_auto(pool, &items[..n]);
+            let mut imap_auto = || run_imap_auto(pool, &items[..n]);
+            let [b, m, i] = if best_cs.is_some() {
+                interleave(
+                    plan.reps,
+                    plan.target,
+                    [&mut best_again, &mut map_auto, &mut imap_auto],
+                )
+            } else {
+                let [m, i] = interleave(plan.reps, plan.target, [&mut map_auto, &mut imap_auto])?;
+                Ok([m, m, i])
+            }
+            .with_context(|| format!("automatic chunksize, {w} workers"))?;
+            if best_cs.is_some() {
+                out.push(row(Mode::BestAgain, Some(w), best_cs, b));
+            }
             // No chunksize recorded: the automatic one changes from chunk to chunk.
-            let s = repeat(plan.reps, plan.target, || run_map_auto(pool, &items[..n]))
-                .with_context(|| format!("map, {w} workers"))?;
-            out.push(row(Mode::MapAuto, Some(w), None, s));
+            out.push(row(Mode::MapAuto, Some(w), None, m));
             step();
-            let s = repeat(plan.reps, plan.target, || run_imap_auto(pool, &items[..n]))
-                .with_context(|| format!("imap, {w} workers"))?;
-            out.push(row(Mode::ImapAuto, Some(w), None, s));
+            out.push(row(Mode::ImapAuto, Some(w), None, i));
             step();
         }
     }

@@ -159,11 +159,11 @@ fn tiny_sweep(name: &str, python: bool) -> (String, String) {
     (csv, stdout(&o))
 }
 
-/// The CSV rows of one implementation: (mode, workers, work_ns, chunksize, items, reps).
-fn rows_of(
-    csv: &str,
-    implementation: &str,
-) -> Vec<(String, String, String, String, usize, String)> {
+/// A CSV row: (mode, workers, work_ns, chunksize, items, reps, median items/s).
+type Row = (String, String, String, String, usize, String, f64);
+
+/// The CSV rows of one implementation.
+fn rows_of(csv: &str, implementation: &str) -> Vec<Row> {
     csv.lines()
         .skip(1)
         .map(|l| l.split(',').collect::<Vec<_>>())
@@ -181,6 +181,7 @@ fn rows_of(
                 f[5].to_string(),
                 f[6].parse().unwrap(),
                 f[10].to_string(),
+                median,
             )
         })
         .collect()
@@ -194,8 +195,9 @@ fn tiny_sweep_writes_every_measurement_to_csv_and_a_plot() {
     let (csv, out) = tiny_sweep("tiny", false);
     assert_eq!(csv.lines().next(), Some(HEADER));
     let rows = rows_of(&csv, "shmpool");
-    // Per work level: single + per worker count (2 chunksizes + map auto + imap auto).
-    assert_eq!(rows.len(), 2 * (1 + 2 * 4), "{csv}");
+    // Per work level: single + per worker count (2 chunksizes, the best of them again, map auto,
+    // imap auto).
+    assert_eq!(rows.len(), 2 * (1 + 2 * 5), "{csv}");
     assert_eq!(
         csv.lines().count(),
         1 + rows.len(),
@@ -206,7 +208,7 @@ fn tiny_sweep_writes_every_measurement_to_csv_and_a_plot() {
         let modes: Vec<(&str, &str, &str)> = here
             .iter()
             .map(|r| (r.0.as_str(), r.1.as_str(), r.3.as_str()))
-            .filter(|m| m.0 != "map_auto")
+            .filter(|m| m.0 != "map_auto" && m.0 != "map_chunked_best")
             .collect();
         assert_eq!(
             modes,
@@ -225,6 +227,21 @@ fn tiny_sweep_writes_every_measurement_to_csv_and_a_plot() {
             let runs: u32 = r.5.parse().unwrap();
             (1..=5).contains(&runs) && (r.4 >= 1 && r.4 <= 2000 || r.0 == "single")
         }));
+    }
+    // The best chunksize run again is the swept one with the highest median.
+    for w in ["1", "2"] {
+        for work in ["0", "1000"] {
+            let here = |mode: &'static str| {
+                rows.iter()
+                    .filter(move |r| r.0 == mode && r.1 == w && r.2 == work)
+            };
+            let best = here("map_chunked")
+                .max_by(|a, b| a.6.total_cmp(&b.6))
+                .unwrap();
+            let again: Vec<_> = here("map_chunked_best").collect();
+            assert_eq!(again.len(), 1);
+            assert_eq!((&again[0].3, again[0].4), (&best.3, best.4));
+        }
     }
     // shmpool's automatic map adapts chunk by chunk: no single chunksize to record.
     assert!(
@@ -248,9 +265,10 @@ fn tiny_sweep_with_python_adds_its_rows_or_says_why_not() {
         .is_ok_and(|o| o.status.success());
     let rows = rows_of(&csv, "python");
     if python_here {
-        // Per work level: single + per worker count (2 chunksizes + map auto).
-        assert_eq!(rows.len(), 2 * (1 + 2 * 3), "{csv}");
+        // Per work level: single + per worker count (2 chunksizes, the best again, map auto).
+        assert_eq!(rows.len(), 2 * (1 + 2 * 4), "{csv}");
         assert!(rows.iter().any(|r| r.0 == "map_auto" && r.1 == "2"));
+        assert!(rows.iter().any(|r| r.0 == "map_chunked_best" && r.1 == "2"));
         assert!(out.contains("python"), "{out}");
     } else {
         assert!(rows.is_empty());

@@ -152,7 +152,8 @@ fn chunksize(a: &ChunksizeArgs) -> Result<ExitCode> {
         out,
         "crossover = smallest chunksize whose median beats the single process's fastest run; \
          speedup = best / single process;\nmap/imap auto = automatic chunksize as % of the best \
-         swept; swept = largest chunksize within the item budget\n"
+         swept chunksize, run again alongside (runs interleaved); swept = largest chunksize within \
+         the item budget\n"
     )?;
     report::write_table(&mut out, &summaries)?;
     writeln!(
