@@ -4,7 +4,8 @@
 //!
 //! Python guesses (`map`: `ceil(len / (4 × processes))`, `imap`: 1). We measure instead. Every
 //! chunk's result carries the time the worker spent on it; from that we keep an average cost per
-//! item (recent chunks' time over their items, see [`AutoChunk`]), and the next chunk holds enough items to take about [`TARGET_CHUNK_NS`] of worker time:
+//! item (recent chunks' time over their items, see [`AutoChunk`]), and the next chunk holds
+//! enough items to take about [`TARGET_CHUNK_NS`] of worker time:
 //!
 //! * the first chunks hold 1 item (nothing is known yet);
 //! * afterwards `size = TARGET_CHUNK_NS / cost per item`, but at most twice the previous size (so
@@ -12,9 +13,9 @@
 //! * and at most [`TARGET_CHUNK_BYTES`] of encoded arguments and results together (measured like
 //!   the time), so that a chunk of tiny items stays in the CPU's cache: the parent encodes,
 //!   copies and decodes every chunk, and when the work per item is near zero that traffic *is* the
-//!   cost. Measured on the 2-core dev machine (512 KiB of L2 per core), `imap` over `u64` with no
-//!   work ran at ~105 M items/s with chunks of 4096–8192 items (32–64 KiB each way) and ~52 M/s with
-//!   chunks of 65,536 (512 KiB each way);
+//!   cost. Measured on the 2-core dev machine (512 KiB of L2 per core), `imap` over `u64` with
+//!   no work ran at ~105 M items/s with chunks of 4096–8192 items (32–64 KiB each way) and
+//!   ~52 M/s with chunks of 65,536 (512 KiB each way);
 //! * when the input's length is known (`map`), a chunk never holds more than
 //!   `remaining / (2 × processes)` items, so the last chunks are small and every worker finishes at
 //!   about the same time.
@@ -22,8 +23,8 @@
 //! A chunk of `TARGET_CHUNK_NS` amortizes the per-chunk dispatch cost (a few µs) to a few percent,
 //! and is short enough that a window of chunks keeps every worker busy; a chunk of
 //! `TARGET_CHUNK_BYTES` holds enough items that the parent's per-chunk cost stays a few percent of
-//! its per-item cost. Tiny items therefore travel in chunks of thousands (8192 `u64`s), 100 µs items
-//! in chunks of 2.
+//! its per-item cost. Tiny items therefore travel in chunks of thousands (8192 `u64`s), 100 µs
+//! items in chunks of 2.
 
 /// Worker time one automatic chunk aims for.
 pub(crate) const TARGET_CHUNK_NS: f64 = 200_000.0;

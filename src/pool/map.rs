@@ -1,11 +1,12 @@
 //! `map` without a chunksize: a driver that submits chunks as earlier ones finish, so each chunk's
 //! size can follow the measured cost per item (the rule is in `auto`).
 //!
-//! The driver keeps 2 to 4 chunks per worker in flight (see [`chunks_per_worker`]). Each chunk's completion stores its values,
-//! teaches the [`AutoChunk`] the chunk's cost, and submits the next chunks (`feed`). Until every
-//! item has been submitted the driver holds one *token* in the dispatcher's `outstanding` count,
-//! so `join` cannot see the pool idle between a chunk's end and its successor's submission; and
-//! its follow-up chunks are accepted after `close` (the `map` itself was accepted before).
+//! The driver keeps 2 to 4 chunks per worker in flight (see [`chunks_per_worker`]). Each chunk's
+//! completion stores its values, teaches the [`AutoChunk`] the chunk's cost, and submits the next
+//! chunks (`feed`). Until every item has been submitted the driver holds one *token* in the
+//! dispatcher's `outstanding` count, so `join` cannot see the pool idle between a chunk's end and
+//! its successor's submission; and its follow-up chunks are accepted after `close` (the `map`
+//! itself was accepted before).
 
 use std::sync::{Arc, Mutex, Weak};
 
