@@ -47,6 +47,30 @@
 //! Bulk data does not go through the arenas at all: [`SharedVec`] and [`MappedFile`] are split
 //! by [`Pool::map_chunks`] and friends, and workers read them in place (see [`SharedVec`]).
 //!
+//! # Automatic chunksize
+//!
+//! Items travel to workers in chunks: one task per item would spend microseconds of dispatch on
+//! every item. Python guesses the chunk size (`map`: `len / (4 × processes)`; `imap`: 1); without
+//! an explicit chunksize, [`Pool::map`], [`Pool::map_async`], [`Pool::starmap`], [`Pool::imap`]
+//! and [`Pool::imap_unordered`] measure instead. Each chunk's result reports the worker time it
+//! took and the bytes its arguments and results encoded to, and the next chunk is sized from the
+//! averages of recent chunks (time over items, bytes over items):
+//!
+//! * the first chunk holds 1 item;
+//! * then as many items as take about **200 µs** of worker time, which makes the per-chunk cost
+//!   (a few µs) a few percent, and keeps chunks short enough that every worker stays busy;
+//! * but no more than about **128 KiB** of encoded arguments plus results (8192 `u64` → `u64`
+//!   items), so a chunk of tiny items stays in the CPU cache while the parent encodes and
+//!   decodes it;
+//! * and never more than **twice** the previous chunk (an outlier cannot make a huge chunk), nor
+//!   more than 65,536 items;
+//! * `map` and `starmap`, which know how many items remain, never send more than
+//!   `remaining / (2 × processes)` in one chunk, so the workers finish together.
+//!
+//! So items of 100 µs go two by two, items of 1 µs 200 at a time, and bare numbers in chunks of
+//! thousands. `shmpool bench` (the `shmpool-tools` crate) measures the rule against every fixed
+//! chunksize; `.chunksize(n)` or [`Pool::map_chunked`] fix the size yourself.
+//!
 //! # What a task may rely on after `fork`
 //!
 //! A task function is a `fn` item or a closure that captures nothing (a capturing closure is a

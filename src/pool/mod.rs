@@ -483,8 +483,9 @@ impl Pool {
 
     /// Applies `f` to every item, in parallel, and returns the results in order (Python's
     /// `map`). Without a chunksize, chunks start at one item and grow with the measured cost per
-    /// item until each takes about 200 µs of worker time, and shrink again for the last items so
-    /// every worker finishes together (Python instead guesses `len / (4 × processes)`).
+    /// item until each takes about 200 µs of worker time (or holds about 128 KiB), and shrink
+    /// again for the last items so every worker finishes together (Python instead guesses
+    /// `len / (4 × processes)`); see [the rule](crate#automatic-chunksize).
     ///
     /// # Errors
     ///
