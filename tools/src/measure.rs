@@ -157,11 +157,14 @@ fn interleave<const N: usize>(
     target: Duration,
     mut runs: [&mut dyn FnMut() -> Result<(usize, Duration)>; N],
 ) -> Result<[Stats; N]> {
-    let mut rates: [Vec<f64>; N] = std::array::from_fn(|_| Vec::with_capacity(reps as usize));
+    let mut rates: [Vec<f64>; N] =
+        std::array::from_fn(|_| Vec::with_capacity(reps.min(64) as usize));
     let mut items = [0; N];
     let mut total = [Duration::ZERO; N];
     let mut rounds = 0;
-    while rounds < reps || (total.iter().any(|&t| t < target) && rounds < MAX_REPS_FACTOR * reps) {
+    while rounds < reps
+        || (total.iter().any(|&t| t < target) && rounds < MAX_REPS_FACTOR.saturating_mul(reps))
+    {
         for (i, run) in runs.iter_mut().enumerate() {
             let (n, d) = run()?;
             items[i] = n;

@@ -113,10 +113,12 @@ pub(crate) fn summarize(rows: &[Measurement]) -> Vec<Summary<'_>> {
             workers,
             single,
             crossover: chunked.iter().copied().find(|r| r.median > single.max),
+            // The first (smallest) chunksize of the highest median, as the sweep picks the one
+            // it runs again.
             best: chunked
                 .iter()
                 .copied()
-                .max_by(|a, b| a.median.total_cmp(&b.median)),
+                .reduce(|b, r| if r.median > b.median { r } else { b }),
             largest_swept: chunked.last().and_then(|r| r.chunksize),
             map_auto: of(Mode::MapAuto).next(),
             imap_auto: of(Mode::ImapAuto).next(),
@@ -261,6 +263,16 @@ mod tests {
         assert!(table.contains("1 µs"), "{table}");
         assert!(table.contains("1.90x"), "{table}");
         assert!(table.contains("50%"), "{table}");
+    }
+
+    #[test]
+    fn a_tie_for_best_goes_to_the_smaller_chunksize() {
+        let rows = vec![
+            m("shmpool", Mode::Single, None, None, 100.0),
+            m("shmpool", Mode::MapChunked, Some(2), Some(4), 150.0),
+            m("shmpool", Mode::MapChunked, Some(2), Some(16), 150.0),
+        ];
+        assert_eq!(summarize(&rows)[0].best.and_then(|c| c.chunksize), Some(4));
     }
 
     #[test]

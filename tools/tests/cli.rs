@@ -235,12 +235,15 @@ fn tiny_sweep_writes_every_measurement_to_csv_and_a_plot() {
                 rows.iter()
                     .filter(move |r| r.0 == mode && r.1 == w && r.2 == work)
             };
-            let best = here("map_chunked")
-                .max_by(|a, b| a.6.total_cmp(&b.6))
-                .unwrap();
+            // (The CSV rounds medians to 0.1, so a near tie may show another chunksize on top.)
+            let top = here("map_chunked").map(|r| r.6).fold(f64::MIN, f64::max);
             let again: Vec<_> = here("map_chunked_best").collect();
             assert_eq!(again.len(), 1);
-            assert_eq!((&again[0].3, again[0].4), (&best.3, best.4));
+            let swept = here("map_chunked")
+                .find(|r| r.3 == again[0].3)
+                .expect("the best chunksize was swept");
+            assert_eq!(swept.4, again[0].4, "same items");
+            assert!(swept.6 >= top - 0.1, "{swept:?} is not the best ({top})");
         }
     }
     // shmpool's automatic map adapts chunk by chunk: no single chunksize to record.
