@@ -5,7 +5,9 @@
 //! the address of `call_one::<F, A, R>` taken in the parent is valid in the worker; the trampoline
 //! decodes the argument from the argument arena, makes its own copy of `F` (zero bytes, so a copy
 //! needs no data from the parent), runs it under `catch_unwind`, and encodes the result straight
-//! into the result arena.
+//! into the result arena. A chunk's trampoline reads primitive-number arguments in place from the
+//! argument arena and encodes its results into a buffer the worker keeps between chunks, then
+//! copies them into the result arena in one piece.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
