@@ -22,6 +22,35 @@ const COLORS: [RGBColor; 6] = [
 const GREY: RGBColor = RGBColor(120, 120, 120);
 const PANEL: (u32, u32) = (600, 420);
 
+/// A dashed line's look, shared by the panels and the legend so the two cannot drift apart.
+#[derive(Clone, Copy)]
+struct Dash {
+    size: u32,
+    spacing: u32,
+    width: u32,
+}
+
+/// Python's lines (its single process and its `map` with a chunksize).
+const PYTHON_DASH: Dash = Dash {
+    size: 8,
+    spacing: 5,
+    width: 2,
+};
+/// shmpool's automatic `map`: a level line.
+const MAP_AUTO_DASH: Dash = Dash {
+    size: 12,
+    spacing: 4,
+    width: 1,
+};
+/// shmpool's automatic `imap`: a dotted level line.
+const IMAP_AUTO_DASH: Dash = Dash {
+    size: 2,
+    spacing: 4,
+    width: 2,
+};
+/// The outline marking Python's automatic `map` at its chunksize, in pixels around the point.
+const TRIANGLE: [(i32, i32); 4] = [(0, -8), (7, 4), (-7, 4), (0, -8)];
+
 fn color_of(workers: &[usize], w: usize) -> RGBColor {
     let i = workers.iter().position(|&x| x == w).unwrap_or(0);
     COLORS[i % COLORS.len()]
@@ -128,7 +157,7 @@ fn panel(
                 .map_err(plot_err)?;
         } else {
             chart
-                .draw_series(DashedLineSeries::new(line, 8, 5, GREY.stroke_width(2)))
+                .draw_series(dashed(line, PYTHON_DASH, GREY))
                 .map_err(plot_err)?;
         }
     }
@@ -149,12 +178,7 @@ fn panel(
         let line: Vec<(f64, f64)> = pts.iter().map(|r| xy(r)).collect();
         if python {
             chart
-                .draw_series(DashedLineSeries::new(
-                    line.clone(),
-                    8,
-                    5,
-                    color.stroke_width(2),
-                ))
+                .draw_series(dashed(line.clone(), PYTHON_DASH, color))
                 .map_err(plot_err)?;
         } else {
             chart
@@ -186,32 +210,58 @@ fn panel(
         if let Some(a) = s.map_auto {
             if python {
                 let (x, y) = xy(a);
-                let outline = EmptyElement::at((x, y))
-                    + PathElement::new([(0, -8), (7, 4), (-7, 4), (0, -8)], color.stroke_width(2));
+                let outline =
+                    EmptyElement::at((x, y)) + PathElement::new(TRIANGLE, color.stroke_width(2));
                 chart.draw_series([outline]).map_err(plot_err)?;
             } else {
                 chart
-                    .draw_series(DashedLineSeries::new(
+                    .draw_series(dashed(
                         [(x_lo, a.median), (x_hi, a.median)],
-                        12,
-                        4,
-                        color.stroke_width(1),
+                        MAP_AUTO_DASH,
+                        color,
                     ))
                     .map_err(plot_err)?;
             }
         }
         if let Some(a) = s.imap_auto {
             chart
-                .draw_series(DashedLineSeries::new(
+                .draw_series(dashed(
                     [(x_lo, a.median), (x_hi, a.median)],
-                    2,
-                    4,
-                    color.stroke_width(2),
+                    IMAP_AUTO_DASH,
+                    color,
                 ))
                 .map_err(plot_err)?;
         }
     }
     Ok(())
+}
+
+/// A dashed line through `points` in chart coordinates.
+fn dashed<I: Iterator<Item = (f64, f64)> + Clone>(
+    points: impl IntoIterator<IntoIter = I>,
+    dash: Dash,
+    color: RGBColor,
+) -> DashedLineSeries<I, u32> {
+    DashedLineSeries::new(
+        points,
+        dash.size,
+        dash.spacing,
+        color.stroke_width(dash.width),
+    )
+}
+
+/// The legend's sample of a dashed line, at height `y`.
+fn legend_dash(
+    y: i32,
+    dash: Dash,
+    color: RGBColor,
+) -> DashedPathElement<std::array::IntoIter<(i32, i32), 2>, u32> {
+    DashedPathElement::new(
+        [(20, y), (70, y)],
+        dash.size,
+        dash.spacing,
+        color.stroke_width(dash.width),
+    )
 }
 
 /// The legend, drawn in its own cell.
@@ -246,13 +296,8 @@ fn legend(
         if has_python {
             entry(
                 &|y| {
-                    area.draw(&DashedPathElement::new(
-                        [(20, y), (70, y)],
-                        8,
-                        5,
-                        c.stroke_width(2),
-                    ))
-                    .map_err(plot_err)?;
+                    area.draw(&legend_dash(y, PYTHON_DASH, c))
+                        .map_err(plot_err)?;
                     area.draw(&Circle::new((45, y), 3, c.stroke_width(2)))
                         .map_err(plot_err)
                 },
@@ -273,22 +318,15 @@ fn legend(
     if has_python {
         entry(
             &|y| {
-                area.draw(&DashedPathElement::new(
-                    [(20, y), (70, y)],
-                    8,
-                    5,
-                    GREY.stroke_width(2),
-                ))
-                .map_err(plot_err)
+                area.draw(&legend_dash(y, PYTHON_DASH, GREY))
+                    .map_err(plot_err)
             },
             "single process, Python loop".into(),
         )?;
-    }
-    if has_python {
         entry(
             &|y| {
-                let outline = EmptyElement::at((45, y))
-                    + PathElement::new([(0, -8), (7, 4), (-7, 4), (0, -8)], GREY.stroke_width(2));
+                let outline =
+                    EmptyElement::at((45, y)) + PathElement::new(TRIANGLE, GREY.stroke_width(2));
                 area.draw(&outline).map_err(plot_err)
             },
             "Python map, automatic chunksize (len / 4 x workers)".into(),
@@ -296,25 +334,15 @@ fn legend(
     }
     entry(
         &|y| {
-            area.draw(&DashedPathElement::new(
-                [(20, y), (70, y)],
-                12,
-                4,
-                BLACK.stroke_width(1),
-            ))
-            .map_err(plot_err)
+            area.draw(&legend_dash(y, MAP_AUTO_DASH, BLACK))
+                .map_err(plot_err)
         },
         "shmpool map, automatic chunksize".into(),
     )?;
     entry(
         &|y| {
-            area.draw(&DashedPathElement::new(
-                [(20, y), (70, y)],
-                2,
-                4,
-                BLACK.stroke_width(2),
-            ))
-            .map_err(plot_err)
+            area.draw(&legend_dash(y, IMAP_AUTO_DASH, BLACK))
+                .map_err(plot_err)
         },
         "shmpool imap, automatic chunksize".into(),
     )?;
