@@ -22,59 +22,11 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use rayon::prelude::*;
 use shmpool::Pool;
 
-/// Worker processes (and rayon threads): the machines have 2 cores.
-const PROCESSES: usize = 2;
-/// Tasks submitted before the first `get` in `apply_async_pipelined`.
-const PIPELINED: u64 = 10_000;
-/// Items in `map_trivial`.
-const MAP_ITEMS: u64 = 1_000_000;
-
-fn inc(x: u64) -> u64 {
-    x + 1
-}
-
-fn triple(x: u64) -> u64 {
-    x.wrapping_mul(3)
-}
-
-/// Every contender gives the right answer, checked once before anything is timed.
-fn check(pool: &Pool, rayon_pool: &rayon::ThreadPool, items: &[u64]) {
-    assert_eq!(pool.apply(|x: u64| x + 1, 41).expect("apply"), 42);
-    assert_eq!(rayon_pool.install(|| inc(41)), 42);
-
-    let expected_inc: Vec<u64> = (0..PIPELINED).map(inc).collect();
-    let handles: Vec<_> = (0..PIPELINED)
-        .map(|i| pool.apply_async(|x: u64| x + 1, i).expect("apply_async"))
-        .collect();
-    let got: Vec<u64> = handles.into_iter().map(|h| h.get().expect("get")).collect();
-    assert_eq!(got, expected_inc);
-    assert_eq!(rayon_pipelined(rayon_pool), expected_inc);
-
-    let expected: Vec<u64> = items.iter().map(|&x| triple(x)).collect();
-    let auto = pool
-        .map(|x: u64| x.wrapping_mul(3), items.iter().copied())
-        .expect("map");
-    assert_eq!(auto, expected);
-    for cs in [1_000, 100_000] {
-        let chunked = pool
-            .map_chunked(|x: u64| x.wrapping_mul(3), items.iter().copied(), cs)
-            .expect("map_chunked");
-        assert_eq!(chunked, expected, "map_chunked({cs})");
-    }
-    let par: Vec<u64> = rayon_pool.install(|| items.par_iter().map(|&x| triple(x)).collect());
-    assert_eq!(par, expected);
-}
-
-/// One `Scope::spawn` per task, each writing its own slot: rayon's nearest to `apply_async`.
-fn rayon_pipelined(rayon_pool: &rayon::ThreadPool) -> Vec<u64> {
-    let mut out = vec![0u64; PIPELINED as usize];
-    rayon_pool.scope(|s| {
-        for (i, slot) in out.iter_mut().enumerate() {
-            s.spawn(move |_| *slot = inc(black_box(i as u64)));
-        }
-    });
-    out
-}
+#[path = "../examples/common/dispatch_work.rs"]
+mod dispatch_work;
+use dispatch_work::{
+    CHUNKSIZES, MAP_ITEMS, PIPELINED, PROCESSES, check, inc, rayon_pipelined, triple,
+};
 
 fn apply_round_trip(c: &mut Criterion, pool: &Pool, rayon_pool: &rayon::ThreadPool) {
     let mut g = c.benchmark_group("apply_round_trip");
@@ -127,7 +79,7 @@ fn map_trivial(c: &mut Criterion, pool: &Pool, rayon_pool: &rayon::ThreadPool, i
                 .expect("map")
         });
     });
-    for cs in [1_000usize, 100_000] {
+    for cs in CHUNKSIZES {
         g.bench_with_input(
             BenchmarkId::new("shmpool_map_chunked", cs),
             &cs,
@@ -168,7 +120,7 @@ fn main() {
         .build()
         .expect("rayon pool");
     let items: Vec<u64> = (0..MAP_ITEMS).collect();
-    check(&pool, &rayon_pool, &items);
+    check(&pool, &rayon_pool, &items).expect("a contender gave a wrong answer");
 
     // Small samples keep the whole run under ~2 minutes on a shared 2-core machine; command-line
     // flags (`--sample-size`, `--measurement-time`, a name filter, ...) still override these.

@@ -20,19 +20,13 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 use shmpool::Pool;
 
-const PROCESSES: usize = 2;
-const PIPELINED: u64 = 10_000;
-const MAP_ITEMS: u64 = 1_000_000;
-const CHUNKSIZES: [usize; 2] = [1_000, 100_000];
+#[path = "common/dispatch_work.rs"]
+mod dispatch_work;
+use dispatch_work::{
+    CHUNKSIZES, MAP_ITEMS, PIPELINED, PROCESSES, check, inc, rayon_pipelined, triple,
+};
+
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/compare/pool_compare.py");
-
-fn inc(x: u64) -> u64 {
-    x + 1
-}
-
-fn triple(x: u64) -> u64 {
-    x.wrapping_mul(3)
-}
 
 /// Seconds per operation (round trip) or per batch (pipelined, map), one contender.
 #[derive(Debug, Default, Clone, Copy)]
@@ -87,16 +81,6 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn rayon_pipelined(rayon_pool: &rayon::ThreadPool) -> Vec<u64> {
-    let mut out = vec![0u64; PIPELINED as usize];
-    rayon_pool.scope(|s| {
-        for (i, slot) in out.iter_mut().enumerate() {
-            s.spawn(move |_| *slot = inc(black_box(i as u64)));
-        }
-    });
-    out
-}
-
 /// The Rust contenders, built once and checked before anything is timed.
 struct Rust {
     pool: Pool,
@@ -112,36 +96,8 @@ impl Rust {
             .num_threads(PROCESSES)
             .build()?;
         let items: Vec<u64> = (0..MAP_ITEMS).collect();
-        let expected: Vec<u64> = items.iter().map(|&x| triple(x)).collect();
-        let expected_inc: Vec<u64> = (0..PIPELINED).map(inc).collect();
-
         // Correctness once, before timing (this also warms up workers, arenas and threads).
-        if pool.apply(|x: u64| x + 1, 41)? != 42 || rayon_pool.install(|| inc(41)) != 42 {
-            return Err("apply gave a wrong answer".into());
-        }
-        let handles = (0..PIPELINED)
-            .map(|i| pool.apply_async(|x: u64| x + 1, i))
-            .collect::<Result<Vec<_>, _>>()?;
-        let got = handles
-            .into_iter()
-            .map(|h| h.get())
-            .collect::<Result<Vec<u64>, _>>()?;
-        if got != expected_inc || rayon_pipelined(&rayon_pool) != expected_inc {
-            return Err("apply_async gave a wrong answer".into());
-        }
-        if pool.map(|x: u64| x.wrapping_mul(3), items.iter().copied())? != expected {
-            return Err("map gave a wrong answer".into());
-        }
-        for cs in CHUNKSIZES {
-            if pool.map_chunked(|x: u64| x.wrapping_mul(3), items.iter().copied(), cs)? != expected
-            {
-                return Err(format!("map_chunked({cs}) gave a wrong answer").into());
-            }
-        }
-        let par: Vec<u64> = rayon_pool.install(|| items.par_iter().map(|&x| triple(x)).collect());
-        if par != expected {
-            return Err("rayon par_iter gave a wrong answer".into());
-        }
+        check(&pool, &rayon_pool, &items)?;
         Ok(Rust {
             pool,
             rayon_pool,
