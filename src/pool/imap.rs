@@ -24,9 +24,8 @@ struct ChunkDone<R> {
     bytes: usize,
 }
 
-/// Walks one finished chunk item by item without materializing a `Result` per item (a
-/// `Result<R, Error>` is several times wider than a small `R`, and `imap` over tiny items is
-/// bound by the parent's per-item cost).
+/// Walks a finished chunk in which some items failed, putting each failure at its index. (A chunk
+/// without failures goes straight to `IMap::fast`.)
 struct Cursor<R> {
     values: std::vec::IntoIter<R>,
     /// `(item index, panic message)`, ascending.
@@ -39,7 +38,8 @@ impl<R> Cursor<R> {
     #[inline]
     fn next_item(&mut self) -> Option<Result<R>> {
         if self.failures.len() == 0 {
-            // No item of this chunk failed, or every failure has been yielded already.
+            // Every failure of this chunk has been yielded (a chunk without failures is walked
+            // by `IMap::fast` instead).
             return self.values.next().map(Ok);
         }
         self.next_near_failures()
