@@ -6,7 +6,7 @@ use std::ptr::NonNull;
 
 use crossbeam_utils::CachePadded;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ring::RingMem;
 use crate::shm::{Segment, align_up};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
@@ -101,18 +101,82 @@ unsafe impl Sync for Control {}
 
 const PAGE: usize = 4096;
 
+/// Where everything sits in the control segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// Offset of slot 0's [`SlotCtl`] (after the [`PoolHeader`]).
+    pub(crate) slots_off: usize,
+    /// Offset of slot 0's argument arena (page aligned, after the last `SlotCtl`).
+    pub(crate) arenas_off: usize,
+    /// Each arena's size: the requested size rounded up to a page.
+    pub(crate) arena_cap: usize,
+    /// Bytes to map: `arenas_off + slots * 2 * arena_cap`.
+    pub(crate) len: usize,
+}
+
+impl Layout {
+    /// The layout for `slots` workers with arenas of (at least) `arena_cap` bytes.
+    ///
+    /// Both numbers come straight from the user's builder, so nothing here may wrap: every sum,
+    /// product and rounding is checked, and the total must stay within `isize::MAX` (the most a
+    /// pointer offset may span, and so the most `ptr::add` may ever be asked to cover). Without
+    /// these checks `arena_size(1 << 62)` wrapped to a small mapping that the first task then
+    /// wrote past.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] naming both sizes if the layout does not fit.
+    pub(crate) fn new(slots: usize, arena_cap: usize) -> Result<Layout> {
+        let too_large = || {
+            Error::invalid(format!(
+                "{slots} workers with arenas of {arena_cap} bytes do not fit in the address space"
+            ))
+        };
+        let slots_off = align_up(size_of::<PoolHeader>(), 128).ok_or_else(too_large)?;
+        let slots_end = slots
+            .checked_mul(size_of::<SlotCtl>())
+            .and_then(|n| n.checked_add(slots_off))
+            .ok_or_else(too_large)?;
+        let arenas_off = align_up(slots_end, PAGE).ok_or_else(too_large)?;
+        let arena_cap_rounded = align_up(arena_cap, PAGE).ok_or_else(too_large)?;
+        let len = slots
+            .checked_mul(2)
+            .and_then(|n| n.checked_mul(arena_cap_rounded))
+            .and_then(|n| n.checked_add(arenas_off))
+            .filter(|&n| n <= isize::MAX as usize)
+            .ok_or_else(too_large)?;
+        Ok(Layout {
+            slots_off,
+            arenas_off,
+            arena_cap: arena_cap_rounded,
+            len,
+        })
+    }
+}
+
 impl Control {
     /// Maps and initializes a control segment for `slots` workers with arenas of `arena_cap` bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if the layout does not fit in the address space (the sizes come
+    /// from the user's builder, so every step is checked; see [`Layout::new`]), or the segment's
+    /// own errors.
     pub(crate) fn new(slots: usize, arena_cap: usize) -> Result<Control> {
-        let slots_off = align_up(size_of::<PoolHeader>(), 128);
-        let arenas_off = align_up(slots_off + slots * size_of::<SlotCtl>(), PAGE);
-        let arena_cap = align_up(arena_cap, PAGE);
-        let len = arenas_off + slots * 2 * arena_cap;
+        let Layout {
+            slots_off,
+            arenas_off,
+            arena_cap,
+            len,
+        } = Layout::new(slots, arena_cap)?;
         let seg = Segment::new("shmpool-control", len)?;
         let base = NonNull::new(seg.ptr()).expect("mmap never returns null");
-        // SAFETY: the segment is `len` bytes, page aligned, and not yet shared with anyone; the
-        // header and slots fit by construction of the offsets above and are suitably aligned
-        // (128 divides every offset used; the types need at most 128).
+        debug_assert!(seg.len() >= len);
+        // SAFETY: the segment is `len` bytes, page aligned, and not yet shared with anyone. The
+        // header at 0 and slot `i < slots` at `slots_off + i * size_of::<SlotCtl>()` lie inside
+        // it: `Layout::new` computed `arenas_off >= slots_off + slots * size_of::<SlotCtl>()` and
+        // `len >= arenas_off` with checked arithmetic, so no offset wrapped. They are suitably
+        // aligned (128 divides every offset used; the types need at most 128).
         unsafe {
             base.as_ptr().cast::<PoolHeader>().write(PoolHeader {
                 collector: WakeWord::new(),
@@ -170,7 +234,8 @@ impl Control {
     /// Base pointer of slot `i`'s argument arena (`arena_cap` bytes).
     pub(crate) fn arg_arena(&self, i: usize) -> *mut u8 {
         assert!(i < self.slots);
-        // SAFETY: in bounds: `arenas_off + (2i+1) * arena_cap <= len`.
+        // SAFETY: in bounds: `i < slots`, so `arenas_off + (2i+1) * arena_cap <= len`, which
+        // `Layout::new` computed with checked arithmetic (no term wrapped) within `isize::MAX`.
         unsafe {
             self.base
                 .as_ptr()
@@ -181,7 +246,8 @@ impl Control {
     /// Base pointer of slot `i`'s result arena (`arena_cap` bytes).
     pub(crate) fn result_arena(&self, i: usize) -> *mut u8 {
         assert!(i < self.slots);
-        // SAFETY: in bounds: `arenas_off + (2i+2) * arena_cap <= len`.
+        // SAFETY: in bounds: `i < slots`, so `arenas_off + (2i+2) * arena_cap <= len`, which
+        // `Layout::new` computed with checked arithmetic (no term wrapped) within `isize::MAX`.
         unsafe {
             self.base
                 .as_ptr()
@@ -208,5 +274,28 @@ impl Control {
                 let s = self.slot(i);
                 s.spawn_req.load(Ordering::Acquire) != 0 || s.kill_req.load(Ordering::Acquire) != 0
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_checked_and_bounded_by_isize_max() {
+        let l = Layout::new(3, 5000).unwrap();
+        assert_eq!(l.arena_cap, 8192);
+        assert!(l.slots_off >= size_of::<PoolHeader>());
+        assert!(l.arenas_off >= l.slots_off + 3 * size_of::<SlotCtl>());
+        assert_eq!(l.arenas_off % PAGE, 0);
+        assert_eq!(l.len, l.arenas_off + 6 * 8192);
+        // Each way the arithmetic could wrap or exceed `isize::MAX` is an error.
+        assert!(Layout::new(2, 1 << 62).is_err());
+        assert!(Layout::new(1, usize::MAX).is_err());
+        assert!(Layout::new(1, usize::MAX - PAGE + 2).is_err());
+        assert!(Layout::new(usize::MAX / size_of::<SlotCtl>() + 1, PAGE).is_err());
+        assert!(Layout::new(1 << 40, 1 << 22).is_err());
+        // Just within: one arena pair of a quarter of the address space.
+        assert!(Layout::new(1, 1 << 61).is_ok());
     }
 }

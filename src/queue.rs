@@ -200,7 +200,7 @@ impl Shared {
                 "a queue of {capacity} slots of {slot_size} bytes does not fit in memory"
             ))
         };
-        let slots_off = align_up(size_of::<QueueHeader>(), 128);
+        let slots_off = align_up(size_of::<QueueHeader>(), 128).ok_or_else(too_large)?;
         let stride = slot_size
             .checked_add(size_of::<SlotHead>() + 63)
             .ok_or_else(too_large)?

@@ -12,7 +12,8 @@ const SPIN: Duration = Duration::from_micros(50);
 enum State<R> {
     Pending,
     Ready(Result<R>),
-    Taken,
+    /// The result was handed out; `true` if it was an `Ok` (what `successful` reports).
+    Taken(bool),
 }
 
 /// Something a waiter can do while it spins, instead of waiting for another thread to do it:
@@ -124,9 +125,15 @@ impl<R> ResultCell<R> {
 
     fn take(&self) -> Result<R> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match std::mem::replace(&mut *st, State::Taken) {
-            State::Ready(r) => r,
-            State::Taken => Err(Error::ResultTaken),
+        match std::mem::replace(&mut *st, State::Taken(false)) {
+            State::Ready(r) => {
+                *st = State::Taken(r.is_ok());
+                r
+            }
+            State::Taken(ok) => {
+                *st = State::Taken(ok);
+                Err(Error::ResultTaken)
+            }
             State::Pending => {
                 *st = State::Pending;
                 Err(Error::Timeout)
@@ -139,7 +146,7 @@ impl<R> ResultCell<R> {
         match &*st {
             State::Pending => None,
             State::Ready(r) => Some(r.is_ok()),
-            State::Taken => Some(true),
+            State::Taken(ok) => Some(*ok),
         }
     }
 }

@@ -28,6 +28,13 @@ impl Segment {
         if len == 0 {
             return Err(Error::invalid("a shared segment cannot be empty"));
         }
+        // Every pointer offset into the mapping must fit an `isize` (`ptr::add`'s contract), so no
+        // mapping may be larger, whatever the caller computed.
+        if len > isize::MAX as usize {
+            return Err(Error::invalid(format!(
+                "a shared segment of {len} bytes does not fit in the address space"
+            )));
+        }
         // memfd is CLOEXEC so a task that spawns a `Command` cannot leak it.
         let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC)
             .map_err(|e| Error::os("memfd_create", std::io::Error::from(e)))?;
@@ -77,8 +84,11 @@ impl Segment {
     }
 }
 
-/// Rounds `n` up to a multiple of `align` (a power of two).
-pub(crate) const fn align_up(n: usize, align: usize) -> usize {
+/// Rounds `n` up to a multiple of `align` (a power of two); `None` if that overflows `usize`.
+pub(crate) const fn align_up(n: usize, align: usize) -> Option<usize> {
     debug_assert!(align.is_power_of_two());
-    (n + align - 1) & !(align - 1)
+    match n.checked_add(align - 1) {
+        Some(m) => Some(m & !(align - 1)),
+        None => None,
+    }
 }

@@ -33,6 +33,9 @@ pub use imap::IMap;
 /// Default size of each worker's argument arena and result arena.
 pub const DEFAULT_ARENA_SIZE: usize = 64 << 20;
 
+/// The most workers a pool may have: `PID_MAX_LIMIT`, the most processes Linux can run at once.
+const MAX_PROCESSES: usize = 1 << 22;
+
 /// State shared by the pool handle and its collector thread.
 pub(crate) struct Inner {
     pub(crate) ctl: Control,
@@ -175,8 +178,10 @@ impl PoolBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`] for 0 processes, `max_tasks_per_child(0)` or an arena smaller
-    /// than 4 KiB; [`Error::Os`] if a segment cannot be mapped or a process cannot be forked.
+    /// [`Error::InvalidArgument`] for 0 processes, more than 2^22 (Linux's `PID_MAX_LIMIT`),
+    /// `max_tasks_per_child(0)`, an arena smaller than 4 KiB, or sizes whose total does not fit
+    /// in the address space (`arena_size(1 << 62)`); [`Error::Os`] if a segment cannot be mapped,
+    /// the process runs out of file descriptors, or a process cannot be forked.
     /// Construction is all-or-nothing: on error, no process or segment is left.
     pub fn build(self) -> Result<Pool> {
         let processes = match self.processes {
@@ -190,12 +195,19 @@ impl PoolBuilder {
         if self.arena_size < 4096 {
             return Err(Error::invalid("arena_size must be at least 4096 bytes"));
         }
-        let ctl = Control::new(processes, self.arena_size)?;
+        if processes > MAX_PROCESSES {
+            return Err(Error::invalid(format!(
+                "processes must be at most {MAX_PROCESSES} (Linux's largest pid_max)"
+            )));
+        }
+        // The channels first: they are cheap, and an absurd worker count meets the fd limit here
+        // before the control segment's per-slot words are written.
         let (channels, worker_channels): (Vec<OwnedFd>, Vec<OwnedFd>) = (0..processes)
             .map(|_| channel::pair())
             .collect::<Result<Vec<_>>>()?
             .into_iter()
             .unzip();
+        let ctl = Control::new(processes, self.arena_size)?;
         let inner = Arc::new(Inner {
             dispatch: Mutex::new(Dispatch::new(
                 &ctl,
