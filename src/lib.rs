@@ -123,6 +123,8 @@ mod queue;
 #[cfg(not(loom))]
 mod result;
 #[cfg(not(loom))]
+mod ser_probe;
+#[cfg(not(loom))]
 mod shm;
 #[cfg(not(loom))]
 mod task;

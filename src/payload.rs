@@ -29,7 +29,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Payload for T {}
 
 /// Whether `T` is a primitive number: no padding, every bit pattern valid, so a slice of it can
 /// cross as its raw bytes.
-fn is_plain_number<T: 'static>() -> bool {
+pub(crate) fn is_plain_number<T: 'static>() -> bool {
     use std::any::TypeId;
     let t = TypeId::of::<T>();
     [
@@ -68,7 +68,8 @@ pub(crate) fn encode_seq<T: Serialize + 'static>(
         return Ok(());
     }
     let taken = std::mem::take(out);
-    *out = postcard::to_extend(items, taken).map_err(|e| e.to_string())?;
+    *out = postcard::to_extend(items, taken)
+        .map_err(|e| crate::ser_probe::serialize_error(&e, items))?;
     Ok(())
 }
 

@@ -97,6 +97,7 @@ use serde::ser::{Serialize, SerializeTuple, Serializer};
 
 use crate::error::{Error, Result};
 use crate::payload::Payload;
+use crate::ser_probe::serialize_error;
 use crate::shm::{Segment, align_up};
 use crate::sync::{AtomicU64, Ordering};
 use crate::wake::{DEFAULT_SPIN, WakeWord};
@@ -960,13 +961,13 @@ fn with_encoded<T: serde::Serialize, R>(
     match postcard::to_slice(item, &mut stack[..limit]) {
         Ok(bytes) => return Ok(f(bytes)),
         Err(postcard::Error::SerializeBufferFull) => {}
-        Err(e) => return Err(Error::codec(e)),
+        Err(e) => return Err(Error::codec(serialize_error(&e, item))),
     }
     let size = postcard::serialize_with_flavor::<T, _, usize>(
         item,
         postcard::ser_flavors::Size::default(),
     )
-    .map_err(Error::codec)?;
+    .map_err(|e| Error::codec(serialize_error(&e, item)))?;
     if size > slot_size {
         return Err(Error::PayloadTooLarge {
             size,
@@ -974,7 +975,8 @@ fn with_encoded<T: serde::Serialize, R>(
         });
     }
     let mut heap = vec![0u8; size];
-    let bytes = postcard::to_slice(item, &mut heap).map_err(Error::codec)?;
+    let bytes =
+        postcard::to_slice(item, &mut heap).map_err(|e| Error::codec(serialize_error(&e, item)))?;
     Ok(f(bytes))
 }
 

@@ -125,10 +125,9 @@ impl<'a> ResultSink<'a> {
                 return self.put_bytes(&[]);
             }
             Err(postcard::Error::SerializeBufferFull) => {}
-            Err(e) => return Err(format!("cannot encode the result: {e}")),
+            Err(e) => return Err(encode_failed(&e, value)),
         }
-        let bytes =
-            postcard::to_allocvec(value).map_err(|e| format!("cannot encode the result: {e}"))?;
+        let bytes = postcard::to_allocvec(value).map_err(|e| encode_failed(&e, value))?;
         self.put_bytes(&bytes)
     }
 
@@ -161,6 +160,14 @@ impl<'a> ResultSink<'a> {
             std::thread::sleep(std::time::Duration::from_micros(20));
         }
     }
+}
+
+/// The message of a result that cannot be encoded (with the serializer's own words).
+fn encode_failed<T: Serialize + ?Sized>(e: &postcard::Error, value: &T) -> String {
+    format!(
+        "cannot encode the result: {}",
+        crate::ser_probe::serialize_error(e, value)
+    )
 }
 
 /// Compile-time check that `F` can cross `fork` as code only.

@@ -394,3 +394,167 @@ fn terminate_fails_an_unfinished_automatic_map() {
     assert!(matches!(r.get(), Err(Error::PoolTerminated)));
     pool.join().unwrap();
 }
+
+/// Input that panics when it reaches item `at`, counting the items it handed out.
+fn panicking_input(at: u64, pulled: &std::cell::Cell<u64>) -> impl Iterator<Item = u64> + '_ {
+    (0u64..10).inspect(move |&x| {
+        if x == at {
+            panic!("bad input {x}");
+        }
+        pulled.set(pulled.get() + 1);
+    })
+}
+
+/// Runs `consume`, returning what it collected before a panic and the panic's message.
+fn until_panic(consume: impl FnOnce(&mut Vec<u64>)) -> (Vec<u64>, Option<String>) {
+    let mut got = Vec::new();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| consume(&mut got)));
+    let message = r.err().map(|p| match p.downcast::<String>() {
+        Ok(s) => *s,
+        Err(_) => "<not a string>".into(),
+    });
+    (got, message)
+}
+
+#[test]
+fn imap_yields_the_results_before_a_panicking_input_then_its_panic() {
+    let _w = common::arm(60);
+    let pool = Pool::new(2).unwrap();
+    // Python: `imap(sq, gen)` where gen raises at item 3 yields 0, 1, 4, then raises.
+    for chunksize in [None, Some(1), Some(2), Some(100)] {
+        for ordered in [true, false] {
+            let pulled = std::cell::Cell::new(0);
+            let (mut got, message) = until_panic(|got| {
+                let it = if ordered {
+                    pool.imap(square, panicking_input(3, &pulled))
+                } else {
+                    pool.imap_unordered(square, panicking_input(3, &pulled))
+                };
+                let it = match chunksize {
+                    Some(n) => it.chunksize(n),
+                    None => it,
+                };
+                for r in it {
+                    got.push(r.unwrap());
+                }
+            });
+            got.sort_unstable();
+            assert_eq!(got, [0, 1, 4], "chunksize {chunksize:?} ordered {ordered}");
+            assert_eq!(message.as_deref(), Some("bad input 3"));
+            assert_eq!(pulled.get(), 3);
+        }
+    }
+    // The pool is unharmed.
+    assert_eq!(pool.map(square, 0..10).unwrap(), squares(10));
+}
+
+#[test]
+fn imap_reads_ahead_a_bounded_window() {
+    let _w = common::arm(60);
+    let pool = Pool::new(2).unwrap();
+    let pulled = std::cell::Cell::new(0u64);
+    let input = (0u64..).inspect(|_| pulled.set(pulled.get() + 1));
+    let mut it = pool.imap(square, input).chunksize(3);
+    assert_eq!(it.next().unwrap().unwrap(), 0);
+    // 8 chunks per worker in flight, plus the one being walked.
+    assert!(
+        pulled.get() <= 3 * (8 * 2 + 1),
+        "{} items read ahead",
+        pulled.get()
+    );
+    let first: Vec<u64> = it.take(200).collect::<Result<_, _>>().unwrap();
+    assert_eq!(first, (1..201).map(square).collect::<Vec<_>>());
+    assert!(pulled.get() <= 201 + 3 * (8 * 2 + 1), "{}", pulled.get());
+}
+
+/// A value that refuses to be serialized when it holds 3 (as a type with a failing
+/// `Serialize` impl would), with the message given to `Error::custom`.
+#[derive(Debug, serde::Deserialize)]
+struct Picky(u32);
+
+impl serde::Serialize for Picky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 3 {
+            return Err(serde::ser::Error::custom(format!(
+                "{} refuses to cross",
+                self.0
+            )));
+        }
+        s.serialize_newtype_struct("Picky", &self.0)
+    }
+}
+
+fn tenfold(p: Picky) -> u32 {
+    p.0 * 10
+}
+
+#[test]
+fn imap_gives_an_item_that_cannot_be_encoded_its_own_error_and_every_other_item_its_result() {
+    let _w = common::arm(60);
+    let pool = Pool::new(2).unwrap();
+    let expected = |i: u32| {
+        if i == 3 {
+            Err("payload codec error: 3 refuses to cross".to_string())
+        } else {
+            Ok(i * 10)
+        }
+    };
+    for chunksize in [None, Some(1), Some(2), Some(4), Some(100)] {
+        let run = |ordered: bool| {
+            let it = if ordered {
+                pool.imap(tenfold, (0..10).map(Picky))
+            } else {
+                pool.imap_unordered(tenfold, (0..10).map(Picky))
+            };
+            let it = match chunksize {
+                Some(n) => it.chunksize(n),
+                None => it,
+            };
+            it.map(|r| r.map_err(|e| e.to_string())).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            run(true),
+            (0..10).map(expected).collect::<Vec<_>>(),
+            "chunksize {chunksize:?}"
+        );
+        let mut unordered = run(false);
+        unordered.sort_by_key(|r| r.as_ref().map_or(30, |v| *v));
+        assert_eq!(
+            unordered,
+            (0..10).map(expected).collect::<Vec<_>>(),
+            "chunksize {chunksize:?}"
+        );
+    }
+}
+
+#[test]
+fn imap_gives_an_item_too_large_for_the_arena_its_own_error() {
+    let _w = common::arm(60);
+    let pool = Pool::builder()
+        .processes(2)
+        .arena_size(4096)
+        .build()
+        .unwrap();
+    // Item 4 alone does not fit; items of 1000 bytes fit three to a chunk, so a chunk of 10 is
+    // cut short and the rest starts the next chunk.
+    let items = || (0..12usize).map(|i| vec![i as u8; if i == 4 { 5000 } else { 1000 }]);
+    for chunksize in [None, Some(1), Some(10)] {
+        let it = pool.imap(|v: Vec<u8>| (v[0], v.len()), items());
+        let it = match chunksize {
+            Some(n) => it.chunksize(n),
+            None => it,
+        };
+        let got: Vec<_> = it.collect();
+        assert_eq!(got.len(), 12, "chunksize {chunksize:?}");
+        for (i, r) in got.into_iter().enumerate() {
+            if i == 4 {
+                assert!(
+                    matches!(r, Err(Error::PayloadTooLarge { capacity: 4096, .. })),
+                    "{r:?}"
+                );
+            } else {
+                assert_eq!(r.unwrap(), (i as u8, 1000), "chunksize {chunksize:?}");
+            }
+        }
+    }
+}

@@ -335,3 +335,48 @@ fn a_result_bigger_than_the_arena_is_an_error_and_the_pool_goes_on() {
     pool.close();
     pool.join().unwrap();
 }
+
+/// Refuses to be serialized when it holds 3, with its own message (as a user's `Serialize` impl
+/// calling `Error::custom` would).
+#[derive(Debug, Deserialize)]
+struct Picky(u32);
+
+impl Serialize for Picky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 3 {
+            return Err(serde::ser::Error::custom(format!(
+                "{} refuses to cross",
+                self.0
+            )));
+        }
+        s.serialize_newtype_struct("Picky", &self.0)
+    }
+}
+
+#[test]
+fn a_failing_serialize_reports_its_own_message() {
+    let _w = common::arm(60);
+    let pool = Pool::new(1).unwrap();
+    // An argument, in the parent.
+    let e = pool.apply(|p: Picky| p.0, Picky(3)).unwrap_err();
+    assert!(
+        matches!(&e, Error::Codec { detail } if detail == "3 refuses to cross"),
+        "{e:?}"
+    );
+    assert_eq!(e.to_string(), "payload codec error: 3 refuses to cross");
+    // A result, in the worker.
+    let e = pool.apply(Picky, 3).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "payload codec error: cannot encode the result: 3 refuses to cross"
+    );
+    // A map's item, and a chunk's result.
+    let e = pool.map(|p: Picky| p.0, (0..5).map(Picky)).unwrap_err();
+    assert_eq!(e.to_string(), "payload codec error: 3 refuses to cross");
+    let e = pool.map(Picky, 0..5).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "payload codec error: cannot encode the result: 3 refuses to cross"
+    );
+    assert_eq!(pool.apply(Picky, 4).unwrap().0, 4);
+}

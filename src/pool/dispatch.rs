@@ -772,27 +772,6 @@ pub(crate) fn encode_items<T: serde::Serialize + 'static>(
     fits(bytes, cap)
 }
 
-/// Like [`encode_items`] for the next `max` items of `items` (fewer if it ends), without
-/// collecting them first; returns the payload and how many items it holds.
-pub(crate) fn encode_items_from<T: serde::Serialize + 'static>(
-    items: impl Iterator<Item = T>,
-    max: usize,
-    cap: usize,
-) -> Result<(Vec<u8>, usize)> {
-    let items = items.take(max);
-    // Sized for the items the iterator promises (exact for slices and ranges), not for `max`: a
-    // huge explicit chunksize over a short input must not reserve the whole arena.
-    let hint = items
-        .size_hint()
-        .0
-        .saturating_mul(size_of::<T>())
-        .saturating_add(16)
-        .min(cap);
-    let mut bytes = Vec::with_capacity(hint);
-    let n = crate::payload::encode_seq_from(items, &mut bytes).map_err(Error::codec)?;
-    Ok((fits(bytes, cap)?, n))
-}
-
 fn fits(bytes: Vec<u8>, cap: usize) -> Result<Vec<u8>> {
     if bytes.len() > cap {
         return Err(Error::PayloadTooLarge {
@@ -808,31 +787,7 @@ pub(crate) fn encode<T: serde::Serialize + ?Sized>(value: &T, cap: usize) -> Res
     // Sized for the common case (fixed-size items encode to at most their in-memory size plus a
     // few bytes), so encoding rarely reallocates.
     let hint = std::mem::size_of_val(value).saturating_add(16).min(cap);
-    let bytes = postcard::to_extend(value, Vec::with_capacity(hint)).map_err(Error::codec)?;
+    let bytes = postcard::to_extend(value, Vec::with_capacity(hint))
+        .map_err(|e| Error::codec(crate::ser_probe::serialize_error(&e, value)))?;
     fits(bytes, cap)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn streamed_chunks_reserve_for_the_items_not_the_chunksize() {
-        // A huge explicit chunksize over ten items: ten items' worth, not the arena.
-        let (payload, n) = encode_items_from(0..10u64, 1 << 30, 64 << 20).unwrap();
-        assert_eq!(n, 10);
-        assert_eq!(payload.len(), 80);
-        assert!(payload.capacity() < 1024, "{}", payload.capacity());
-        // An iterator that promises nothing still encodes everything (the buffer grows).
-        let (payload, n) = encode_items_from((0..1000u64).filter(|_| true), 600, 64 << 20).unwrap();
-        assert_eq!((n, payload.len()), (600, 4800));
-        // Too big for the arena: an error, not a truncated payload.
-        assert!(matches!(
-            encode_items_from(0..100u64, 100, 64),
-            Err(Error::PayloadTooLarge {
-                size: 800,
-                capacity: 64
-            })
-        ));
-    }
 }

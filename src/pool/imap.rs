@@ -1,10 +1,17 @@
 //! The lazy `imap` / `imap_unordered` iterator over a bounded [`Window`] of chunks.
 
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+
+use serde::Serialize;
+
 use crate::error::{Error, Result};
-use crate::payload::Payload;
+use crate::payload::{Payload, encode_seq, encode_seq_from, is_plain_number};
+use crate::ser_probe::serialize_error;
+use crate::task::panic_message;
 
 use super::auto::AutoChunk;
-use super::dispatch::{Completion, Job, TaskResult, encode_items_from};
+use super::dispatch::{Completion, Job, TaskResult};
 use super::window::Window;
 use super::{Pool, decode_chunk_parts};
 
@@ -16,55 +23,184 @@ use super::{Pool, decode_chunk_parts};
 /// stays within a few MiB.
 const WINDOW_PER_WORKER: usize = 8;
 
+/// `(index, error)` pairs of the items of a chunk that failed, ascending.
+type Failures = Vec<(u32, Error)>;
+
+/// What the window delivers for one chunk.
 struct ChunkDone<R> {
-    items: usize,
-    result: Result<Cursor<R>>,
+    /// Items sent to the worker.
+    sent: usize,
+    /// The worker's values, and `(sent index, error)` for each item that panicked, ascending; or
+    /// the failure of the whole job (a dead worker, a terminated pool).
+    outcome: Result<(Vec<R>, Failures)>,
+    /// `(position in the chunk, error)` for each item that could not be encoded (never sent),
+    /// ascending.
+    local: Failures,
     elapsed_ns: u64,
     /// Encoded arguments plus encoded results.
     bytes: usize,
 }
 
-/// Walks a finished chunk in which some items failed, putting each failure at its index. (A chunk
-/// without failures goes straight to `IMap::fast`.)
+/// Walks a finished chunk in which some items failed, putting each failure at its position. (A
+/// chunk without failures goes straight to `IMap::fast`.)
 struct Cursor<R> {
     values: std::vec::IntoIter<R>,
-    /// `(item index, panic message)`, ascending.
-    failures: std::iter::Peekable<std::vec::IntoIter<(u32, String)>>,
-    next_index: u32,
-    worker: usize,
+    /// Failures reported by the worker, by sent index.
+    remote: std::iter::Peekable<std::vec::IntoIter<(u32, Error)>>,
+    /// Items that were never sent, by position.
+    local: std::iter::Peekable<std::vec::IntoIter<(u32, Error)>>,
+    /// The whole job failed: every sent item yields this.
+    failed: Option<Error>,
+    /// Next position, and how many there are (items sent plus items never sent).
+    pos: u32,
+    positions: u32,
+    /// Sent items walked so far.
+    sent: u32,
 }
 
 impl<R> Cursor<R> {
-    #[inline]
-    fn next_item(&mut self) -> Option<Result<R>> {
-        if self.failures.len() == 0 {
-            // Every failure of this chunk has been yielded (a chunk without failures is walked
-            // by `IMap::fast` instead).
-            return self.values.next().map(Ok);
+    fn new(c: ChunkDone<R>) -> Self {
+        let positions = (c.sent + c.local.len()) as u32;
+        let (values, remote, failed) = match c.outcome {
+            Ok((values, remote)) => (values, remote, None),
+            Err(e) => (Vec::new(), Vec::new(), Some(e)),
+        };
+        Cursor {
+            values: values.into_iter(),
+            remote: remote.into_iter().peekable(),
+            local: c.local.into_iter().peekable(),
+            failed,
+            pos: 0,
+            positions,
+            sent: 0,
         }
-        self.next_near_failures()
     }
 
-    /// `next_item` while failures remain: counts items to put each failure at its place.
+    fn remaining(&self) -> usize {
+        (self.positions - self.pos) as usize
+    }
+
     #[cold]
-    fn next_near_failures(&mut self) -> Option<Result<R>> {
-        let i = self.next_index;
-        self.next_index = i.wrapping_add(1);
-        if let Some((_, message)) = self.failures.next_if(|(at, _)| *at == i) {
-            return Some(Err(Error::TaskPanicked {
-                worker: self.worker,
-                message,
-            }));
+    fn next_item(&mut self) -> Option<Result<R>> {
+        if self.pos == self.positions {
+            return None;
         }
-        self.values.next().map(Ok)
+        let p = self.pos;
+        self.pos += 1;
+        if let Some((_, e)) = self.local.next_if(|(at, _)| *at == p) {
+            return Some(Err(e));
+        }
+        let s = self.sent;
+        self.sent += 1;
+        if let Some(e) = &self.failed {
+            return Some(Err(e.clone()));
+        }
+        if let Some((_, e)) = self.remote.next_if(|(at, _)| *at == s) {
+            return Some(Err(e));
+        }
+        // The completion checked that values and failures add up to the items sent, so this
+        // runs short only if the worker numbered its failures wrongly.
+        Some(
+            self.values.next().ok_or_else(|| {
+                Error::codec("a chunk result numbers its failed items out of range")
+            }),
+        )
     }
 }
 
-/// What `next` yields from: the chunk being walked, or one error repeated for a failed chunk.
-enum Current<R> {
-    Idle,
-    Chunk(Cursor<R>),
-    Failed(Error, usize),
+/// Why the input stopped early: surfaced after every result before it.
+enum End {
+    /// The input iterator panicked: the panic resumes in the consumer's `next`.
+    Panic(Box<dyn std::any::Any + Send>),
+}
+
+/// A chunk ready to submit.
+struct Built {
+    payload: Vec<u8>,
+    /// Items in `payload`.
+    sent: usize,
+    /// Items of this chunk that could not be encoded, by position.
+    local: Failures,
+}
+
+fn varint_len(mut n: usize) -> usize {
+    let mut len = 1;
+    while n >= 0x80 {
+        n >>= 7;
+        len += 1;
+    }
+    len
+}
+
+/// Appends `n` as postcard writes a sequence's length (unsigned LEB128).
+fn write_varint(mut n: usize, out: &mut Vec<u8>) {
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Encodes `items` one by one into the chunk wire format (`payload::encode_seq`): an item that
+/// cannot be encoded, or that alone does not fit `cap`, becomes a failure at its position; once
+/// the chunk is full, the items that did not fit go back to the front of `pending`.
+fn encode_each<A: Serialize + 'static>(
+    items: Vec<A>,
+    cap: usize,
+    pending: &mut VecDeque<A>,
+) -> Built {
+    let mut body = Vec::new();
+    let mut local = Vec::new();
+    let mut sent = 0usize;
+    let mut items = items.into_iter().enumerate();
+    while let Some((i, item)) = items.next() {
+        let start = body.len();
+        let encoded = catch_unwind(AssertUnwindSafe(|| {
+            postcard::to_io(&item, &mut body).map(drop)
+        }));
+        let failure = match encoded {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(Error::codec(serialize_error(&e, &item))),
+            Err(p) => Some(Error::codec(format!(
+                "Serialize panicked: {}",
+                panic_message(&*p)
+            ))),
+        };
+        if let Some(e) = failure {
+            body.truncate(start);
+            local.push((i as u32, e));
+            continue;
+        }
+        let size = body.len() - start;
+        if size + varint_len(1) > cap {
+            body.truncate(start);
+            local.push((
+                i as u32,
+                Error::PayloadTooLarge {
+                    size,
+                    capacity: cap,
+                },
+            ));
+        } else if body.len() + varint_len(sent + 1) > cap {
+            // Full: this item and the rest start the next chunk.
+            body.truncate(start);
+            let rest: Vec<A> = std::iter::once(item).chain(items.map(|(_, a)| a)).collect();
+            for a in rest.into_iter().rev() {
+                pending.push_front(a);
+            }
+            break;
+        } else {
+            sent += 1;
+        }
+    }
+    let mut payload = Vec::with_capacity(body.len() + varint_len(sent));
+    write_varint(sent, &mut payload);
+    payload.extend_from_slice(&body);
+    Built {
+        payload,
+        sent,
+        local,
+    }
 }
 
 /// Iterator returned by [`Pool::imap`] and [`Pool::imap_unordered`].
@@ -74,9 +210,36 @@ enum Current<R> {
 /// [`chunksize`](IMap::chunksize), chunks start at one item and grow with the measured cost per
 /// item until each takes about 200 µs of worker time or holds about 128 KiB of arguments and
 /// results (see [the rule](crate#automatic-chunksize)).
+///
+/// # Failures
+///
+/// Like Python's `imap`, a failure belongs to its item, and everything else still arrives:
+///
+/// * an item whose task panicked yields [`Error::TaskPanicked`] at its place;
+/// * an item that cannot be encoded ([`Error::Codec`], with the serializer's message) or does not
+///   fit the arena on its own ([`Error::PayloadTooLarge`]) yields that error at its place, and is
+///   never sent;
+/// * a chunk whose worker died yields [`Error::WorkerDied`] for each of its items;
+/// * if the input iterator itself panics, the results of every item before it are yielded first,
+///   then the panic resumes out of `next` (Python raises the generator's exception at its
+///   position), and the iterator ends.
+///
+/// # Examples
+///
+/// ```
+/// let pool = shmpool::Pool::new(2)?;
+/// let results: Vec<_> = pool
+///     .imap(|x: u32| if x == 2 { panic!("two") } else { x }, 0..4)
+///     .collect();
+/// assert_eq!(results[1].as_ref().ok(), Some(&1));
+/// assert!(matches!(results[2], Err(shmpool::Error::TaskPanicked { .. })));
+/// assert_eq!(results[3].as_ref().ok(), Some(&3));
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+#[must_use = "iterators are lazy: an `IMap` submits nothing until it is iterated"]
 pub struct IMap<'p, I: Iterator, R> {
     pool: &'p Pool,
-    input: std::iter::Fuse<I>,
+    feed: Feed<I>,
     call: usize,
     ordered: bool,
     /// Fixed chunksize, or `None` to adapt.
@@ -88,7 +251,7 @@ pub struct IMap<'p, I: Iterator, R> {
     /// The values of the chunk being walked when none of its items failed: what `next` yields
     /// from on its fast path. A chunk with failures is walked through `current` instead.
     fast: std::vec::IntoIter<R>,
-    current: Current<R>,
+    current: Option<Cursor<R>>,
     /// Most chunks held by `chunks`.
     limit: usize,
     /// An error to yield before anything else (bad chunksize).
@@ -115,14 +278,14 @@ where
     pub(crate) fn new(pool: &'p Pool, input: I, call: usize, ordered: bool) -> Self {
         IMap {
             pool,
-            input: input.fuse(),
+            feed: Feed::new(input),
             call,
             ordered,
             fixed: None,
             auto: AutoChunk::new(),
             chunks: Window::new(ordered),
             fast: Vec::new().into_iter(),
-            current: Current::Idle,
+            current: None,
             limit: WINDOW_PER_WORKER * pool.processes(),
             error: None,
             finished: false,
@@ -130,6 +293,18 @@ where
     }
 
     /// Sends `n` items per task instead of adapting. `0` is an error, yielded as the first item.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let doubled: Vec<u32> = pool
+    ///     .imap(|x: u32| x * 2, 0..100)
+    ///     .chunksize(10)
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(doubled[99], 198);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn chunksize(mut self, n: usize) -> Self {
         if n == 0 {
             self.error = Some(Error::invalid("chunksize must be at least 1"));
@@ -145,45 +320,85 @@ where
     }
 
     /// Submits chunks until the window is full or the input ends.
-    fn fill(&mut self) -> Result<()> {
-        while self.chunks.held() < self.limit {
+    fn fill(&mut self) {
+        while self.chunks.held() < self.limit && self.feed.end.is_none() && !self.feed.exhausted() {
             let size = self.next_chunksize();
-            let (payload, items) =
-                encode_items_from(self.input.by_ref(), size, self.pool.arena_cap())?;
-            if items == 0 {
-                return Ok(());
+            let Built {
+                payload,
+                sent,
+                local,
+            } = self.feed.build(size, self.pool.arena_cap());
+            let send = self.chunks.sender();
+            if sent == 0 {
+                if local.is_empty() {
+                    return;
+                }
+                // Nothing of this chunk could be encoded: its errors are its outcome.
+                send(ChunkDone {
+                    sent,
+                    outcome: Ok((Vec::new(), Vec::new())),
+                    local,
+                    elapsed_ns: 0,
+                    bytes: 0,
+                });
+                self.chunks.submitted();
+                continue;
             }
             let arg_bytes = payload.len();
-            let send = self.chunks.sender();
-            let done: Completion = Box::new(move |r: TaskResult<'_>| {
-                let (elapsed_ns, result_bytes) = r.cost();
-                let result =
-                    decode_chunk_parts::<R>(r).map(|((values, failures), worker)| Cursor {
-                        values: values.into_iter(),
-                        failures: failures.into_iter().peekable(),
-                        next_index: 0,
-                        worker,
+            // A second sender for the same chunk, in case the pool refuses the job (then the
+            // completion never runs).
+            let refused = self.chunks.sender();
+            let done: Completion = {
+                let local = local.clone();
+                Box::new(move |r: TaskResult<'_>| {
+                    let (elapsed_ns, result_bytes) = r.cost();
+                    let outcome = decode_chunk_parts::<R>(r).and_then(|((values, failed), w)| {
+                        if values.len() + failed.len() != sent {
+                            return Err(Error::codec(format!(
+                                "a chunk result holds {} values and {} failures for {sent} items",
+                                values.len(),
+                                failed.len()
+                            )));
+                        }
+                        let failed = failed
+                            .into_iter()
+                            .map(|(i, message)| (i, panicked(w, message)))
+                            .collect();
+                        Ok((values, failed))
                     });
-                send(ChunkDone {
-                    items,
-                    result,
-                    elapsed_ns,
-                    bytes: arg_bytes + result_bytes,
+                    send(ChunkDone {
+                        sent,
+                        outcome,
+                        local,
+                        elapsed_ns,
+                        bytes: arg_bytes + result_bytes,
+                    });
+                })
+            };
+            if let Err(e) = self.pool.submit(vec![Job::new(payload, self.call, done)]) {
+                // Refused (the pool was closed or terminated): every item of this chunk reports
+                // it, and no more input is taken.
+                refused(ChunkDone {
+                    sent,
+                    outcome: Err(e),
+                    local,
+                    elapsed_ns: 0,
+                    bytes: 0,
                 });
-            });
-            self.pool.submit(vec![Job::new(payload, self.call, done)])?;
+                self.feed.done = true;
+                self.feed.pending.clear();
+            }
             self.chunks.submitted();
         }
-        Ok(())
     }
 
     fn learn(&mut self, c: &ChunkDone<R>) {
-        if self.fixed.is_none() {
-            self.auto.learn(c.items, c.elapsed_ns, c.bytes);
+        if self.fixed.is_none() && c.sent > 0 {
+            self.auto.learn(c.sent, c.elapsed_ns, c.bytes);
         }
     }
 
-    /// Everything but the fast path of `next`: a pending error, a failed chunk's items, and
+    /// Everything but the fast path of `next`: a pending error, a chunk with failures, and
     /// moving on to the next chunk (submitting more to keep the window full).
     #[inline(never)]
     fn next_slow(&mut self) -> Option<Result<R>> {
@@ -195,49 +410,168 @@ where
             if let Some(v) = self.fast.next() {
                 return Some(Ok(v));
             }
-            match &mut self.current {
-                Current::Chunk(cursor) => {
-                    if let Some(x) = cursor.next_item() {
-                        return Some(x);
-                    }
+            if let Some(cursor) = &mut self.current {
+                if let Some(x) = cursor.next_item() {
+                    return Some(x);
                 }
-                Current::Failed(e, left) if *left > 0 => {
-                    *left -= 1;
-                    return Some(Err(e.clone()));
-                }
-                _ => {}
+                self.current = None;
             }
-            self.current = Current::Idle;
             if self.finished {
                 return None;
             }
-            if let Err(e) = self.fill() {
-                self.finished = true;
-                return Some(Err(e));
-            }
+            self.fill();
             match self.chunks.next(self.pool) {
                 Some(c) => {
                     self.learn(&c);
                     self.accept(c);
                 }
                 None => {
+                    // Everything before the input's end has been yielded: now its panic.
                     self.finished = true;
-                    return None;
+                    match self.feed.end.take() {
+                        Some(End::Panic(p)) => resume_unwind(p),
+                        None => return None,
+                    }
                 }
             }
         }
     }
 
     fn accept(&mut self, c: ChunkDone<R>) {
-        self.current = match c.result {
-            Ok(cursor) if cursor.failures.len() == 0 => {
-                self.fast = cursor.values;
-                Current::Idle
+        match c.outcome {
+            Ok((values, remote)) if remote.is_empty() && c.local.is_empty() => {
+                self.fast = values.into_iter();
             }
-            Ok(cursor) => Current::Chunk(cursor),
-            Err(e) => Current::Failed(e, c.items),
-        };
+            _ => self.current = Some(Cursor::new(c)),
+        }
     }
+}
+
+/// The input side of an `imap`: cuts the input into chunks and encodes them.
+struct Feed<I: Iterator> {
+    input: I,
+    /// The input returned `None` or panicked: it is not called again.
+    done: bool,
+    /// Items taken from the input that did not fit the last chunk; they start the next one.
+    pending: VecDeque<I::Item>,
+    /// How the input stopped early, to surface once everything before it has been yielded.
+    end: Option<End>,
+}
+
+impl<I> Feed<I>
+where
+    I: Iterator,
+    I::Item: Serialize + 'static,
+{
+    fn new(input: I) -> Self {
+        Feed {
+            input,
+            done: false,
+            pending: VecDeque::new(),
+            end: None,
+        }
+    }
+
+    /// Whether no item is left to take.
+    fn exhausted(&self) -> bool {
+        self.done && self.pending.is_empty()
+    }
+
+    /// Hands `consume` an iterator over at most `max` items of the input and returns how many
+    /// it took. A panic of the input ends the input: it is kept in `end`, and the items taken
+    /// before it stay taken.
+    fn pull(&mut self, max: usize, consume: impl for<'a> FnOnce(Counted<'a, I>)) -> usize {
+        if self.done || max == 0 {
+            return 0;
+        }
+        let mut got = 0;
+        let counted = Counted {
+            inner: self.input.by_ref().take(max),
+            n: &mut got,
+        };
+        // One `catch_unwind` per chunk, not per item: the loop inside stays a plain loop.
+        let pulled = catch_unwind(AssertUnwindSafe(|| consume(counted)));
+        match pulled {
+            Ok(()) => self.done = got < max,
+            Err(p) => {
+                self.done = true;
+                self.end = Some(End::Panic(p));
+            }
+        }
+        got
+    }
+
+    /// The next chunk of at most `size` items (empty once the input is exhausted).
+    fn build(&mut self, size: usize, cap: usize) -> Built {
+        if is_plain_number::<I::Item>() {
+            // Numbers always encode, to their raw bytes: stream them straight into the payload.
+            // (`pending` stays empty for them: only `encode_each` puts items back.)
+            debug_assert!(self.pending.is_empty());
+            let max = size.min(cap / size_of::<I::Item>()).max(1);
+            // Sized for the items the input promises (exact for ranges and slices), not for
+            // `max`: a huge explicit chunksize over a short input must not reserve the arena.
+            let mut bytes = Vec::with_capacity(
+                self.input
+                    .size_hint()
+                    .0
+                    .min(max)
+                    .saturating_mul(size_of::<I::Item>()),
+            );
+            let sent = self.pull(max, |items| {
+                encode_seq_from(items, &mut bytes).expect("numbers always encode");
+            });
+            return Built {
+                payload: bytes,
+                sent,
+                local: Vec::new(),
+            };
+        }
+        let from_pending = size.min(self.pending.len());
+        let mut items: Vec<I::Item> = self.pending.drain(..from_pending).collect();
+        items.reserve(self.input.size_hint().0.min(size - from_pending));
+        self.pull(size - from_pending, |more| {
+            for a in more {
+                items.push(a);
+            }
+        });
+        // The common case: the whole chunk encodes at once and fits.
+        let mut bytes = Vec::new();
+        let whole = catch_unwind(AssertUnwindSafe(|| encode_seq(&items, &mut bytes)));
+        if matches!(whole, Ok(Ok(()))) && bytes.len() <= cap {
+            return Built {
+                payload: bytes,
+                sent: items.len(),
+                local: Vec::new(),
+            };
+        }
+        encode_each(items, cap, &mut self.pending)
+    }
+}
+
+/// The input, limited to one chunk's items, counting what it yields.
+struct Counted<'a, I> {
+    inner: std::iter::Take<&'a mut I>,
+    n: &'a mut usize,
+}
+
+impl<I: Iterator> Iterator for Counted<'_, I> {
+    type Item = I::Item;
+
+    #[inline]
+    fn next(&mut self) -> Option<I::Item> {
+        let item = self.inner.next()?;
+        *self.n += 1;
+        Some(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
+/// The error of an item that panicked in worker `worker`.
+fn panicked(worker: usize, message: String) -> Error {
+    Error::TaskPanicked { worker, message }
 }
 
 impl<I, R> Iterator for IMap<'_, I, R>
@@ -263,12 +597,78 @@ where
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         // At least what is left of the chunk being walked; the input's length is not known.
-        let walking = self.fast.len()
-            + match &self.current {
-                Current::Chunk(cursor) => cursor.values.len() + cursor.failures.len(),
-                Current::Failed(_, left) => *left,
-                Current::Idle => 0,
-            };
+        let walking = self.fast.len() + self.current.as_ref().map_or(0, Cursor::remaining);
         (walking, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streamed_chunks_reserve_for_the_items_not_the_chunksize() {
+        // A huge explicit chunksize over ten items: ten items' worth, not the arena.
+        let mut feed = Feed::new(0..10u64);
+        let built = feed.build(1 << 30, 64 << 20);
+        assert_eq!((built.sent, built.payload.len()), (10, 80));
+        assert!(
+            built.payload.capacity() < 1024,
+            "{}",
+            built.payload.capacity()
+        );
+        assert!(feed.exhausted());
+        // An iterator that promises nothing still encodes everything (the buffer grows).
+        let mut feed = Feed::new((0..1000u64).filter(|_| true));
+        let built = feed.build(600, 64 << 20);
+        assert_eq!((built.sent, built.payload.len()), (600, 4800));
+        assert!(!feed.exhausted());
+        // More numbers than the arena holds: the chunk stops at the arena's size.
+        let built = Feed::new(0..100u64).build(100, 64);
+        assert_eq!((built.sent, built.payload.len()), (8, 64));
+    }
+
+    #[test]
+    fn the_length_prefix_is_postcards() {
+        for n in [0usize, 1, 127, 128, 300, 16_383, 16_384, usize::MAX] {
+            let mut ours = Vec::new();
+            write_varint(n, &mut ours);
+            assert_eq!(ours, postcard::to_allocvec(&n).unwrap(), "{n}");
+            assert_eq!(ours.len(), varint_len(n));
+        }
+    }
+
+    #[test]
+    fn a_full_chunk_leaves_the_rest_for_the_next_and_the_wire_format_holds() {
+        let items: Vec<String> = (0..10)
+            .map(|i| "x".repeat(if i == 2 { 100 } else { 20 }))
+            .collect();
+        let mut feed = Feed::new(items.clone().into_iter());
+        // 64 bytes: 1 of length prefix, then 21-byte strings fit three at a time, and the
+        // 101-byte item alone never fits.
+        let mut chunks = Vec::new();
+        loop {
+            let built = feed.build(10, 64);
+            if built.sent == 0 && built.local.is_empty() {
+                break;
+            }
+            assert!(built.payload.len() <= 64);
+            let decoded: Vec<String> = postcard::from_bytes(&built.payload).unwrap();
+            assert_eq!(decoded.len(), built.sent);
+            let local: Vec<u32> = built.local.iter().map(|(i, _)| *i).collect();
+            chunks.push((decoded, local));
+        }
+        let sizes: Vec<(usize, Vec<u32>)> =
+            chunks.iter().map(|(d, l)| (d.len(), l.clone())).collect();
+        // First chunk: items 0, 1 sent, item 2 too large (position 2), item 3 sent, item 4 full.
+        assert_eq!(sizes[0], (3, vec![2]));
+        let all: Vec<String> = chunks.into_iter().flat_map(|(d, _)| d).collect();
+        let expected: Vec<String> = items
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 2)
+            .map(|(_, s)| s)
+            .collect();
+        assert_eq!(all, expected);
     }
 }
