@@ -129,6 +129,8 @@ mod shm;
 #[cfg(not(loom))]
 mod task;
 #[cfg(not(loom))]
+mod unwind;
+#[cfg(not(loom))]
 mod worker;
 
 #[cfg(not(loom))]

@@ -84,3 +84,100 @@ fn successful_after_an_err_was_taken_stays_false() {
     );
     assert_eq!(r.successful(), Some(true));
 }
+
+/// A value whose `Deserialize` panics in the parent (never in a worker) when it holds 13, and
+/// whose `Serialize` panics in the parent when it holds 666.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Touchy(u64);
+
+impl serde::Serialize for Touchy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 666 && shmpool::current_worker().is_none() {
+            panic!("Touchy refuses to encode 666");
+        }
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Touchy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u64::deserialize(d)?;
+        if v == 13 && shmpool::current_worker().is_none() {
+            panic!("Touchy refuses to decode 13");
+        }
+        Ok(Touchy(v))
+    }
+}
+
+fn touchy(x: u64) -> Touchy {
+    Touchy(x)
+}
+
+fn untouchy(t: Touchy) -> u64 {
+    t.0
+}
+
+/// A panicking `Deserialize` of a result fails that call with an error (whichever thread
+/// decodes it: the collector thread or a caller collecting for itself), and the pool serves on:
+/// counters stay right, so `join` returns.
+#[test]
+fn a_panicking_result_decode_fails_that_call_and_the_pool_serves_on() {
+    let _w = common::arm(120);
+    let pool = Pool::new(2).unwrap();
+    // Decoded by whoever collects first; nobody waits on most of them.
+    let pending: Vec<_> = (0..40u64)
+        .map(|i| {
+            pool.apply_async(touchy, if i % 4 == 0 { 13 } else { 100 + i })
+                .unwrap()
+        })
+        .collect();
+    // Decoded by this very thread (it collects while it waits).
+    let e = pool.apply(touchy, 13).unwrap_err();
+    assert!(matches!(e, Error::Codec { .. }), "{e:?}");
+    assert!(e.to_string().contains("Touchy refuses to decode 13"), "{e}");
+    for (i, r) in pending.into_iter().enumerate() {
+        match r.get() {
+            Ok(t) => assert_eq!(t, Touchy(100 + i as u64)),
+            Err(e) => {
+                assert_eq!(i % 4, 0, "{e}");
+                assert!(matches!(e, Error::Codec { .. }), "{e:?}");
+            }
+        }
+    }
+    // Chunked and automatic maps decode chunks of them: the map fails, nothing else.
+    assert!(matches!(
+        pool.map_chunked(touchy, 0..100u64, 7),
+        Err(Error::Codec { .. })
+    ));
+    assert!(matches!(
+        pool.map(touchy, 0..100u64),
+        Err(Error::Codec { .. })
+    ));
+    let imap: Vec<_> = pool.imap(touchy, 10..20u64).collect();
+    assert!(imap.iter().any(|r| matches!(r, Err(Error::Codec { .. }))));
+    assert_eq!(pool.apply(double, 4).unwrap(), 8);
+    assert_eq!(pool.map(double, 0..1000u64).unwrap().len(), 1000);
+    pool.close();
+    pool.join().unwrap();
+}
+
+/// The automatic `map` encodes its later chunks on a pool thread (a chunk's completion submits
+/// the next): a panicking `Serialize` there fails the `map`, and `join` still returns.
+#[test]
+fn a_panicking_encode_of_a_later_map_chunk_fails_the_map_and_the_pool_serves_on() {
+    let _w = common::arm(120);
+    let pool = Pool::new(2).unwrap();
+    let items: Vec<Touchy> = (0..2000u64).map(Touchy).collect();
+    let e = pool.map(untouchy, items).unwrap_err();
+    assert!(
+        e.to_string().contains("Touchy refuses to encode 666"),
+        "{e}"
+    );
+    assert_eq!(
+        pool.map(untouchy, (0..600u64).map(Touchy)).unwrap().len(),
+        600
+    );
+    assert_eq!(pool.apply(double, 4).unwrap(), 8);
+    pool.close();
+    pool.join().unwrap();
+}

@@ -14,9 +14,11 @@
 //!
 //! One collector thread per pool owns the consumer side of every result ring. For each result it
 //! pops the matching in-flight record (results come back in ring order, so it is the front one;
-//! anything else is a protocol breach), frees the argument space, refills the ring, runs the
-//! job's completion (which decodes the value straight out of the result arena) and then
-//! publishes `result_freed` so the worker can reuse that space.
+//! anything else is a protocol breach), frees the argument space, refills the ring, checks the
+//! result's place (`check_result_place`), copies the result out of the result arena and
+//! publishes `result_freed` so the worker can reuse that space, and then runs the job's
+//! completion on the private copy (the worker can no longer change the bytes being decoded).
+//! Completions run user code (`Deserialize`); see `unwind` for how its panics are contained.
 //!
 //! # Death
 //!
@@ -35,7 +37,7 @@ use crate::channel::{SegmentShare, SentSegments};
 use crate::control::{Control, RUNNING};
 use crate::error::{Error, Result};
 use crate::process::{decode_status, reap_server};
-use crate::ring::{Consumer, Descriptor, Producer, STATUS_OK, STATUS_PANICKED};
+use crate::ring::{Consumer, Descriptor, Producer, STATUS_ERROR, STATUS_OK, STATUS_PANICKED};
 use crate::sync::Ordering;
 use crate::worker::EXIT_INIT_FAILED;
 
@@ -535,20 +537,40 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor) {
     fail_refused(inner, refused);
     let offset = d.offset as usize;
     let len = d.len as usize;
-    // Acquire: our own last store, no partner needed.
+    // Relaxed: our own last store (only the holder of the collector role writes it), no partner.
     let freed = ctl.slot(s).result_freed.load(Ordering::Relaxed);
-    if offset.checked_add(len).is_none_or(|e| e > cap) || d.arena_end < freed {
-        done(TaskResult::Err(Error::WorkerCorrupted {
-            worker: s,
-            detail: format!("result at {offset}+{len} outside the arena of {cap} bytes"),
-        }));
+    if let Some(detail) = check_result_place(offset, len, d.arena_end, freed, cap) {
+        complete(
+            done,
+            TaskResult::Err(Error::WorkerCorrupted {
+                worker: s,
+                detail: detail.clone(),
+            }),
+        );
         finished(inner, 1);
-        corrupted(inner, s, "result outside the arena".into());
+        corrupted(inner, s, detail);
         return;
     }
-    // SAFETY: bounds checked above. The worker wrote these bytes before publishing the descriptor
-    // (ring-publish) and will not reuse them until we publish `result_freed` past them below.
-    let bytes = unsafe { std::slice::from_raw_parts(ctl.result_arena(s).add(offset), len) };
+    // Shared memory is input from another process: copy the result out first, then decode the
+    // copy. The worker (buggy, or scribbling through a stray pointer) could otherwise change bytes
+    // under the decoder. The copy is also what lets us give the region back before decoding.
+    let mut buf = take_scratch();
+    buf.clear();
+    buf.reserve(len);
+    // SAFETY: `offset + len <= cap` was checked above, so the source lies in slot `s`'s result
+    // arena; `buf` has room for `len` bytes and is not shared memory, so the ranges cannot
+    // overlap. The worker wrote the bytes before publishing the descriptor (ring-publish); a
+    // worker that breaks that promise can only make us copy garbage, which the decoder (or the
+    // status check below) rejects: the copy is a plain byte copy, valid for any bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(ctl.result_arena(s).add(offset), buf.as_mut_ptr(), len);
+        buf.set_len(len);
+    }
+    // Release, SYNC: result-free — our copy is done; the worker may reuse the region.
+    ctl.slot(s)
+        .result_freed
+        .store(d.arena_end, Ordering::Release);
+    let bytes = &buf[..];
     let r = match d.status {
         STATUS_OK => TaskResult::Ok {
             bytes,
@@ -559,16 +581,79 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor) {
             worker: s,
             message: String::from_utf8_lossy(bytes).into_owned(),
         }),
-        _ => TaskResult::Err(Error::Codec {
+        STATUS_ERROR => TaskResult::Err(Error::Codec {
             detail: String::from_utf8_lossy(bytes).into_owned(),
         }),
+        status => {
+            let detail = format!("result with unknown status {status}");
+            complete(
+                done,
+                TaskResult::Err(Error::WorkerCorrupted {
+                    worker: s,
+                    detail: detail.clone(),
+                }),
+            );
+            put_scratch(buf);
+            finished(inner, 1);
+            corrupted(inner, s, detail);
+            return;
+        }
     };
-    done(r);
-    // Release, SYNC: result-free — our reads of the region happen before the worker reuses it.
-    ctl.slot(s)
-        .result_freed
-        .store(d.arena_end, Ordering::Release);
+    complete(done, r);
+    put_scratch(buf);
     finished(inner, 1);
+}
+
+/// Checks a result's place as its worker described it; `Some(why)` if it breaks the arena's
+/// rules. Both sides of every value are checked: the region must lie in the arena, and the new
+/// `arena_end` (which we publish as `result_freed`, and which every later worker of the slot then
+/// adopts as its head) must neither go back (`< freed`) nor run ahead of anything a FIFO arena of
+/// `cap` bytes can produce: a worker allocates at most one lap past the last position we freed,
+/// plus one restart at the next lap start (see `arena`), so `arena_end <= freed + 2 * cap`.
+pub(crate) fn check_result_place(
+    offset: usize,
+    len: usize,
+    arena_end: u64,
+    freed: u64,
+    cap: usize,
+) -> Option<String> {
+    if offset.checked_add(len).is_none_or(|e| e > cap) {
+        return Some(format!(
+            "result at {offset}+{len} outside the arena of {cap} bytes"
+        ));
+    }
+    let limit = freed.saturating_add(2 * cap as u64);
+    if arena_end < freed || arena_end > limit {
+        return Some(format!(
+            "result arena position {arena_end} outside {freed}..={limit}"
+        ));
+    }
+    None
+}
+
+/// Runs a job's completion (user code: the result's `Deserialize`, a `map`'s next chunks) so
+/// that a panic in it cannot unwind through the collector or a helping caller. The decoders turn
+/// their own panics into the job's error (`unwind::catch`); what is left (a `Drop` of the user's)
+/// is reported and ignored, and the caller still counts the job as finished.
+fn complete(done: Completion, r: TaskResult<'_>) {
+    crate::unwind::guard("a task's completion", move || done(r));
+}
+
+thread_local! {
+    /// A result's private copy, reused between results on the same thread.
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The scratch buffer (taken out, so a nested use gets a fresh one rather than sharing it).
+fn take_scratch() -> Vec<u8> {
+    SCRATCH.with(std::cell::Cell::take)
+}
+
+/// Gives the scratch buffer back, unless it grew past 1 MiB (a one-off big result).
+fn put_scratch(buf: Vec<u8>) {
+    if buf.capacity() <= 1 << 20 {
+        SCRATCH.with(|c| c.set(buf));
+    }
 }
 
 /// Handles the reaped worker of slot `s`; returns whether a replacement was requested.

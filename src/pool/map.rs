@@ -88,7 +88,10 @@ fn feed<A: Payload, R: Payload>(inner: &Arc<Inner>, driver: &Shared<A, R>) {
         while !d.failed && d.in_flight < window && d.next < d.items.len() {
             let n = d.auto.next(Some(d.items.len() - d.next), processes);
             let (first, end) = (d.next, d.next + n);
-            match encode_items(&d.items[first..end], cap) {
+            // The user's `Serialize` runs here, often on a pool thread (a chunk's completion
+            // feeds the next): a panic fails this `map` only.
+            let chunk = &d.items[first..end];
+            match crate::unwind::catch("encoding the items", || encode_items(chunk, cap)) {
                 Ok(payload) => {
                     let done = completion(
                         Arc::downgrade(inner),

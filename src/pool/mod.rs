@@ -913,7 +913,10 @@ fn clone_ok<'a>(r: &TaskResult<'a>) -> TaskResult<'a> {
 
 pub(crate) fn decode_result<R: DeserializeOwned>(r: TaskResult<'_>) -> Result<R> {
     match r {
-        TaskResult::Ok { bytes, .. } => postcard::from_bytes(bytes).map_err(Error::codec),
+        // The user's `Deserialize` runs here, on a pool thread: a panic fails this result only.
+        TaskResult::Ok { bytes, .. } => crate::unwind::catch("decoding the result", || {
+            postcard::from_bytes(bytes).map_err(Error::codec)
+        }),
         TaskResult::Err(e) => Err(e),
     }
 }
@@ -926,7 +929,9 @@ pub(crate) fn decode_chunk_values<R: DeserializeOwned + 'static>(
     match r {
         TaskResult::Ok { bytes, worker, .. } => {
             let (values, mut failures): ChunkOut<R> =
-                decode_chunk_out(bytes).map_err(Error::codec)?;
+                crate::unwind::catch("decoding the results", || {
+                    decode_chunk_out(bytes).map_err(Error::codec)
+                })?;
             if failures.is_empty() {
                 Ok(values)
             } else {
@@ -946,7 +951,9 @@ pub(crate) fn decode_chunk_parts<R: DeserializeOwned + 'static>(
 ) -> Result<(ChunkOut<R>, usize)> {
     match r {
         TaskResult::Ok { bytes, worker, .. } => {
-            let out: ChunkOut<R> = decode_chunk_out(bytes).map_err(Error::codec)?;
+            let out: ChunkOut<R> = crate::unwind::catch("decoding the results", || {
+                decode_chunk_out(bytes).map_err(Error::codec)
+            })?;
             Ok((out, worker))
         }
         TaskResult::Err(e) => Err(e),
