@@ -59,6 +59,19 @@ pub(crate) fn help_while_waiting(
     finished
 }
 
+/// What runs with a result before it is published (a callback); it publishes it when done.
+pub(crate) type Hook<R> = Box<dyn FnOnce(Result<R>) + Send>;
+
+/// Whether a cell's outcome goes through a hook first.
+enum Before<R> {
+    /// No hook: `set` publishes at once.
+    Nothing,
+    /// `set` hands the outcome to this hook (once).
+    Hook(Hook<R>),
+    /// The hook has the outcome; later `set`s are ignored.
+    Claimed,
+}
+
 /// The shared cell a completion fills and an [`AsyncResult`] reads.
 pub(crate) struct ResultCell<R> {
     state: Mutex<State<R>>,
@@ -66,6 +79,7 @@ pub(crate) struct ResultCell<R> {
     /// 1 once `state` is `Ready`; lets waiters spin without the lock.
     ready: AtomicU32,
     helper: Option<Weak<dyn Helper>>,
+    before: Mutex<Before<R>>,
 }
 
 impl<R> ResultCell<R> {
@@ -75,11 +89,45 @@ impl<R> ResultCell<R> {
             cond: Condvar::new(),
             ready: AtomicU32::new(0),
             helper,
+            before: Mutex::new(Before::Nothing),
         })
     }
 
-    /// Stores the outcome (only the first one counts) and wakes every waiter.
+    /// A cell whose outcome goes to `hook` first; the hook publishes it (see
+    /// [`publish`](ResultCell::publish)) when it is done, so a callback has returned before any
+    /// waiter sees the result.
+    pub(crate) fn with_hook(
+        helper: Option<Weak<dyn Helper>>,
+        hook: impl FnOnce(&Weak<Self>) -> Hook<R>,
+    ) -> Arc<Self> {
+        let cell = Self::new(helper);
+        let h = hook(&Arc::downgrade(&cell));
+        *cell.before.lock().unwrap_or_else(|e| e.into_inner()) = Before::Hook(h);
+        cell
+    }
+
+    /// Delivers the outcome (only the first one counts): to the hook if there is one, otherwise
+    /// straight to the waiters.
     pub(crate) fn set(&self, r: Result<R>) {
+        let hook = {
+            let mut before = self.before.lock().unwrap_or_else(|e| e.into_inner());
+            match std::mem::replace(&mut *before, Before::Claimed) {
+                Before::Hook(h) => Some(h),
+                Before::Claimed => return,
+                Before::Nothing => {
+                    *before = Before::Nothing;
+                    None
+                }
+            }
+        };
+        match hook {
+            Some(h) => h(r),
+            None => self.publish(r),
+        }
+    }
+
+    /// Stores the outcome (only the first one counts) and wakes every waiter.
+    pub(crate) fn publish(&self, r: Result<R>) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if matches!(*st, State::Pending) {
             *st = State::Ready(r);

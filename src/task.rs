@@ -337,7 +337,16 @@ where
     run_chunk(arg, sink, f)
 }
 
-/// A function called with its arguments spread from a tuple (`starmap`).
+/// A function called with its arguments spread from a tuple (`starmap`): implemented for every
+/// `Fn` of 1 to 6 arguments, with the tuple of those arguments.
+///
+/// # Examples
+///
+/// ```
+/// use shmpool::StarFn;
+/// let add3 = |a: u8, b: u8, c: u8| a + b + c;
+/// assert_eq!(add3.call_star((1, 2, 3)), 6);
+/// ```
 pub trait StarFn<Args>: Copy {
     /// What the function returns.
     type Output;
@@ -345,25 +354,27 @@ pub trait StarFn<Args>: Copy {
     fn call_star(&self, args: Args) -> Self::Output;
 }
 
-impl<F, A, B, R> StarFn<(A, B)> for F
-where
-    F: Fn(A, B) -> R + Copy,
-{
-    type Output = R;
-    fn call_star(&self, (a, b): (A, B)) -> R {
-        self(a, b)
-    }
+macro_rules! star_fn {
+    ($($arg:ident),+) => {
+        impl<F, $($arg,)+ R> StarFn<($($arg,)+)> for F
+        where
+            F: Fn($($arg),+) -> R + Copy,
+        {
+            type Output = R;
+            #[allow(non_snake_case)]
+            fn call_star(&self, ($($arg,)+): ($($arg,)+)) -> R {
+                self($($arg),+)
+            }
+        }
+    };
 }
 
-impl<F, A, B, C, R> StarFn<(A, B, C)> for F
-where
-    F: Fn(A, B, C) -> R + Copy,
-{
-    type Output = R;
-    fn call_star(&self, (a, b, c): (A, B, C)) -> R {
-        self(a, b, c)
-    }
-}
+star_fn!(A);
+star_fn!(A, B);
+star_fn!(A, B, C);
+star_fn!(A, B, C, D);
+star_fn!(A, B, C, D, E);
+star_fn!(A, B, C, D, E, G);
 
 /// Trampoline for a chunk of a `starmap`.
 ///

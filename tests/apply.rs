@@ -288,3 +288,78 @@ fn workers_and_the_fork_server_carry_their_names_in_proc() {
     let server_comm = std::fs::read_to_string(format!("/proc/{server}/comm")).unwrap();
     assert_eq!(server_comm.trim_end(), "shmpool-server");
 }
+
+#[test]
+fn a_callback_has_returned_before_get_or_wait_of_its_result_return() {
+    let _w = common::arm(120);
+    let pool = Pool::new(2).unwrap();
+    // Python runs `callback` before `get()` returns; code that reads what the callback wrote
+    // right after `get()` must see it. A slow callback makes a wrong order certain to show.
+    for round in 0..5 {
+        let written = Arc::new(Mutex::new(false));
+        let w = Arc::clone(&written);
+        let r = pool
+            .apply_async_with_callback(square, round, move |_| {
+                std::thread::sleep(Duration::from_millis(20));
+                *w.lock().unwrap() = true;
+            })
+            .unwrap();
+        if round % 2 == 0 {
+            assert_eq!(r.get().unwrap(), round * round);
+        } else {
+            r.wait();
+            assert!(r.ready());
+        }
+        assert!(*written.lock().unwrap(), "round {round}");
+    }
+    // The same for a whole map, its failure, and a starmap.
+    let written = Arc::new(Mutex::new(None));
+    let w = Arc::clone(&written);
+    let r = pool
+        .map_async_with_callback(square, 0..100, move |r| {
+            std::thread::sleep(Duration::from_millis(20));
+            *w.lock().unwrap() = Some(r.map(|v| v.len()).map_err(|e| e.to_string()));
+        })
+        .unwrap();
+    assert_eq!(r.get().unwrap().len(), 100);
+    assert_eq!(*written.lock().unwrap(), Some(Ok(100)));
+    let w = Arc::clone(&written);
+    let r = pool
+        .map_async_with_callback(
+            |x: u64| if x == 7 { panic!("seven") } else { x },
+            0..10,
+            move |r| {
+                std::thread::sleep(Duration::from_millis(20));
+                *w.lock().unwrap() = Some(r.map(|v| v.len()).map_err(|e| e.to_string()));
+            },
+        )
+        .unwrap();
+    let e = r.get().unwrap_err().to_string();
+    assert!(e.ends_with(": seven"), "{e}");
+    assert_eq!(*written.lock().unwrap(), Some(Err(e)));
+    let w = Arc::clone(&written);
+    let r = pool
+        .starmap_async_with_callback(
+            |a: u64, b: u64| a + b,
+            vec![(1, 2); 5],
+            move |r| {
+                std::thread::sleep(Duration::from_millis(20));
+                *w.lock().unwrap() = Some(r.map(|v| v.len()).map_err(|e| e.to_string()));
+            },
+        )
+        .unwrap();
+    r.wait();
+    assert_eq!(*written.lock().unwrap(), Some(Ok(5)));
+    assert_eq!(r.get().unwrap(), [3; 5]);
+    // A refused submission runs no callback and leaves nothing for `join` to wait for.
+    pool.close();
+    assert!(matches!(
+        pool.map_async_with_callback(square, 0..3, |_| panic!("never")),
+        Err(Error::PoolClosed)
+    ));
+    assert!(matches!(
+        pool.apply_async_with_callback(square, 3, |_| panic!("never")),
+        Err(Error::PoolClosed)
+    ));
+    pool.join().unwrap();
+}

@@ -107,6 +107,47 @@ fn starmap_spreads_two_and_three_argument_tuples() {
 }
 
 #[test]
+fn starmap_spreads_one_to_six_arguments_and_takes_a_chunksize() {
+    let _w = common::arm(60);
+    let pool = Pool::new(2).unwrap();
+    let ones = pool.starmap(|a: u8| a + 1, vec![(1,), (2,)]).unwrap();
+    assert_eq!(ones, [2, 3]);
+    let fours = pool
+        .starmap(
+            |a: u8, b: u16, c: u32, d: u64| a as u64 + b as u64 + c as u64 + d,
+            vec![(1, 2, 3, 4)],
+        )
+        .unwrap();
+    assert_eq!(fours, [10]);
+    let five = |a: u8, b: u8, c: u8, d: u8, e: String| format!("{a}{b}{c}{d}{e}");
+    assert_eq!(
+        pool.starmap(five, vec![(1, 2, 3, 4, "5".to_string())])
+            .unwrap(),
+        ["12345"]
+    );
+    let sixes: Vec<(u64, u64, u64, u64, u64, u64)> = (0..50).map(|i| (i, i, i, i, i, i)).collect();
+    let six = |a: u64, b: u64, c: u64, d: u64, e: u64, f: u64| a + b + c + d + e + f;
+    let want: Vec<u64> = (0..50).map(|i| 6 * i).collect();
+    assert_eq!(pool.starmap(six, sixes.clone()).unwrap(), want);
+    for cs in [1, 7, 50, 1000] {
+        assert_eq!(
+            pool.starmap_chunked(six, sixes.clone(), cs).unwrap(),
+            want,
+            "chunksize {cs}"
+        );
+    }
+    let r = pool.starmap_async_chunked(six, sixes, 4).unwrap();
+    assert_eq!(r.get().unwrap(), want);
+    let e = pool
+        .starmap_chunked(|a: u8, b: u8| a + b, vec![(1, 2)], 0)
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid argument: chunksize must be at least 1"
+    );
+}
+
+#[test]
 fn imap_yields_results_in_order() {
     let _w = common::arm(60);
     let pool = Pool::new(2).unwrap();

@@ -1,10 +1,18 @@
-//! The thread that runs `apply_async_with_callback` callbacks, one at a time, off the collector.
+//! The thread that runs callbacks (`apply_async_with_callback`, `map_async_with_callback`, ...),
+//! one at a time, off the collector.
+//!
+//! As in Python, a result's callback has returned before `get()` or `wait()` of that result
+//! return: the completion does not publish the result, it queues a job that runs the callback and
+//! then publishes it ([`Publish`], on drop, so a panicking callback publishes too). The collector
+//! thread runs no user code.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 
+use crate::error::Result;
+use crate::result::{Hook, ResultCell};
 use crate::task::panic_message;
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -120,4 +128,81 @@ impl Callbacks {
             let _ = h.join();
         }
     }
+}
+
+/// One callback that `join` waits for: counted when made, uncounted if dropped without running
+/// (a refused submission drops its completion, and the promise in it).
+pub(crate) struct Promise {
+    callbacks: Option<Arc<Callbacks>>,
+}
+
+impl Promise {
+    pub(crate) fn new(callbacks: &Arc<Callbacks>) -> Self {
+        callbacks.expect();
+        Promise {
+            callbacks: Some(Arc::clone(callbacks)),
+        }
+    }
+
+    /// Queues the callback; running it settles the count.
+    pub(crate) fn run(mut self, job: Job) {
+        if let Some(c) = self.callbacks.take() {
+            c.push(job);
+        }
+    }
+}
+
+impl Drop for Promise {
+    fn drop(&mut self) {
+        if let Some(c) = self.callbacks.take() {
+            c.cancel_expected();
+        }
+    }
+}
+
+/// Publishes a result into its cell when dropped: after the callback holding it returned, or
+/// while it unwinds.
+pub(crate) struct Publish<R> {
+    cell: Weak<ResultCell<R>>,
+    value: Option<Result<R>>,
+}
+
+impl<R> Publish<R> {
+    pub(crate) fn new(cell: Weak<ResultCell<R>>, value: Result<R>) -> Self {
+        Publish {
+            cell,
+            value: Some(value),
+        }
+    }
+
+    fn value(&self) -> &Result<R> {
+        self.value.as_ref().expect("taken only on drop")
+    }
+}
+
+impl<R> Drop for Publish<R> {
+    fn drop(&mut self) {
+        // Nobody holds the result any more if the cell is gone.
+        if let (Some(cell), Some(v)) = (self.cell.upgrade(), self.value.take()) {
+            cell.publish(v);
+        }
+    }
+}
+
+/// The hook of a result cell whose callback sees the outcome by reference: the callback runs on
+/// the callback thread, then the outcome is published.
+pub(crate) fn callback_hook<R: Send + 'static>(
+    callbacks: &Arc<Callbacks>,
+    cell: &Weak<ResultCell<R>>,
+    callback: impl FnOnce(&Result<R>) + Send + 'static,
+) -> Hook<R> {
+    let promise = Promise::new(callbacks);
+    let cell = cell.clone();
+    Box::new(move |r| {
+        let publish = Publish::new(cell, r);
+        promise.run(Box::new(move || {
+            let publish = publish;
+            callback(publish.value());
+        }));
+    })
 }

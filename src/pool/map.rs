@@ -41,13 +41,13 @@ fn lock<A, R>(d: &Shared<A, R>) -> std::sync::MutexGuard<'_, Driver<A, R>> {
     d.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Starts an adaptive map of `call` over `items`.
+/// Starts an adaptive map of `call` over `items`, to deliver into `cell`.
 pub(crate) fn start<A: Payload, R: Payload>(
     pool: &Pool,
     call: usize,
     items: Vec<A>,
+    cell: Arc<ResultCell<Vec<R>>>,
 ) -> Result<AsyncResult<Vec<R>>> {
-    let cell = ResultCell::new(Some(pool.helper()));
     {
         let mut g = pool.lock();
         if let Some(e) = g.refuse() {

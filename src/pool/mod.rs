@@ -26,7 +26,7 @@ use crate::task::{
     CallFn, ChunkOut, StarFn, assert_task_fn, call_chunk, call_one, call_star_chunk,
 };
 
-use callbacks::Callbacks;
+use callbacks::{Callbacks, Promise, Publish, callback_hook};
 use dispatch::{Collect, Completion, Dispatch, Job, Phase, TaskResult, encode, encode_items};
 pub use imap::IMap;
 
@@ -438,8 +438,12 @@ impl Pool {
     /// outcome when the task ends (Python's `callback` and `error_callback` in one).
     ///
     /// Callbacks run one at a time on a thread of the pool, never on the thread that collects
-    /// results, so a slow callback delays other callbacks but no result. [`join`](Pool::join)
-    /// waits for every callback. A panicking callback is reported on stderr and ignored.
+    /// results, so a slow callback delays other callbacks but no other result. As in Python, the
+    /// callback has returned before [`get`](AsyncResult::get), [`wait`](AsyncResult::wait) or
+    /// [`ready`](AsyncResult::ready) of *this* result see it, so what the callback wrote is
+    /// visible after `get`. A callback must therefore not wait for another result that has a
+    /// callback (it would wait for itself). [`join`](Pool::join) waits for every callback. A
+    /// panicking callback is reported on stderr and ignored (its result is still delivered).
     ///
     /// # Examples
     ///
@@ -471,25 +475,27 @@ impl Pool {
     {
         let _ = f;
         assert_task_fn::<F>();
-        let cell = ResultCell::new(Some(self.helper()));
-        let out = Arc::clone(&cell);
-        let callbacks = Arc::clone(&self.inner.callbacks);
         let payload = encode(&arg, self.arena_cap())?;
-        // Counted before submitting, so `join` cannot miss a callback that is about to be queued.
-        callbacks.expect();
+        let cell = ResultCell::new(Some(self.helper()));
+        let out = Arc::downgrade(&cell);
+        // Counted now, so `join` cannot miss a callback that is about to be queued; a refused
+        // submission drops the completion and the promise with it.
+        let promise = Promise::new(&self.inner.callbacks);
         let done: Completion = Box::new(move |r| {
+            // Decoded twice: one value for the callback, one for `get`.
             let for_callback = match &r {
                 TaskResult::Ok { .. } => decode_result::<R>(clone_ok(&r)),
                 TaskResult::Err(e) => Err(e.clone()),
             };
-            out.set(decode_result::<R>(r));
-            callbacks.push(Box::new(move || callback(for_callback)));
+            let publish = Publish::new(out, decode_result::<R>(r));
+            promise.run(Box::new(move || {
+                // Published when this returns (or unwinds): `get` sees the callback done.
+                let _publish = publish;
+                callback(for_callback);
+            }));
         });
         let call = call_one::<F, A, R> as CallFn as usize;
-        if let Err(e) = self.submit(vec![Job::new(payload, call, done)]) {
-            self.inner.callbacks.cancel_expected();
-            return Err(e);
-        }
+        self.submit(vec![Job::new(payload, call, done)])?;
         Ok(AsyncResult::from_cell(cell))
     }
 
@@ -545,7 +551,72 @@ impl Pool {
             self,
             call_chunk::<F, A, R> as CallFn as usize,
             items.into_iter().collect(),
+            self.cell(),
         )
+    }
+
+    /// Like [`map_async`](Pool::map_async), and `callback` runs in the parent with the outcome
+    /// when the whole map ends (Python's `callback` and `error_callback` in one): the results in
+    /// order, or the first failure. It runs as [`apply_async_with_callback`]'s do, and
+    /// [`get`](AsyncResult::get) returns only after it has returned.
+    ///
+    /// [`apply_async_with_callback`]: Pool::apply_async_with_callback
+    ///
+    /// # Errors
+    ///
+    /// As `map_async` (then the callback never runs).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// static SUM: AtomicU64 = AtomicU64::new(0);
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let r = pool.map_async_with_callback(|x: u64| x * x, 0..4, |r| {
+    ///     SUM.store(r.unwrap().iter().sum(), Ordering::SeqCst);
+    /// })?;
+    /// assert_eq!(r.get()?, [0, 1, 4, 9]);
+    /// // The callback has returned before `get` did.
+    /// assert_eq!(SUM.load(Ordering::SeqCst), 14);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn map_async_with_callback<F, A, R, I, C>(
+        &self,
+        f: F,
+        items: I,
+        callback: C,
+    ) -> Result<AsyncResult<Vec<R>>>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Payload,
+        R: Payload,
+        I: IntoIterator<Item = A>,
+        C: FnOnce(Result<&[R], &Error>) + Send + 'static,
+    {
+        let _ = f;
+        assert_task_fn::<F>();
+        map::start(
+            self,
+            call_chunk::<F, A, R> as CallFn as usize,
+            items.into_iter().collect(),
+            self.callback_cell(move |r: &Result<Vec<R>>| callback(r.as_deref())),
+        )
+    }
+
+    /// A result cell for this pool.
+    fn cell<R>(&self) -> Arc<ResultCell<R>> {
+        ResultCell::new(Some(self.helper()))
+    }
+
+    /// A result cell whose outcome goes through `callback` (on the callback thread) before any
+    /// waiter sees it.
+    fn callback_cell<R: Send + 'static>(
+        &self,
+        callback: impl FnOnce(&Result<R>) + Send + 'static,
+    ) -> Arc<ResultCell<R>> {
+        ResultCell::with_hook(Some(self.helper()), |cell| {
+            callback_hook(&self.inner.callbacks, cell, callback)
+        })
     }
 
     /// [`map_async`](Pool::map_async) with an explicit chunksize.
@@ -616,6 +687,110 @@ impl Pool {
             self,
             call_star_chunk::<F, Args, R> as CallFn as usize,
             items.into_iter().collect(),
+            self.cell(),
+        )
+    }
+
+    /// [`starmap_async`](Pool::starmap_async) with a callback, as
+    /// [`map_async_with_callback`](Pool::map_async_with_callback).
+    ///
+    /// # Errors
+    ///
+    /// As `map_async` (then the callback never runs).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let r = pool.starmap_async_with_callback(|a: u32, b: u32| a * b, vec![(2, 3), (4, 5)], move |r| {
+    ///     tx.send(r.map(<[u32]>::to_vec).ok()).unwrap();
+    /// })?;
+    /// assert_eq!(r.get()?, [6, 20]);
+    /// assert_eq!(rx.recv().unwrap(), Some(vec![6, 20]));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn starmap_async_with_callback<F, Args, R, I, C>(
+        &self,
+        f: F,
+        items: I,
+        callback: C,
+    ) -> Result<AsyncResult<Vec<R>>>
+    where
+        F: StarFn<Args, Output = R> + Send + 'static,
+        Args: Payload,
+        R: Payload,
+        I: IntoIterator<Item = Args>,
+        C: FnOnce(Result<&[R], &Error>) + Send + 'static,
+    {
+        let _ = f;
+        assert_task_fn::<F>();
+        map::start(
+            self,
+            call_star_chunk::<F, Args, R> as CallFn as usize,
+            items.into_iter().collect(),
+            self.callback_cell(move |r: &Result<Vec<R>>| callback(r.as_deref())),
+        )
+    }
+
+    /// [`starmap`](Pool::starmap) with an explicit chunksize (items per task).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for chunksize 0; otherwise as `map`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let pairs: Vec<(u64, u64)> = (0..10).map(|i| (i, i + 1)).collect();
+    /// let sums = pool.starmap_chunked(|a: u64, b: u64| a + b, pairs, 3)?;
+    /// assert_eq!(sums[9], 19);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn starmap_chunked<F, Args, R, I>(&self, f: F, items: I, chunksize: usize) -> Result<Vec<R>>
+    where
+        F: StarFn<Args, Output = R> + Send + 'static,
+        Args: Payload,
+        R: Payload,
+        I: IntoIterator<Item = Args>,
+    {
+        self.starmap_async_chunked(f, items, chunksize)?.get()
+    }
+
+    /// [`starmap_async`](Pool::starmap_async) with an explicit chunksize.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for chunksize 0; otherwise as `map_async`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let r = pool.starmap_async_chunked(|a: u8, b: u8| a.max(b), vec![(1, 2), (4, 3)], 1)?;
+    /// assert_eq!(r.get()?, [2, 4]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn starmap_async_chunked<F, Args, R, I>(
+        &self,
+        f: F,
+        items: I,
+        chunksize: usize,
+    ) -> Result<AsyncResult<Vec<R>>>
+    where
+        F: StarFn<Args, Output = R> + Send + 'static,
+        Args: Payload,
+        R: Payload,
+        I: IntoIterator<Item = Args>,
+    {
+        let _ = f;
+        assert_task_fn::<F>();
+        let items: Vec<Args> = items.into_iter().collect();
+        self.submit_chunks(
+            call_star_chunk::<F, Args, R> as CallFn as usize,
+            &items,
+            chunksize,
         )
     }
 
