@@ -24,11 +24,20 @@ pub enum Error {
     /// The pool was terminated or dropped before this task finished.
     PoolTerminated,
     /// The task panicked in a worker; the worker survived.
+    ///
+    /// `Display` shows the worker and the message; the location and the backtrace (Python's
+    /// remote traceback) are fields, for a caller that wants them.
+    #[non_exhaustive]
     TaskPanicked {
         /// Index of the worker that ran the task.
         worker: usize,
         /// The panic message.
         message: String,
+        /// Where it panicked, as `file:line:column`.
+        location: Option<String>,
+        /// The worker's backtrace of the panic, when `RUST_BACKTRACE` (or
+        /// `RUST_LIB_BACKTRACE`) asked for backtraces in the process that built the pool.
+        backtrace: Option<String>,
     },
     /// The worker running the task died (killed by a signal, or exited).
     WorkerDied {
@@ -115,7 +124,9 @@ impl fmt::Display for Error {
             Error::PoolTerminated => {
                 f.write_str("the pool was terminated before the task finished")
             }
-            Error::TaskPanicked { worker, message } => {
+            Error::TaskPanicked {
+                worker, message, ..
+            } => {
                 write!(f, "task panicked in worker {worker}: {message}")
             }
             Error::WorkerDied {

@@ -190,6 +190,8 @@ pub(crate) const fn assert_task_fn<F>() {
 /// copying zero bytes of it is exactly what this does.
 pub(crate) unsafe fn conjure<F: Copy>() -> F {
     assert_task_fn::<F>();
+    // Every trampoline passes here before it runs user code.
+    capture_panic_locations();
     // SAFETY: `F` has no bytes, so the all-zero `F` is every `F`; per the contract this is a
     // bitwise copy of the parent's `F`, which `Copy` allows.
     unsafe { std::mem::zeroed::<F>() }
@@ -203,6 +205,91 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "Box<dyn Any>".to_string()
+    }
+}
+
+/// Where the last panic on this thread happened, and its backtrace if one was captured: written
+/// by the hook `capture_panic_locations` installs, taken by [`task_panic`].
+struct PanicSite {
+    location: Option<String>,
+    backtrace: Option<String>,
+}
+
+thread_local! {
+    static LAST_PANIC: std::cell::RefCell<Option<PanicSite>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Installs (once per process: a worker is a fork, so once per worker) a panic hook that notes
+/// each panic's location, and a backtrace when `RUST_BACKTRACE`/`RUST_LIB_BACKTRACE` ask for
+/// one, before handing over to the hook that was there (std's prints the usual message). The
+/// catch in the trampoline then ships them with the message ([`task_panic`]).
+fn capture_panic_locations() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let site = PanicSite {
+                location: info.location().map(|l| l.to_string()),
+                backtrace: {
+                    let bt = std::backtrace::Backtrace::capture();
+                    (bt.status() == std::backtrace::BacktraceStatus::Captured)
+                        .then(|| bt.to_string())
+                },
+            };
+            // `try_with`: a panic while this thread's locals are being destroyed records nothing.
+            let _ = LAST_PANIC.try_with(|p| {
+                if let Ok(mut p) = p.try_borrow_mut() {
+                    *p = Some(site);
+                }
+            });
+            previous(info);
+        }));
+    });
+}
+
+/// Marks the wire form of a task's panic (see [`task_panic`]).
+const REPORT_TAG: char = '\u{1e}';
+/// Separates its fields.
+const REPORT_SEP: char = '\u{1f}';
+
+/// The wire form of a task's panic, for the parent's [`Error::TaskPanicked`]: the payload's
+/// message, with the location and backtrace the hook noted for it:
+/// `TAG location SEP backtrace SEP message`. The message goes last so that cutting an
+/// over-long report (the worker ships at most 64 KiB) cuts only the message.
+///
+/// [`Error::TaskPanicked`]: crate::Error::TaskPanicked
+pub(crate) fn task_panic(p: &(dyn std::any::Any + Send)) -> String {
+    let site = LAST_PANIC
+        .try_with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.take()))
+        .ok()
+        .flatten();
+    let (location, backtrace) = site.map_or((None, None), |s| (s.location, s.backtrace));
+    let clean = |s: Option<String>| s.unwrap_or_default().replace([REPORT_TAG, REPORT_SEP], " ");
+    format!(
+        "{REPORT_TAG}{}{REPORT_SEP}{}{REPORT_SEP}{}",
+        clean(location),
+        clean(backtrace),
+        panic_message(p)
+    )
+}
+
+/// The parent's error for a task panic shipped by [`task_panic`] from worker `worker` (a
+/// message without the tag is taken as a bare message).
+pub(crate) fn panicked(worker: usize, wire: &str) -> crate::Error {
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let parsed = wire.strip_prefix(REPORT_TAG).and_then(|rest| {
+        let mut parts = rest.splitn(3, REPORT_SEP);
+        Some((parts.next()?, parts.next()?, parts.next()?))
+    });
+    let (location, backtrace, message) = match parsed {
+        Some((l, b, m)) => (some(l), some(b), m.to_string()),
+        None => (None, None, wire.to_string()),
+    };
+    crate::Error::TaskPanicked {
+        worker,
+        message,
+        location,
+        backtrace,
     }
 }
 
@@ -255,7 +342,7 @@ where
     let f: F = unsafe { conjure() };
     match catch_unwind(AssertUnwindSafe(move || f(a))) {
         Ok(r) => ship(sink, &r),
-        Err(p) => CallOutcome::Panicked(panic_message(&*p)),
+        Err(p) => CallOutcome::Panicked(task_panic(&*p)),
     }
 }
 
@@ -305,7 +392,7 @@ where
     let walked = for_each_in_seq(arg, |a: A| {
         match catch_unwind(AssertUnwindSafe(|| g(a))) {
             Ok(r) => writer.value(r),
-            Err(p) => writer.failure(index, panic_message(&*p)),
+            Err(p) => writer.failure(index, task_panic(&*p)),
         }
         index = index.wrapping_add(1);
     });

@@ -171,7 +171,9 @@ fn a_panic_fails_only_its_task_and_the_same_worker_goes_on() {
         .apply(|_: ()| -> u32 { panic!("boom") }, ())
         .unwrap_err();
     match &e {
-        Error::TaskPanicked { worker, message } => {
+        Error::TaskPanicked {
+            worker, message, ..
+        } => {
             assert_eq!(*worker, 0);
             assert_eq!(message, "boom");
         }
@@ -601,4 +603,70 @@ fn a_pool_that_breaks_while_a_recycling_worker_holds_queued_tasks_fails_them_all
         }
     }
     assert!(errors > 0, "the initializer failure reached no task");
+}
+
+/// Panics on a line of its own, so the test can name it: `PANIC_LINE`.
+const PANIC_LINE: u32 = line!() + 3;
+fn panics_here(x: u32) -> u32 {
+    if x == 3 {
+        panic!("three is right out");
+    }
+    x
+}
+
+/// `(file:line:column, backtrace)` of a `TaskPanicked`.
+fn site(e: &Error) -> (Option<String>, Option<String>) {
+    match e {
+        Error::TaskPanicked {
+            location,
+            backtrace,
+            ..
+        } => (location.clone(), backtrace.clone()),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_task_panic_carries_its_file_and_line_and_a_backtrace_when_asked() {
+    let _w = common::arm(90);
+    let at = format!("{}:{PANIC_LINE}:", file!());
+    let asked = common::scenario().as_deref() == Some("backtrace");
+    let pool = Pool::new(1).unwrap();
+    for e in [
+        pool.apply(panics_here, 3).unwrap_err(),
+        pool.map_chunked(panics_here, 0..5, 2).unwrap_err(),
+        pool.imap(panics_here, 0..5).nth(3).unwrap().unwrap_err(),
+    ] {
+        // Display stays one short sentence.
+        assert_eq!(
+            e.to_string(),
+            "task panicked in worker 0: three is right out"
+        );
+        let (location, backtrace) = site(&e);
+        let location = location.expect("a location");
+        assert!(location.starts_with(&at), "{location} is not at {at}");
+        if asked {
+            let bt = backtrace.expect("a backtrace under RUST_BACKTRACE=1");
+            assert!(bt.contains("panics_here"), "{bt}");
+        } else if std::env::var_os("RUST_BACKTRACE").is_none()
+            && std::env::var_os("RUST_LIB_BACKTRACE").is_none()
+        {
+            assert_eq!(backtrace, None);
+        }
+    }
+    if common::scenario().is_none() {
+        // Again in a child copy of this test with RUST_BACKTRACE=1: now with a backtrace.
+        let status = common::reexec(
+            "a_task_panic_carries_its_file_and_line_and_a_backtrace_when_asked",
+            "backtrace",
+        )
+        .env("RUST_BACKTRACE", "1")
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+        assert!(
+            status.success(),
+            "the RUST_BACKTRACE=1 run failed: {status:?}"
+        );
+    }
 }

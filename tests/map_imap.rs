@@ -64,7 +64,9 @@ fn map_fails_with_the_first_failed_items_error() {
         )
         .unwrap_err();
     match &e {
-        Error::TaskPanicked { worker, message } => {
+        Error::TaskPanicked {
+            worker, message, ..
+        } => {
             assert!(*worker < 2);
             assert_eq!(message, "bad item 37");
             assert_eq!(

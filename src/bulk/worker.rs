@@ -30,7 +30,7 @@ use memmap2::{Mmap, MmapOptions, MmapRaw};
 use serde::Serialize;
 
 use crate::channel;
-use crate::task::{CallOutcome, ResultSink, conjure, panic_message};
+use crate::task::{CallOutcome, ResultSink, conjure, task_panic};
 
 use super::{ChunkArg, Span};
 
@@ -206,7 +206,7 @@ where
         drop(input);
         Ok(match r {
             Ok(v) => ship(sink, &v),
-            Err(p) => CallOutcome::Panicked(panic_message(&*p)),
+            Err(p) => CallOutcome::Panicked(task_panic(&*p)),
         })
     };
     run().unwrap_or_else(|o| o)
@@ -249,7 +249,7 @@ where
         let r = catch_unwind(AssertUnwindSafe(|| f(items, out)));
         Ok(match r {
             Ok(()) => ship(sink, &()),
-            Err(p) => CallOutcome::Panicked(panic_message(&*p)),
+            Err(p) => CallOutcome::Panicked(task_panic(&*p)),
         })
     };
     run().unwrap_or_else(|o| o)

@@ -577,10 +577,9 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor) {
             worker: s,
             elapsed_ns: d.elapsed_ns,
         },
-        STATUS_PANICKED => TaskResult::Err(Error::TaskPanicked {
-            worker: s,
-            message: String::from_utf8_lossy(bytes).into_owned(),
-        }),
+        STATUS_PANICKED => {
+            TaskResult::Err(crate::task::panicked(s, &String::from_utf8_lossy(bytes)))
+        }
         STATUS_ERROR => TaskResult::Err(Error::Codec {
             detail: String::from_utf8_lossy(bytes).into_owned(),
         }),

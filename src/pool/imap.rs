@@ -362,7 +362,7 @@ where
                         }
                         let failed = failed
                             .into_iter()
-                            .map(|(i, message)| (i, panicked(w, message)))
+                            .map(|(i, wire)| (i, crate::task::panicked(w, &wire)))
                             .collect();
                         Ok((values, failed))
                     });
@@ -567,11 +567,6 @@ impl<I: Iterator> Iterator for Counted<'_, I> {
     fn size_hint(&self) -> (usize, Option<usize>) {
         self.inner.size_hint()
     }
-}
-
-/// The error of an item that panicked in worker `worker`.
-fn panicked(worker: usize, message: String) -> Error {
-    Error::TaskPanicked { worker, message }
 }
 
 impl<I, R> Iterator for IMap<'_, I, R>

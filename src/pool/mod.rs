@@ -1110,10 +1110,7 @@ pub(crate) fn decode_chunk_values<R: DeserializeOwned + 'static>(
             if failures.is_empty() {
                 Ok(values)
             } else {
-                Err(Error::TaskPanicked {
-                    worker,
-                    message: failures.swap_remove(0).1,
-                })
+                Err(crate::task::panicked(worker, &failures.swap_remove(0).1))
             }
         }
         TaskResult::Err(e) => Err(e),
