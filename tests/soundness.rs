@@ -181,3 +181,68 @@ fn a_panicking_encode_of_a_later_map_chunk_fails_the_map_and_the_pool_serves_on(
     pool.close();
     pool.join().unwrap();
 }
+
+/// Writes through the input slice a worker was given (which safe code cannot do).
+fn scribble_on_input(items: &[u64]) -> u64 {
+    common::no_core_dumps();
+    // SAFETY: deliberately not: the test shows the write cannot reach the caller's data.
+    unsafe { items.as_ptr().cast_mut().write_volatile(0xdead) };
+    items[0]
+}
+
+/// Map inputs are mapped read-only in the workers, so "no process writes the input while a task
+/// reads it" holds by construction: a stray write faults in the worker (which is replaced),
+/// instead of changing the caller's data.
+#[test]
+fn a_worker_cannot_write_a_map_input() {
+    let _w = common::arm(120);
+    let pool = Pool::new(1).unwrap();
+    let v = shmpool::SharedVec::from_slice(&[1u64, 2, 3, 4]).unwrap();
+    let e = pool.map_chunks(&v, 2, scribble_on_input).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::WorkerDied {
+                signal: Some(libc::SIGSEGV),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(&v[..], &[1, 2, 3, 4]);
+    // The output of `map_chunks_into` is still writable, and the pool serves on.
+    let mut out = shmpool::SharedVec::<u64>::zeroed(4).unwrap();
+    pool.map_chunks_into(&v, &mut out, 2, |i: &[u64], o: &mut [u64]| {
+        for (o, i) in o.iter_mut().zip(i) {
+            *o = i * 10;
+        }
+    })
+    .unwrap();
+    assert_eq!(&out[..], &[10, 20, 30, 40]);
+}
+
+fn segfault(_: ()) -> u64 {
+    common::no_core_dumps();
+    // SAFETY: deliberately not: restores the default action and raises SIGSEGV in the worker.
+    unsafe {
+        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+        libc::raise(libc::SIGSEGV);
+    }
+    unreachable!()
+}
+
+/// With one worker, jobs wait in the parent's queue behind the running one; when that worker
+/// dies, they go to its replacement (nothing else would move them: no result comes).
+#[test]
+fn work_queued_behind_a_dying_worker_runs_on_its_replacement() {
+    let _w = common::arm(120);
+    let pool = Pool::new(1).unwrap();
+    let dying = pool.apply_async(segfault, ()).unwrap();
+    let queued: Vec<_> = (0..5u64)
+        .map(|i| pool.apply_async(double, i).unwrap())
+        .collect();
+    assert!(matches!(dying.get(), Err(Error::WorkerDied { .. })));
+    for (i, r) in queued.into_iter().enumerate() {
+        assert_eq!(r.get().unwrap(), 2 * i as u64);
+    }
+}

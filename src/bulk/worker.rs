@@ -3,8 +3,10 @@
 //! # Mappings
 //!
 //! * **Our memfds** (a `SharedVec`, a reader buffer, an output vector): the worker maps the whole
-//!   segment once, shared and read-write, and keeps the mapping in a small per-process cache
-//!   keyed by segment id (`CACHE_SEGMENTS` entries, least recently used evicted). Building page
+//!   segment once, shared, and keeps the mapping in a small per-process cache keyed by segment id
+//!   and access (`CACHE_SEGMENTS` entries, least recently used evicted). An input is mapped
+//!   read-only, so "no worker writes the caller's input" holds by construction (a stray write
+//!   faults in the task's worker); only a `map_chunks_into` output is mapped read-write. Building page
 //!   tables is not free on these VMs: with a fresh mapping per 1 MiB chunk, every pass pays
 //!   for them again (three `map_chunks` passes of a 64-bit hash over a 1 GiB `SharedVec` cost
 //!   the workers 0.27 s of system time beside 0.70 s of user time, `getrusage`), and
@@ -13,8 +15,9 @@
 //!   reader's reused ring buffers, pay nothing and no `mmap`/`munmap` per chunk. The pages are the
 //!   parent's memory, already resident there: a worker's RSS counts them, but they cost no
 //!   extra RAM. When the parent drops the segment it truncates the memfd to 0, which frees the
-//!   pages at once and unmaps them from every cached mapping; the id is never used again, so a
-//!   stale entry is only address space until it is evicted.
+//!   pages at once; the cached mappings stay (truncation unmaps nothing: touching them now would
+//!   raise SIGBUS), but the id is never used again, so a stale entry is only address space until
+//!   it is evicted.
 //! * **A user's file** (`MappedFile`): the worker maps only the chunk's page-aligned range and
 //!   unmaps it after `f` returns. A file can be far larger than RAM (the 8 GiB `crunch`), and
 //!   caching its mapping would hold every page read in the worker's RSS and keep a deleted file's
@@ -41,6 +44,9 @@ const CACHE_SEGMENTS: usize = 32;
 /// A cached whole-segment mapping.
 struct Cached {
     id: u64,
+    /// Mapped read-write (an output), or read-only (an input: no worker can write the caller's
+    /// input, by construction; a stray write faults in the task instead of changing the data).
+    writable: bool,
     map: MmapRaw,
 }
 
@@ -59,14 +65,17 @@ enum ChunkMap {
     File(Mmap),
 }
 
-/// Returns the cached mapping of `span`'s segment (mapping it first), or an error message.
-fn cached(span: Span) -> Result<(*mut u8, usize), String> {
+/// Returns the cached mapping of `span`'s segment (mapping it first, read-write only if
+/// `writable`), or an error message.
+fn cached(span: Span, writable: bool) -> Result<(*mut u8, usize), String> {
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     let end = span
         .offset
         .checked_add(span.len)
         .ok_or_else(|| "chunk range overflows".to_string())?;
-    let hit = cache.iter().position(|c| c.id == span.seg);
+    let hit = cache
+        .iter()
+        .position(|c| c.id == span.seg && c.writable == writable);
     let entry = match hit {
         Some(i) if (cache[i].map.len() as u64) >= end => cache.remove(i),
         _ => {
@@ -83,16 +92,24 @@ fn cached(span: Span) -> Result<(*mut u8, usize), String> {
                     span.offset
                 ));
             }
-            let map = MmapOptions::new()
-                .len(size as usize)
-                .map_raw(fd.as_raw_fd())
-                .map_err(|e| format!("cannot map the segment: {e}"))?;
+            let mut options = MmapOptions::new();
+            options.len(size as usize);
+            let map = if writable {
+                options.map_raw(fd.as_raw_fd())
+            } else {
+                options.map_raw_read_only(fd.as_raw_fd())
+            }
+            .map_err(|e| format!("cannot map the segment: {e}"))?;
             if cache.len() >= CACHE_SEGMENTS {
                 // Least recently used: never the entry of a span of the running task, since that
                 // one was just moved to the back.
                 cache.remove(0);
             }
-            Cached { id: span.seg, map }
+            Cached {
+                id: span.seg,
+                writable,
+                map,
+            }
         }
     };
     // SAFETY: `offset + len <= map.len()` (checked above or when the entry was made).
@@ -102,12 +119,12 @@ fn cached(span: Span) -> Result<(*mut u8, usize), String> {
 }
 
 impl ChunkMap {
-    fn open(span: Span) -> Result<ChunkMap, String> {
+    fn open(span: Span, writable: bool) -> Result<ChunkMap, String> {
         if span.len == 0 {
             return Ok(ChunkMap::Empty);
         }
         if span.memfd {
-            let (ptr, len) = cached(span)?;
+            let (ptr, len) = cached(span, writable)?;
             return Ok(ChunkMap::Cached { ptr, len });
         }
         let len = usize::try_from(span.len).map_err(|_| "chunk too large".to_string())?;
@@ -145,6 +162,8 @@ impl ChunkMap {
     ///
     /// # Safety
     ///
+    /// The chunk was opened `writable`.
+    ///
     /// Nobody else reads or writes the range while the slice lives: an output chunk's range is
     /// given to this task alone, and the parent holds `&mut` of the output vector.
     unsafe fn bytes_mut(&mut self) -> &mut [u8] {
@@ -168,8 +187,14 @@ fn ship<R: Serialize>(sink: &mut ResultSink<'_>, r: &R) -> CallOutcome {
     }
 }
 
+/// Opens an input chunk (mapped read-only).
 fn open(span: Span) -> Result<ChunkMap, CallOutcome> {
-    ChunkMap::open(span).map_err(CallOutcome::Failed)
+    ChunkMap::open(span, false).map_err(CallOutcome::Failed)
+}
+
+/// Opens an output chunk (mapped read-write).
+fn open_mut(span: Span) -> Result<ChunkMap, CallOutcome> {
+    ChunkMap::open(span, true).map_err(CallOutcome::Failed)
 }
 
 fn cast<T: Pod>(bytes: &[u8]) -> Result<&[T], CallOutcome> {
@@ -231,7 +256,7 @@ where
             .output
             .ok_or_else(|| CallOutcome::Failed("chunk task without an output range".into()))?;
         let input = open(a.input)?;
-        let mut output = open(out_span)?;
+        let mut output = open_mut(out_span)?;
         // SAFETY: the parent does not write the input while the task runs (# Safety).
         let items: &[T] = cast(unsafe { input.bytes() })?;
         // SAFETY: the output range is this task's alone (# Safety); it is a different segment

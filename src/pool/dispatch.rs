@@ -741,6 +741,15 @@ fn on_death(inner: &Inner, s: usize) -> bool {
         // Release, SYNC: server-request.
         slot.spawn_req.store(1, Ordering::Release);
         ctl.header().server.notify();
+        // Jobs waiting in `pending` for this slot (all of them, in a one-worker pool) go into
+        // the ring now, for the replacement: no result will come to pump them otherwise.
+        let (woken, refused) = {
+            let mut g = lock(inner);
+            let woken = g.pump(ctl);
+            (woken, g.take_refused())
+        };
+        wake(ctl, &woken);
+        fail_refused(inner, refused);
     }
     let n_failed = failed.len();
     // A worker killed by `terminate` is not a failure of its task.
