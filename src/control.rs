@@ -31,6 +31,9 @@ pub(crate) struct PoolHeader {
     pub(crate) shutdown: CachePadded<AtomicU32>,
     /// Counts worker spawns; gives workers their `PoolWorker-N` names. Written by the server only.
     pub(crate) spawned: AtomicU64,
+    /// Set to 1 by the server right before it `_exit`s after a shutdown, with a wake of the
+    /// collector, which then reaps it with a blocking `waitpid` (the exit itself wakes no futex).
+    pub(crate) server_exiting: AtomicU32,
 }
 
 /// One worker slot's shared state.
@@ -61,6 +64,10 @@ pub(crate) struct SlotCtl {
     pub(crate) exit_pid: AtomicU32,
     /// Length of the initializer's panic message, stored at offset 0 of the result arena.
     pub(crate) init_error_len: AtomicU32,
+    /// When the worker started its current task that has a time limit (`CLOCK_MONOTONIC`, ns).
+    /// Written by the worker before it arms the limit's timer; read by the parent after the
+    /// worker's death (ordered by slot-exit) to tell the timer's SIGKILL from another one.
+    pub(crate) task_started_ns: AtomicU64,
 }
 
 impl SlotCtl {
@@ -78,6 +85,7 @@ impl SlotCtl {
             exit_status: AtomicU32::new(0),
             exit_pid: AtomicU32::new(0),
             init_error_len: AtomicU32::new(0),
+            task_started_ns: AtomicU64::new(0),
         }
     }
 }
@@ -183,6 +191,7 @@ impl Control {
                 server: WakeWord::new(),
                 shutdown: CachePadded::new(AtomicU32::new(RUNNING)),
                 spawned: AtomicU64::new(0),
+                server_exiting: AtomicU32::new(0),
             });
             for i in 0..slots {
                 base.as_ptr()

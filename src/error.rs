@@ -85,6 +85,20 @@ pub enum Error {
         /// What happened.
         detail: String,
     },
+    /// The task ran longer than its time limit ([`PoolBuilder::task_timeout`] or a per-call
+    /// limit such as [`Pool::apply_async_timeout`]); its worker was killed and replaced. For a
+    /// chunk of items, every item of the chunk gets this error.
+    ///
+    /// [`PoolBuilder::task_timeout`]: crate::PoolBuilder::task_timeout
+    /// [`Pool::apply_async_timeout`]: crate::Pool::apply_async_timeout
+    TaskTimedOut {
+        /// Index of the worker slot that ran the task.
+        worker: usize,
+        /// Pid of the worker that was killed.
+        pid: i32,
+        /// The limit the task exceeded.
+        limit: std::time::Duration,
+    },
     /// A system call failed.
     Os {
         /// The operation that failed.
@@ -159,6 +173,10 @@ impl fmt::Display for Error {
                 write!(f, "worker {worker} broke the protocol: {detail}")
             }
             Error::PoolBroken { detail } => write!(f, "the pool is broken: {detail}"),
+            Error::TaskTimedOut { worker, pid, limit } => write!(
+                f,
+                "task ran past its time limit of {limit:?} in worker {worker} (pid {pid}), which was killed"
+            ),
             Error::Os { op, source } => write!(f, "{op} failed: {source}"),
         }
     }

@@ -78,8 +78,10 @@
 //!
 //! * **It sees memory as it was when the pool was built**: statics, globals and anything the
 //!   initializer captured. Later changes in the parent are invisible; pass data as the argument.
-//! * **Only the forking thread exists in a worker.** Do not use a rayon pool or a tokio runtime
-//!   created in the parent (its threads are gone); build your own in the initializer.
+//! * **Only the forking thread exists in a worker**, and the initializer and tasks run on one
+//!   thread of the worker's own, named `PoolWorker-N` (so panics and stack overflows name the
+//!   worker). Do not use a rayon pool or a tokio runtime created in the parent (its threads are
+//!   gone); build your own in the initializer.
 //! * **Locks held by other parent threads at the moment of the fork stay locked in the worker.**
 //!   The pool takes care of std's: it forks only once no thread is printing a panic, and holds
 //!   stdout and stderr across the fork. A lock of your program's own (or a library's) that
@@ -90,6 +92,53 @@
 //! * The pool's memory and fds are `CLOEXEC`/`MADV_DONTFORK` where possible: a task may spawn
 //!   `Command`s freely, and a pool built later does not inherit another pool's segments.
 //! * If the parent dies, every worker dies with it (`PR_SET_PDEATHSIG`).
+//! * Workers ignore `SIGINT` (next section); other signals keep their default action.
+//!
+//! # Ctrl-C
+//!
+//! A terminal's Ctrl-C sends `SIGINT` to the whole foreground process group: your program, the
+//! pool's fork server and every worker. **The parent owns Ctrl-C**: the server ignores `SIGINT`
+//! and workers catch it with a handler that does nothing (a program a task `exec`s gets the
+//! default action back), so the tasks in flight are not lost and no respawn starts. What happens
+//! next is the parent's choice:
+//!
+//! * **It does nothing** (no handler): the default action kills the parent, and the workers and
+//!   server die with it (parent-death signal). Nothing is left behind.
+//! * **It handles `SIGINT`** to stop cleanly: the handler only sets a flag; the code that drives
+//!   the pool checks it between results, stops submitting, and drops the pool (or calls
+//!   [`Pool::terminate`]), which kills and reaps every worker at once and resolves every
+//!   pending result to [`Error::PoolTerminated`]. A CLI then exits with status 130 (128 +
+//!   `SIGINT`), as shells expect. The `shmpool` commands (`shmpool-tools`) do exactly this.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicBool, Ordering};
+//!
+//! static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+//!
+//! extern "C" fn on_sigint(_: libc::c_int) {
+//!     INTERRUPTED.store(true, Ordering::SeqCst); // async-signal-safe: an atomic store only
+//! }
+//!
+//! fn main() -> Result<std::process::ExitCode, shmpool::Error> {
+//!     // SAFETY: installs an async-signal-safe handler (or use the `ctrlc`/`signal-hook` crates).
+//!     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+//!     let pool = shmpool::Pool::new(2)?;
+//!     let mut total = 0u64;
+//!     for r in pool.imap(|x: u64| x * x, 0..10_000) {
+//!         if INTERRUPTED.load(Ordering::SeqCst) {
+//!             break;
+//!         }
+//!         total += r?;
+//!     }
+//!     if INTERRUPTED.load(Ordering::SeqCst) {
+//!         drop(pool); // kills and reaps every worker now; nothing in flight survives
+//!         eprintln!("interrupted");
+//!         return Ok(std::process::ExitCode::from(130));
+//!     }
+//!     println!("{total}");
+//!     Ok(std::process::ExitCode::SUCCESS)
+//! }
+//! ```
 //!
 //! Linux only.
 

@@ -48,12 +48,13 @@
 #![allow(clippy::disallowed_types)] // the SIGCHLD flag is a process-local std atomic
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering as StdOrdering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering as StdOrdering};
 use std::time::Duration;
 
 use crate::control::{Control, RUNNING, TERMINATE};
 use crate::error::{Error, Result};
 use crate::sync::Ordering;
+use crate::wake::WakeWord;
 use crate::worker::{
     ExitOnUnwind, WorkerCtx, die_with_parent, exit_now, set_process_name, worker_main,
 };
@@ -61,9 +62,45 @@ use crate::worker::{
 /// Set by the server's SIGCHLD handler; cleared before each reaping pass.
 static CHILD_EVENT: AtomicBool = AtomicBool::new(false);
 
+/// The server's own wake word (in the control segment), for the SIGCHLD handler. Set once in
+/// `server_main`, before the handler is installed.
+static SERVER_WAKE: AtomicPtr<WakeWord> = AtomicPtr::new(std::ptr::null_mut());
+
 extern "C" fn on_sigchld(_: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
+    // Only atomics and a futex_wake syscall: async-signal-safe.
     CHILD_EVENT.store(true, StdOrdering::SeqCst);
+    // The notify bumps the word the server sleeps on, so a child that dies between the server's
+    // last check of CHILD_EVENT and its futex_wait makes that wait return at once (the kernel's
+    // compare fails) instead of sleeping out its 200 ms timeout: the lost wake-up that made
+    // `join` wait on a timeout when the machine was busy.
+    let w = SERVER_WAKE.load(StdOrdering::SeqCst);
+    if !w.is_null() {
+        // SAFETY: set in `server_main` to the header's `server` word, which lives in the control
+        // segment, mapped for the whole life of this process.
+        unsafe { (*w).notify() };
+    }
+}
+
+/// Blocks SIGINT in the calling thread; returns the previous mask (see `fork_server`).
+fn block_sigint() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialized by sigemptyset/sigaddset before use;
+    // pthread_sigmask only changes the calling thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        old
+    }
+}
+
+/// Restores a signal mask saved by `block_sigint`.
+fn restore_sigmask(old: &libc::sigset_t) {
+    // SAFETY: `old` came from pthread_sigmask; only the calling thread's mask changes.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut());
+    }
 }
 
 /// What the fork server needs, inherited through `fork` (it lives in the parent's memory).
@@ -100,6 +137,9 @@ pub(crate) fn fork_server(ctx: &ServerCtx<'_>) -> Result<i32> {
     let _ = err.flush();
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
+    // SIGINT stays blocked across the fork, so a Ctrl-C cannot kill the server before it has set
+    // SIGINT to ignored (the mask is per thread: the parent's other threads still take it).
+    let mask = block_sigint();
     // SAFETY: fork() in a possibly multi-threaded process. The child only runs `server_main`,
     // which touches no lock another thread of the parent could hold except through user code
     // (the initializer, tasks), which runs later in the workers; see the crate docs' fork-safety
@@ -109,20 +149,34 @@ pub(crate) fn fork_server(ctx: &ServerCtx<'_>) -> Result<i32> {
     // one, with the same std thread identity), so both release them here.
     drop(out);
     drop(err);
+    if pid != 0 {
+        restore_sigmask(&mask);
+    }
     match pid {
         -1 => Err(Error::os(
             "fork (fork server)",
             std::io::Error::last_os_error(),
         )),
-        0 => server_main(ctx, parent),
+        0 => server_main(ctx, parent, &mask),
         pid => Ok(pid),
     }
 }
 
-fn server_main(ctx: &ServerCtx<'_>, parent: i32) -> ! {
+fn server_main(ctx: &ServerCtx<'_>, parent: i32, mask: &libc::sigset_t) -> ! {
     let _guard = ExitOnUnwind("the fork server");
     die_with_parent(parent);
     set_process_name("shmpool-server");
+    // The parent owns Ctrl-C: the server (and every worker it forks, until the worker installs
+    // its own no-op handler) ignores SIGINT. See the crate docs, "Ctrl-C".
+    // SAFETY: plain signal(2) on our own process, then the mask the forking thread had.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+    restore_sigmask(mask);
+    SERVER_WAKE.store(
+        std::ptr::from_ref(&ctx.ctl.header().server).cast_mut(),
+        StdOrdering::SeqCst,
+    );
     // SAFETY: installs an async-signal-safe handler (an atomic store) for SIGCHLD, without
     // SA_RESTART so that a child's death interrupts our futex wait.
     unsafe {
@@ -155,6 +209,12 @@ fn server_main(ctx: &ServerCtx<'_>, parent: i32) -> ! {
             }
         }
         if shutdown != RUNNING && pids.iter().all(|&p| p == 0) {
+            // Tell the collector it can block in `waitpid` for us now: nothing is left to do
+            // but `_exit`. Without this, nothing wakes it for our exit and it would notice only
+            // at its futex timeout (the 100 ms drop on a busy machine).
+            // Release, SYNC: server-exiting — pairs with the collector's Acquire load.
+            header.server_exiting.store(1, Ordering::Release);
+            header.collector.notify();
             exit_now(0, false);
         }
         for (i, &p) in pids.iter().enumerate() {
@@ -203,11 +263,17 @@ fn server_main(ctx: &ServerCtx<'_>, parent: i32) -> ! {
                 header.collector.notify();
             }
         }
-        let graceful = shutdown != RUNNING && shutdown != TERMINATE;
+        // Wait for an event: a child's death (the SIGCHLD handler also bumps the wake word, so
+        // one that lands just before the futex_wait is not lost), a new shutdown mode, or, while
+        // running, a spawn or kill request. Once shutting down, only deaths matter (workers were
+        // told or killed already), so the server does not spin while they exit.
         header
             .server
             .wait_until(Duration::ZERO, Some(Duration::from_millis(200)), || {
-                CHILD_EVENT.load(StdOrdering::SeqCst) || (!graceful && ctl.server_has_work())
+                CHILD_EVENT.load(StdOrdering::SeqCst)
+                    // Acquire, SYNC: server-request.
+                    || header.shutdown.load(Ordering::Acquire) != shutdown
+                    || (shutdown == RUNNING && ctl.server_has_work())
             });
     }
 }

@@ -153,20 +153,61 @@ pub(crate) struct WorkerCtx<'a> {
     pub(crate) max_tasks: Option<u64>,
 }
 
+/// SIGINT handler of a worker: does nothing (see `worker_main`).
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
 /// The worker's life. Never returns.
+///
+/// The loop (initializer, then tasks) runs on a thread of its own named `PoolWorker-N`, so that
+/// std's messages name the worker: a task's panic prints `thread 'PoolWorker-3' panicked`, a
+/// stack overflow `thread 'PoolWorker-3' has overflowed its stack`, and
+/// `std::thread::current().name()` in a task is the worker's name. The forked thread itself is a
+/// copy of the thread that forked the server (the pool's `shmpool-collector`), whose name std
+/// would print instead, and which users read as the parent failing. If the thread cannot be
+/// spawned (`RLIMIT_NPROC`, no memory), the loop runs on the forked thread as before.
 pub(crate) fn worker_main(ctx: WorkerCtx<'_>) -> ! {
     let _guard = ExitOnUnwind("a pool worker");
     die_with_parent(ctx.server_pid);
     // SAFETY: restoring the default disposition of SIGCHLD (the server installed a handler) is a
     // plain sigaction on our own process; tasks that spawn children then see normal behaviour.
+    // SIGINT gets a handler that does nothing (the server ignored it, and that stayed so until
+    // here): the parent owns Ctrl-C (crate docs, "Ctrl-C"), so a terminal's Ctrl-C, which hits
+    // the whole process group, does not kill the worker. A handler rather than SIG_IGN because
+    // an `exec` resets handlers but keeps SIG_IGN: a program a task runs gets the usual Ctrl-C.
+    // SA_RESTART: a task's blocking reads and writes are resumed, not failed with EINTR.
     unsafe {
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = ignore_signal as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
     }
     WORKER_INDEX.store(ctx.slot as u64, StdOrdering::Relaxed);
     WORKER_SEQ.store(ctx.seq, StdOrdering::Relaxed);
     WORKER_PID.store(std::process::id() as i32, StdOrdering::Relaxed);
-    set_process_name(&format!("PoolWorker-{}", ctx.seq));
+    let name = format!("PoolWorker-{}", ctx.seq);
+    set_process_name(&name);
     crate::channel::set_worker_channel(ctx.channel);
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .name(name)
+            .spawn_scoped(scope, || worker_loop(&ctx));
+        match spawned {
+            // The loop leaves only through `_exit`; a join that returns means it unwound, which
+            // its own guard already turned into an exit.
+            Ok(handle) => {
+                let _ = handle.join();
+                exit_now(EXIT_INTERNAL, false)
+            }
+            Err(_) => worker_loop(&ctx),
+        }
+    })
+}
+
+/// Initializer, then the task loop. Never returns.
+fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
+    let _guard = ExitOnUnwind("a pool worker");
 
     let ctl = ctx.ctl;
     let slot = ctl.slot(ctx.slot);
@@ -208,6 +249,7 @@ pub(crate) fn worker_main(ctx: WorkerCtx<'_>) -> ! {
         unsafe { libc::getppid() == server_pid }
     };
     let mut done: u64 = 0;
+    let mut timer = TaskTimer(None);
 
     loop {
         let d = match tasks.pop() {
@@ -242,6 +284,32 @@ pub(crate) fn worker_main(ctx: WorkerCtx<'_>) -> ! {
         let call: CallFn = unsafe { std::mem::transmute::<usize, CallFn>(d.call as usize) };
         let keep_waiting = || parent_alive();
         let started = Instant::now();
+        let limit = (d.elapsed_ns != 0).then(|| Duration::from_nanos(d.elapsed_ns));
+        if let Some(limit) = limit {
+            // Relaxed: read by the parent only after our death (slot-exit orders it).
+            slot.task_started_ns
+                .store(monotonic_ns(), Ordering::Relaxed);
+            if let Err(e) = timer.arm(limit) {
+                let msg = format!("could not arm the task's time limit: {e}");
+                // SAFETY: `result_base..+cap` is our result arena and only we allocate in it.
+                let mut sink = unsafe {
+                    ResultSink::new(
+                        result_base,
+                        cap,
+                        &mut head,
+                        &mut floor,
+                        &slot.result_freed,
+                        &keep_waiting,
+                    )
+                };
+                let Ok((status, enc)) = message(&mut sink, STATUS_ERROR, &msg) else {
+                    exit_now(EXIT_ORPHAN, false)
+                };
+                push_result(&mut results, d.task_id, status, enc, 0, &parent_alive);
+                header.collector.notify();
+                continue;
+            }
+        }
         let outcome = {
             // SAFETY: `result_base..+cap` is our result arena and only we allocate in it.
             let mut sink = unsafe {
@@ -262,39 +330,133 @@ pub(crate) fn worker_main(ctx: WorkerCtx<'_>) -> ! {
                 CallOutcome::Failed(m) => message(&mut sink, STATUS_ERROR, &m),
             }
         };
+        if limit.is_some() {
+            // Disarmed before the result is published: a timer that fires from here on kills
+            // a worker that finished in time only if the task took its whole limit anyway.
+            timer.disarm();
+        }
         let elapsed_ns = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
         let (status, enc) = match outcome {
             Ok(x) => x,
             Err(()) => exit_now(EXIT_ORPHAN, false),
         };
-        let mut rd = Descriptor {
-            task_id: d.task_id,
-            call: 0,
-            offset: enc.offset as u64,
-            len: enc.len as u64,
-            arena_end: enc.end,
-            elapsed_ns,
+        push_result(
+            &mut results,
+            d.task_id,
             status,
-            flags: 0,
-            reserved: 0,
-        };
-        loop {
-            match results.push(rd) {
-                Ok(Ok(())) => break,
-                Ok(Err(back)) => {
-                    rd = back;
-                    if !parent_alive() {
-                        exit_now(EXIT_ORPHAN, false);
-                    }
-                    std::thread::sleep(Duration::from_micros(50));
-                }
-                Err(_) => exit_now(EXIT_PROTOCOL, false),
-            }
-        }
+            enc,
+            elapsed_ns,
+            &parent_alive,
+        );
         header.collector.notify();
         done += 1;
         if ctx.max_tasks.is_some_and(|m| done >= m) {
             exit_now(0, true);
+        }
+    }
+}
+
+/// Publishes a task's result descriptor, waiting for ring space while the parent lives.
+fn push_result(
+    results: &mut Producer,
+    task_id: u64,
+    status: u32,
+    enc: crate::task::Encoded,
+    elapsed_ns: u64,
+    parent_alive: &dyn Fn() -> bool,
+) {
+    let mut rd = Descriptor {
+        task_id,
+        call: 0,
+        offset: enc.offset as u64,
+        len: enc.len as u64,
+        arena_end: enc.end,
+        elapsed_ns,
+        status,
+        flags: 0,
+        reserved: 0,
+    };
+    loop {
+        match results.push(rd) {
+            Ok(Ok(())) => return,
+            Ok(Err(back)) => {
+                rd = back;
+                if !parent_alive() {
+                    exit_now(EXIT_ORPHAN, false);
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            Err(_) => exit_now(EXIT_PROTOCOL, false),
+        }
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the same clock in every process of the machine, so a time
+/// taken in a worker can be compared with one taken in the parent.
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// A task's time limit: a POSIX timer on `CLOCK_MONOTONIC` that sends this worker `SIGKILL`
+/// when it expires. `SIGKILL` because nothing a task does (blocking signals, a handler of its
+/// own, a tight loop, an uninterruptible-looking syscall) can delay it; the fork server reaps
+/// the worker and the parent sees a death whose time (`task_started_ns`) says it was the limit.
+/// Made on first use, so workers of pools without limits never make one.
+struct TaskTimer(Option<libc::timer_t>);
+
+impl TaskTimer {
+    fn arm(&mut self, limit: Duration) -> std::io::Result<()> {
+        let timer = match self.0 {
+            Some(t) => t,
+            None => {
+                // SAFETY: a zeroed sigevent is a valid value (plain C struct); the fields set
+                // ask for SIGKILL to this process.
+                let mut ev: libc::sigevent = unsafe { std::mem::zeroed() };
+                ev.sigev_notify = libc::SIGEV_SIGNAL;
+                ev.sigev_signo = libc::SIGKILL;
+                let mut t: libc::timer_t = std::ptr::null_mut();
+                // SAFETY: valid pointers to an initialized sigevent and an out timer id.
+                if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut t) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                self.0 = Some(t);
+                t
+            }
+        };
+        // A limit below 1 ns would disarm the timer instead: round up.
+        let limit = limit.max(Duration::from_nanos(1));
+        let its = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: limit.as_secs().min(i64::MAX as u64) as libc::time_t,
+                tv_nsec: limit.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: `timer` is a live timer of this process; `its` is a valid itimerspec.
+        if unsafe { libc::timer_settime(timer, 0, &its, std::ptr::null_mut()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn disarm(&mut self) {
+        if let Some(t) = self.0 {
+            // SAFETY: a zeroed itimerspec disarms the live timer `t`.
+            unsafe {
+                let its: libc::itimerspec = std::mem::zeroed();
+                libc::timer_settime(t, 0, &its, std::ptr::null_mut());
+            }
         }
     }
 }

@@ -98,6 +98,10 @@ pub(crate) struct Job {
     pub(crate) done: Completion,
     /// Shared segments the task reads or writes (sent to the worker before the task).
     pub(crate) segments: Vec<SegmentShare>,
+    /// This task's time limit, overriding the pool's (`PoolBuilder::task_timeout`).
+    pub(crate) timeout: Option<Duration>,
+    /// Runs this job already had in workers that died (see `PoolBuilder::retries`).
+    attempts: u32,
 }
 
 impl Job {
@@ -107,6 +111,8 @@ impl Job {
             call,
             done,
             segments: Vec::new(),
+            timeout: None,
+            attempts: 0,
         }
     }
 }
@@ -120,6 +126,12 @@ struct InFlight {
     done: Completion,
     /// Segments the task needs; re-sent if a replacement worker inherits the task.
     segments: Vec<SegmentShare>,
+    /// The time limit the worker enforces, if any.
+    timeout: Option<Duration>,
+    /// The encoded argument, kept only while the job may still be retried.
+    retry_payload: Option<Vec<u8>>,
+    call: usize,
+    attempts: u32,
 }
 
 /// Lifecycle of the pool.
@@ -150,6 +162,10 @@ pub(crate) struct Dispatch {
     /// Which segments each slot's worker holds.
     sent: Vec<SentSegments>,
     next_id: u64,
+    /// The pool's time limit for every task (`PoolBuilder::task_timeout`).
+    pub(crate) task_timeout: Option<Duration>,
+    /// How often a task whose worker died is run again (`PoolBuilder::retries`).
+    pub(crate) retries: u32,
     /// Jobs accepted and not yet completed (pending + in flight + completing), plus one token
     /// per adaptive `map` that still has items to submit (see `map`).
     pub(crate) outstanding: usize,
@@ -178,6 +194,8 @@ impl Dispatch {
             sent: (0..n).map(|_| SentSegments::default()).collect(),
             channels,
             next_id: 1,
+            task_timeout: None,
+            retries: 0,
             outstanding: 0,
             phase: Phase::Open,
         }
@@ -264,11 +282,15 @@ impl Dispatch {
             }
             let id = self.next_id;
             self.next_id += 1;
+            let timeout = job.timeout.or(self.task_timeout);
             let d = Descriptor {
                 task_id: id,
                 call: job.call as u64,
                 offset: place.offset as u64,
                 len: len as u64,
+                // A task descriptor carries its time limit here (see `Descriptor`); at least
+                // 1 ns, since 0 means none.
+                elapsed_ns: timeout.map_or(0, |t| t.as_nanos().clamp(1, u64::MAX as u128) as u64),
                 ..Descriptor::default()
             };
             let seq = self.producers[s].position();
@@ -285,12 +307,17 @@ impl Dispatch {
                     continue;
                 }
             }
+            let retry_payload = (job.attempts < self.retries).then_some(job.payload);
             self.inflight[s].push_back(InFlight {
                 id,
                 seq,
                 arg_end: place.end,
                 done: job.done,
                 segments: job.segments,
+                timeout,
+                retry_payload,
+                call: job.call,
+                attempts: job.attempts,
             });
             if !woken.contains(&s) {
                 woken.push(s);
@@ -438,7 +465,10 @@ pub(crate) fn collect(inner: &Inner, server_pid: i32) {
             let mut c = inner.collect.lock().unwrap_or_else(|e| e.into_inner());
             poll_once(inner, &mut c)
         };
-        if let Some(status) = reap_server(server_pid, false) {
+        // Acquire, SYNC: server-exiting — the server is past its last use of shared memory and
+        // about to `_exit`, so a blocking wait is short (and needs no timeout to notice it).
+        let exiting = ctl.header().server_exiting.load(Ordering::Acquire) != 0;
+        if let Some(status) = reap_server(server_pid, exiting) {
             let mut c = inner.collect.lock().unwrap_or_else(|e| e.into_inner());
             poll_once(inner, &mut c);
             drop(c);
@@ -468,6 +498,8 @@ pub(crate) fn collect(inner: &Inner, server_pid: i32) {
             .collector
             .wait_until(COLLECTOR_SPIN, Some(Duration::from_millis(100)), || {
                 inner.active_callers.load(Ordering::SeqCst) > 0
+                    // Acquire, SYNC: server-exiting.
+                    || ctl.header().server_exiting.load(Ordering::Acquire) != 0
                     || inner
                         .collect
                         .try_lock()
@@ -662,13 +694,18 @@ fn on_death(inner: &Inner, s: usize) -> bool {
     // Relaxed: ordered by the Acquire load of `exited` that found the death.
     let status = slot.exit_status.load(Ordering::Relaxed) as i32;
     let pid = slot.exit_pid.load(Ordering::Relaxed) as i32;
+    // When the dead worker started its timed task. Read now, before a replacement is asked for:
+    // the replacement writes this word for its own first timed task. Relaxed: ordered by
+    // slot-exit, after the dead worker's store.
+    let started = slot.task_started_ns.load(Ordering::Relaxed);
     slot.exited.store(0, Ordering::Relaxed);
     let (signal, exit_code) = decode_status(status);
     let init_failed = exit_code == Some(EXIT_INIT_FAILED);
     let mut stranded: Vec<Completion> = Vec::new();
     let mut stranded_error = None;
+    let mut running: Vec<InFlight> = Vec::new();
     let corruption = lock(inner).corrupted[s].take();
-    let (failed, respawn, broken_jobs) = {
+    let (mut failed, respawn, broken_jobs) = {
         let mut guard = lock(inner);
         let g = &mut *guard;
         let taken = slot.tasks.consumed();
@@ -676,7 +713,8 @@ fn on_death(inner: &Inner, s: usize) -> bool {
         while g.inflight[s].front().is_some_and(|f| f.seq < taken) {
             let f = g.inflight[s].pop_front().expect("front exists");
             g.arenas[s].free_to(f.arg_end);
-            failed.push(f.done);
+            // The task the worker was running when it died: judged below (time limit, retry).
+            running.push(f);
         }
         let mut broken_jobs = Vec::new();
         if init_failed {
@@ -751,9 +789,53 @@ fn on_death(inner: &Inner, s: usize) -> bool {
         wake(ctl, &woken);
         fail_refused(inner, refused);
     }
-    let n_failed = failed.len();
     // A worker killed by `terminate` is not a failure of its task.
     let terminated = matches!(lock(inner).phase, Phase::Stopped);
+    let mut n_failed = 0;
+    for f in running {
+        if terminated || corruption.is_some() || init_failed {
+            failed.push(f.done);
+            continue;
+        }
+        // The worker's timer SIGKILLs it when the task's limit passes; a SIGKILL from anyone
+        // else before that is a plain death.
+        let ran = Duration::from_nanos(crate::worker::monotonic_ns().saturating_sub(started));
+        if let Some(limit) = f.timeout
+            && signal == Some(libc::SIGKILL)
+            && ran >= limit
+        {
+            (f.done)(TaskResult::Err(Error::TaskTimedOut {
+                worker: s,
+                pid,
+                limit,
+            }));
+            n_failed += 1;
+            continue;
+        }
+        match f.retry_payload {
+            // Run it again: back to the front of the queue, for any worker.
+            Some(payload) if respawn => {
+                let job = Job {
+                    payload,
+                    call: f.call,
+                    done: f.done,
+                    segments: f.segments,
+                    timeout: f.timeout,
+                    attempts: f.attempts + 1,
+                };
+                let (woken, refused) = {
+                    let mut g = lock(inner);
+                    g.pending.push_front(job);
+                    let woken = g.pump(ctl);
+                    (woken, g.take_refused())
+                };
+                wake(ctl, &woken);
+                fail_refused(inner, refused);
+            }
+            _ => failed.push(f.done),
+        }
+    }
+    n_failed += failed.len();
     for done in failed {
         done(TaskResult::Err(if terminated {
             Error::PoolTerminated

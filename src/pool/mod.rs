@@ -119,6 +119,8 @@ pub struct PoolBuilder {
     initializer: Option<Arc<dyn Fn() + Send + Sync>>,
     max_tasks: Option<u64>,
     arena_size: usize,
+    task_timeout: Option<Duration>,
+    retries: u32,
 }
 
 impl std::fmt::Debug for PoolBuilder {
@@ -128,6 +130,8 @@ impl std::fmt::Debug for PoolBuilder {
             .field("initializer", &self.initializer.is_some())
             .field("max_tasks_per_child", &self.max_tasks)
             .field("arena_size", &self.arena_size)
+            .field("task_timeout", &self.task_timeout)
+            .field("retries", &self.retries)
             .finish()
     }
 }
@@ -139,6 +143,8 @@ impl Default for PoolBuilder {
             initializer: None,
             max_tasks: None,
             arena_size: DEFAULT_ARENA_SIZE,
+            task_timeout: None,
+            retries: 0,
         }
     }
 }
@@ -174,6 +180,57 @@ impl PoolBuilder {
         self
     }
 
+    /// A time limit for every task (Python's `Pool` has none). A task still running after
+    /// `limit` is killed with its worker, which is replaced; the task resolves to
+    /// [`Error::TaskTimedOut`] naming the worker and the limit, and every other task goes on
+    /// untouched (those queued behind it run in the replacement).
+    ///
+    /// The limit counts from the moment a worker starts the task (not from submission) and
+    /// includes writing its result. It is enforced by the worker's own timer, which sends it
+    /// `SIGKILL`: nothing the task does can delay it, and the parent needs no polling. A chunk of
+    /// items (`map`, `imap`, `starmap`, `map_chunks`, ...) is one task: the limit applies to the
+    /// whole chunk, and when it passes every item of the chunk fails with the error, so give
+    /// chunked calls a limit for a chunk (or an explicit chunksize). A per-call limit
+    /// ([`Pool::apply_async_timeout`]) overrides this one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pool = shmpool::Pool::builder()
+    ///     .processes(1)
+    ///     .task_timeout(Duration::from_millis(200))
+    ///     .build()?;
+    /// let stuck = pool.apply(|_: ()| -> u64 { loop { std::hint::spin_loop() } }, ());
+    /// assert!(matches!(stuck, Err(shmpool::Error::TaskTimedOut { .. })));
+    /// assert_eq!(pool.apply(|x: u64| x + 1, 1)?, 2); // the replacement serves on
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn task_timeout(mut self, limit: Duration) -> Self {
+        self.task_timeout = Some(limit);
+        self
+    }
+
+    /// Runs a task again, up to `n` more times, when the worker running it dies (a signal, an
+    /// `exit`, the OOM killer): useful when deaths come from outside the task. Off (0) by
+    /// default, like Python's `Pool`, because a task that kills its worker would kill `n + 1`.
+    /// A task that panics or runs past its time limit is never retried. Each retry goes to the
+    /// front of the queue; after the last, the task resolves to [`Error::WorkerDied`].
+    ///
+    /// While a task may still be retried, the pool keeps a copy of its encoded argument.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::builder().processes(2).retries(2).build()?;
+    /// assert_eq!(pool.apply(|x: u64| x * 3, 5)?, 15);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
     /// Forks the workers.
     ///
     /// # Errors
@@ -200,6 +257,9 @@ impl PoolBuilder {
                 "processes must be at most {MAX_PROCESSES} (Linux's largest pid_max)"
             )));
         }
+        if self.task_timeout == Some(Duration::ZERO) {
+            return Err(Error::invalid("task_timeout must be more than zero"));
+        }
         // The channels first: they are cheap, and an absurd worker count meets the fd limit here
         // before the control segment's per-slot words are written.
         let (channels, worker_channels): (Vec<OwnedFd>, Vec<OwnedFd>) = (0..processes)
@@ -208,11 +268,11 @@ impl PoolBuilder {
             .into_iter()
             .unzip();
         let ctl = Control::new(processes, self.arena_size)?;
+        let mut dispatch = Dispatch::new(&ctl, channels.iter().map(AsRawFd::as_raw_fd).collect());
+        dispatch.task_timeout = self.task_timeout;
+        dispatch.retries = self.retries;
         let inner = Arc::new(Inner {
-            dispatch: Mutex::new(Dispatch::new(
-                &ctl,
-                channels.iter().map(AsRawFd::as_raw_fd).collect(),
-            )),
+            dispatch: Mutex::new(dispatch),
             channels,
             collect: Mutex::new(Collect::new(&ctl)),
             active_callers: AtomicU32::new(0),
@@ -416,6 +476,56 @@ impl Pool {
             call_one::<F, A, R> as CallFn as usize,
             done,
         )])?;
+        Ok(AsyncResult::from_cell(cell))
+    }
+
+    /// Like [`apply_async`](Pool::apply_async) with a time limit for this task alone (it
+    /// overrides [`PoolBuilder::task_timeout`]): if the task runs longer than `limit` once a
+    /// worker has started it, the worker is killed and replaced and the result is
+    /// [`Error::TaskTimedOut`]. Other tasks are not affected.
+    ///
+    /// # Errors
+    ///
+    /// As [`apply_async`](Pool::apply_async), and [`Error::InvalidArgument`] for a zero limit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let slow = |ms: u64| std::thread::sleep(Duration::from_millis(ms));
+    /// let r = pool.apply_async_timeout(slow, 10_000, Duration::from_millis(100))?;
+    /// assert!(matches!(r.get(), Err(shmpool::Error::TaskTimedOut { .. })));
+    /// let r = pool.apply_async_timeout(slow, 1, Duration::from_secs(30))?;
+    /// assert!(r.get().is_ok());
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
+    pub fn apply_async_timeout<F, A, R>(
+        &self,
+        f: F,
+        arg: A,
+        limit: Duration,
+    ) -> Result<AsyncResult<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Payload,
+        R: Payload,
+    {
+        let _ = f;
+        assert_task_fn::<F>();
+        if limit.is_zero() {
+            return Err(Error::invalid("a task's time limit must be more than zero"));
+        }
+        let cell = ResultCell::new(Some(self.helper()));
+        let out = Arc::clone(&cell);
+        let done: Completion = Box::new(move |r| out.set(decode_result::<R>(r)));
+        let mut job = Job::new(
+            encode(&arg, self.arena_cap())?,
+            call_one::<F, A, R> as CallFn as usize,
+            done,
+        );
+        job.timeout = Some(limit);
+        self.submit(vec![job])?;
         Ok(AsyncResult::from_cell(cell))
     }
 

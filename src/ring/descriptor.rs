@@ -18,7 +18,8 @@ pub struct Descriptor {
     pub len: u64,
     /// Result: the worker's arena allocation position after this payload (what the parent may free).
     pub arena_end: u64,
-    /// Result: nanoseconds the worker spent running the task.
+    /// Task: the task's time limit in nanoseconds, 0 for none (the worker arms a timer that
+    /// SIGKILLs it when the limit passes). Result: nanoseconds the worker spent running the task.
     pub elapsed_ns: u64,
     /// Result status (`STATUS_*`), or task kind.
     pub status: u32,
