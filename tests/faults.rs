@@ -336,12 +336,8 @@ fn without_retries_a_death_is_final_and_panics_and_timeouts_are_never_retried() 
     assert!(matches!(e, Error::WorkerDied { .. }), "{e:?}");
     assert_eq!(std::fs::read_to_string(&path).unwrap().len(), 1);
 
-    let pool = Pool::builder()
-        .processes(1)
-        .retries(3)
-        .task_timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
+    // No time limit here: printing a panic with RUST_BACKTRACE set can take longer than one.
+    let pool = Pool::builder().processes(1).retries(3).build().unwrap();
     let (_g, path) = runs_file();
     let e = pool
         .apply(
@@ -353,6 +349,12 @@ fn without_retries_a_death_is_final_and_panics_and_timeouts_are_never_retried() 
         )
         .unwrap_err();
     assert!(matches!(e, Error::TaskPanicked { .. }), "{e:?}");
+    let pool = Pool::builder()
+        .processes(1)
+        .retries(3)
+        .task_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
     let (_g3, path3) = runs_file();
     let e = pool
         .apply(
