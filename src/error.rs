@@ -44,7 +44,7 @@ pub enum Error {
         /// Index of the worker slot.
         worker: usize,
         /// Its process id.
-        pid: i32,
+        pid: u32,
         /// The signal that killed it, if any.
         signal: Option<i32>,
         /// Its exit code, if it exited.
@@ -57,7 +57,8 @@ pub enum Error {
         /// The panic message.
         message: String,
     },
-    /// A wait ran out of time; the result can still be waited for again.
+    /// A wait ran out of time (for a result, a queue item, or room in a queue); what was waited
+    /// for can still be waited for again.
     Timeout,
     /// The result of this `AsyncResult` was already taken by an earlier `get`.
     ResultTaken,
@@ -95,7 +96,7 @@ pub enum Error {
         /// Index of the worker slot that ran the task.
         worker: usize,
         /// Pid of the worker that was killed.
-        pid: i32,
+        pid: u32,
         /// The limit the task exceeded.
         limit: std::time::Duration,
     },
@@ -162,7 +163,7 @@ impl fmt::Display for Error {
             Error::InitializerFailed { worker, message } => {
                 write!(f, "initializer panicked in worker {worker}: {message}")
             }
-            Error::Timeout => f.write_str("timed out waiting for the result"),
+            Error::Timeout => f.write_str("the wait timed out"),
             Error::ResultTaken => f.write_str("the result was already taken"),
             Error::PayloadTooLarge { size, capacity } => write!(
                 f,
@@ -177,7 +178,9 @@ impl fmt::Display for Error {
                 f,
                 "task ran past its time limit of {limit:?} in worker {worker} (pid {pid}), which was killed"
             ),
-            Error::Os { op, source } => write!(f, "{op} failed: {source}"),
+            // The OS error is the `source()`, not part of this message: chains printed with
+            // `{:#}` (anyhow, eyre) would show it twice.
+            Error::Os { op, .. } => write!(f, "{op} failed"),
         }
     }
 }
@@ -188,6 +191,68 @@ impl std::error::Error for Error {
             Error::Os { source, .. } => Some(&**source),
             _ => None,
         }
+    }
+}
+
+/// A submission that failed, with the value that was not submitted: the argument of
+/// [`Pool::apply_async`], the item of [`Queue::put_timeout`] (as [`std::sync::mpsc::SendError`]
+/// hands back its message).
+///
+/// It converts into [`Error`] with `?`, dropping the value.
+///
+/// [`Pool::apply_async`]: crate::Pool::apply_async
+/// [`Queue::put_timeout`]: crate::Queue::put_timeout
+///
+/// # Examples
+///
+/// ```
+/// use shmpool::{Error, Pool};
+///
+/// let pool = Pool::new(1)?;
+/// pool.close();
+/// let refused = pool.apply_async(|s: String| s.len(), "keep me".to_string()).unwrap_err();
+/// assert!(matches!(refused.error, Error::PoolClosed));
+/// assert_eq!(refused.value, "keep me");
+/// # Ok::<(), shmpool::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct SubmitError<T> {
+    /// Why it was not submitted.
+    pub error: Error,
+    /// What was not submitted.
+    pub value: T,
+}
+
+impl<T> SubmitError<T> {
+    pub(crate) fn new(error: Error, value: T) -> Self {
+        SubmitError { error, value }
+    }
+}
+
+impl<T> fmt::Debug for SubmitError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `T` need not be `Debug` (as for `SendError`).
+        f.debug_struct("SubmitError")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> fmt::Display for SubmitError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl<T> std::error::Error for SubmitError<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.error)
+    }
+}
+
+impl<T> From<SubmitError<T>> for Error {
+    fn from(e: SubmitError<T>) -> Error {
+        e.error
     }
 }
 

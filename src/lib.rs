@@ -185,7 +185,7 @@ mod worker;
 #[cfg(not(loom))]
 pub use bulk::{BulkInput, IMapChunks, IMapReader, MappedFile, SharedVec};
 #[cfg(not(loom))]
-pub use error::{Error, Result};
+pub use error::{Error, Result, SubmitError};
 #[cfg(not(loom))]
 pub use payload::Payload;
 #[cfg(not(loom))]

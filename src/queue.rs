@@ -95,7 +95,7 @@ use crossbeam_utils::CachePadded;
 use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeTuple, Serializer};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SubmitError};
 use crate::payload::Payload;
 use crate::ser_probe::serialize_error;
 use crate::shm::{Segment, align_up};
@@ -713,8 +713,8 @@ impl<T: Payload> Queue<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`] if the queue stayed full; the item is then dropped (use
-    /// [`try_put`](Queue::try_put), which hands it back, to keep it). Otherwise as for `put`.
+    /// [`Error::Timeout`] if the queue stayed full, otherwise as for `put`; either way in a
+    /// [`SubmitError`] that hands the item back (`?` turns it into the plain [`Error`]).
     ///
     /// # Examples
     ///
@@ -724,12 +724,14 @@ impl<T: Payload> Queue<T> {
     ///
     /// let q = Queue::new(1)?;
     /// q.put_timeout('a', Duration::from_millis(10))?;
-    /// let e = q.put_timeout('b', Duration::from_millis(10)).unwrap_err();
-    /// assert!(matches!(e, Error::Timeout));
+    /// let full = q.put_timeout('b', Duration::from_millis(10)).unwrap_err();
+    /// assert!(matches!(full.error, Error::Timeout));
+    /// assert_eq!(full.value, 'b');
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<()> {
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), SubmitError<T>> {
         self.put_until(&item, Some(Instant::now() + timeout))
+            .map_err(|e| SubmitError::new(e, item))
     }
 
     /// Puts `item` at the back if there is room, without waiting. Returns `Ok(Err(item))`,

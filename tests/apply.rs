@@ -131,7 +131,7 @@ fn get_timeout_times_out_then_a_second_wait_succeeds_then_the_result_is_taken() 
     let mut r = pool.apply_async(gated, (gate.path(), 6)).unwrap();
     let e = r.get_timeout(Duration::from_millis(10)).unwrap_err();
     assert!(matches!(e, Error::Timeout), "{e:?}");
-    assert_eq!(e.to_string(), "timed out waiting for the result");
+    assert_eq!(e.to_string(), "the wait timed out");
     // The handle is still usable after a timeout.
     let e = r.get_timeout(Duration::ZERO).unwrap_err();
     assert!(matches!(e, Error::Timeout), "{e:?}");

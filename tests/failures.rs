@@ -60,7 +60,7 @@ where
         ref other => panic!("unexpected {other:?}"),
     };
     assert!(worker < 2);
-    assert_eq!(before[worker], dead_pid as u32);
+    assert_eq!(before[worker], dead_pid);
     assert_eq!(
         e.to_string(),
         format!("worker {worker} (pid {dead_pid}) was killed by signal {signal} ({name})")
@@ -72,19 +72,19 @@ where
     assert!(
         common::eventually(Duration::from_secs(30), || {
             let p = pool.worker_pids()[worker];
-            p != 0 && p != dead_pid as u32
+            p != 0 && p != dead_pid
         }),
         "slot {worker} was not replaced: {:?}",
         pool.worker_pids()
     );
     assert_eq!(pool.worker_pids()[1 - worker], before[1 - worker]);
     assert!(
-        !common::exists(dead_pid as u32),
+        !common::exists(dead_pid),
         "dead worker {dead_pid} not reaped"
     );
     assert_eq!(pool.map(double, 0..100).unwrap()[99], 198);
     let pids: Vec<u32> = pool.map_chunked(pid, vec![(); 40], 1).unwrap();
-    assert!(!pids.contains(&(dead_pid as u32)));
+    assert!(!pids.contains(&(dead_pid)));
     pool.close();
     pool.join().unwrap();
 }
@@ -311,7 +311,7 @@ fn an_initializer_that_panics_fails_work_with_initializer_failed() {
     let e = pool.map(double, 0..10).unwrap_err();
     assert!(matches!(e, Error::InitializerFailed { .. }), "{e:?}");
     let e = pool.apply_async(double, 1).unwrap_err();
-    assert!(matches!(e, Error::InitializerFailed { .. }), "{e:?}");
+    assert!(matches!(e.error, Error::InitializerFailed { .. }), "{e:?}");
     drop(pool);
 }
 
@@ -363,10 +363,11 @@ fn submitting_after_close_is_pool_closed_and_queued_work_still_finishes() {
     let e = pool.apply(double, 1).unwrap_err();
     assert!(matches!(e, Error::PoolClosed), "{e:?}");
     assert_eq!(e.to_string(), "the pool is closed");
-    assert!(matches!(
-        pool.apply_async(double, 1),
-        Err(Error::PoolClosed)
-    ));
+    let refused = pool.apply_async(double, 41).unwrap_err();
+    assert!(matches!(refused.error, Error::PoolClosed), "{refused:?}");
+    // The argument comes back, as from `mpsc::SendError`.
+    assert_eq!(refused.value, 41);
+    assert_eq!(refused.to_string(), "the pool is closed");
     assert!(matches!(pool.map(double, 0..3), Err(Error::PoolClosed)));
     assert!(matches!(
         pool.map(double, Vec::new()),

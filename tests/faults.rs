@@ -185,7 +185,7 @@ fn a_task_past_the_pool_time_limit_fails_with_task_timed_out_and_nothing_else_do
         panic!("unexpected {e:?}")
     };
     assert_eq!(l, limit);
-    assert_eq!(before[worker], pid as u32);
+    assert_eq!(before[worker], pid);
     assert_eq!(
         e.to_string(),
         format!(
@@ -202,10 +202,10 @@ fn a_task_past_the_pool_time_limit_fails_with_task_timed_out_and_nothing_else_do
     );
     assert!(common::eventually(Duration::from_secs(30), || {
         let p = pool.worker_pids()[worker];
-        p != 0 && p != pid as u32
+        p != 0 && p != pid
     }));
     assert!(common::eventually(Duration::from_secs(30), || {
-        !common::exists(pid as u32)
+        !common::exists(pid)
     }));
     pool.close();
     pool.join().unwrap();
@@ -230,7 +230,10 @@ fn a_per_call_time_limit_applies_to_that_task_only() {
     assert_eq!(plain.get().unwrap(), 400, "untimed tasks have no limit");
     assert!(matches!(
         pool.apply_async_timeout(double, 1, Duration::ZERO),
-        Err(Error::InvalidArgument { .. })
+        Err(shmpool::SubmitError {
+            error: Error::InvalidArgument { .. },
+            value: 1
+        })
     ));
     assert!(matches!(
         Pool::builder().task_timeout(Duration::ZERO).build(),

@@ -274,7 +274,9 @@ fn an_argument_bigger_than_the_arena_is_payload_too_large_and_the_pool_goes_on()
     let e = pool
         .apply_async(|v: Vec<u8>| v.len(), vec![1u8; 100_000])
         .unwrap_err();
-    assert!(matches!(e, Error::PayloadTooLarge { .. }), "{e:?}");
+    assert!(matches!(e.error, Error::PayloadTooLarge { .. }), "{e:?}");
+    // The argument comes back whole.
+    assert_eq!(e.value, vec![1u8; 100_000]);
     // A map whose one chunk is too big is refused whole.
     let e = pool
         .map_chunked(|v: Vec<u8>| v.len(), vec![vec![0u8; 40_000]; 2], 2)

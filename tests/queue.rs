@@ -54,10 +54,11 @@ fn a_full_queue_refuses_try_put_and_hands_the_item_back() {
     }
     assert_eq!(q.len(), 3);
     assert_eq!(q.try_put(99).unwrap(), Err(99));
-    assert!(matches!(
-        q.put_timeout(99, Duration::from_millis(5)),
-        Err(Error::Timeout)
-    ));
+    let full = q.put_timeout(99, Duration::from_millis(5)).unwrap_err();
+    assert!(matches!(full.error, Error::Timeout), "{full:?}");
+    // The item comes back, as from `try_put`.
+    assert_eq!(full.value, 99);
+    assert_eq!(full.to_string(), "the wait timed out");
     assert_eq!(q.get().unwrap(), 0);
     assert_eq!(q.try_put(3).unwrap(), Ok(()));
     let rest: Vec<u32> = (0..3).map(|_| q.get().unwrap()).collect();
@@ -78,7 +79,7 @@ fn get_timeout_on_an_empty_queue_is_a_timeout() {
     let q = Queue::<u64>::new(2).unwrap();
     let e = q.get_timeout(Duration::from_millis(20)).unwrap_err();
     assert!(matches!(e, Error::Timeout), "{e:?}");
-    assert_eq!(e.to_string(), "timed out waiting for the result");
+    assert_eq!(e.to_string(), "the wait timed out");
     assert!(matches!(q.get_timeout(Duration::ZERO), Err(Error::Timeout)));
 }
 

@@ -97,10 +97,12 @@ fn seed0_apply_async_returns_before_tasks_finish() -> TestResult {
     let pids_before = pool.worker_pids();
     let results: Vec<AsyncResult<(String, u32)>> = (0..4)
         .map(|i| {
+            // The refused argument (in `SubmitError`) is not needed here.
             pool.apply_async(
                 gated_msg,
                 (started.clone(), gate.clone(), format!("hello {i}")),
             )
+            .map_err(shmpool::Error::from)
         })
         .collect::<Result<_, _>>()?;
     // Every apply_async has returned, and no task can have finished: all wait for the gate.
@@ -302,10 +304,12 @@ fn seed2_blocking_vs_async_and_methods() -> TestResult {
     let workers = pool.worker_pids();
     let results: Vec<_> = (0..7)
         .map(|i| {
+            // The refused argument (in `SubmitError`) is not needed here.
             pool.apply_async(
                 gated_msg,
                 (started.clone(), gate.clone(), format!("mark{i}")),
             )
+            .map_err(shmpool::Error::from)
         })
         .collect::<Result<_, _>>()?;
     assert!(results.iter().all(|r| !r.ready()));

@@ -2,7 +2,7 @@
 
 mod common;
 
-use shmpool::{Error, Pool};
+use shmpool::{Error, Pool, SubmitError};
 
 fn assert_send_sync<T: Send + Sync>() {}
 
@@ -74,7 +74,14 @@ fn closing_while_threads_submit_loses_no_accepted_task() {
                         let x = t << 32 | i;
                         match pool.apply_async(mix, x) {
                             Ok(h) => accepted.push((x, h)),
-                            Err(Error::PoolClosed) => break,
+                            Err(SubmitError {
+                                error: Error::PoolClosed,
+                                value,
+                            }) => {
+                                // The refused argument comes back.
+                                assert_eq!(value, x);
+                                break;
+                            }
                             Err(e) => panic!("unexpected {e:?}"),
                         }
                         if i == 50 {

@@ -119,6 +119,7 @@ pub(super) fn completion<R: Payload>(window: &Window<Arrived<R>>, tag: usize) ->
 /// assert_eq!(rest, [30, 30, 10]);
 /// # Ok::<(), shmpool::Error>(())
 /// ```
+#[must_use = "iterators are lazy: an `IMapChunks` submits nothing until it is iterated"]
 pub struct IMapChunks<'a, R> {
     pool: &'a Pool,
     plan: Plan,

@@ -33,6 +33,7 @@ use super::{ChunkArg, Region, Span};
 /// assert_eq!(lens, [4096, 4096, 1808]);
 /// # Ok::<(), shmpool::Error>(())
 /// ```
+#[must_use = "iterators are lazy: an `IMapReader` reads nothing until it is iterated"]
 pub struct IMapReader<'p, Rd, R> {
     pool: &'p Pool,
     reader: Rd,

@@ -693,7 +693,7 @@ fn on_death(inner: &Inner, s: usize) -> bool {
     let slot = ctl.slot(s);
     // Relaxed: ordered by the Acquire load of `exited` that found the death.
     let status = slot.exit_status.load(Ordering::Relaxed) as i32;
-    let pid = slot.exit_pid.load(Ordering::Relaxed) as i32;
+    let pid = slot.exit_pid.load(Ordering::Relaxed);
     // When the dead worker started its timed task. Read now, before a replacement is asked for:
     // the replacement writes this word for its own first timed task. Relaxed: ordered by
     // slot-exit, after the dead worker's store.

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 
 use crate::channel;
 use crate::control::{Control, GRACEFUL, TERMINATE};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SubmitError};
 use crate::payload::{Payload, decode_chunk_out};
 use crate::process::{ServerCtx, fork_server, reap_server};
 use crate::result::{AsyncResult, Helper, ResultCell};
@@ -66,6 +66,13 @@ pub(crate) struct Inner {
 /// Dropping the pool terminates it: workers are killed and reaped, every pending
 /// [`AsyncResult`] resolves to [`Error::PoolTerminated`], and no process or shared memory is
 /// left behind. Call [`close`](Pool::close) then [`join`](Pool::join) to finish queued work first.
+///
+/// **`drop` blocks** until every worker and the fork server have been killed *and reaped*, and
+/// until queued callbacks have run (as [`terminate`](Pool::terminate) does): usually well under
+/// a millisecond per worker, but a worker stuck in uninterruptible sleep (`D` state, e.g. on a
+/// hung network file system) holds the drop until the kernel lets it die, and a slow callback
+/// holds it until it returns. Do not drop a pool where blocking is not allowed (an async
+/// executor's thread: use `spawn_blocking`).
 ///
 /// `Pool` is `Send + Sync`: any number of threads may submit to one pool.
 ///
@@ -446,7 +453,8 @@ impl Pool {
     /// # Errors
     ///
     /// [`Error::PoolClosed`] after `close`/`terminate`, [`Error::PayloadTooLarge`] or
-    /// [`Error::Codec`] if `arg` cannot cross. Failures of the task itself arrive through the
+    /// [`Error::Codec`] if `arg` cannot cross, each in a [`SubmitError`] that hands `arg` back
+    /// (`?` turns it into the plain [`Error`]). Failures of the task itself arrive through the
     /// returned [`AsyncResult`].
     ///
     /// # Examples
@@ -460,7 +468,7 @@ impl Pool {
     /// assert_eq!(values, [1, 2, 3, 4]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
-    pub fn apply_async<F, A, R>(&self, f: F, arg: A) -> Result<AsyncResult<R>>
+    pub fn apply_async<F, A, R>(&self, f: F, arg: A) -> Result<AsyncResult<R>, SubmitError<A>>
     where
         F: Fn(A) -> R + Copy + Send + 'static,
         A: Payload,
@@ -471,12 +479,17 @@ impl Pool {
         let cell = ResultCell::new(Some(self.helper()));
         let out = Arc::clone(&cell);
         let done: Completion = Box::new(move |r| out.set(decode_result::<R>(r)));
-        self.submit(vec![Job::new(
-            encode(&arg, self.arena_cap())?,
-            call_one::<F, A, R> as CallFn as usize,
-            done,
-        )])?;
-        Ok(AsyncResult::from_cell(cell))
+        let submitted = encode(&arg, self.arena_cap()).and_then(|payload| {
+            self.submit(vec![Job::new(
+                payload,
+                call_one::<F, A, R> as CallFn as usize,
+                done,
+            )])
+        });
+        match submitted {
+            Ok(()) => Ok(AsyncResult::from_cell(cell)),
+            Err(e) => Err(SubmitError::new(e, arg)),
+        }
     }
 
     /// Like [`apply_async`](Pool::apply_async) with a time limit for this task alone (it
@@ -505,7 +518,7 @@ impl Pool {
         f: F,
         arg: A,
         limit: Duration,
-    ) -> Result<AsyncResult<R>>
+    ) -> Result<AsyncResult<R>, SubmitError<A>>
     where
         F: Fn(A) -> R + Copy + Send + 'static,
         A: Payload,
@@ -514,19 +527,23 @@ impl Pool {
         let _ = f;
         assert_task_fn::<F>();
         if limit.is_zero() {
-            return Err(Error::invalid("a task's time limit must be more than zero"));
+            return Err(SubmitError::new(
+                Error::invalid("a task's time limit must be more than zero"),
+                arg,
+            ));
         }
         let cell = ResultCell::new(Some(self.helper()));
         let out = Arc::clone(&cell);
         let done: Completion = Box::new(move |r| out.set(decode_result::<R>(r)));
-        let mut job = Job::new(
-            encode(&arg, self.arena_cap())?,
-            call_one::<F, A, R> as CallFn as usize,
-            done,
-        );
-        job.timeout = Some(limit);
-        self.submit(vec![job])?;
-        Ok(AsyncResult::from_cell(cell))
+        let submitted = encode(&arg, self.arena_cap()).and_then(|payload| {
+            let mut job = Job::new(payload, call_one::<F, A, R> as CallFn as usize, done);
+            job.timeout = Some(limit);
+            self.submit(vec![job])
+        });
+        match submitted {
+            Ok(()) => Ok(AsyncResult::from_cell(cell)),
+            Err(e) => Err(SubmitError::new(e, arg)),
+        }
     }
 
     /// Runs `f(arg)` in a worker and waits for the result (Python's `apply`).
@@ -541,7 +558,7 @@ impl Pool {
         A: Payload,
         R: Payload,
     {
-        self.apply_async(f, arg)?.get()
+        self.apply_async(f, arg).map_err(Error::from)?.get()
     }
 
     /// Like [`apply_async`](Pool::apply_async), and `callback` runs in the parent with the
