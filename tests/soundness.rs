@@ -246,3 +246,93 @@ fn work_queued_behind_a_dying_worker_runs_on_its_replacement() {
         assert_eq!(r.get().unwrap(), 2 * i as u64);
     }
 }
+
+/// Increments every output element for ever (until its worker is killed).
+fn count_forever(_: &[u64], out: &mut [u64]) {
+    loop {
+        for x in out.iter_mut() {
+            // SAFETY: `x` is a valid, exclusive `&mut u64`; volatile so the loop is not folded.
+            unsafe { std::ptr::write_volatile(x, std::ptr::read_volatile(x).wrapping_add(1)) };
+        }
+    }
+}
+
+/// Two threads terminate at once while a worker writes a `map_chunks_into` output, with the fork
+/// server held stopped (as on a loaded host): neither returns, and the caller does not get the
+/// output back, until every worker that could write it is reaped; after that it never changes.
+#[test]
+fn concurrent_terminates_hand_no_buffer_back_before_the_workers_are_reaped() {
+    use std::time::Duration;
+    let _w = common::arm(120);
+    let pool = Pool::new(1).unwrap();
+    let worker = pool.worker_pids()[0];
+    let server = common::proc_stat(worker).unwrap().1 as i32;
+    let input = shmpool::SharedVec::from_slice(&[0u64; 512]).unwrap();
+    let mut out = shmpool::SharedVec::<u64>::zeroed(512).unwrap();
+    std::thread::scope(|scope| {
+        let caller = scope.spawn(|| pool.map_chunks_into(&input, &mut out, 512, count_forever));
+        // Let the task start (it need not have: the worker runs it whenever it gets it).
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: stops (then resumes, below) the pool's own fork server, a child of this process.
+        unsafe { libc::kill(server, libc::SIGSTOP) };
+        let first = scope.spawn(|| pool.terminate());
+        std::thread::sleep(Duration::from_millis(100));
+        let second = scope.spawn(|| pool.terminate());
+        // While the server cannot kill the worker, nothing may return: the worker is alive.
+        std::thread::sleep(Duration::from_millis(300));
+        let early = (
+            caller.is_finished(),
+            first.is_finished(),
+            second.is_finished(),
+        );
+        // SAFETY: as above.
+        unsafe { libc::kill(server, libc::SIGCONT) };
+        let r = caller.join().unwrap();
+        first.join().unwrap();
+        second.join().unwrap();
+        assert_eq!(
+            early,
+            (false, false, false),
+            "(caller, first, second) returned early"
+        );
+        assert!(matches!(r, Err(Error::PoolTerminated)), "{r:?}");
+    });
+    // Handed back: no process writes it any more.
+    let snapshot = out.to_vec();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(out.to_vec(), snapshot);
+    assert!(!common::exists(worker) || common::proc_stat(worker).is_none_or(|s| s.0 == 'Z'));
+}
+
+/// The fork server dies (killed from outside) while workers write a `map_chunks_into` output:
+/// the call fails with `PoolBroken`, and only once no worker can write the output any more (their
+/// parent-death kill is merely *sent* when the server dies; the collector waits on their pidfds).
+#[test]
+fn a_dead_fork_server_fails_the_work_only_after_its_workers_are_gone() {
+    let _w = common::arm(120);
+    let pool = Pool::new(2).unwrap();
+    let workers = pool.worker_pids();
+    let server = common::proc_stat(workers[0]).unwrap().1;
+    let input = shmpool::SharedVec::from_slice(&[0u64; 1024]).unwrap();
+    let mut out = shmpool::SharedVec::<u64>::zeroed(1024).unwrap();
+    let r = std::thread::scope(|scope| {
+        let caller = scope.spawn(|| pool.map_chunks_into(&input, &mut out, 512, count_forever));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        common::kill(server, libc::SIGKILL);
+        caller.join().unwrap()
+    });
+    assert!(matches!(r, Err(Error::PoolBroken { .. })), "{r:?}");
+    for &w in &workers {
+        assert!(
+            common::proc_stat(w).is_none_or(|s| s.0 == 'Z'),
+            "worker {w} still runs"
+        );
+    }
+    let snapshot = out.to_vec();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(out.to_vec(), snapshot);
+    assert!(matches!(
+        pool.apply(double, 1),
+        Err(Error::PoolBroken { .. })
+    ));
+}

@@ -912,6 +912,13 @@ fn corrupted(inner: &Inner, s: usize, detail: String) {
 
 fn server_gone(inner: &Inner, status: i32) {
     let (signal, exit_code) = decode_status(status);
+    // A server that exits normally has reaped every worker first (their `pid` is 0). One that
+    // died leaves its workers running until their parent-death SIGKILL lands: fail nothing, and
+    // so hand no buffer a worker could still write back to its caller, before each is gone.
+    for s in 0..inner.ctl.slots() {
+        // Relaxed: the server is dead and reaped (`waitpid` ordered its last stores before us).
+        crate::process::wait_gone(inner.ctl.slot(s).pid.load(Ordering::Relaxed) as i32);
+    }
     let jobs = {
         let mut g = lock(inner);
         let err = match g.phase {

@@ -1107,20 +1107,26 @@ impl Pool {
     }
 
     /// Wakes everyone who must notice a shutdown and joins the collector, which returns once the
-    /// server has been reaped.
+    /// server has been reaped (and so every worker).
+    ///
+    /// The handle's mutex stays locked across the join: a second thread stopping the pool at the
+    /// same time (two `terminate`s, or `terminate` racing `drop`) waits here until the collector
+    /// is really gone. It used to find the handle taken, return at once and fail the jobs while
+    /// workers still wrote a `map_chunks_into` output that its caller then held.
     fn stop_collector(&self) {
         let ctl = &self.inner.ctl;
         ctl.header().server.notify();
         for s in 0..ctl.slots() {
             ctl.slot(s).wake.notify();
         }
-        let handle = self
+        let mut handle = self
             .inner
             .collector
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(h) = handle {
+            .unwrap_or_else(|e| e.into_inner());
+        // On the collector thread itself (a `Drop` of the user's run there dropped the last
+        // handle) there is nothing to wait for: it stops once this returns.
+        if let Some(h) = handle.take_if(|h| h.thread().id() != std::thread::current().id()) {
             let _ = h.join();
         }
     }
