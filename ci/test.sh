@@ -3,6 +3,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
+# System packages: libssl-dev (the `openssl` crate, SHA-512 of `shmpool hash`) and b3sum (the
+# reference `shmpool hash -a blake3` is tested against). Installed only when missing.
+missing=()
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+dpkg -s pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+command -v b3sum >/dev/null 2>&1 || missing+=(b3sum)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "== apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -14,10 +14,69 @@ pub(crate) struct Cli {
 }
 
 /// The subcommands.
+// Parsed once per run: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Benchmarks. Without a subcommand, runs `bench chunksize` with its default workload.
     Bench(BenchArgs),
+    /// Hashes files and trees in the pool: the output of sha256sum, sha512sum and b3sum.
+    Hash(HashArgs),
+}
+
+/// `shmpool hash [OPTIONS] [PATH]...`
+///
+/// Prints `HEX  PATH` for every file, as `sha256sum`, `sha512sum` or `b3sum` print it (names
+/// with `\` or a newline escaped by their leading-backslash rule, other bytes raw). Directories
+/// are walked recursively (hidden files included, entries sorted by name; symlinks, FIFOs,
+/// sockets and devices met while walking are skipped); a symlink named on the command line is
+/// followed; no PATH, or `-`, reads standard input. Exit status: 0 if every file was hashed
+/// (and, with --check, matched), 1 if any failed, 2 on a usage error, 130 on Ctrl-C.
+#[derive(Debug, Args)]
+pub(crate) struct HashArgs {
+    /// Files or directories to hash (with --check: manifests to read)
+    #[arg(value_name = "PATH")]
+    pub(crate) paths: Vec<PathBuf>,
+
+    /// Hash algorithm
+    #[arg(short, long, value_enum, default_value = "sha256")]
+    pub(crate) algo: crate::hash::Algo,
+
+    /// Worker processes [default: the number of CPUs]
+    #[arg(short, long, value_name = "N", value_parser = parse_workers)]
+    pub(crate) jobs: Option<usize>,
+
+    /// Follow symlinks met while walking (a link back into the walk is reported as a loop)
+    #[arg(short = 'L', long)]
+    pub(crate) follow: bool,
+
+    /// End each line with NUL instead of newline, and escape no names
+    #[arg(short, long)]
+    pub(crate) zero: bool,
+
+    /// Print results as they finish instead of in walk order
+    #[arg(long)]
+    pub(crate) unordered: bool,
+
+    /// Read checksums from the PATHs (sha*sum or b3sum manifests) and check them
+    #[arg(short, long)]
+    pub(crate) check: bool,
+
+    /// With --check: do not print OK for each file that matches
+    #[arg(long, requires = "check")]
+    pub(crate) quiet: bool,
+
+    /// With --check: print nothing on stdout; the exit status tells
+    #[arg(long, requires = "check")]
+    pub(crate) status: bool,
+
+    /// Show a progress line on stderr [default: when stderr is a terminal]
+    #[arg(long, overrides_with = "no_progress")]
+    pub(crate) progress: bool,
+
+    /// Never show a progress line
+    #[arg(long, overrides_with = "progress")]
+    pub(crate) no_progress: bool,
 }
 
 /// `shmpool bench [SUBCOMMAND]`; without one, takes the options of `bench chunksize`.
@@ -180,16 +239,16 @@ mod tests {
 
     #[test]
     fn bench_without_subcommand_parses() {
-        let cli = Cli::try_parse_from(["shmpool", "bench"]).unwrap();
-        let Command::Bench(b) = cli.command;
+        let bench = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Command::Bench(b) => b,
+            other => panic!("expected bench, got {other:?}"),
+        };
+        let b = bench(&["shmpool", "bench"]);
         assert!(b.which.is_none());
         assert!(!b.chunksize.quick);
-        let cli = Cli::try_parse_from(["shmpool", "bench", "--quick"]).unwrap();
-        let Command::Bench(b) = cli.command;
+        let b = bench(&["shmpool", "bench", "--quick"]);
         assert!(b.which.is_none() && b.chunksize.quick);
-        let cli =
-            Cli::try_parse_from(["shmpool", "bench", "chunksize", "--chunksizes", "1,64"]).unwrap();
-        let Command::Bench(b) = cli.command;
+        let b = bench(&["shmpool", "bench", "chunksize", "--chunksizes", "1,64"]);
         let Some(BenchCommand::Chunksize(c)) = b.which else {
             panic!("expected chunksize")
         };

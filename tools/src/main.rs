@@ -1,8 +1,10 @@
-//! The `shmpool` command-line tool: benchmarks for the `shmpool` process pool.
+//! The `shmpool` command-line tool: `shmpool hash` (file hashing in the pool) and benchmarks
+//! for the `shmpool` process pool.
 //!
 //! Exit codes: 0 on success (a closed stdout, as in `shmpool bench | head`, counts as success),
 //! 2 on any error, printed to stderr as `shmpool: <error>: <cause>...`. Usage errors come from
-//! clap, also with exit code 2.
+//! clap, also with exit code 2. `shmpool hash` adds 1 (a file could not be hashed, or did not
+//! match with `--check`; each reported on stderr) and 130 (interrupted by Ctrl-C).
 
 use std::process::ExitCode;
 
@@ -10,6 +12,7 @@ use clap::Parser;
 
 mod cli;
 mod cmd;
+mod hash;
 mod measure;
 mod plot;
 mod python;
@@ -31,6 +34,7 @@ fn run() -> anyhow::Result<ExitCode> {
     let cli = cli::Cli::parse();
     match cli.command {
         cli::Command::Bench(args) => cmd::bench::run(args),
+        cli::Command::Hash(args) => cmd::hash::run(args),
     }
 }
 

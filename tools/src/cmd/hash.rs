@@ -1,0 +1,59 @@
+//! `shmpool hash`: the command line to a [`hash::Config`](crate::hash::Config), Ctrl-C to a
+//! flag, the run to an exit status. The engine is `crate::hash`.
+
+use std::os::unix::ffi::OsStrExt;
+use std::process::ExitCode;
+use std::sync::Arc;
+// The flag is set by a signal handler in this process and read by this process: there is no
+// cross-process protocol for loom to model, so the facade rule (clippy.toml) does not apply.
+#[allow(clippy::disallowed_types)]
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+
+use crate::cli::HashArgs;
+use crate::hash::{self, Config};
+
+/// Runs `shmpool hash` with `args`.
+///
+/// # Errors
+///
+/// Writing to stdout failed (the caller counts a broken pipe as success), the SIGINT handler
+/// could not be installed, or the pool could not be built.
+pub(crate) fn run(args: HashArgs) -> anyhow::Result<ExitCode> {
+    let cfg = Config {
+        algo: args.algo,
+        paths: args
+            .paths
+            .iter()
+            .map(|p| p.as_os_str().as_bytes().to_vec())
+            .collect(),
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        follow: args.follow,
+        zero: args.zero,
+        ordered: !args.unordered,
+        check: args.check,
+        quiet: args.quiet,
+        status: args.status,
+        progress: if args.progress {
+            Some(true)
+        } else if args.no_progress {
+            Some(false)
+        } else {
+            None
+        },
+    };
+    // Ctrl-C sets the flag; the engine polls it, terminates the pool and we exit 130. The
+    // handler is installed before the pool is built, so forked workers inherit it too, and do
+    // not die from the terminal's SIGINT: the parent ends them (and the engine copes if a
+    // library change makes them die or ignore it instead).
+    #[allow(clippy::disallowed_types)]
+    let flag = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&flag))
+        .context("cannot install the SIGINT handler")?;
+    let interrupted = move || flag.load(Ordering::SeqCst);
+    let code = hash::run(&cfg, &interrupted)?;
+    Ok(ExitCode::from(code))
+}

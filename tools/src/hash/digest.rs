@@ -1,0 +1,261 @@
+//! The hashing itself, as run inside a worker: whole files for every algorithm, and aligned
+//! BLAKE3 subtrees of one big file (`blake3::hazmat`) whose chaining values the parent merges.
+//!
+//! Implementations, each picked by measurement on these machines (one core, `--release`):
+//! SHA-512 through OpenSSL (`openssl::sha`, 611 MB/s against 367–391 MB/s for `sha2`), SHA-256
+//! through `sha2` (~1,550 MB/s with SHA-NI like the others, and the lowest cost per message),
+//! BLAKE3 through `blake3` (3.0 GB/s, one thread: the parallelism is the pool's).
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+
+use blake3::hazmat::{self, ChainingValue, HasherExt, Mode};
+use sha2::Digest as _;
+
+use super::Algo;
+
+/// Size of the read buffer a worker reuses for every file (reads of ≥ 64 KiB; large enough for
+/// BLAKE3's widest SIMD batch).
+pub(crate) const READ_BUF: usize = 256 << 10;
+
+/// An incremental hasher of one of the algorithms.
+pub(crate) enum Hasher {
+    Sha256(sha2::Sha256),
+    Sha512(openssl::sha::Sha512),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl Hasher {
+    pub(crate) fn new(algo: Algo) -> Hasher {
+        match algo {
+            Algo::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+            Algo::Sha512 => Hasher::Sha512(openssl::sha::Sha512::new()),
+            Algo::Blake3 => Hasher::Blake3(Box::new(blake3::Hasher::new())),
+        }
+    }
+
+    pub(crate) fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(data),
+            Hasher::Sha512(h) => h.update(data),
+            Hasher::Blake3(h) => {
+                h.update(data);
+            }
+        }
+    }
+
+    pub(crate) fn finish(self) -> Vec<u8> {
+        match self {
+            Hasher::Sha256(h) => h.finalize().to_vec(),
+            Hasher::Sha512(h) => h.finish().to_vec(),
+            Hasher::Blake3(h) => h.finalize().as_bytes().to_vec(),
+        }
+    }
+}
+
+/// Hashes everything `r` yields, reading into `buf`.
+pub(crate) fn hash_reader(algo: Algo, r: &mut impl Read, buf: &mut [u8]) -> io::Result<Vec<u8>> {
+    let mut h = Hasher::new(algo);
+    loop {
+        match r.read(buf) {
+            Ok(0) => return Ok(h.finish()),
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Hashes the file at `path` (opened read-only, read to its end).
+pub(crate) fn hash_file(algo: Algo, path: &[u8], buf: &mut [u8]) -> io::Result<Vec<u8>> {
+    let mut f = File::open(os_path(path))?;
+    hash_reader(algo, &mut f, buf)
+}
+
+/// The chaining value of the BLAKE3 subtree `offset .. offset + len` of the file at `path`.
+///
+/// `offset .. offset + len` must be one leaf of [`plan`] for the file's length; a file that
+/// ends before `offset + len` is an error (it changed while it was hashed).
+pub(crate) fn blake3_subtree(
+    path: &[u8],
+    offset: u64,
+    len: u64,
+    buf: &mut [u8],
+) -> io::Result<ChainingValue> {
+    let f = File::open(os_path(path))?;
+    let mut h = blake3::Hasher::new();
+    h.set_input_offset(offset);
+    let mut done = 0u64;
+    while done < len {
+        let want = usize::try_from((len - done).min(buf.len() as u64)).unwrap_or(buf.len());
+        match f.read_at(&mut buf[..want], offset + done) {
+            Ok(0) => return Err(io::Error::other("file changed while hashing")),
+            Ok(n) => {
+                h.update(&buf[..n]);
+                done += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(h.finalize_non_root())
+}
+
+/// The leaves `(offset, len)`, in file order, of BLAKE3's tree over `total` bytes, split until
+/// each leaf is at most `piece` bytes. Every leaf is a whole aligned subtree (the splits are
+/// `hazmat::left_subtree_len`), so its chaining value can be computed on its own.
+/// `piece` must be at least one BLAKE3 chunk; a file of at most `piece` bytes is one leaf (hash
+/// it whole instead).
+pub(crate) fn plan(total: u64, piece: u64) -> Vec<(u64, u64)> {
+    debug_assert!(piece >= blake3::CHUNK_LEN as u64);
+    let mut out = Vec::new();
+    fn walk(offset: u64, len: u64, piece: u64, out: &mut Vec<(u64, u64)>) {
+        if len <= piece {
+            out.push((offset, len));
+            return;
+        }
+        let left = hazmat::left_subtree_len(len);
+        walk(offset, left, piece, out);
+        walk(offset + left, len - left, piece, out);
+    }
+    walk(0, total, piece, &mut out);
+    out
+}
+
+/// The BLAKE3 hash of `total` bytes from the chaining values of the leaves of
+/// `plan(total, piece)`, in order. `None` if `cvs` does not have one value per leaf, or if the
+/// plan has a single leaf (which has no chaining value to merge: hash such a file whole).
+pub(crate) fn merge(total: u64, piece: u64, cvs: &[ChainingValue]) -> Option<[u8; 32]> {
+    fn node(
+        len: u64,
+        piece: u64,
+        cvs: &[ChainingValue],
+        next: &mut usize,
+    ) -> Option<ChainingValue> {
+        if len <= piece {
+            let cv = *cvs.get(*next)?;
+            *next += 1;
+            return Some(cv);
+        }
+        let left = hazmat::left_subtree_len(len);
+        let l = node(left, piece, cvs, next)?;
+        let r = node(len - left, piece, cvs, next)?;
+        Some(hazmat::merge_subtrees_non_root(&l, &r, Mode::Hash))
+    }
+    if total <= piece {
+        return None;
+    }
+    let left = hazmat::left_subtree_len(total);
+    let mut next = 0;
+    let l = node(left, piece, cvs, &mut next)?;
+    let r = node(total - left, piece, cvs, &mut next)?;
+    if next != cvs.len() {
+        return None;
+    }
+    Some(*hazmat::merge_subtrees_root(&l, &r, Mode::Hash).as_bytes())
+}
+
+/// A path from its raw bytes.
+pub(crate) fn os_path(path: &[u8]) -> &std::path::Path {
+    use std::os::unix::ffi::OsStrExt;
+    std::path::Path::new(std::ffi::OsStr::from_bytes(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random bytes.
+    fn data(n: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn split_hash(input: &[u8], piece: u64) -> [u8; 32] {
+        let leaves = plan(input.len() as u64, piece);
+        let cvs: Vec<_> = leaves
+            .iter()
+            .map(|&(o, l)| {
+                let mut h = blake3::Hasher::new();
+                h.set_input_offset(o);
+                h.update(&input[o as usize..(o + l) as usize]);
+                h.finalize_non_root()
+            })
+            .collect();
+        merge(input.len() as u64, piece, &cvs).unwrap()
+    }
+
+    #[test]
+    fn split_blake3_equals_the_plain_hash_at_every_awkward_length() {
+        let input = data(70_000);
+        for piece in [1024u64, 2048, 4096, 8192] {
+            for len in [
+                1025usize, 2047, 2048, 2049, 4096, 5000, 8193, 65_536, 70_000,
+            ] {
+                if len as u64 <= piece {
+                    continue;
+                }
+                assert_eq!(
+                    split_hash(&input[..len], piece),
+                    *blake3::hash(&input[..len]).as_bytes(),
+                    "len {len} piece {piece}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn plan_leaves_cover_the_input_in_order_and_respect_the_piece() {
+        let total = 70_000_000u64;
+        let piece = 4 << 20;
+        let leaves = plan(total, piece);
+        let mut at = 0;
+        for &(o, l) in &leaves {
+            assert_eq!(o, at);
+            assert!(l <= piece && l > 0);
+            // Aligned: a subtree may start at `o` with this length.
+            assert!(hazmat::max_subtree_len(o).is_none_or(|m| l <= m));
+            at += l;
+        }
+        assert_eq!(at, total);
+        assert!(leaves.len() >= 17);
+    }
+
+    #[test]
+    fn merge_refuses_the_wrong_number_of_values() {
+        let cv = [0u8; 32];
+        assert_eq!(merge(4096, 1024, &[cv; 3]), None);
+        assert_eq!(merge(4096, 1024, &[cv; 5]), None);
+        assert!(merge(4096, 1024, &[cv; 4]).is_some());
+        assert_eq!(merge(1000, 1024, &[cv]), None);
+    }
+
+    #[test]
+    fn each_algorithm_matches_its_reference_digest() {
+        let mut buf = vec![0u8; 7];
+        let input = data(100);
+        let mut d = |a| hash_reader(a, &mut &input[..], &mut buf).unwrap();
+        assert_eq!(d(Algo::Sha256), sha2::Sha256::digest(&input).to_vec());
+        assert_eq!(d(Algo::Sha512), sha2::Sha512::digest(&input).to_vec());
+        assert_eq!(d(Algo::Blake3), blake3::hash(&input).as_bytes().to_vec());
+        // The empty input, against the well-known values.
+        let mut empty: &[u8] = &[];
+        let mut hex = Vec::new();
+        super::super::format::push_hex(
+            &mut hex,
+            &hash_reader(Algo::Sha256, &mut empty, &mut buf).unwrap(),
+        );
+        assert_eq!(
+            hex,
+            b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+}

@@ -1,0 +1,598 @@
+//! The scheduler: sources in, tasks out to the pool, results back in order.
+//!
+//! ## How a run goes
+//!
+//! The parent alone walks (the walk is cheap: ~1 µs an entry) and keeps a **window** of the next
+//! sources in output order (at most [`WINDOW_ITEMS`] items and [`WINDOW_PATH_BYTES`] of paths;
+//! whatever the tree's size, memory stays bounded). Each source gets a slot there. The parent
+//! fills the window a batch at a time between handling results, so the walk overlaps hashing.
+//!
+//! Work goes to the workers as **tasks of many files** (one `apply_async_with_callback` each,
+//! about [`CHUNK_COST_NS`] of estimated work: per-file cost plus bytes at the algorithm's rate),
+//! at most [`TASKS_PER_WORKER`] per worker in flight. Two kinds of work jump the queue, taken
+//! first as soon as they enter the window:
+//! - a **big file** (estimated above one chunk's cost) for SHA-2, which cannot be split: started
+//!   early, it runs beside the small files instead of ending the run alone;
+//! - the **pieces of a big BLAKE3 file**: its tree is cut into aligned subtrees of at most
+//!   [`BLAKE3_PIECE`] bytes (`digest::plan`), each hashed in whichever worker is free; the parent
+//!   merges the 32-byte chaining values (`digest::merge`), giving b3sum's digest.
+//!
+//! Results come back on the pool's callback thread, through a channel, to the parent, which
+//! marks the slots done and emits the finished prefix of the window in order (or each result as
+//! it lands, with `--unordered`). Before it blocks on the channel it flushes the output, and it
+//! never blocks longer than [`POLL`], so an interrupt is seen within that time.
+//!
+//! ## Failure
+//!
+//! A file that cannot be opened or read is an answer (`Outcome::Failed` with the reason); the
+//! run goes on. A task the pool fails (a worker died) fails each of its files with the pool's
+//! error, unless the run was interrupted (a terminal's Ctrl-C reaches the workers too, and their
+//! deaths are then not errors to report): the interrupt flag is checked first, and again after
+//! a short grace, before such an error is reported.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use blake3::hazmat::ChainingValue;
+use serde::{Deserialize, Serialize};
+use shmpool::Pool;
+
+use super::Algo;
+use super::digest::{self, READ_BUF};
+use super::walk::Source;
+
+/// Most sources held in the window (waiting, in flight, or done and not yet printed).
+pub(crate) const WINDOW_ITEMS: usize = 16 << 10;
+/// Most bytes of paths held in the window.
+pub(crate) const WINDOW_PATH_BYTES: usize = 8 << 20;
+/// Estimated worker time of one task of small files.
+pub(crate) const CHUNK_COST_NS: u64 = 2_000_000;
+/// Most files in one task.
+const CHUNK_FILES: usize = 1024;
+/// Tasks in flight per worker.
+const TASKS_PER_WORKER: usize = 4;
+/// Largest BLAKE3 subtree hashed as one task; files above it are split.
+pub(crate) const BLAKE3_PIECE: u64 = 4 << 20;
+/// Sources taken from the walk per turn of the loop.
+const INTAKE_BATCH: usize = 256;
+/// Longest wait for a result before the loop looks at the interrupt flag again.
+const POLL: Duration = Duration::from_millis(50);
+/// Estimated cost of opening, reading and closing one file (7.7 µs measured here).
+const FILE_COST_NS: u64 = 8_000;
+
+/// One input with what the caller wants back with its result.
+#[derive(Debug)]
+pub(crate) struct Item<T> {
+    pub(crate) source: Source,
+    pub(crate) tag: T,
+}
+
+/// What became of one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The digest of the file.
+    Digest(Vec<u8>),
+    /// Why the file could not be hashed (`No such file or directory`, ...).
+    Failed(String),
+    /// The answer to a `Source::Marker`.
+    Marker,
+}
+
+/// Receives each finished item (in order unless unordered).
+pub(crate) trait Sink<T> {
+    /// One finished item. An error (a closed stdout) stops the run.
+    fn done(&mut self, item: Item<T>, outcome: Outcome) -> io::Result<()>;
+    /// Called before the engine waits: push out what is buffered.
+    fn flush(&mut self) -> io::Result<()>;
+    /// Called every so often with files and bytes done so far, for a progress line.
+    fn progress(&mut self, _files: u64, _bytes: u64, _elapsed: Duration) {}
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Finish {
+    Completed,
+    Interrupted,
+}
+
+/// The task a worker runs.
+#[derive(Debug, Serialize, Deserialize)]
+struct Task {
+    algo: Algo,
+    jobs: Vec<Job>,
+}
+
+/// One piece of work in a task.
+#[derive(Debug, Serialize, Deserialize)]
+enum Job {
+    /// Hash the whole file.
+    Whole(Vec<u8>),
+    /// The chaining value of the BLAKE3 subtree `offset .. offset + len` of the file.
+    Part {
+        path: Vec<u8>,
+        offset: u64,
+        len: u64,
+    },
+}
+
+/// Per job: the digest (or chaining value), or the error's reason.
+type Reply = Vec<Result<Vec<u8>, String>>;
+
+/// Runs in a worker: hashes every job of the task, with one read buffer per worker process.
+fn run_task(task: Task) -> Reply {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_BUF]);
+    }
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        task.jobs
+            .iter()
+            .map(|job| {
+                let r = match job {
+                    Job::Whole(path) => digest::hash_file(task.algo, path, &mut buf),
+                    Job::Part { path, offset, len } => {
+                        digest::blake3_subtree(path, *offset, *len, &mut buf).map(|cv| cv.to_vec())
+                    }
+                };
+                r.map_err(|e| super::format::reason(&e))
+            })
+            .collect()
+    })
+}
+
+/// What a slot is waiting for.
+#[derive(Debug)]
+enum State {
+    /// A small file not yet sent.
+    Waiting,
+    /// Sent (or queued to be sent first, for a big file).
+    Sent,
+    /// A big BLAKE3 file in pieces: one chaining value per leaf of `digest::plan`.
+    Split {
+        total: u64,
+        cvs: Vec<Option<ChainingValue>>,
+        left: usize,
+        error: Option<String>,
+    },
+    Done(Outcome),
+    /// Already given to the sink (unordered mode); popped when it reaches the front.
+    Emitted,
+}
+
+#[derive(Debug)]
+struct Slot<T> {
+    /// Taken when given to the sink.
+    item: Option<Item<T>>,
+    state: State,
+    /// Bytes of the path counted in `Engine::path_bytes`.
+    path_len: usize,
+}
+
+/// One job of a task in flight, pointing back at its slot.
+#[derive(Debug, Clone, Copy)]
+enum Work {
+    Whole(u64),
+    Part {
+        seq: u64,
+        leaf: usize,
+        offset: u64,
+        len: u64,
+    },
+}
+
+/// A reply from the pool's callback thread.
+type Msg = (u64, shmpool::Result<Reply>);
+
+/// Options of a run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    pub(crate) algo: Algo,
+    /// Results in input order (else as they finish).
+    pub(crate) ordered: bool,
+    /// Call `Sink::progress` every this often.
+    pub(crate) progress: Option<Duration>,
+}
+
+/// The scheduler's state for one run.
+struct Engine<'a, T, S: Sink<T>> {
+    pool: &'a Pool,
+    opts: Options,
+    interrupted: &'a dyn Fn() -> bool,
+    sink: S,
+    /// Slot of seq `base + i` is `slots[i]`.
+    slots: VecDeque<Slot<T>>,
+    base: u64,
+    path_bytes: usize,
+    /// Next seq to look at for small files to send, in order.
+    next_small: u64,
+    /// Work sent before the small files (big files, BLAKE3 pieces).
+    urgent: VecDeque<Work>,
+    /// Tasks in flight: their jobs, by task id.
+    in_flight: HashMap<u64, Vec<Work>>,
+    next_task: u64,
+    tx: mpsc::Sender<Msg>,
+    rx: mpsc::Receiver<Msg>,
+    files_done: u64,
+    bytes_done: u64,
+    stdin_buf: Vec<u8>,
+}
+
+/// Hashes every source of `items` in `pool`, giving each result to `sink`.
+///
+/// # Errors
+///
+/// The sink's error (a closed stdout: the caller treats a broken pipe as success), or the pool's
+/// refusal of a task (the pool broke down).
+pub(crate) fn run<T, S: Sink<T>>(
+    pool: &Pool,
+    opts: Options,
+    items: impl Iterator<Item = Item<T>>,
+    sink: S,
+    interrupted: &dyn Fn() -> bool,
+) -> anyhow::Result<Finish> {
+    let (tx, rx) = mpsc::channel();
+    let mut e = Engine {
+        pool,
+        opts,
+        interrupted,
+        sink,
+        slots: VecDeque::new(),
+        base: 0,
+        path_bytes: 0,
+        next_small: 0,
+        urgent: VecDeque::new(),
+        in_flight: HashMap::new(),
+        next_task: 0,
+        tx,
+        rx,
+        files_done: 0,
+        bytes_done: 0,
+        stdin_buf: Vec::new(),
+    };
+    e.run(items)
+}
+
+impl<T, S: Sink<T>> Engine<'_, T, S> {
+    fn run(&mut self, items: impl Iterator<Item = Item<T>>) -> anyhow::Result<Finish> {
+        let mut items = items.fuse();
+        let mut source_done = false;
+        let start = Instant::now();
+        let mut last_progress = start;
+        loop {
+            if (self.interrupted)() {
+                return Ok(Finish::Interrupted);
+            }
+            let mut taken = 0;
+            while !source_done && self.has_room() && taken < INTAKE_BATCH {
+                match items.next() {
+                    Some(item) => self.admit(item)?,
+                    None => source_done = true,
+                }
+                taken += 1;
+            }
+            self.submit()?;
+            let mut got = false;
+            while let Ok(msg) = self.rx.try_recv() {
+                got = true;
+                if self.complete(msg)? == Finish::Interrupted {
+                    return Ok(Finish::Interrupted);
+                }
+            }
+            self.emit()?;
+            if let Some(every) = self.opts.progress
+                && last_progress.elapsed() >= every
+            {
+                last_progress = Instant::now();
+                self.sink
+                    .progress(self.files_done, self.bytes_done, start.elapsed());
+            }
+            if source_done && self.slots.is_empty() && self.in_flight.is_empty() {
+                self.sink.flush()?;
+                return Ok(Finish::Completed);
+            }
+            let can_take = !source_done && self.has_room();
+            if !got && !can_take {
+                self.sink.flush()?;
+                match self.rx.recv_timeout(POLL) {
+                    Ok(msg) => {
+                        if self.complete(msg)? == Finish::Interrupted {
+                            return Ok(Finish::Interrupted);
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        unreachable!("the engine holds a sender")
+                    }
+                }
+            }
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.slots.len() < WINDOW_ITEMS && self.path_bytes < WINDOW_PATH_BYTES
+    }
+
+    /// Estimated worker time to hash `size` bytes as one file.
+    fn cost(&self, size: u64) -> u64 {
+        FILE_COST_NS + size.saturating_mul(self.opts.algo.ps_per_byte()) / 1000
+    }
+
+    /// Puts a new source at the end of the window.
+    fn admit(&mut self, item: Item<T>) -> anyhow::Result<()> {
+        let seq = self.base + self.slots.len() as u64;
+        let mut path_len = 0;
+        let state = match &item.source {
+            Source::Failed { reason, .. } => State::Done(Outcome::Failed(reason.clone())),
+            Source::Stdin => State::Done(self.hash_stdin()),
+            Source::Marker => State::Done(Outcome::Marker),
+            Source::File { path, size } => {
+                path_len = path.len();
+                self.path_bytes += path_len;
+                match *size {
+                    Some(total) if self.opts.algo == Algo::Blake3 && total > BLAKE3_PIECE => {
+                        let leaves = digest::plan(total, BLAKE3_PIECE);
+                        for (leaf, &(offset, len)) in leaves.iter().enumerate() {
+                            self.urgent.push_back(Work::Part {
+                                seq,
+                                leaf,
+                                offset,
+                                len,
+                            });
+                        }
+                        State::Split {
+                            total,
+                            cvs: vec![None; leaves.len()],
+                            left: leaves.len(),
+                            error: None,
+                        }
+                    }
+                    Some(size) if self.cost(size) > CHUNK_COST_NS => {
+                        self.urgent.push_back(Work::Whole(seq));
+                        State::Sent
+                    }
+                    _ => State::Waiting,
+                }
+            }
+        };
+        let done = matches!(state, State::Done(_));
+        self.slots.push_back(Slot {
+            item: Some(item),
+            state,
+            path_len,
+        });
+        if done && !self.opts.ordered {
+            self.emit_unordered(seq)?;
+        }
+        Ok(())
+    }
+
+    /// Hashes standard input here in the parent (it cannot be reopened by a worker).
+    fn hash_stdin(&mut self) -> Outcome {
+        if self.stdin_buf.is_empty() {
+            self.stdin_buf = vec![0; READ_BUF];
+        }
+        let mut stdin = io::stdin().lock();
+        match digest::hash_reader(self.opts.algo, &mut stdin, &mut self.stdin_buf) {
+            Ok(d) => Outcome::Digest(d),
+            Err(e) => Outcome::Failed(super::format::reason(&e)),
+        }
+    }
+
+    fn slot(&mut self, seq: u64) -> &mut Slot<T> {
+        debug_assert!(seq >= self.base && seq < self.base + self.slots.len() as u64);
+        &mut self.slots[(seq - self.base) as usize]
+    }
+
+    fn path(&self, seq: u64) -> Vec<u8> {
+        match self.slots[(seq - self.base) as usize]
+            .item
+            .as_ref()
+            .map(|i| &i.source)
+        {
+            Some(Source::File { path, .. }) => path.clone(),
+            _ => unreachable!("only files are sent"),
+        }
+    }
+
+    /// Sends tasks while fewer than `TASKS_PER_WORKER` per worker are in flight.
+    fn submit(&mut self) -> anyhow::Result<()> {
+        let max = TASKS_PER_WORKER * self.pool.processes();
+        while self.in_flight.len() < max {
+            let mut works = Vec::new();
+            if let Some(w) = self.urgent.pop_front() {
+                works.push(w);
+            } else {
+                let mut cost = 0;
+                let end = self.base + self.slots.len() as u64;
+                while self.next_small < end && cost < CHUNK_COST_NS && works.len() < CHUNK_FILES {
+                    let seq = self.next_small;
+                    self.next_small += 1;
+                    let slot = self.slot(seq);
+                    if matches!(slot.state, State::Waiting) {
+                        slot.state = State::Sent;
+                        let size = match slot.item.as_ref().map(|i| &i.source) {
+                            Some(Source::File { size, .. }) => size.unwrap_or(0),
+                            _ => 0,
+                        };
+                        cost += self.cost(size);
+                        works.push(Work::Whole(seq));
+                    }
+                }
+            }
+            if works.is_empty() {
+                return Ok(());
+            }
+            let jobs = works
+                .iter()
+                .map(|w| match *w {
+                    Work::Whole(seq) => Job::Whole(self.path(seq)),
+                    Work::Part {
+                        seq, offset, len, ..
+                    } => Job::Part {
+                        path: self.path(seq),
+                        offset,
+                        len,
+                    },
+                })
+                .collect();
+            let id = self.next_task;
+            self.next_task += 1;
+            let tx = self.tx.clone();
+            self.pool.apply_async_with_callback(
+                run_task,
+                Task {
+                    algo: self.opts.algo,
+                    jobs,
+                },
+                move |r| {
+                    // The receiver is gone only when the run has ended (interrupt, closed
+                    // stdout): nobody wants this reply any more.
+                    let _ = tx.send((id, r));
+                },
+            )?;
+            self.in_flight.insert(id, works);
+        }
+        Ok(())
+    }
+
+    /// Files one task's reply into its slots.
+    fn complete(&mut self, (id, reply): Msg) -> anyhow::Result<Finish> {
+        let Some(works) = self.in_flight.remove(&id) else {
+            return Ok(Finish::Completed);
+        };
+        let results: Vec<Result<Vec<u8>, String>> = match reply {
+            Ok(r) if r.len() == works.len() => r,
+            Ok(r) => vec![
+                Err(format!(
+                    "internal error: {} results for {} files",
+                    r.len(),
+                    works.len()
+                ));
+                works.len()
+            ],
+            Err(e) => {
+                // A worker that died from the terminal's Ctrl-C is not an error to report.
+                if (self.interrupted)() {
+                    return Ok(Finish::Interrupted);
+                }
+                std::thread::sleep(POLL);
+                if (self.interrupted)() {
+                    return Ok(Finish::Interrupted);
+                }
+                vec![Err(e.to_string()); works.len()]
+            }
+        };
+        for (work, result) in works.into_iter().zip(results) {
+            match work {
+                Work::Whole(seq) => {
+                    let outcome = match result {
+                        Ok(d) => Outcome::Digest(d),
+                        Err(e) => Outcome::Failed(e),
+                    };
+                    self.finish(seq, outcome, true)?;
+                }
+                Work::Part { seq, leaf, len, .. } => {
+                    self.bytes_done += len;
+                    let slot = self.slot(seq);
+                    let State::Split {
+                        total,
+                        cvs,
+                        left,
+                        error,
+                    } = &mut slot.state
+                    else {
+                        unreachable!("pieces belong to split slots")
+                    };
+                    match result {
+                        Ok(cv) => match <[u8; 32]>::try_from(cv.as_slice()) {
+                            Ok(cv) => cvs[leaf] = Some(cv),
+                            Err(_) => {
+                                error.get_or_insert_with(|| "internal error: bad value".into());
+                            }
+                        },
+                        Err(e) => {
+                            error.get_or_insert(e);
+                        }
+                    }
+                    *left -= 1;
+                    if *left == 0 {
+                        let outcome = match error.take() {
+                            Some(e) => Outcome::Failed(e),
+                            None => {
+                                let cvs: Vec<_> = cvs.iter().flatten().copied().collect();
+                                match digest::merge(*total, BLAKE3_PIECE, &cvs) {
+                                    Some(h) => Outcome::Digest(h.to_vec()),
+                                    None => Outcome::Failed("internal error: bad tree".into()),
+                                }
+                            }
+                        };
+                        self.finish(seq, outcome, false)?;
+                    }
+                }
+            }
+        }
+        Ok(Finish::Completed)
+    }
+
+    /// Marks a file's slot done (and emits it at once when unordered); `count_bytes`: add its
+    /// size to the progress (pieces of a split file were counted as they came).
+    fn finish(&mut self, seq: u64, outcome: Outcome, count_bytes: bool) -> io::Result<()> {
+        let slot = self.slot(seq);
+        slot.state = State::Done(outcome);
+        let size = match slot.item.as_ref().map(|i| &i.source) {
+            Some(Source::File { size, .. }) => size.unwrap_or(0),
+            _ => 0,
+        };
+        self.files_done += 1;
+        if count_bytes {
+            self.bytes_done += size;
+        }
+        if !self.opts.ordered {
+            self.emit_unordered(seq)?;
+        }
+        Ok(())
+    }
+
+    /// Gives a done slot's item to the sink now (unordered mode).
+    fn emit_unordered(&mut self, seq: u64) -> io::Result<()> {
+        let slot = self.slot(seq);
+        debug_assert!(matches!(slot.state, State::Done(_)));
+        if let State::Done(outcome) = std::mem::replace(&mut slot.state, State::Emitted)
+            && let Some(item) = slot.item.take()
+        {
+            self.sink.done(item, outcome)?;
+        }
+        Ok(())
+    }
+
+    /// Gives the finished front of the window to the sink and drops it.
+    fn emit(&mut self) -> io::Result<()> {
+        while let Some(front) = self.slots.front_mut() {
+            match std::mem::replace(&mut front.state, State::Emitted) {
+                State::Done(outcome) => {
+                    let item = front.item.take();
+                    self.pop_front();
+                    if let Some(item) = item {
+                        self.sink.done(item, outcome)?;
+                    }
+                }
+                State::Emitted => self.pop_front(),
+                other => {
+                    front.state = other;
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(slot) = self.slots.pop_front() {
+            self.path_bytes -= slot.path_len;
+        }
+        self.base += 1;
+        self.next_small = self.next_small.max(self.base);
+    }
+}

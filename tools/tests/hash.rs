@@ -1,0 +1,510 @@
+//! End-to-end tests of `shmpool hash` against the real `sha256sum`, `sha512sum` and `b3sum`.
+//!
+//! One tree is built once per test process in the target directory: names with spaces, `\`,
+//! newlines, carriage returns and non-UTF-8 bytes; dotfiles; empty files and directories; 2000
+//! tiny files; a 70 MB random file (many BLAKE3 pieces); a 300 MB sparse file; symlinks to a
+//! file and to a directory; a FIFO. The expected file list comes from an independent walk here
+//! (sorted per directory, symlinks and FIFOs skipped), and the reference tools hash it in that
+//! order, so the outputs must be equal byte for byte.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::symlink;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Once, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Aborts the whole test process if it is still running after 300 s (a hung pool, a FIFO
+/// opened by mistake).
+fn watchdog() {
+    static ARM: Once = Once::new();
+    ARM.call_once(|| {
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_secs(300));
+            eprintln!("tools/tests/hash.rs: watchdog: still running after 300 s, aborting");
+            std::process::abort();
+        });
+    });
+}
+
+fn shmpool() -> Command {
+    watchdog();
+    Command::new(env!("CARGO_BIN_EXE_shmpool"))
+}
+
+fn run(args: &[&OsStr]) -> Output {
+    shmpool()
+        .args(args)
+        .output()
+        .expect("run the shmpool binary")
+}
+
+fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Deterministic pseudo-random bytes.
+fn random_bytes(n: usize, mut x: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(n + 8);
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
+/// The shared test tree (built once).
+fn tree() -> &'static Path {
+    static TREE: OnceLock<PathBuf> = OnceLock::new();
+    TREE.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hash-tree");
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("tiny")).unwrap();
+        fs::create_dir_all(root.join("empty dir")).unwrap();
+        fs::create_dir_all(root.join("deep/er/est")).unwrap();
+        let name = |b: &[u8]| root.join(OsStr::from_bytes(b));
+        fs::write(name(b"sp ace"), "space\n").unwrap();
+        fs::write(name(b"back\\slash"), "backslash\n").unwrap();
+        fs::write(name(b"new\nline"), "newline\n").unwrap();
+        fs::write(name(b"carriage\rreturn"), "cr\n").unwrap();
+        fs::write(name(b"all\\of\nthem\r"), "all\n").unwrap();
+        fs::write(name(b"not-utf8-\xff\xfe"), "latin\n").unwrap();
+        fs::write(root.join(".dotfile"), "hidden\n").unwrap();
+        fs::write(root.join("empty"), "").unwrap();
+        fs::write(root.join("deep/er/est/leaf"), "leaf\n").unwrap();
+        for i in 0..2000 {
+            fs::write(root.join(format!("tiny/{i:04}")), format!("{i}\n")).unwrap();
+        }
+        fs::write(root.join("random-70M"), random_bytes(70_000_000, 7)).unwrap();
+        let sparse = fs::File::create(root.join("sparse-300M")).unwrap();
+        sparse.set_len(300_000_000).unwrap();
+        symlink(root.join("sp ace"), root.join("link-to-file")).unwrap();
+        symlink(root.join("deep"), root.join("link-to-dir")).unwrap();
+        let fifo = std::ffi::CString::new(root.join("fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: `fifo` is a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        root
+    })
+}
+
+/// The regular files under `dir` in walk order (entries sorted by name per directory;
+/// symlinks, FIFOs skipped), joined as `find` joins them.
+fn expected_files(dir: &Path) -> Vec<PathBuf> {
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort_by(|a, b| {
+        a.file_name()
+            .unwrap()
+            .as_bytes()
+            .cmp(b.file_name().unwrap().as_bytes())
+    });
+    let mut out = Vec::new();
+    for p in entries {
+        let m = fs::symlink_metadata(&p).unwrap();
+        if m.is_dir() {
+            out.extend(expected_files(&p));
+        } else if m.is_file() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// What `tool FILE...` prints for `files`, in that order.
+fn reference(tool: &str, files: &[PathBuf]) -> Vec<u8> {
+    let o = Command::new(tool)
+        .args(files)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool} must be installed (ci/test.sh installs it): {e}"));
+    assert!(o.status.success(), "{tool}: {}", stderr(&o));
+    o.stdout
+}
+
+fn lines(bytes: &[u8]) -> Vec<&[u8]> {
+    bytes.split_inclusive(|&c| c == b'\n').collect()
+}
+
+fn hash_tree(algo: &str, jobs: &str) -> Vec<u8> {
+    let o = run(&[
+        os("hash"),
+        os("-a"),
+        os(algo),
+        os("-j"),
+        os(jobs),
+        tree().as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.stderr.is_empty(), "{}", stderr(&o));
+    o.stdout
+}
+
+#[test]
+fn sha256_lines_equal_sha256sum_byte_for_byte_with_one_and_two_workers() {
+    let want = reference("sha256sum", &expected_files(tree()));
+    let two = hash_tree("sha256", "2");
+    assert_eq!(
+        String::from_utf8_lossy(&two),
+        String::from_utf8_lossy(&want)
+    );
+    assert_eq!(two, want);
+    assert_eq!(hash_tree("sha256", "1"), want);
+}
+
+#[test]
+fn sha512_lines_equal_sha512sum_byte_for_byte_with_one_and_two_workers() {
+    let want = reference("sha512sum", &expected_files(tree()));
+    assert_eq!(hash_tree("sha512", "2"), want);
+    assert_eq!(hash_tree("sha512", "1"), want);
+}
+
+#[test]
+fn blake3_lines_equal_b3sum_including_split_big_files() {
+    // b3sum prints U+FFFD for a name that is not UTF-8, we print its bytes: those lines are
+    // compared on their digest only.
+    let files = expected_files(tree());
+    let want = reference("b3sum", &files);
+    for jobs in ["2", "1", "3"] {
+        let got = hash_tree("blake3", jobs);
+        let (got, want) = (lines(&got), lines(&want));
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            if std::str::from_utf8(g).is_ok() {
+                assert_eq!(String::from_utf8_lossy(g), String::from_utf8_lossy(w));
+            } else {
+                assert_eq!(g[..64], w[..64]);
+                assert!(g.ends_with(b"not-utf8-\xff\xfe\n"));
+            }
+        }
+    }
+}
+
+#[test]
+fn zero_terminated_lines_escape_nothing() {
+    let dir = tree().join("deep");
+    let o = run(&[
+        os("hash"),
+        os("-z"),
+        tree().join("new\nline").as_os_str(),
+        dir.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want_newline = reference("sha256sum", &[tree().join("new\nline")]);
+    // sha256sum escapes the name; -z writes the name raw and ends with NUL.
+    let mut want = want_newline[1..65].to_vec();
+    want.extend_from_slice(b"  ");
+    want.extend_from_slice(tree().join("new\nline").as_os_str().as_bytes());
+    want.push(0);
+    let leaf = reference("sha256sum", &[dir.join("er/est/leaf")]);
+    want.extend_from_slice(&leaf[..leaf.len() - 1]);
+    want.push(0);
+    assert_eq!(o.stdout, want);
+}
+
+#[test]
+fn symlinks_are_skipped_while_walking_followed_with_follow_and_on_the_command_line() {
+    let o = run(&[os("hash"), os("-L"), tree().as_os_str()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let root = tree().to_str().unwrap();
+    assert!(text.contains(&format!("  {root}/link-to-file\n")));
+    assert!(text.contains(&format!("  {root}/link-to-dir/er/est/leaf\n")));
+    assert!(!String::from_utf8_lossy(&hash_tree("sha256", "2")).contains("link-to"));
+    let o = run(&[os("hash"), tree().join("link-to-dir").as_os_str()]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&reference(
+            "sha256sum",
+            &[tree().join("link-to-dir/er/est/leaf")]
+        ))
+    );
+}
+
+/// A small tree of its own, for tests that change files.
+fn small_tree(name: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(root.join("sub")).unwrap();
+    fs::write(root.join("a"), "a\n").unwrap();
+    fs::write(root.join("back\\slash"), "b\n").unwrap();
+    fs::write(root.join("new\nline"), "n\n").unwrap();
+    fs::write(root.join("sub/big"), random_bytes(9 << 20, 3)).unwrap();
+    root
+}
+
+#[test]
+fn check_round_trip_passes_then_reports_a_changed_and_a_missing_file() {
+    for (algo, tool) in [
+        ("sha256", "sha256sum"),
+        ("sha512", "sha512sum"),
+        ("blake3", "b3sum"),
+    ] {
+        let root = small_tree(&format!("hash-check-{algo}"));
+        let manifest = root.with_extension("sums");
+        let o = run(&[os("hash"), os("-a"), os(algo), root.as_os_str()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        fs::write(&manifest, &o.stdout).unwrap();
+        // The reference tool accepts our manifest...
+        let r = Command::new(tool)
+            .arg("-c")
+            .arg(&manifest)
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{tool} -c: {}", stderr(&r));
+        // ...and we accept it, printing what the reference tool prints.
+        let c = run(&[
+            os("hash"),
+            os("-a"),
+            os(algo),
+            os("-c"),
+            manifest.as_os_str(),
+        ]);
+        assert_eq!(c.status.code(), Some(0), "{}", stderr(&c));
+        assert_eq!(
+            String::from_utf8_lossy(&c.stdout),
+            String::from_utf8_lossy(&r.stdout)
+        );
+        // A changed file and a missing one.
+        fs::write(root.join("a"), "changed\n").unwrap();
+        fs::remove_file(root.join("back\\slash")).unwrap();
+        let c = run(&[
+            os("hash"),
+            os("-a"),
+            os(algo),
+            os("-c"),
+            manifest.as_os_str(),
+        ]);
+        assert_eq!(c.status.code(), Some(1));
+        let out = String::from_utf8_lossy(&c.stdout);
+        let root_s = root.to_str().unwrap();
+        assert!(out.contains(&format!("{root_s}/a: FAILED\n")), "{out}");
+        assert!(out.contains("slash: FAILED open or read\n"), "{out}");
+        assert!(out.contains("/sub/big: OK\n"), "{out}");
+        let err = stderr(&c);
+        assert!(err.contains("slash: No such file or directory\n"), "{err}");
+        assert!(
+            err.contains("shmpool: WARNING: 1 listed file could not be read\n"),
+            "{err}"
+        );
+        assert!(
+            err.contains("shmpool: WARNING: 1 computed checksum did NOT match\n"),
+            "{err}"
+        );
+        if algo == "sha256" {
+            // coreutils prints the same lines.
+            let r = Command::new(tool)
+                .arg("-c")
+                .arg(&manifest)
+                .output()
+                .unwrap();
+            assert_eq!(r.status.code(), Some(1));
+            assert_eq!(c.stdout, r.stdout);
+            // --quiet keeps only the failures; --status prints nothing on stdout.
+            let q = run(&[os("hash"), os("-c"), os("--quiet"), manifest.as_os_str()]);
+            assert_eq!(q.status.code(), Some(1));
+            assert!(!String::from_utf8_lossy(&q.stdout).contains(": OK"));
+            assert!(String::from_utf8_lossy(&q.stdout).contains(": FAILED"));
+            let s = run(&[os("hash"), os("-c"), os("--status"), manifest.as_os_str()]);
+            assert_eq!(s.status.code(), Some(1));
+            assert!(s.stdout.is_empty());
+            assert!(!stderr(&s).contains("WARNING"));
+        }
+        fs::remove_dir_all(&root).unwrap();
+        fs::remove_file(&manifest).unwrap();
+    }
+}
+
+#[test]
+fn check_counts_improperly_formatted_lines_and_refuses_a_manifest_without_any() {
+    let root = small_tree("hash-check-format");
+    let manifest = root.with_extension("sums");
+    let o = run(&[os("hash"), root.join("a").as_os_str()]);
+    let mut text = o.stdout.clone();
+    text.extend_from_slice(b"garbage\n");
+    fs::write(&manifest, &text).unwrap();
+    let c = run(&[os("hash"), os("-c"), manifest.as_os_str()]);
+    assert_eq!(c.status.code(), Some(0), "{}", stderr(&c));
+    assert_eq!(
+        stderr(&c),
+        "shmpool: WARNING: 1 line is improperly formatted\n"
+    );
+    fs::write(&manifest, "garbage\n").unwrap();
+    let c = run(&[os("hash"), os("-c"), manifest.as_os_str()]);
+    assert_eq!(c.status.code(), Some(1));
+    assert_eq!(
+        stderr(&c),
+        format!(
+            "shmpool: {}: no properly formatted checksum lines found\n",
+            manifest.display()
+        )
+    );
+    let missing = root.join("no-such-manifest");
+    let c = run(&[os("hash"), os("-c"), missing.as_os_str()]);
+    assert_eq!(c.status.code(), Some(1));
+    assert!(stderr(&c).ends_with(": No such file or directory\n"));
+    fs::remove_dir_all(&root).unwrap();
+    fs::remove_file(&manifest).unwrap();
+}
+
+#[test]
+fn a_missing_path_is_reported_and_everything_else_is_still_hashed() {
+    let root = small_tree("hash-missing");
+    let missing = root.join("no-such-file");
+    let o = run(&[os("hash"), missing.as_os_str(), root.as_os_str()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "shmpool: {}: No such file or directory\n",
+            missing.display()
+        )
+    );
+    let want = reference("sha256sum", &expected_files(&root));
+    assert_eq!(o.stdout, want);
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn standard_input_is_hashed_without_a_path_and_as_dash() {
+    for args in [
+        vec!["hash"],
+        vec!["hash", "-"],
+        vec!["hash", "-a", "blake3", "-"],
+    ] {
+        let mut child = shmpool()
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"hello from stdin\n")
+            .unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success());
+        let tool = if args.contains(&"blake3") {
+            "b3sum"
+        } else {
+            "sha256sum"
+        };
+        let mut r = Command::new(tool)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        r.stdin
+            .take()
+            .unwrap()
+            .write_all(b"hello from stdin\n")
+            .unwrap();
+        assert_eq!(o.stdout, r.wait_with_output().unwrap().stdout);
+    }
+}
+
+#[test]
+fn bad_options_are_usage_errors_with_exit_code_2() {
+    for args in [
+        vec!["hash", "-a", "md5"],
+        vec!["hash", "--no-such-option"],
+        vec!["hash", "-j", "0"],
+        vec!["hash", "--quiet", "x"],
+    ] {
+        let o = run(&args.iter().map(|a| os(a)).collect::<Vec<_>>());
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).is_empty());
+    }
+}
+
+#[test]
+fn a_closed_stdout_is_success() {
+    let mut child = shmpool()
+        .args([os("hash"), tree().join("tiny").as_os_str()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 10];
+    std::io::Read::read_exact(&mut out, &mut first).unwrap();
+    drop(out);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+/// Pids of live processes in process group `pgid` (zombies count: they were not reaped).
+fn group_members(pgid: i32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the `(comm)`: state ppid pgrp ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Starts a long SHA-512 run (the sparse file, many times) in its own process group, waits
+/// until its workers exist, sends SIGINT (to the whole group, as a terminal does, or to the
+/// parent alone) and checks the exit status and that no process of the group is left.
+fn interrupt(whole_group: bool) {
+    let sparse = tree().join("sparse-300M");
+    let mut cmd = shmpool();
+    cmd.args(["hash", "-a", "sha512", "-j", "2"]);
+    for _ in 0..40 {
+        cmd.arg(&sparse);
+    }
+    let child = cmd
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pgid = child.id() as i32;
+    // Wait for the workers (the parent, its fork server and two workers). A bound on the
+    // wait only so that a broken build cannot spin forever; the watchdog would catch it too.
+    let start = Instant::now();
+    while group_members(pgid).len() < 4 && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let target = if whole_group { -pgid } else { pgid };
+    // SAFETY: kill with a pid we own (our child or its process group) and a valid signal.
+    assert_eq!(unsafe { libc::kill(target, libc::SIGINT) }, 0);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+    assert_eq!(group_members(pgid), Vec::<i32>::new(), "left behind");
+}
+
+#[test]
+fn ctrl_c_to_the_process_group_exits_130_and_leaves_no_process() {
+    interrupt(true);
+}
+
+#[test]
+fn sigint_to_the_parent_alone_exits_130_and_leaves_no_process() {
+    interrupt(false);
+}
