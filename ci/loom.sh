@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Model-checks the SPSC ring with loom (tests/loom_ring.rs). Reproducible by hand: `bash ci/loom.sh`.
 # Loom cannot follow a fork, so this checks the ring algorithm over heap memory in one process;
-# tests/ring_cross_process.rs checks it across a real fork.
+# src/ring/cross_process.rs (a unit test: `ring` is public only under --cfg loom) checks it across a real fork.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RUSTFLAGS="--cfg loom"

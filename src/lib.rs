@@ -145,9 +145,12 @@
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 // Under `--cfg loom` only the lock-free algorithms are built (loom models them in one process;
-// the rest forks, which loom cannot follow). See `ci/loom.sh`.
-#[doc(hidden)]
+// the rest forks, which loom cannot follow), and `ring` is public so that `tests/loom_ring.rs`
+// reaches it. See `ci/loom.sh`. In every other build it is private: not part of the API.
+#[cfg(loom)]
 pub mod ring;
+#[cfg(not(loom))]
+mod ring;
 mod sync;
 mod wake;
 

@@ -24,6 +24,10 @@
 //! Positions are `u64`: at one push per nanosecond they wrap after 584 years, so wrap-around is
 //! not handled.
 
+// `pub` items here are the API of the loom build only (where `ring` is public); in every other
+// build the module is private to the crate.
+#![cfg_attr(not(loom), allow(unreachable_pub))]
+
 mod descriptor;
 
 pub use descriptor::*;
@@ -72,6 +76,7 @@ impl RingMem {
     }
 
     /// Number of descriptors pushed so far (the producer's position), as last published.
+    #[cfg(any(test, loom))] // used by the tests and the loom models only
     pub fn produced(&self) -> u64 {
         // Acquire, SYNC: ring-publish (pairs with the producer's Release store in `push`).
         self.tail.load(Ordering::Acquire)
@@ -156,6 +161,7 @@ impl Producer {
     }
 
     /// Free slots, reloading the consumer's position.
+    #[cfg(any(test, loom))] // used by the tests and the loom models only
     pub fn free(&mut self) -> Result<u64, RingError> {
         self.refresh_head()?;
         Ok(RING_CAPACITY - (self.tail - self.cached_head))
@@ -232,6 +238,7 @@ impl Consumer {
     }
 
     /// Our position: descriptors popped so far.
+    #[cfg(any(test, loom))] // used by the tests and the loom models only
     pub fn position(&self) -> u64 {
         self.head
     }
@@ -272,3 +279,6 @@ impl Consumer {
 
 #[cfg(all(test, not(loom)))]
 mod test;
+
+#[cfg(all(test, not(loom)))]
+mod cross_process;

@@ -1,10 +1,33 @@
 //! The SPSC ring across a real `fork`: one process produces a known sequence of a million
 //! descriptors into a `MAP_SHARED` mapping, the other consumes it, and every item must arrive
 //! exactly once, in order, uncorrupted. Both directions.
+//!
+//! A unit test (not in `tests/`) because `ring` is private: it is public only in the loom build.
 
-mod common;
+use super::{Consumer, Descriptor, Producer, RING_CAPACITY, RingMem};
 
-use shmpool::ring::{Consumer, Descriptor, Producer, RingMem};
+/// Aborts the test process unless dropped within `secs` seconds (a hang becomes a failure).
+struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
+
+fn arm(secs: u64) -> Watchdog {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            rx.recv_timeout(std::time::Duration::from_secs(secs))
+        {
+            eprintln!("watchdog: a cross-process ring test hung for {secs} s; aborting");
+            std::process::abort();
+        }
+    });
+    Watchdog(Some(tx))
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Dropping the sender disconnects the channel: the watchdog thread returns.
+        self.0.take();
+    }
+}
 
 const N: u64 = 1_000_000;
 
@@ -110,7 +133,7 @@ fn yield_now() {
 
 #[test]
 fn a_child_produces_a_million_descriptors_and_the_parent_gets_each_once_in_order() {
-    let _w = common::arm(60);
+    let _w = arm(60);
     let ring = SharedRing::new();
     let mem = ring.ptr as *const RingMem;
     let pid = fork_child(|| {
@@ -167,7 +190,7 @@ fn a_child_produces_a_million_descriptors_and_the_parent_gets_each_once_in_order
 
 #[test]
 fn the_parent_produces_a_million_descriptors_and_a_child_checks_each_once_in_order() {
-    let _w = common::arm(60);
+    let _w = arm(60);
     let ring = SharedRing::new();
     let mem = ring.ptr as *const RingMem;
     let pid = fork_child(|| {
@@ -209,5 +232,5 @@ fn the_parent_produces_a_million_descriptors_and_a_child_checks_each_once_in_ord
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "consumer reported a missing, duplicated or corrupted item: status {status}"
     );
-    assert_eq!(p.free().unwrap(), shmpool::ring::RING_CAPACITY);
+    assert_eq!(p.free().unwrap(), RING_CAPACITY);
 }
