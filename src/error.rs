@@ -4,11 +4,34 @@ use std::fmt;
 use std::sync::Arc;
 
 /// Result alias used across the crate.
+/// # Examples
+///
+/// ```
+/// fn total(pool: &shmpool::Pool) -> shmpool::Result<u64> {
+///     Ok(pool.map(|x: u64| x, 0..4)?.iter().sum())
+/// }
+/// assert_eq!(total(&shmpool::Pool::new(1)?)?, 6);
+/// # Ok::<(), shmpool::Error>(())
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in a pool, with the context needed to act on it.
 ///
 /// `Display` is a short lower-case sentence; OS errors are exposed through `source()`.
+/// # Examples
+///
+/// ```
+/// use shmpool::{Error, Pool};
+/// let pool = Pool::new(1)?;
+/// match pool.apply(|x: u32| if x > 1 { panic!("too big: {x}") } else { x }, 2) {
+///     Err(Error::TaskPanicked { worker, message, location, .. }) => {
+///         assert_eq!((worker, message.as_str()), (0, "too big: 2"));
+///         assert!(location.is_some()); // file:line:column of the panic
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok::<(), shmpool::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Error {

@@ -621,6 +621,13 @@ impl<T> fmt::Debug for Queue<T> {
 
 impl<T: Payload> Queue<T> {
     /// The slot size [`Queue::new`] uses: the most bytes one encoded item may take.
+    /// # Examples
+    ///
+    /// ```
+    /// let q = shmpool::Queue::<Vec<u8>>::new(2)?;
+    /// assert_eq!(q.slot_size(), shmpool::Queue::<Vec<u8>>::DEFAULT_SLOT_SIZE);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub const DEFAULT_SLOT_SIZE: usize = 1024;
 
     /// Creates a queue holding at most `capacity` items of at most

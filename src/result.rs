@@ -238,6 +238,14 @@ impl<R> AsyncResult<R> {
     ///
     /// The task's failure: [`Error::TaskPanicked`], [`Error::WorkerDied`],
     /// [`Error::PoolTerminated`], [`Error::Codec`], ...
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let r = pool.apply_async(|x: u64| x * 3, 5)?;
+    /// assert_eq!(r.get()?, 15);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn get(self) -> Result<R> {
         self.cell.wait_deadline(None);
         self.cell.take()
@@ -268,21 +276,60 @@ impl<R> AsyncResult<R> {
     }
 
     /// Blocks until the result is ready.
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let r = pool.apply_async(|x: u64| x * 3, 5)?;
+    /// r.wait();
+    /// assert!(r.ready());
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn wait(&self) {
         self.cell.wait_deadline(None);
     }
 
     /// Blocks until the result is ready or `timeout` passes; returns whether it is ready.
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let r = pool.apply_async(|x: u64| x * 3, 5)?;
+    /// assert!(r.wait_timeout(Duration::from_secs(30)));
+    /// assert_eq!(r.get()?, 15);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         self.cell.wait_deadline(Some(Instant::now() + timeout))
     }
 
     /// Whether the result is ready (never blocks).
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let r = pool.apply_async(|x: u64| x * 3, 5)?;
+    /// while !r.ready() {
+    ///     std::thread::yield_now(); // do something useful meanwhile
+    /// }
+    /// assert_eq!(r.get()?, 15);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn ready(&self) -> bool {
         self.cell.is_ready()
     }
 
     /// `None` while running; then whether the task succeeded (Python raises instead of `None`).
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let bad = pool.apply_async(|_: ()| -> u8 { panic!("no") }, ())?;
+    /// bad.wait();
+    /// assert_eq!(bad.successful(), Some(false));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn successful(&self) -> Option<bool> {
         self.cell.successful()
     }

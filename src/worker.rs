@@ -34,6 +34,19 @@ static WORKER_SEQ: AtomicU64 = AtomicU64::new(0);
 static WORKER_PID: AtomicI32 = AtomicI32::new(0);
 
 /// Who the current process is, when it is a pool worker.
+/// # Examples
+///
+/// ```
+/// let pool = shmpool::Pool::new(2)?;
+/// let info = pool.apply(|_: ()| {
+///     let w = shmpool::current_worker().expect("in a worker");
+///     (w.index(), w.pid(), w.name())
+/// }, ())?;
+/// assert!(info.0 < 2);
+/// assert!(pool.worker_pids().contains(&info.1));
+/// assert!(info.2.starts_with("PoolWorker-"));
+/// # Ok::<(), shmpool::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerInfo {
     index: usize,
@@ -43,17 +56,42 @@ pub struct WorkerInfo {
 
 impl WorkerInfo {
     /// The worker's slot, `0..processes`. A replacement for a dead worker takes over its slot.
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let slot = pool.apply(|_: ()| shmpool::current_worker().unwrap().index(), ())?;
+    /// assert!(slot < 2);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn index(&self) -> usize {
         self.index
     }
 
     /// The worker's process id.
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let pid = pool.apply(|_: ()| shmpool::current_worker().unwrap().pid(), ())?;
+    /// assert_eq!(pool.worker_pids(), [pid]);
+    /// assert_ne!(pid, std::process::id());
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn pid(&self) -> u32 {
         self.pid
     }
 
     /// The worker's name, `PoolWorker-N`, where `N` counts the workers this pool has started
     /// (from 1; a replacement gets a new number), like Python's `current_process().name`.
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let name = pool.apply(|_: ()| shmpool::current_worker().unwrap().name(), ())?;
+    /// assert_eq!(name, "PoolWorker-1");
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn name(&self) -> String {
         format!("PoolWorker-{}", self.seq)
     }

@@ -31,6 +31,16 @@ use dispatch::{Collect, Completion, Dispatch, Job, Phase, TaskResult, encode, en
 pub use imap::IMap;
 
 /// Default size of each worker's argument arena and result arena.
+/// # Examples
+///
+/// ```
+/// let pool = shmpool::Pool::builder()
+///     .processes(1)
+///     .arena_size(shmpool::DEFAULT_ARENA_SIZE / 4)
+///     .build()?;
+/// assert_eq!(pool.apply(|x: u8| x, 1)?, 1);
+/// # Ok::<(), shmpool::Error>(())
+/// ```
 pub const DEFAULT_ARENA_SIZE: usize = 64 << 20;
 
 /// The most workers a pool may have: `PID_MAX_LIMIT`, the most processes Linux can run at once.
@@ -158,6 +168,13 @@ impl Default for PoolBuilder {
 
 impl PoolBuilder {
     /// Number of worker processes (default: the number of CPUs available to this process).
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::builder().processes(3).build()?;
+    /// assert_eq!(pool.processes(), 3);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn processes(mut self, n: usize) -> Self {
         self.processes = Some(n);
         self
@@ -167,6 +184,20 @@ impl PoolBuilder {
     /// takes any task. `f` may capture: it is in memory when the pool forks. Use it for
     /// per-worker state (a thread-local, a connection, a rayon or tokio runtime of its own).
     /// If it panics, the pool reports [`Error::InitializerFailed`] for all queued and new work.
+    /// # Examples
+    ///
+    /// ```
+    /// use std::cell::Cell;
+    /// thread_local!(static READY: Cell<bool> = const { Cell::new(false) });
+    /// let pool = shmpool::Pool::builder()
+    ///     .processes(1)
+    ///     .initializer(|| READY.with(|r| r.set(true)))
+    ///     .build()?;
+    /// // The initializer ran in the worker, not here.
+    /// assert!(pool.apply(|_: ()| READY.with(Cell::get), ())?);
+    /// assert!(!READY.with(Cell::get));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn initializer(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
         self.initializer = Some(Arc::new(f));
         self
@@ -174,6 +205,15 @@ impl PoolBuilder {
 
     /// Replaces each worker after it has run `n` tasks (Python's `maxtasksperchild`), which
     /// returns any memory a task leaked.
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::builder().processes(1).max_tasks_per_child(1).build()?;
+    /// let first = pool.apply(|_: ()| std::process::id(), ())?;
+    /// let second = pool.apply(|_: ()| std::process::id(), ())?;
+    /// assert_ne!(first, second); // a fresh worker for each task
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn max_tasks_per_child(mut self, n: u64) -> Self {
         self.max_tasks = Some(n);
         self
@@ -182,6 +222,16 @@ impl PoolBuilder {
     /// Size in bytes of each worker's argument arena and of its result arena (default
     /// [`DEFAULT_ARENA_SIZE`]). One encoded argument or result must fit in it. The memory is
     /// reserved, not touched: pages cost RAM only once a payload that large is used.
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::builder().processes(1).arena_size(1 << 16).build()?;
+    /// assert_eq!(pool.apply(|v: Vec<u8>| v.len(), vec![0u8; 1000])?, 1000);
+    /// // Too big for a 64 KiB arena: refused, and the argument comes back.
+    /// let refused = pool.apply_async(|v: Vec<u8>| v.len(), vec![0u8; 1 << 17]).unwrap_err();
+    /// assert!(matches!(refused.error, shmpool::Error::PayloadTooLarge { .. }));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn arena_size(mut self, bytes: usize) -> Self {
         self.arena_size = bytes;
         self
@@ -247,6 +297,14 @@ impl PoolBuilder {
     /// in the address space (`arena_size(1 << 62)`); [`Error::Os`] if a segment cannot be mapped,
     /// the process runs out of file descriptors, or a process cannot be forked.
     /// Construction is all-or-nothing: on error, no process or segment is left.
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::builder().processes(2).build()?;
+    /// assert_eq!(pool.worker_pids().len(), 2);
+    /// assert!(shmpool::Pool::builder().processes(0).build().is_err());
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn build(self) -> Result<Pool> {
         let processes = match self.processes {
             Some(0) => return Err(Error::invalid("processes must be at least 1")),
@@ -411,16 +469,40 @@ impl Pool {
     }
 
     /// A builder for a pool with non-default settings.
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::builder().processes(1).max_tasks_per_child(100).build()?;
+    /// assert_eq!(pool.processes(), 1);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn builder() -> PoolBuilder {
         PoolBuilder::default()
     }
 
     /// The number of worker processes.
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// assert_eq!(pool.processes(), 2);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn processes(&self) -> usize {
         self.inner.processes
     }
 
     /// The pids of the live workers, by slot (0 while a slot's worker is being replaced).
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let pids = pool.worker_pids();
+    /// assert_eq!(pids.len(), 2);
+    /// let pid = pool.apply(|_: ()| std::process::id(), ())?;
+    /// assert!(pids.contains(&pid));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn worker_pids(&self) -> Vec<u32> {
         (0..self.inner.processes)
             .map(|s| self.inner.ctl.slot(s).pid.load(Ordering::Relaxed))
@@ -552,6 +634,15 @@ impl Pool {
     ///
     /// As [`apply_async`](Pool::apply_async), plus the task's own failure
     /// ([`Error::TaskPanicked`], [`Error::WorkerDied`], ...).
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(1)?;
+    /// assert_eq!(pool.apply(|s: String| s.len(), "four".to_string())?, 4);
+    /// let e = pool.apply(|_: ()| -> u8 { panic!("no") }, ()).unwrap_err();
+    /// assert_eq!(e.to_string(), "task panicked in worker 0: no");
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn apply<F, A, R>(&self, f: F, arg: A) -> Result<R>
     where
         F: Fn(A) -> R + Copy + Send + 'static,
@@ -635,6 +726,15 @@ impl Pool {
     /// # Errors
     ///
     /// The first failed item's error ([`Error::TaskPanicked`], ...), or a submission error.
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// assert_eq!(pool.map(|x: u64| x * x, 1..=4)?, [1, 4, 9, 16]);
+    /// let words = vec!["a".to_string(), "bcd".to_string()];
+    /// assert_eq!(pool.map(|w: String| w.len(), words)?, [1, 3]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn map<F, A, R, I>(&self, f: F, items: I) -> Result<Vec<R>>
     where
         F: Fn(A) -> R + Copy + Send + 'static,
@@ -650,6 +750,15 @@ impl Pool {
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] for chunksize 0; otherwise as `map`.
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let squares = pool.map_chunked(|x: u32| x * x, 0..100, 10)?; // 10 tasks of 10 items
+    /// assert_eq!(squares[99], 9801);
+    /// assert!(pool.map_chunked(|x: u32| x, 0..10, 0).is_err());
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn map_chunked<F, A, R, I>(&self, f: F, items: I, chunksize: usize) -> Result<Vec<R>>
     where
         F: Fn(A) -> R + Copy + Send + 'static,
@@ -665,6 +774,15 @@ impl Pool {
     /// # Errors
     ///
     /// As [`apply_async`](Pool::apply_async).
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let r = pool.map_async(|x: u64| x + 1, 0..5)?;
+    /// // ... other work here ...
+    /// assert_eq!(r.get()?, [1, 2, 3, 4, 5]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn map_async<F, A, R, I>(&self, f: F, items: I) -> Result<AsyncResult<Vec<R>>>
     where
         F: Fn(A) -> R + Copy + Send + 'static,
@@ -751,6 +869,14 @@ impl Pool {
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] for chunksize 0; otherwise as `map_async`.
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let r = pool.map_async_chunked(|x: u64| x + 1, 0..50, 25)?; // two tasks
+    /// assert_eq!(r.get()?.len(), 50);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn map_async_chunked<F, A, R, I>(
         &self,
         f: F,
@@ -801,6 +927,14 @@ impl Pool {
     /// # Errors
     ///
     /// As `map_async`.
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let r = pool.starmap_async(|a: u64, b: u64| a.pow(b as u32), vec![(2, 3), (3, 2)])?;
+    /// assert_eq!(r.get()?, [8, 9]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn starmap_async<F, Args, R, I>(&self, f: F, items: I) -> Result<AsyncResult<Vec<R>>>
     where
         F: StarFn<Args, Output = R> + Send + 'static,
@@ -1014,6 +1148,17 @@ impl Pool {
     }
 
     /// Like [`imap`](Pool::imap), yielding results in the order they finish.
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let mut got: Vec<u64> = pool
+    ///     .imap_unordered(|x: u64| x * 10, 0..5)
+    ///     .collect::<Result<_, _>>()?;
+    /// got.sort_unstable(); // in the order they finished
+    /// assert_eq!(got, [0, 10, 20, 30, 40]);
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn imap_unordered<F, A, R, I>(&self, f: F, items: I) -> IMap<'_, I::IntoIter, R>
     where
         F: Fn(A) -> R + Copy + Send + 'static,
@@ -1032,6 +1177,17 @@ impl Pool {
     }
 
     /// Stops accepting work; queued work still runs (Python's `close`).
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let r = pool.apply_async(|x: u64| x * 2, 21)?;
+    /// pool.close();
+    /// assert!(matches!(pool.apply(|x: u64| x, 1), Err(shmpool::Error::PoolClosed)));
+    /// assert_eq!(r.get()?, 42); // work queued before `close` still runs
+    /// pool.join()?;
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn close(&self) {
         let mut g = self.lock();
         if matches!(g.phase, Phase::Open) {
@@ -1044,6 +1200,19 @@ impl Pool {
     /// # Errors
     ///
     /// [`Error::PoolRunning`] if the pool was neither closed nor terminated (as Python raises).
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = shmpool::Pool::new(2)?;
+    /// let results: Vec<_> = (0..4u64)
+    ///     .map(|i| pool.apply_async(|x: u64| x * x, i))
+    ///     .collect::<Result<_, _>>()?;
+    /// assert!(matches!(pool.join(), Err(shmpool::Error::PoolRunning))); // close first
+    /// pool.close();
+    /// pool.join()?; // every task has finished, every worker is reaped
+    /// assert!(results.iter().all(|r| r.ready()));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn join(&self) -> Result<()> {
         {
             let mut g = self.lock();
@@ -1076,6 +1245,16 @@ impl Pool {
     ///
     /// Unfinished tasks fail only after every worker has been killed and reaped, so no worker can
     /// still be writing into memory (a `map_chunks_into` output) that the caller gets back.
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pool = shmpool::Pool::new(1)?;
+    /// let slow = pool.apply_async(|ms: u64| std::thread::sleep(Duration::from_millis(ms)), 60_000)?;
+    /// pool.terminate(); // kills the worker at once
+    /// assert!(matches!(slow.get(), Err(shmpool::Error::PoolTerminated)));
+    /// # Ok::<(), shmpool::Error>(())
+    /// ```
     pub fn terminate(&self) {
         self.lock().phase = Phase::Stopped;
         // Release, SYNC: server-request.
