@@ -27,6 +27,120 @@ pub trait Payload: Serialize + DeserializeOwned + Send + 'static {}
 
 impl<T: Serialize + DeserializeOwned + Send + 'static> Payload for T {}
 
+/// The bytes of a byte-vector payload (`Vec<u8>`, `Box<[u8]>`), or `None` for any other type.
+///
+/// Serde has no special case for them: `Vec<u8>` is a sequence, and postcard writes and reads it
+/// one `u8` call at a time (~0.5 GB/s). Its wire form, though, is exactly that of a byte string
+/// (a varint length, then the bytes), so a byte vector can be written with one copy
+/// ([`write_bytes`]) and read with one ([`read_byte_payload`]) in *postcard's own format*: each
+/// side may take the fast path or not, and the other side still agrees. (`String` needs no such
+/// path: serde already hands postcard a `&str`, written and read with one copy.) A byte vector
+/// nested in another type goes through serde as usual; mark the field
+/// `#[serde(with = "serde_bytes")]` to get the same speed there.
+pub(crate) fn byte_payload<T: 'static>(v: &T) -> Option<&[u8]> {
+    let any: &dyn std::any::Any = v;
+    if let Some(v) = any.downcast_ref::<Vec<u8>>() {
+        return Some(v);
+    }
+    any.downcast_ref::<Box<[u8]>>().map(|b| &**b)
+}
+
+/// Whether `T` is a byte vector that [`read_byte_payload`] can make.
+fn is_byte_payload<T: 'static>() -> bool {
+    use std::any::TypeId;
+    let t = TypeId::of::<T>();
+    t == TypeId::of::<Vec<u8>>() || t == TypeId::of::<Box<[u8]>>()
+}
+
+/// Appends `bytes` as postcard writes a byte string: LEB128 varint length, then the bytes.
+pub(crate) fn write_bytes(bytes: &[u8], out: &mut Vec<u8>) {
+    let mut prefix = [0u8; 10];
+    let n = varint(bytes.len() as u64, &mut prefix);
+    out.reserve(n + bytes.len());
+    out.extend_from_slice(&prefix[..n]);
+    out.extend_from_slice(bytes);
+}
+
+/// Writes `v` as a LEB128 varint into `buf`; returns how many bytes it took.
+pub(crate) fn varint(mut v: u64, buf: &mut [u8; 10]) -> usize {
+    let mut i = 0;
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            buf[i] = byte;
+            return i + 1;
+        }
+        buf[i] = byte | 0x80;
+        i += 1;
+    }
+}
+
+/// Reads a LEB128 varint `usize` from the front of `bytes`: `(value, bytes used)`.
+fn read_varint(bytes: &[u8]) -> Result<(usize, usize), String> {
+    let mut v: u64 = 0;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        let bits = u64::from(b & 0x7f);
+        if i == 9 && b > 1 {
+            return Err("length varint overflows 64 bits".into());
+        }
+        v |= bits << (7 * i);
+        if b & 0x80 == 0 {
+            let v = usize::try_from(v).map_err(|_| "length out of range".to_string())?;
+            return Ok((v, i + 1));
+        }
+    }
+    Err("truncated length varint".into())
+}
+
+/// Reads one byte string (as [`write_bytes`] wrote it) from the front of `bytes`: the bytes and
+/// how much of the input they took. Every length is checked against what is there.
+fn read_bytes(bytes: &[u8]) -> Result<(&[u8], usize), String> {
+    let (len, used) = read_varint(bytes)?;
+    let rest = &bytes[used..];
+    if len > rest.len() {
+        return Err(format!(
+            "byte string of {len} bytes, but only {} remain",
+            rest.len()
+        ));
+    }
+    Ok((&rest[..len], used + len))
+}
+
+/// Makes a `T` from the bytes of a byte string when `T` is a byte vector (one copy); `None` for
+/// any other `T`. The counterpart of [`byte_payload`], in the same postcard-compatible format.
+pub(crate) fn read_byte_payload<T: 'static>(bytes: &[u8]) -> Option<Result<T, String>> {
+    if !is_byte_payload::<T>() {
+        return None;
+    }
+    Some(read_bytes(bytes).map(|(b, _)| byte_vector::<T>(b)))
+}
+
+/// A `T` (`Vec<u8>` or `Box<[u8]>`, checked by the caller) holding a copy of `b`.
+fn byte_vector<T: 'static>(b: &[u8]) -> T {
+    let mut out: Option<T> = None;
+    let any: &mut dyn std::any::Any = &mut out;
+    if let Some(slot) = any.downcast_mut::<Option<Vec<u8>>>() {
+        *slot = Some(b.to_vec());
+    } else if let Some(slot) = any.downcast_mut::<Option<Box<[u8]>>>() {
+        *slot = Some(b.into());
+    }
+    out.expect("byte_vector is only called for byte-vector types")
+}
+
+/// Encodes one value (an argument or a result) in postcard's format, byte vectors with one copy.
+pub(crate) fn encode_value<T: Serialize + 'static>(
+    value: &T,
+    out: Vec<u8>,
+) -> Result<Vec<u8>, postcard::Error> {
+    if let Some(b) = byte_payload(value) {
+        let mut out = out;
+        write_bytes(b, &mut out);
+        return Ok(out);
+    }
+    postcard::to_extend(value, out)
+}
+
 /// Whether `T` is a primitive number: no padding, every bit pattern valid, so a slice of it can
 /// cross as its raw bytes.
 pub(crate) fn is_plain_number<T: 'static>() -> bool {
@@ -65,6 +179,16 @@ pub(crate) fn encode_seq<T: Serialize + 'static>(
             std::slice::from_raw_parts(items.as_ptr().cast::<u8>(), std::mem::size_of_val(items))
         };
         out.extend_from_slice(bytes);
+        return Ok(());
+    }
+    if is_byte_payload::<T>() {
+        // Postcard's format for a sequence of byte strings: the count, then each one.
+        let mut prefix = [0u8; 10];
+        let n = varint(items.len() as u64, &mut prefix);
+        out.extend_from_slice(&prefix[..n]);
+        for item in items {
+            write_bytes(byte_payload(item).expect("checked above"), out);
+        }
         return Ok(());
     }
     let taken = std::mem::take(out);
@@ -108,6 +232,24 @@ pub(crate) fn decode_seq<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<
         unsafe {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr().cast::<u8>(), bytes.len());
             v.set_len(n);
+        }
+        return Ok(v);
+    }
+    if is_byte_payload::<T>() {
+        let (n, mut at) = read_varint(bytes)?;
+        // Every item takes at least its one-byte length: a count beyond that is a lie, and must
+        // not size an allocation.
+        if n > bytes.len() - at {
+            return Err(format!(
+                "{n} byte strings cannot fit in {} bytes",
+                bytes.len()
+            ));
+        }
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (b, used) = read_bytes(&bytes[at..])?;
+            v.push(byte_vector::<T>(b));
+            at += used;
         }
         return Ok(v);
     }
@@ -294,6 +436,33 @@ mod tests {
         let mut walked = Vec::new();
         for_each_in_seq::<u64>(&shifted[1..], |x| walked.push(x)).unwrap();
         assert_eq!(walked, [u64::MAX - 1, 5]);
+    }
+
+    #[test]
+    fn byte_vectors_take_the_fast_path_in_postcards_own_format() {
+        for len in [0usize, 1, 127, 128, 300, 16_383, 16_384, 70_000, 2_097_152] {
+            let v: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let fast = encode_value(&v, Vec::new()).unwrap();
+            assert_eq!(fast, postcard::to_allocvec(&v).unwrap(), "len {len}");
+            let back: Vec<u8> = read_byte_payload(&fast).unwrap().unwrap();
+            assert_eq!(back, v);
+            let boxed: Box<[u8]> = read_byte_payload(&fast).unwrap().unwrap();
+            assert_eq!(&*boxed, &v[..]);
+            assert_eq!(postcard::from_bytes::<Vec<u8>>(&fast).unwrap(), v);
+            // Sequences of them too (map's chunks).
+            let items = vec![v.clone(), Vec::new(), v[..len / 2].to_vec()];
+            let mut seq = Vec::new();
+            encode_seq(&items, &mut seq).unwrap();
+            assert_eq!(seq, postcard::to_allocvec(&items).unwrap());
+            assert_eq!(decode_seq::<Vec<u8>>(&seq).unwrap(), items);
+        }
+        assert!(read_byte_payload::<String>(&[0]).is_none());
+        // Lies about lengths are errors, never reads past the end or huge allocations.
+        assert!(read_byte_payload::<Vec<u8>>(&[5, 1, 2]).unwrap().is_err());
+        assert!(read_byte_payload::<Vec<u8>>(&[0xff; 11]).unwrap().is_err());
+        assert!(read_byte_payload::<Vec<u8>>(&[0x80]).unwrap().is_err());
+        assert!(decode_seq::<Vec<u8>>(&[0xff, 0xff, 0xff, 0x7f, 0]).is_err());
+        round_trip(vec![vec![1u8, 2], vec![], vec![3]]);
     }
 
     #[test]

@@ -133,7 +133,12 @@ impl<'a> ResultSink<'a> {
 
     /// Copies already-encoded bytes into the arena, waiting for space if needed.
     pub(crate) fn put_bytes(&mut self, bytes: &[u8]) -> Result<Encoded, String> {
-        let n = bytes.len();
+        self.put_parts(&[], bytes)
+    }
+
+    /// Like [`put_bytes`](Self::put_bytes) for the concatenation `head ++ bytes`.
+    pub(crate) fn put_parts(&mut self, head: &[u8], bytes: &[u8]) -> Result<Encoded, String> {
+        let n = head.len() + bytes.len();
         if n > self.cap {
             return Err(format!(
                 "the result of {n} bytes does not fit the result arena of {} bytes",
@@ -143,9 +148,12 @@ impl<'a> ResultSink<'a> {
         loop {
             let freed = self.freed();
             if let Some(p) = plan(*self.head, freed, self.cap, n) {
-                // SAFETY: `plan` placed `n` bytes inside the arena over space the parent freed.
+                // SAFETY: `plan` placed `n` = `head.len() + bytes.len()` bytes inside the arena
+                // over space the parent freed; the two copies fill it back to back.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.add(p.offset), n);
+                    let at = self.base.add(p.offset);
+                    std::ptr::copy_nonoverlapping(head.as_ptr(), at, head.len());
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), at.add(head.len()), bytes.len());
                 }
                 self.advance(p);
                 return Ok(Encoded {
@@ -304,7 +312,10 @@ pub(crate) fn note_decode_detail(detail: &str) {
     DECODE_DETAIL.with(|d| *d.borrow_mut() = Some(detail.to_owned()));
 }
 
-fn decode<A: DeserializeOwned>(arg: &[u8]) -> Result<A, CallOutcome> {
+fn decode<A: DeserializeOwned + 'static>(arg: &[u8]) -> Result<A, CallOutcome> {
+    if let Some(a) = crate::payload::read_byte_payload::<A>(arg) {
+        return a.map_err(|e| CallOutcome::Failed(format!("cannot decode the argument: {e}")));
+    }
     DECODE_DETAIL.with(|d| d.borrow_mut().take());
     postcard::from_bytes(arg).map_err(|e| {
         let detail = DECODE_DETAIL.with(|d| d.borrow_mut().take());
@@ -315,8 +326,18 @@ fn decode<A: DeserializeOwned>(arg: &[u8]) -> Result<A, CallOutcome> {
     })
 }
 
-fn ship<R: Serialize>(sink: &mut ResultSink<'_>, r: &R) -> CallOutcome {
-    match sink.put(r) {
+fn ship<R: Serialize + 'static>(sink: &mut ResultSink<'_>, r: &R) -> CallOutcome {
+    let put = match crate::payload::byte_payload(r) {
+        // A byte vector: its varint length and its bytes, copied straight into the arena (the
+        // same bytes postcard would write, one `u8` at a time).
+        Some(b) => {
+            let mut prefix = [0u8; 10];
+            let n = crate::payload::varint(b.len() as u64, &mut prefix);
+            sink.put_parts(&prefix[..n], b)
+        }
+        None => sink.put(r),
+    };
+    match put {
         Ok(e) => CallOutcome::Done(e),
         Err(msg) => CallOutcome::Failed(msg),
     }
@@ -331,8 +352,8 @@ fn ship<R: Serialize>(sink: &mut ResultSink<'_>, r: &R) -> CallOutcome {
 pub(crate) unsafe fn call_one<F, A, R>(arg: &[u8], sink: &mut ResultSink<'_>) -> CallOutcome
 where
     F: Fn(A) -> R + Copy,
-    A: DeserializeOwned,
-    R: Serialize,
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
 {
     let a: A = match decode(arg) {
         Ok(a) => a,

@@ -965,11 +965,11 @@ fn fits(bytes: Vec<u8>, cap: usize) -> Result<Vec<u8>> {
 }
 
 /// Encodes a payload for a job, checking it fits the arena.
-pub(crate) fn encode<T: serde::Serialize + ?Sized>(value: &T, cap: usize) -> Result<Vec<u8>> {
+pub(crate) fn encode<T: serde::Serialize + 'static>(value: &T, cap: usize) -> Result<Vec<u8>> {
     // Sized for the common case (fixed-size items encode to at most their in-memory size plus a
     // few bytes), so encoding rarely reallocates.
     let hint = std::mem::size_of_val(value).saturating_add(16).min(cap);
-    let bytes = postcard::to_extend(value, Vec::with_capacity(hint))
+    let bytes = crate::payload::encode_value(value, Vec::with_capacity(hint))
         .map_err(|e| Error::codec(crate::ser_probe::serialize_error(&e, value)))?;
     fits(bytes, cap)
 }

@@ -1398,12 +1398,18 @@ fn clone_ok<'a>(r: &TaskResult<'a>) -> TaskResult<'a> {
     }
 }
 
-pub(crate) fn decode_result<R: DeserializeOwned>(r: TaskResult<'_>) -> Result<R> {
+pub(crate) fn decode_result<R: DeserializeOwned + 'static>(r: TaskResult<'_>) -> Result<R> {
     match r {
         // The user's `Deserialize` runs here, on a pool thread: a panic fails this result only.
-        TaskResult::Ok { bytes, .. } => crate::unwind::catch("decoding the result", || {
-            postcard::from_bytes(bytes).map_err(Error::codec)
-        }),
+        TaskResult::Ok { bytes, .. } => {
+            crate::unwind::catch(
+                "decoding the result",
+                || match crate::payload::read_byte_payload::<R>(bytes) {
+                    Some(r) => r.map_err(Error::codec),
+                    None => postcard::from_bytes(bytes).map_err(Error::codec),
+                },
+            )
+        }
         TaskResult::Err(e) => Err(e),
     }
 }
