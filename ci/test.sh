@@ -14,12 +14,23 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# The `mpi` feature (issue 11) builds rsmpi over Debian's OpenMPI (bindgen needs libclang).
+if ! command -v mpirun >/dev/null 2>&1 || ! dpkg -s libopenmpi-dev libclang-dev >/dev/null 2>&1; then
+    echo "== apt-get install openmpi-bin libopenmpi-dev libclang-dev"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev libclang-dev >/dev/null
+fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test --workspace (the README's test command)"
 cargo test --workspace
+echo "== the cluster pool over MPI ranks (--features mpi): lints, unit tests, doctests, mpirun -n 3"
+cargo clippy -p shmpool --all-targets --features mpi -- -D warnings
+cargo test -p shmpool --features mpi --lib cluster::
+cargo test -p shmpool --features mpi --doc cluster
+cargo test -p shmpool --features mpi --test cluster
 echo "== benches compile and run once in test mode"
 cargo test --workspace --benches
 echo "== loom models of the ring"

@@ -123,6 +123,15 @@ pub enum Error {
         /// The limit the task exceeded.
         limit: std::time::Duration,
     },
+    /// Something failed on another rank of a cluster pool, or between ranks (feature `mpi`,
+    /// `shmpool::cluster::Cluster`): a rank runs a different executable, or a task
+    /// failed there in a way that has no variant of its own here.
+    Cluster {
+        /// The MPI rank concerned.
+        rank: usize,
+        /// What happened.
+        detail: String,
+    },
     /// A system call failed.
     Os {
         /// The operation that failed.
@@ -201,6 +210,7 @@ impl fmt::Display for Error {
                 f,
                 "task ran past its time limit of {limit:?} in worker {worker} (pid {pid}), which was killed"
             ),
+            Error::Cluster { rank, detail } => write!(f, "on rank {rank}: {detail}"),
             // The OS error is the `source()`, not part of this message: chains printed with
             // `{:#}` (anyhow, eyre) would show it twice.
             Error::Os { op, .. } => write!(f, "{op} failed"),

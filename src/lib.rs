@@ -140,6 +140,16 @@
 //! }
 //! ```
 //!
+//! # Beyond one machine
+//!
+//! With the cargo feature `mpi`, `shmpool::cluster::Cluster` offers the same shape (`map`,
+//! `imap`, `imap_unordered`, `apply_async`, same task rule, same encoding) over MPI ranks: the
+//! program is started on every host by `mpirun` or Slurm's `srun`, every rank but 0 runs a local
+//! forked `Pool` and serves chunks handed out on demand, and rank 0 drives. A task function
+//! crosses ranks as its offset in the executable, so every rank must run the same binary (checked
+//! at start-up). See the `cluster` module's docs (built with `--features mpi`) and the README's
+//! "Beyond one machine".
+//!
 //! Linux only.
 
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
@@ -160,6 +170,8 @@ mod arena;
 mod bulk;
 #[cfg(not(loom))]
 mod channel;
+#[cfg(all(feature = "mpi", not(loom)))]
+pub mod cluster;
 #[cfg(not(loom))]
 mod control;
 #[cfg(not(loom))]
