@@ -90,7 +90,11 @@ pub(crate) enum WireError {
         exit_code: Option<i32>,
     },
     /// [`Error::TaskTimedOut`].
-    TimedOut { worker: usize, pid: u32, limit_ns: u64 },
+    TimedOut {
+        worker: usize,
+        pid: u32,
+        limit_ns: u64,
+    },
     /// [`Error::Codec`].
     Codec(String),
     /// Anything else, as its message.
