@@ -103,10 +103,12 @@ fn receive(sock: RawFd, block: bool) -> Result<Option<(u64, u64, Option<OwnedFd>
         match recvmsg::<()>(sock, &mut iov, Some(&mut cmsg), flags) {
             Ok(msg) => {
                 let mut fds = Vec::new();
-                for c in msg
-                    .cmsgs()
-                    .map_err(|e| Error::os("recvmsg", std::io::Error::from(e)))?
-                {
+                // At the fd limit the kernel drops an `ADD`'s fd and sets MSG_CTRUNC; nix's
+                // `cmsgs` then fails (ENOBUFS), so the task fails instead of a later blocking
+                // receive waiting for an fd that will never come.
+                for c in msg.cmsgs().map_err(|e| {
+                    Error::os("recvmsg (fd dropped: MSG_CTRUNC)", std::io::Error::from(e))
+                })? {
                     if let ControlMessageOwned::ScmRights(v) = c {
                         fds.extend(v);
                     }
@@ -226,6 +228,27 @@ impl SentSegments {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_whose_fds_were_dropped_is_an_error_not_a_wait() {
+        // More fds than the receive buffer has room for: the kernel sets MSG_CTRUNC, as it does
+        // when the receiver is at its fd limit.
+        let (parent, worker) = pair().unwrap();
+        let file = std::fs::File::open("/proc/self/exe").unwrap();
+        let fds = [file.as_raw_fd(); 16];
+        let m = message(OP_ADD, 3);
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        sendmsg::<()>(
+            parent.as_raw_fd(),
+            &[IoSlice::new(&m)],
+            &cmsg,
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        let e = receive(worker.as_raw_fd(), false).unwrap_err();
+        assert!(e.to_string().contains("MSG_CTRUNC"), "{e}");
+    }
 
     #[test]
     fn add_and_forget_cross_a_socket_pair_with_the_fd() {

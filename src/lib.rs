@@ -175,6 +175,9 @@ pub mod cluster;
 #[cfg(not(loom))]
 mod control;
 #[cfg(not(loom))]
+#[doc(hidden)]
+pub mod corrupt;
+#[cfg(not(loom))]
 mod error;
 #[cfg(not(loom))]
 mod payload;

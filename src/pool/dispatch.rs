@@ -380,6 +380,9 @@ pub(crate) struct Collect {
     consumers: Vec<Consumer>,
     /// Slots whose replacement worker was requested and not yet confirmed.
     respawning: Vec<bool>,
+    /// Our own copy of each slot's `result_freed`: the shared word can be scribbled on by its
+    /// worker, so we never read it back, and restore it from here before a replacement starts.
+    freed: Vec<u64>,
 }
 
 impl Collect {
@@ -391,7 +394,22 @@ impl Collect {
                 .map(|i| unsafe { Consumer::attach(&ctl.slot(i).results) })
                 .collect(),
             respawning: vec![false; ctl.slots()],
+            freed: vec![0; ctl.slots()],
         }
+    }
+
+    /// Puts back what slot `s`'s dead worker could have scribbled on in the words we own, before
+    /// a replacement attaches: the result ring restarts empty at our position (anything left
+    /// in it was drained, or is garbage), and `result_freed` is our copy.
+    fn restore(&mut self, ctl: &Control, s: usize) {
+        let slot = ctl.slot(s);
+        let pos = self.consumers[s].position();
+        slot.results.force_consumed(pos);
+        slot.results.force_produced(pos);
+        // SAFETY: as in `new`; the old consumer is replaced, so there is still exactly one.
+        self.consumers[s] = unsafe { Consumer::attach(&slot.results) };
+        // Release, SYNC: result-free — the replacement's Acquire load at its start.
+        slot.result_freed.store(self.freed[s], Ordering::Release);
     }
 
     /// True if a result or a death is waiting.
@@ -419,7 +437,7 @@ pub(crate) fn poll_once(inner: &Inner, c: &mut Collect) -> bool {
             match consumer.pop() {
                 Ok(Some(d)) => {
                     progressed = true;
-                    on_result(inner, s, d);
+                    on_result(inner, s, d, &mut c.freed[s]);
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -431,6 +449,7 @@ pub(crate) fn poll_once(inner: &Inner, c: &mut Collect) -> bool {
     }
     for s in dead {
         progressed = true;
+        c.restore(ctl, s);
         c.respawning[s] = on_death(inner, s);
     }
     for (s, waiting) in c.respawning.iter_mut().enumerate() {
@@ -534,7 +553,8 @@ pub(crate) fn finished(inner: &Inner, count: usize) {
     }
 }
 
-fn on_result(inner: &Inner, s: usize, d: Descriptor) {
+/// Handles one result of slot `s`; `freed` is our copy of the slot's `result_freed`.
+fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64) {
     let ctl = &inner.ctl;
     let cap = ctl.arena_cap();
     let (done, woken, refused) = {
@@ -542,10 +562,13 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor) {
         if matches!(g.phase, Phase::Stopped) && g.inflight[s].is_empty() {
             // Terminated: the job was already failed. Free the space and move on.
             drop(g);
-            // Release, SYNC: result-free.
-            ctl.slot(s)
-                .result_freed
-                .store(d.arena_end, Ordering::Release);
+            if check_result_place(0, 0, d.arena_end, *freed_copy, cap).is_none() {
+                *freed_copy = d.arena_end;
+                // Release, SYNC: result-free.
+                ctl.slot(s)
+                    .result_freed
+                    .store(d.arena_end, Ordering::Release);
+            }
             return;
         }
         if g.inflight[s].front().is_none_or(|f| f.id != d.task_id) {
@@ -569,8 +592,8 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor) {
     fail_refused(inner, refused);
     let offset = d.offset as usize;
     let len = d.len as usize;
-    // Relaxed: our own last store (only the holder of the collector role writes it), no partner.
-    let freed = ctl.slot(s).result_freed.load(Ordering::Relaxed);
+    // Our copy, not the shared word: the worker can write that one.
+    let freed = *freed_copy;
     if let Some(detail) = check_result_place(offset, len, d.arena_end, freed, cap) {
         complete(
             done,
@@ -598,6 +621,7 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor) {
         std::ptr::copy_nonoverlapping(ctl.result_arena(s).add(offset), buf.as_mut_ptr(), len);
         buf.set_len(len);
     }
+    *freed_copy = d.arena_end;
     // Release, SYNC: result-free — our copy is done; the worker may reuse the region.
     ctl.slot(s)
         .result_freed
@@ -704,11 +728,24 @@ fn on_death(inner: &Inner, s: usize) -> bool {
     let mut stranded: Vec<Completion> = Vec::new();
     let mut stranded_error = None;
     let mut running: Vec<InFlight> = Vec::new();
-    let corruption = lock(inner).corrupted[s].take();
+    let mut corruption = lock(inner).corrupted[s].take();
     let (mut failed, respawn, broken_jobs) = {
         let mut guard = lock(inner);
         let g = &mut *guard;
+        // The dead worker's `head` says which tasks it took; it could have written anything
+        // there, so check both sides: it took at least every task whose result we received
+        // (a lower one would have the replacement run delivered tasks again) and at most what
+        // we pushed. The `tail` is ours: put our own copy back.
         let taken = slot.tasks.consumed();
+        let pushed = g.producers[s].position();
+        let answered = g.inflight[s].front().map_or(pushed, |f| f.seq);
+        slot.tasks.force_produced(pushed);
+        if (taken < answered || taken > pushed) && corruption.is_none() {
+            corruption = Some(format!(
+                "task ring position {taken} outside {answered}..={pushed}"
+            ));
+        }
+        let ring_broken = taken < answered || taken > pushed;
         let mut failed = Vec::new();
         while g.inflight[s].front().is_some_and(|f| f.seq < taken) {
             let f = g.inflight[s].pop_front().expect("front exists");
@@ -735,7 +772,7 @@ fn on_death(inner: &Inner, s: usize) -> bool {
         } else {
             let respawn = matches!(g.phase, Phase::Open | Phase::Closed)
                 && ctl.header().shutdown.load(Ordering::Relaxed) == RUNNING;
-            if taken > g.producers[s].position() {
+            if ring_broken {
                 // The dead worker scribbled on its ring: nothing in it can be trusted. Fail what
                 // it held and restart the ring empty for the replacement.
                 failed.extend(g.inflight[s].drain(..).map(|f| f.done));

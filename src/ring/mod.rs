@@ -90,6 +90,19 @@ impl RingMem {
         // Release, SYNC: ring-free (the producer's next Acquire load of `head` sees it).
         self.head.store(pos, Ordering::Release);
     }
+
+    /// Sets the producer position while no producer is attached (the parent restoring a
+    /// position it owns, or emptying a ring, after a dead peer may have scribbled on it).
+    pub fn force_produced(&self, pos: u64) {
+        // Release, SYNC: ring-publish (the consumer's next Acquire load of `tail` sees it).
+        self.tail.store(pos, Ordering::Release);
+    }
+
+    /// Address of slot `i % RING_CAPACITY` (for tests that forge a peer's writes).
+    #[doc(hidden)]
+    pub fn slot_ptr(&self, i: u64) -> *mut Descriptor {
+        self.slots[(i % RING_CAPACITY) as usize].with_mut(|p| p)
+    }
 }
 
 impl Default for RingMem {
