@@ -76,7 +76,6 @@ impl RingMem {
     }
 
     /// Number of descriptors pushed so far (the producer's position), as last published.
-    #[cfg(any(test, loom))] // used by the tests and the loom models only
     pub fn produced(&self) -> u64 {
         // Acquire, SYNC: ring-publish (pairs with the producer's Release store in `push`).
         self.tail.load(Ordering::Acquire)
@@ -98,8 +97,7 @@ impl RingMem {
         self.tail.store(pos, Ordering::Release);
     }
 
-    /// Address of slot `i % RING_CAPACITY` (for tests that forge a peer's writes).
-    #[doc(hidden)]
+    /// Address of slot `i % RING_CAPACITY` (for the `corrupt` hooks that forge a peer's writes).
     pub fn slot_ptr(&self, i: u64) -> *mut Descriptor {
         self.slots[(i % RING_CAPACITY) as usize].with_mut(|p| p)
     }
@@ -251,7 +249,6 @@ impl Consumer {
     }
 
     /// Our position: descriptors popped so far.
-    #[cfg(any(test, loom))] // used by the tests and the loom models only
     pub fn position(&self) -> u64 {
         self.head
     }
