@@ -56,6 +56,12 @@ fn kill_own_worker(x: u64) -> u64 {
     x * 2
 }
 
+/// The pid of the rank whose pool runs the item.
+fn which_rank(_: u64) -> i32 {
+    std::thread::sleep(Duration::from_millis(2));
+    RANK_PID.load(Ordering::SeqCst)
+}
+
 /// Rank 0's checks; each prints one line.
 fn rank0_main(cluster: &Cluster) {
     let check = |name: &str, r: Result<(), String>| match r {
@@ -65,7 +71,7 @@ fn rank0_main(cluster: &Cluster) {
 
     check(
         "ranks",
-        (cluster.ranks() == 2 && cluster.processes() == 4)
+        (cluster.ranks() == 3 && cluster.processes() == 6)
             .then_some(())
             .ok_or_else(|| {
                 format!(
@@ -74,6 +80,16 @@ fn rank0_main(cluster: &Cluster) {
                     cluster.processes()
                 )
             }),
+    );
+
+    // Every rank works (rank 0 too): the rank whose pool ran each item.
+    let by: Result<BTreeSet<i32>, Error> = cluster.imap_unordered(which_rank, 0..300u64).collect();
+    check(
+        "every_rank_works",
+        match by {
+            Ok(pids) if pids.len() == 3 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
     );
 
     match cluster.map(mix, 0..N_MAP) {
@@ -387,6 +403,7 @@ fn map_equals_the_local_pools_and_every_check_passes() {
     assert!(!run.stdout.contains("FAIL"), "{ctx}");
     for name in [
         "ranks",
+        "every_rank_works",
         "imap_order",
         "imap_unordered_set",
         "apply_async",

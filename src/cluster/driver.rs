@@ -5,15 +5,27 @@
 //! waiting) and a single `apply` task weighs 1 (so a rank of eight processes runs eight
 //! `apply`s at once). A rank gets more only when a reply frees its room, so a fast rank takes
 //! more chunks than a slow one; nothing is split up front.
+//!
+//! Rank 0 may work too (its own pool, [`ClusterBuilder::rank0_processes`]): it is then one more
+//! slot, whose chunks run on a thread of rank 0 each instead of crossing MPI, and whose replies
+//! land in the same table as the others'.
+//!
+//! [`ClusterBuilder::rank0_processes`]: super::ClusterBuilder::rank0_processes
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::Instant;
 
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
 use super::outbox::Outbox;
 use super::wire::{self, TAG_REPLY, TAG_TASK};
+use crate::Pool;
 use crate::error::{Error, Result};
+use crate::task::panic_message;
 
 /// A reply from a serving rank.
 #[derive(Debug)]
@@ -28,6 +40,8 @@ pub(crate) struct Arrived {
 
 #[derive(Debug)]
 struct RankSlot {
+    /// Its MPI rank (0: this process, through `Local`).
+    rank: usize,
     /// The rank's local pool size.
     processes: usize,
     /// Weight of the work it holds now.
@@ -49,11 +63,22 @@ struct Queued {
     msg: Vec<u8>,
 }
 
+/// Rank 0's own pool, when it works too.
+struct Local {
+    pool: Arc<Pool>,
+    /// Replies of chunks run here: (id, elapsed ns, encoded reply).
+    tx: mpsc::Sender<(u64, u64, Vec<u8>)>,
+    rx: mpsc::Receiver<(u64, u64, Vec<u8>)>,
+    /// Threads running local chunks, joined once finished (and all at the end).
+    threads: Vec<JoinHandle<()>>,
+}
+
 /// Rank 0's bookkeeping.
 pub(crate) struct Driver {
     world: SimpleCommunicator,
-    /// Index `r - 1` describes rank `r`.
+    /// The ranks that work (rank 0 first, if it does).
     ranks: Vec<RankSlot>,
+    local: Option<Local>,
     next_id: u64,
     outbox: Outbox,
     /// Sent and not answered: id → (rank, weight taken).
@@ -77,17 +102,38 @@ impl std::fmt::Debug for Driver {
 }
 
 impl Driver {
-    /// `processes[i]` is the pool size of rank `i + 1`.
-    pub(crate) fn new(world: SimpleCommunicator, processes: &[usize]) -> Driver {
+    /// `processes[i]` is the pool size of rank `i + 1`; `local` is rank 0's own pool, if any.
+    pub(crate) fn new(
+        world: SimpleCommunicator,
+        processes: &[usize],
+        local: Option<Pool>,
+    ) -> Driver {
+        let local = local.map(|pool| {
+            let (tx, rx) = mpsc::channel();
+            Local {
+                pool: Arc::new(pool),
+                tx,
+                rx,
+                threads: Vec::new(),
+            }
+        });
+        let mut ranks: Vec<RankSlot> = local
+            .iter()
+            .map(|l| RankSlot {
+                rank: 0,
+                processes: l.pool.processes(),
+                load: 0,
+            })
+            .collect();
+        ranks.extend(processes.iter().enumerate().map(|(i, &p)| RankSlot {
+            rank: i + 1,
+            processes: p.max(1),
+            load: 0,
+        }));
         Driver {
             world,
-            ranks: processes
-                .iter()
-                .map(|&p| RankSlot {
-                    processes: p.max(1),
-                    load: 0,
-                })
-                .collect(),
+            ranks,
+            local,
             next_id: 1,
             outbox: Outbox::new(),
             inflight: HashMap::new(),
@@ -97,6 +143,7 @@ impl Driver {
         }
     }
 
+    /// Ranks that work (rank 0 counts if it has a pool).
     pub(crate) fn ranks(&self) -> usize {
         self.ranks.len()
     }
@@ -159,7 +206,10 @@ impl Driver {
 
     fn dispatch(&mut self, slot: usize, id: u64, w: Weight, msg: Vec<u8>) -> Result<()> {
         let weight = self.weight(slot, w);
-        self.outbox.send(&self.world, slot + 1, TAG_TASK, msg)?;
+        match (self.ranks[slot].rank, &mut self.local) {
+            (0, Some(local)) => local.run(id, msg),
+            (rank, _) => self.outbox.send(&self.world, rank, TAG_TASK, msg)?,
+        }
         self.ranks[slot].load += weight;
         self.inflight.insert(id, (slot, weight));
         Ok(())
@@ -186,25 +236,19 @@ impl Driver {
                     });
                 }
             };
-            let Some((slot, weight)) = self.inflight.remove(&id) else {
-                return Err(Error::Cluster {
-                    rank,
-                    detail: format!("answered task {id}, which it does not hold"),
-                });
-            };
-            self.ranks[slot].load -= weight;
-            if self.abandoned.remove(&id) {
-                continue;
-            }
             buf.drain(..wire::HEADER);
-            self.done.insert(
-                id,
-                Arrived {
-                    rank,
-                    elapsed_ns,
-                    body: buf,
-                },
-            );
+            self.arrive(rank, id, elapsed_ns, buf)?;
+        }
+        let local: Vec<_> = match &mut self.local {
+            Some(l) => {
+                l.threads.retain(|t| !t.is_finished());
+                l.rx.try_iter().collect()
+            }
+            None => Vec::new(),
+        };
+        for (id, ns, body) in local {
+            progressed = true;
+            self.arrive(0, id, ns, body)?;
         }
         while !self.queued.is_empty() {
             let Some(slot) = self.room(Weight::Single) else {
@@ -216,6 +260,36 @@ impl Driver {
             }
         }
         Ok(progressed)
+    }
+
+    fn arrive(&mut self, rank: usize, id: u64, elapsed_ns: u64, body: Vec<u8>) -> Result<()> {
+        let Some((slot, weight)) = self.inflight.remove(&id) else {
+            return Err(Error::Cluster {
+                rank,
+                detail: format!("answered task {id}, which it does not hold"),
+            });
+        };
+        self.ranks[slot].load -= weight;
+        if !self.abandoned.remove(&id) {
+            self.done.insert(
+                id,
+                Arrived {
+                    rank,
+                    elapsed_ns,
+                    body,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits for the threads of local chunks (all answered: called when idle).
+    pub(crate) fn join_local(&mut self) {
+        if let Some(l) = &mut self.local {
+            for t in l.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
     }
 
     /// The reply to `id`, if it arrived.
@@ -253,5 +327,38 @@ impl Driver {
     /// Tells every serving rank to leave once idle.
     pub(crate) fn send_stop(&mut self) -> Result<()> {
         super::serve::send_stop(&self.world, &mut self.outbox)
+    }
+}
+
+impl Local {
+    /// Runs a chunk on rank 0's own pool, on a thread of its own; the reply comes back through
+    /// the channel, as a remote one comes through MPI.
+    fn run(&mut self, id: u64, msg: Vec<u8>) {
+        let pool = Arc::clone(&self.pool);
+        let tx = self.tx.clone();
+        let t = std::thread::spawn(move || {
+            let t = Instant::now();
+            let out = match wire::split(&msg) {
+                Some((_, call, body)) => {
+                    // SAFETY: the offset was made by `call_offset` in this very process.
+                    let call = unsafe { wire::call_at(call as i64) };
+                    // SAFETY: `call` is `rank_chunk::<F, A, R>` for an `F` checked when the task
+                    // was made, and `body` is what was encoded for it.
+                    catch_unwind(AssertUnwindSafe(|| unsafe { call(&pool, body) })).unwrap_or_else(
+                        |p| {
+                            super::serve::encode_failure(format!(
+                                "rank 0 failed running the chunk: {}",
+                                panic_message(&*p)
+                            ))
+                        },
+                    )
+                }
+                None => super::serve::encode_failure("a task without a header".into()),
+            };
+            let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            // The receiver lives in the driver, which outlives every chunk it sent.
+            let _ = tx.send((id, ns, out));
+        });
+        self.threads.push(t);
     }
 }

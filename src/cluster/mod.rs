@@ -10,15 +10,16 @@
 //!   *serves*: it takes chunks of work from rank 0, runs each through its pool, and sends the
 //!   results back, until rank 0 is done; then the process exits (status 0). `start` never
 //!   returns there, so the rest of `main` runs on rank 0 only;
-//! * on **rank 0**, `start` returns the [`Cluster`], which offers `Pool`'s shape:
+//! * on **rank 0**, `start` builds a pool too (unless [`ClusterBuilder::rank0_processes`] is
+//!   0), then returns the [`Cluster`], which offers `Pool`'s shape:
 //!   [`apply`](Cluster::apply), [`apply_async`](Cluster::apply_async), [`map`](Cluster::map),
 //!   [`imap`](Cluster::imap), [`imap_unordered`](Cluster::imap_unordered). Dropping it (or the
 //!   end of `main`) waits for the chunks still out, tells the other ranks to leave, and
 //!   finalizes MPI.
 //!
-//! A rank is a whole machine: rank 0 only drives (encodes, sends, decodes), and K ranks on K
-//! hosts give K − 1 hosts of workers, so a common layout is one rank per host plus rank 0 on
-//! the login or head node (or sharing the first host: it sleeps while it waits).
+//! A rank is a whole machine: start one rank per host. Rank 0 drives (encodes, sends, decodes)
+//! and by default works with a pool of its own as well, so K ranks give K hosts of workers;
+//! with `rank0_processes(0)` it only drives (say, on a login node). While it waits it sleeps.
 //!
 //! **Code crosses ranks as an offset.** As locally, a task function is a `fn` item or a closure
 //! that captures nothing (a capturing closure is a compile error). Locally its trampoline's
@@ -119,12 +120,24 @@ const MAX_CHUNK_ITEMS: usize = 1 << 20;
 #[derive(Debug, Default)]
 pub struct ClusterBuilder {
     processes: Option<usize>,
+    rank0: Option<usize>,
 }
 
 impl ClusterBuilder {
     /// Worker processes in each serving rank's pool (default: the rank's available cores).
     pub fn processes_per_rank(mut self, n: usize) -> Self {
         self.processes = Some(n);
+        self
+    }
+
+    /// Worker processes in rank 0's own pool (default: as
+    /// [`processes_per_rank`](Self::processes_per_rank)); 0 makes rank 0 drive only.
+    ///
+    /// Rank 0 knows it is rank 0 before `MPI_Init` from the launcher's environment (OpenMPI,
+    /// PMIx, MPICH, Slurm); under a launcher that does not say, its pool has
+    /// `processes_per_rank` processes whatever this is set to (0 still makes it drive only).
+    pub fn rank0_processes(mut self, n: usize) -> Self {
+        self.rank0 = Some(n);
         self
     }
 
@@ -137,18 +150,19 @@ impl ClusterBuilder {
         if self.processes == Some(0) {
             return Err(Error::invalid("processes_per_rank must be at least 1"));
         }
-        let build = || {
+        let build = |n: Option<usize>| {
             let mut b = Pool::builder();
-            if let Some(n) = self.processes {
+            if let Some(n) = n {
                 b = b.processes(n);
             }
             b.build()
         };
         // Before MPI_Init: the launcher's environment says which rank we will be, and every rank
-        // but 0 forks its pool now (OpenMPI does not support fork() after MPI_Init).
-        let mut pool = match wire::launcher_rank() {
-            Some(0) => None,
-            _ => Some(build()),
+        // forks its pool now (OpenMPI does not support fork() after MPI_Init).
+        let mut pool = match (wire::launcher_rank(), self.rank0) {
+            (Some(0), Some(0)) => None,
+            (Some(0), n @ Some(_)) => Some(build(n)),
+            _ => Some(build(self.processes)),
         };
         let fp = wire::fingerprint().unwrap_or([0, 0]);
         let Some((universe, _threading)) = mpi::initialize_with_threading(mpi::Threading::Funneled)
@@ -164,7 +178,10 @@ impl ClusterBuilder {
         let size = world.size() as usize;
         if rank != 0 && pool.is_none() {
             // The environment promised rank 0 and lied: build the pool late rather than not.
-            pool = Some(build());
+            pool = Some(build(self.processes));
+        }
+        if rank == 0 && self.rank0 == Some(0) {
+            pool = None;
         }
         let processes = match &pool {
             Some(Ok(p)) => p.processes() as u64,
@@ -225,21 +242,21 @@ impl ClusterBuilder {
             drop(universe);
             std::process::exit(code);
         }
-        drop(pool);
         if let Some(e) = problem {
             return Err(e);
         }
-        if size < 2 {
+        let local = pool.transpose()?;
+        if size < 2 && local.is_none() {
             return Err(Error::Cluster {
                 rank: 0,
-                detail: "a cluster needs at least 2 ranks (rank 0 drives, the others work): \
-                         start it with mpirun -n 2 or more"
+                detail: "no rank works: rank 0 only drives (rank0_processes(0)) and no other \
+                         rank was started; start it with mpirun -n 2 or more"
                     .into(),
             });
         }
         let procs: Vec<usize> = (1..size).map(|r| all[3 * r + 2] as usize).collect();
         Ok(Cluster {
-            driver: RefCell::new(Driver::new(world, &procs)),
+            driver: RefCell::new(Driver::new(world, &procs, local)),
             _universe: universe,
         })
     }
@@ -282,12 +299,12 @@ impl Cluster {
         ClusterBuilder::default()
     }
 
-    /// Number of serving ranks (all ranks but 0).
+    /// Number of ranks that work: every rank but 0, and rank 0 if it has a pool of its own.
     pub fn ranks(&self) -> usize {
         self.driver.borrow().ranks()
     }
 
-    /// Worker processes over all serving ranks.
+    /// Worker processes over all ranks.
     pub fn processes(&self) -> usize {
         self.driver.borrow().processes()
     }
@@ -416,6 +433,7 @@ impl Drop for Cluster {
             mpi::topology::SimpleCommunicator::world().abort(2);
         }
         settle(d);
+        d.join_local();
     }
 }
 

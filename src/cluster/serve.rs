@@ -45,7 +45,7 @@ where
     }
 }
 
-fn encode_failure(detail: String) -> Vec<u8> {
+pub(super) fn encode_failure(detail: String) -> Vec<u8> {
     let reply: Reply<()> = Err(WireError::Codec(detail));
     // An `Err` of a string always encodes; an empty reply would read as a codec error anyway.
     postcard::to_allocvec(&reply).unwrap_or_default()
