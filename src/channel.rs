@@ -90,7 +90,7 @@ pub(crate) fn set_worker_channel(fd: RawFd) {
 }
 
 /// Receives one message; `Ok(None)` when none is waiting and `block` is false.
-fn receive(sock: RawFd, block: bool) -> Result<Option<(u64, u64, Option<OwnedFd>)>> {
+pub(crate) fn receive(sock: RawFd, block: bool) -> Result<Option<(u64, u64, Option<OwnedFd>)>> {
     let mut m = [0u8; 16];
     let mut cmsg = nix::cmsg_space!([RawFd; 4]);
     let flags = if block {
@@ -113,7 +113,13 @@ fn receive(sock: RawFd, block: bool) -> Result<Option<(u64, u64, Option<OwnedFd>
                         fds.extend(v);
                     }
                 }
-                break (msg.bytes, fds);
+                // A longer message is cut to our 16 bytes and flagged MSG_TRUNC: not ours.
+                let bytes = if msg.flags.contains(MsgFlags::MSG_TRUNC) {
+                    usize::MAX
+                } else {
+                    msg.bytes
+                };
+                break (bytes, fds);
             }
             Err(nix::errno::Errno::EINTR) => continue,
             Err(nix::errno::Errno::EAGAIN) if !block => return Ok(None),
@@ -127,7 +133,11 @@ fn receive(sock: RawFd, block: bool) -> Result<Option<(u64, u64, Option<OwnedFd>
         .collect();
     if bytes != 16 {
         return Err(Error::PoolBroken {
-            detail: format!("segment channel message of {bytes} bytes"),
+            detail: if bytes == usize::MAX {
+                "segment channel message of more than 16 bytes".into()
+            } else {
+                format!("segment channel message of {bytes} bytes")
+            },
         });
     }
     let op = u64::from_le_bytes(m[..8].try_into().expect("8 bytes"));

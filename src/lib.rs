@@ -177,6 +177,8 @@ mod control;
 #[cfg(not(loom))]
 #[doc(hidden)]
 pub mod corrupt;
+#[cfg(all(test, not(loom)))]
+mod decoder_props;
 #[cfg(not(loom))]
 mod error;
 #[cfg(not(loom))]

@@ -1221,4 +1221,38 @@ mod tests {
             Err(Error::InvalidArgument { .. })
         ));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever another process wrote over the queue's positions, sequence numbers, lengths
+        /// and bytes, every call answers (an item, "empty/full", or an error) without panicking.
+        #[test]
+        fn any_scribbled_queue_answers(
+            enqueue in proptest::prelude::any::<u64>(),
+            dequeue in proptest::prelude::any::<u64>(),
+            heads in proptest::collection::vec(
+                (proptest::prelude::any::<u64>(), 0u64..64),
+                4,
+            ),
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 32),
+        ) {
+            let q = Queue::<String>::with_slot_size(4, 8).unwrap();
+            let h = q.shared.header();
+            h.enqueue_pos.store(enqueue, Ordering::Relaxed);
+            h.dequeue_pos.store(dequeue, Ordering::Relaxed);
+            for (i, (seq, len)) in heads.iter().enumerate() {
+                let (slot, data) = q.shared.slot(i as u64);
+                slot.seq.store(*seq, Ordering::Relaxed);
+                slot.len.store(*len, Ordering::Relaxed);
+                // SAFETY: the slot's 8 payload bytes; no other thread uses this queue.
+                unsafe { std::ptr::copy_nonoverlapping(bytes[i * 8..].as_ptr(), data, 8) };
+            }
+            for _ in 0..6 {
+                let _ = q.try_get();
+                let _ = q.try_put("ab".to_string());
+            }
+            let _ = q.len();
+        }
+    }
 }
