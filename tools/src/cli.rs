@@ -103,6 +103,40 @@ pub(crate) enum BenchCommand {
     /// It prints the crossover (smallest chunksize where the pool beats one process), the best
     /// chunksize and how close the automatic chunksize gets, and writes a CSV and an SVG plot.
     Chunksize(ChunksizeArgs),
+    /// `shmpool hash` against the Python seed, `xargs -P2 sha512sum`/`sha256sum` and `b3sum`.
+    ///
+    /// Warms the cache, checks `shmpool hash` against `sha256sum`, then runs every command once
+    /// per round (paired), several rounds; prints seconds (median), MB/s, files/s, CPU time and
+    /// ratios, and each algorithm's floor; writes a CSV.
+    Hash(HashBenchArgs),
+}
+
+/// Options of `shmpool bench hash`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct HashBenchArgs {
+    /// Tree to hash [default: $RUSTUP_HOME or ~/.rustup]
+    #[arg(value_name = "DIR")]
+    pub(crate) dir: Option<PathBuf>,
+
+    /// Rounds; every command runs once per round
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) runs: u32,
+
+    /// Workers for shmpool hash, and -P for xargs
+    #[arg(short, long, value_name = "N", default_value_t = 2, value_parser = parse_workers)]
+    pub(crate) jobs: usize,
+
+    /// Skip the Python seed program
+    #[arg(long)]
+    pub(crate) no_python: bool,
+
+    /// Python interpreter for the seed program
+    #[arg(long, value_name = "PATH", default_value = "python3")]
+    pub(crate) python: PathBuf,
+
+    /// Directory for the CSV and a copy of the Python program
+    #[arg(long, value_name = "DIR", default_value = "target/shmpool-bench")]
+    pub(crate) out: PathBuf,
 }
 
 /// Options of `shmpool bench chunksize`. Unset options take the default (or the `--quick` value).

@@ -13,6 +13,7 @@ use clap::Parser;
 mod cli;
 mod cmd;
 mod hash;
+mod hash_bench;
 mod measure;
 mod plot;
 mod python;

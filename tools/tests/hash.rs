@@ -508,3 +508,47 @@ fn ctrl_c_to_the_process_group_exits_130_and_leaves_no_process() {
 fn sigint_to_the_parent_alone_exits_130_and_leaves_no_process() {
     interrupt(false);
 }
+
+#[test]
+fn bench_hash_times_every_contender_and_writes_a_csv() {
+    let root = small_tree("hash-bench-tree");
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hash-bench-out");
+    let _ = fs::remove_dir_all(&out);
+    let o = run(&[
+        os("bench"),
+        os("hash"),
+        root.as_os_str(),
+        os("--runs"),
+        os("1"),
+        os("--no-python"),
+        os("--out"),
+        out.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    for row in [
+        "| shmpool hash -a sha512 -j 2 | sha512 |",
+        "| shmpool hash -a sha256 -j 2 | sha256 |",
+        "| shmpool hash -a blake3 -j 2 | blake3 |",
+        "| xargs -P2 -n64 sha512sum | sha512 |",
+        "| xargs b3sum (its own threads) | blake3 |",
+        "sha512: floor ",
+    ] {
+        assert!(table.contains(row), "{row} missing from\n{table}");
+    }
+    let csv = fs::read_to_string(out.join("hash.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        rows[0],
+        "round,command,algo,seconds,cpu_seconds,files,bytes"
+    );
+    // 3 x shmpool, 2 x xargs, b3sum (and rhash/hashdeep when installed).
+    assert!(rows.len() > 6, "{csv}");
+    // 4 files, 9 MiB + 6 bytes.
+    assert!(
+        rows[1].ends_with(&format!(",4,{}", (9 << 20) + 6)),
+        "{}",
+        rows[1]
+    );
+    fs::remove_dir_all(&root).unwrap();
+}

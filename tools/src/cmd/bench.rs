@@ -16,6 +16,7 @@ use crate::{plot, python, report};
 pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
     let args = match args.which {
         Some(BenchCommand::Chunksize(a)) => a,
+        Some(BenchCommand::Hash(a)) => return crate::hash_bench::run(&a),
         None => args.chunksize,
     };
     chunksize(&args)

@@ -107,8 +107,13 @@ struct Task {
 /// One piece of work in a task.
 #[derive(Debug, Serialize, Deserialize)]
 enum Job {
-    /// Hash the whole file.
-    Whole(Vec<u8>),
+    /// Hash the whole file; `regular`: it was a regular file when walked; `map`: through a
+    /// mapping (a big BLAKE3 file, alone in its task).
+    Whole {
+        path: Vec<u8>,
+        regular: bool,
+        map: bool,
+    },
     /// The chaining value of the BLAKE3 subtree `offset .. offset + len` of the file.
     Part {
         path: Vec<u8>,
@@ -131,7 +136,12 @@ fn run_task(task: Task) -> Reply {
             .iter()
             .map(|job| {
                 let r = match job {
-                    Job::Whole(path) => digest::hash_file(task.algo, path, &mut buf),
+                    Job::Whole {
+                        path, map: true, ..
+                    } => digest::hash_mapped(task.algo, path, &mut buf),
+                    Job::Whole { path, regular, .. } => {
+                        digest::hash_file(task.algo, path, *regular, &mut buf)
+                    }
                     Job::Part { path, offset, len } => {
                         digest::blake3_subtree(path, *offset, *len, &mut buf).map(|cv| cv.to_vec())
                     }
@@ -174,6 +184,8 @@ struct Slot<T> {
 #[derive(Debug, Clone, Copy)]
 enum Work {
     Whole(u64),
+    /// A big file, alone in its task.
+    Big(u64),
     Part {
         seq: u64,
         leaf: usize,
@@ -349,7 +361,7 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                         }
                     }
                     Some(size) if self.cost(size) > CHUNK_COST_NS => {
-                        self.urgent.push_back(Work::Whole(seq));
+                        self.urgent.push_back(Work::Big(seq));
                         State::Sent
                     }
                     _ => State::Waiting,
@@ -386,12 +398,17 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
     }
 
     fn path(&self, seq: u64) -> Vec<u8> {
+        self.file(seq).0
+    }
+
+    /// Path and size of the file in slot `seq`.
+    fn file(&self, seq: u64) -> (Vec<u8>, Option<u64>) {
         match self.slots[(seq - self.base) as usize]
             .item
             .as_ref()
             .map(|i| &i.source)
         {
-            Some(Source::File { path, .. }) => path.clone(),
+            Some(Source::File { path, size }) => (path.clone(), *size),
             _ => unreachable!("only files are sent"),
         }
     }
@@ -427,7 +444,14 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
             let jobs = works
                 .iter()
                 .map(|w| match *w {
-                    Work::Whole(seq) => Job::Whole(self.path(seq)),
+                    Work::Whole(seq) | Work::Big(seq) => {
+                        let (path, size) = self.file(seq);
+                        Job::Whole {
+                            path,
+                            regular: size.is_some(),
+                            map: self.opts.algo == Algo::Blake3 && matches!(w, Work::Big(_)),
+                        }
+                    }
                     Work::Part {
                         seq, offset, len, ..
                     } => Job::Part {
@@ -486,7 +510,7 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
         };
         for (work, result) in works.into_iter().zip(results) {
             match work {
-                Work::Whole(seq) => {
+                Work::Whole(seq) | Work::Big(seq) => {
                     let outcome = match result {
                         Ok(d) => Outcome::Digest(d),
                         Err(e) => Outcome::Failed(e),

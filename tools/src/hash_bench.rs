@@ -1,0 +1,291 @@
+//! `shmpool bench hash [DIR]`: `shmpool hash` against the tools people use for the same job, on
+//! the same warm tree, paired (every command once per round, rounds repeated).
+//!
+//! Contenders: `shmpool hash -a sha512|sha256|blake3 -j N`, the Python seed program
+//! (`compare/hash_seed.py`: `multiprocessing.Pool(2)`, `imap_unordered(mark, files, 20)`),
+//! `find DIR -type f -print0 | xargs -0 -P2 -n64 sha512sum` (and `sha256sum`),
+//! `find … | xargs -0 b3sum` (its own threads), and `rhash`/`hashdeep` when installed. Every
+//! command writes to `/dev/null`. Times are wall-clock seconds (median of the rounds); CPU is
+//! the user + system time of the command and all its children (`getrusage(RUSAGE_CHILDREN)`).
+//! Before timing, the tree is read once (warm cache) and `shmpool hash`'s SHA-256 lines are
+//! checked against `sha256sum`'s.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::cli::HashBenchArgs;
+use crate::hash::walk::{Source, Walk};
+
+/// The Python seed program, built into the binary and written to the output directory.
+const SEED: &str = include_str!("../compare/hash_seed.py");
+
+/// One contender: a label, the algorithm it computes, and the shell command line.
+struct Contender {
+    label: String,
+    algo: &'static str,
+    shell: String,
+}
+
+/// Single-quotes `s` for `sh`.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// CPU seconds (user + system) used so far by reaped children.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage writes one `rusage` into the zeroed value we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_CHILDREN is a valid `who`.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Runs `shell` with stdout to /dev/null; wall and CPU seconds.
+fn time(shell: &str) -> Result<(f64, f64)> {
+    let cpu0 = children_cpu();
+    let t = Instant::now();
+    let status = Command::new("sh")
+        .args(["-c", shell])
+        .stdout(Stdio::null())
+        .status()
+        .with_context(|| format!("running {shell}"))?;
+    let wall = t.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("`{shell}` failed: {status}");
+    }
+    Ok((wall, children_cpu() - cpu0))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The default tree: `$RUSTUP_HOME`, else `~/.rustup`.
+fn default_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("RUSTUP_HOME") {
+        return Ok(PathBuf::from(d));
+    }
+    let home = std::env::var_os("HOME").context("neither RUSTUP_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".rustup"))
+}
+
+/// Single-core rates measured on these machines (issue 9), bytes per second, for the floor.
+fn single_core_rate(algo: &str) -> f64 {
+    match algo {
+        "sha512" => 611e6,
+        "sha256" => 1_550e6,
+        _ => 3_000e6,
+    }
+}
+
+/// Open + read + close of one file on one core (issue 9), seconds.
+const PER_FILE_S: f64 = 7.7e-6;
+
+/// Runs the benchmark.
+pub(crate) fn run(a: &HashBenchArgs) -> Result<ExitCode> {
+    let dir = match &a.dir {
+        Some(d) => d.clone(),
+        None => default_dir()?,
+    };
+    let dir_s = dir
+        .to_str()
+        .context("the directory's path must be UTF-8 (it goes into shell commands)")?
+        .to_string();
+    if !dir.is_dir() {
+        bail!("{dir_s} is not a directory");
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let (files, bytes) = count(&dir);
+    let exe = std::env::current_exe().context("locating the shmpool binary")?;
+    let exe = quote(&exe.to_string_lossy());
+    let d = quote(&dir_s);
+    let j = a.jobs;
+    let mut c: Vec<Contender> = Vec::new();
+    for algo in ["sha512", "sha256", "blake3"] {
+        c.push(Contender {
+            label: format!("shmpool hash -a {algo} -j {j}"),
+            algo,
+            shell: format!("{exe} hash --no-progress -a {algo} -j {j} {d}"),
+        });
+    }
+    if !a.no_python {
+        let script = a.out.join("hash_seed.py");
+        std::fs::write(&script, SEED).with_context(|| format!("writing {}", script.display()))?;
+        c.push(Contender {
+            label: "python seed (Pool(2), imap_unordered, 20)".into(),
+            algo: "sha512",
+            shell: format!(
+                "{} {} {d}",
+                quote(&a.python.to_string_lossy()),
+                quote(&script.to_string_lossy())
+            ),
+        });
+    }
+    for (tool, algo) in [("sha512sum", "sha512"), ("sha256sum", "sha256")] {
+        c.push(Contender {
+            label: format!("xargs -P{j} -n64 {tool}"),
+            algo,
+            shell: format!("find {d} -type f -print0 | xargs -0 -P{j} -n64 {tool}"),
+        });
+    }
+    if have("b3sum") {
+        c.push(Contender {
+            label: "xargs b3sum (its own threads)".into(),
+            algo: "blake3",
+            shell: format!("find {d} -type f -print0 | xargs -0 b3sum"),
+        });
+    }
+    if have("rhash") {
+        c.push(Contender {
+            label: "rhash -r --sha512".into(),
+            algo: "sha512",
+            shell: format!("rhash -r --sha512 {d}"),
+        });
+    }
+    if have("hashdeep") {
+        c.push(Contender {
+            label: format!("hashdeep -r -c sha256 -j {j}"),
+            algo: "sha256",
+            shell: format!("hashdeep -r -c sha256 -j {j} {d}"),
+        });
+    }
+
+    eprintln!(
+        "bench hash: {dir_s}: {files} files, {:.2} GB; warming the cache and checking the output",
+        bytes as f64 / 1e9
+    );
+    check(&exe, &d)?;
+    let mut walls = vec![Vec::new(); c.len()];
+    let mut cpus = vec![Vec::new(); c.len()];
+    let mut csv = String::from("round,command,algo,seconds,cpu_seconds,files,bytes\n");
+    for round in 1..=a.runs {
+        for (i, k) in c.iter().enumerate() {
+            let (w, cpu) = time(&k.shell)?;
+            eprintln!(
+                "  round {round}: {:<45} {w:7.2} s  (cpu {cpu:.2} s)",
+                k.label
+            );
+            walls[i].push(w);
+            cpus[i].push(cpu);
+            csv.push_str(&format!(
+                "{round},\"{}\",{},{w:.4},{cpu:.4},{files},{bytes}\n",
+                k.label, k.algo
+            ));
+        }
+    }
+    let csv_path = a.out.join("hash.csv");
+    std::fs::write(&csv_path, csv).with_context(|| format!("writing {}", csv_path.display()))?;
+
+    let med: Vec<f64> = walls.iter_mut().map(|v| median(v)).collect();
+    let cpu: Vec<f64> = cpus.iter_mut().map(|v| median(v)).collect();
+    let ours = |algo: &str| c.iter().position(|k| k.algo == algo).map(|i| med[i]);
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "shmpool bench hash: {dir_s}: {files} files, {:.2} GB, {} rounds (median), warm cache, -j {j}",
+        bytes as f64 / 1e9,
+        a.runs
+    )?;
+    writeln!(
+        out,
+        "| command | algo | seconds | MB/s | files/s | CPU s | time / shmpool's |"
+    )?;
+    writeln!(out, "|---|---|---:|---:|---:|---:|---:|")?;
+    for (i, k) in c.iter().enumerate() {
+        let ratio = ours(k.algo).map_or(String::from("-"), |o| format!("{:.2}", med[i] / o));
+        writeln!(
+            out,
+            "| {} | {} | {:.2} | {:.0} | {:.0} | {:.2} | {ratio} |",
+            k.label,
+            k.algo,
+            med[i],
+            bytes as f64 / 1e6 / med[i],
+            files as f64 / med[i],
+            cpu[i],
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "floor = bytes / ({j} x single-core rate) + files x {:.1} us / {j}:",
+        PER_FILE_S * 1e6
+    )?;
+    for algo in ["sha512", "sha256", "blake3"] {
+        let floor = bytes as f64 / (j as f64 * single_core_rate(algo))
+            + files as f64 * PER_FILE_S / j as f64;
+        if let Some(o) = ours(algo) {
+            writeln!(
+                out,
+                "  {algo}: floor {floor:.2} s ({:.0} MB/s single core); shmpool {o:.2} s = {:.2} x floor",
+                single_core_rate(algo) / 1e6,
+                o / floor
+            )?;
+        }
+    }
+    writeln!(out, "CSV: {}", csv_path.display())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Regular files and their bytes under `dir`, as `shmpool hash` walks it.
+fn count(dir: &Path) -> (u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let mut files = 0;
+    let mut bytes = 0;
+    for s in Walk::new(vec![dir.as_os_str().as_bytes().to_vec()], false) {
+        if let Source::File { size, .. } = s {
+            files += 1;
+            bytes += size.unwrap_or(0);
+        }
+    }
+    (files, bytes)
+}
+
+/// Reads the whole tree once (warming the cache) and compares `shmpool hash`'s SHA-256 lines
+/// with `sha256sum`'s (as sorted sets: the two walk in different orders).
+fn check(exe: &str, d: &str) -> Result<()> {
+    let lines = |shell: String| -> Result<Vec<String>> {
+        let o = Command::new("sh")
+            .args(["-c", &shell])
+            .stderr(Stdio::inherit())
+            .output()?;
+        if !o.status.success() {
+            bail!("`{shell}` failed: {}", o.status);
+        }
+        let mut v: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    let ours = lines(format!("{exe} hash --no-progress -a sha256 {d}"))?;
+    let theirs = lines(format!(
+        "find {d} -type f -print0 | xargs -0 -P2 -n64 sha256sum"
+    ))?;
+    if ours != theirs {
+        bail!(
+            "shmpool hash and sha256sum disagree ({} and {} lines)",
+            ours.len(),
+            theirs.len()
+        );
+    }
+    Ok(())
+}
