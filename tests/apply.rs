@@ -359,7 +359,10 @@ fn a_callback_has_returned_before_get_or_wait_of_its_result_return() {
     ));
     assert!(matches!(
         pool.apply_async_with_callback(square, 3, |_| panic!("never")),
-        Err(Error::PoolClosed)
+        Err(shmpool::SubmitError {
+            error: Error::PoolClosed,
+            value: 3
+        })
     ));
     pool.join().unwrap();
 }

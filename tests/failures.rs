@@ -379,7 +379,10 @@ fn submitting_after_close_is_pool_closed_and_queued_work_still_finishes() {
     ));
     assert!(matches!(
         pool.apply_async_with_callback(double, 1, |_| {}),
-        Err(Error::PoolClosed)
+        Err(shmpool::SubmitError {
+            error: Error::PoolClosed,
+            value: 1
+        })
     ));
     let first = pool.imap(double, 0..3).next().unwrap();
     assert!(matches!(first, Err(Error::PoolClosed)), "{first:?}");

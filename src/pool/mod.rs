@@ -663,6 +663,11 @@ impl Pool {
     /// callback (it would wait for itself). [`join`](Pool::join) waits for every callback. A
     /// panicking callback is reported on stderr and ignored (its result is still delivered).
     ///
+    /// # Errors
+    ///
+    /// As [`apply_async`](Pool::apply_async), `arg` handed back in the [`SubmitError`]; the
+    /// callback then never runs.
+    ///
     /// # Examples
     ///
     /// ```
@@ -684,7 +689,7 @@ impl Pool {
         f: F,
         arg: A,
         callback: C,
-    ) -> Result<AsyncResult<R>>
+    ) -> Result<AsyncResult<R>, SubmitError<A>>
     where
         F: Fn(A) -> R + Copy + Send + 'static,
         A: Payload,
@@ -693,7 +698,10 @@ impl Pool {
     {
         let _ = f;
         assert_task_fn::<F>();
-        let payload = encode(&arg, self.arena_cap())?;
+        let payload = match encode(&arg, self.arena_cap()) {
+            Ok(p) => p,
+            Err(e) => return Err(SubmitError::new(e, arg)),
+        };
         let cell = ResultCell::new(Some(self.helper()));
         let out = Arc::downgrade(&cell);
         // Counted now, so `join` cannot miss a callback that is about to be queued; a refused
@@ -713,8 +721,10 @@ impl Pool {
             }));
         });
         let call = call_one::<F, A, R> as CallFn as usize;
-        self.submit(vec![Job::new(payload, call, done)])?;
-        Ok(AsyncResult::from_cell(cell))
+        match self.submit(vec![Job::new(payload, call, done)]) {
+            Ok(()) => Ok(AsyncResult::from_cell(cell)),
+            Err(e) => Err(SubmitError::new(e, arg)),
+        }
     }
 
     /// Applies `f` to every item, in parallel, and returns the results in order (Python's
@@ -895,8 +905,8 @@ impl Pool {
         self.submit_chunks(call_chunk::<F, A, R> as CallFn as usize, &items, chunksize)
     }
 
-    /// Like [`map`](Pool::map) for a function of two or three arguments, each item a tuple of
-    /// them (Python's `starmap`).
+    /// Like [`map`](Pool::map) for a function of one to six arguments, each item a tuple of
+    /// them (Python's `starmap`; see [`StarFn`]).
     ///
     /// # Examples
     ///
