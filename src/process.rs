@@ -29,7 +29,8 @@
 //!
 //! * `spawn_req = 1` (Release, SYNC: server-request): fork a worker for this slot. The server
 //!   writes `pid` and `spawn_errno`, then clears `spawn_req` (Release) and wakes the collector.
-//! * `kill_req = 1`: SIGKILL this slot's worker (timeouts, a worker that broke the protocol). The
+//! * `kill_req = 1`: SIGKILL this slot's worker (one that broke the protocol: see `corrupted`
+//!   in `pool::dispatch`; a task over its time limit is killed by its worker's own timer). The
 //!   server can do this without racing a pid reuse, because only it reaps the worker.
 //! * `shutdown = GRACEFUL`: workers exit once their rings are empty; the server exits when it has
 //!   reaped them all. `shutdown = TERMINATE`: the server SIGKILLs every worker, reaps, exits.

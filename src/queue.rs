@@ -66,7 +66,7 @@
 //! (a producer) or handing it back (a consumer) — a window of one `memcpy` — leaves that slot
 //! claimed forever: consumers (or, a lap later, producers) stall at that position while the
 //! items behind it stay unreachable. That is why the pool's own transport uses one SPSC ring per
-//! worker instead of a shared MPMC queue (see DESIGN.md). Every blocking call here has a
+//! worker instead of a shared MPMC queue (see the `ring` module). Every blocking call here has a
 //! `_timeout` variant, so a program that must survive such a death can notice it.
 //!
 //! # Crossing into tasks
@@ -124,7 +124,7 @@ struct QueueHeader {
 #[repr(C)]
 #[derive(Debug)]
 struct SlotHead {
-    /// Turn counter, see "Protocol" in the module docs. Slot `i` starts at `i`.
+    /// Turn counter, see "Protocol" in the module docs. Slot `i` starts at `2 i` (`free_seq(i)`).
     seq: AtomicU64,
     /// Encoded length of the item; written by the producer that owns the slot before its
     /// slot-publish Release, read by the consumer after the matching Acquire. Untrusted: checked

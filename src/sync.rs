@@ -1,5 +1,5 @@
 //! The one door to atomics: `core` normally, `loom` under `cfg(loom)`, so the ring and wake
-//! algorithms can be model-checked in one process (loom cannot follow a `fork`).
+//! algorithms can be modelled in one process (loom cannot follow a `fork`).
 //!
 //! The atomic types are `#[repr(transparent)]` newtypes that deref to the real type: the shared
 //! memory layout is that of the primitive, and `clippy.toml` can forbid naming the raw types

@@ -224,8 +224,8 @@ impl Dispatch {
         (1 + (DEPTH_BUDGET_NS / avg) as usize).min(MAX_DEPTH)
     }
 
-    /// Moves pending jobs into rings. Returns a bit set of slots to wake (first 64 slots) and
-    /// whether any slot beyond.
+    /// Moves pending jobs into rings. Returns the slots that got work (each once), to be woken
+    /// with [`wake`] after the lock is released.
     pub(crate) fn pump(&mut self, ctl: &Control) -> Vec<usize> {
         let mut woken = Vec::new();
         if matches!(self.phase, Phase::Stopped) {

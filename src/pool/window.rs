@@ -94,8 +94,10 @@ impl<T> Window<T> {
             got = self.rx.try_recv().ok();
             got.is_some()
         });
-        // Completions always run (a dead worker or a terminated pool fails them), and we hold a
-        // sender, so a blocking receive returns.
+        // This returns because every accepted job's completion runs exactly once and sends (a
+        // dead worker or a terminated pool fails it; a panicking decode is caught, see
+        // `unwind`). `recv` itself cannot fail: `self.tx` keeps the channel connected, which
+        // also means a completion dropped without running would leave us waiting here.
         let arrived = got.unwrap_or_else(|| self.rx.recv().expect("the window holds a sender"));
         self.live -= 1;
         arrived

@@ -21,7 +21,7 @@ pub struct Descriptor {
     /// Task: the task's time limit in nanoseconds, 0 for none (the worker arms a timer that
     /// SIGKILLs it when the limit passes). Result: nanoseconds the worker spent running the task.
     pub elapsed_ns: u64,
-    /// Result status (`STATUS_*`), or task kind.
+    /// Result status (`STATUS_*`) in a result descriptor; 0 in a task descriptor.
     pub status: u32,
     /// Reserved flags, zero.
     pub flags: u32,
