@@ -157,16 +157,23 @@ fn apply(map: &mut HashMap<u64, OwnedFd>, op: u64, id: u64, fd: Option<OwnedFd>)
     }
 }
 
-/// Worker side: processes every message already waiting (closes forgotten segments).
-#[allow(dead_code)] // used by the bulk module (issue 3)
-pub(crate) fn drain() -> Result<()> {
+/// Worker side: processes every message already waiting, closing the fds of forgotten
+/// segments; returns the ids forgotten (so the caller can drop its mappings of them too).
+pub(crate) fn drain() -> Result<Vec<u64>> {
     let sock = CHANNEL.load(StdOrdering::Relaxed);
+    if sock < 0 {
+        return Ok(Vec::new());
+    }
     let mut guard = SEGMENTS.lock().unwrap_or_else(|e| e.into_inner());
     let map = guard.get_or_insert_with(HashMap::new);
+    let mut forgotten = Vec::new();
     while let Some((op, id, fd)) = receive(sock, false)? {
+        if op == OP_FORGET {
+            forgotten.push(id);
+        }
         apply(map, op, id, fd);
     }
-    Ok(())
+    Ok(forgotten)
 }
 
 /// Worker side: a duplicate of segment `id`'s fd, receiving it first if needed.

@@ -73,8 +73,13 @@
 //!
 //! # What a task may rely on after `fork`
 //!
-//! A task function is a `fn` item or a closure that captures nothing (a capturing closure is a
-//! compile error). It runs in a worker, a fork of the parent taken when the pool was built, so:
+//! A task function is a `fn` item or a closure that captures nothing. A capturing closure is a
+//! compile error, but one that only a full build reports (`cargo build`, `cargo test`): the check
+//! is a `const` assertion on the closure's size, evaluated when the call is monomorphized, so
+//! `cargo check` and rust-analyzer accept it. Stable Rust has no trait for "captures nothing"
+//! (a non-capturing closure coerces to a `fn` pointer, but no bound can ask for that coercion),
+//! so a type-level check is not possible today. A task runs in a worker, a fork of the parent
+//! taken when the pool was built, so:
 //!
 //! * **It sees memory as it was when the pool was built**: statics, globals and anything the
 //!   initializer captured. Later changes in the parent are invisible; pass data as the argument.
@@ -87,6 +92,14 @@
 //!   stdout and stderr across the fork. A lock of your program's own (or a library's) that
 //!   another thread holds at that instant would stay held in every worker: build pools early,
 //!   or from a quiet moment, in heavily threaded programs.
+//! * **The forked side allocates** (the fork server and the workers build their names, threads
+//!   and buffers with the global allocator) although the pool's first fork is taken from a
+//!   multi-threaded parent. That is safe with glibc's `malloc`, which resets its arena locks in
+//!   the child of a `fork`, and with allocators that register `pthread_atfork` handlers to do the
+//!   same (jemalloc and mimalloc do). A custom `#[global_allocator]` with a lock of its own and
+//!   no such handler can leave that lock held in the fork server (if another thread of the parent
+//!   held it at the instant of the fork), and every worker then hangs in its first allocation:
+//!   give such an allocator atfork handlers, or build pools before the program starts threads.
 //! * **Workers exit with `_exit`**: atexit handlers and destructors of statics never run twice,
 //!   and output a task left in a buffer without a newline is flushed only on a graceful exit.
 //! * The pool's memory and fds are `CLOEXEC`/`MADV_DONTFORK` where possible: a task may spawn

@@ -104,6 +104,17 @@ fn restore_sigmask(old: &libc::sigset_t) {
     }
 }
 
+/// Empties the calling thread's signal mask.
+fn unblock_all_signals() {
+    // SAFETY: sigset_t is plain data, emptied by sigemptyset before use; pthread_sigmask only
+    // changes the calling thread's mask (the server's only thread).
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
+}
+
 /// What the fork server needs, inherited through `fork` (it lives in the parent's memory).
 pub(crate) struct ServerCtx<'a> {
     pub(crate) ctl: &'a Control,
@@ -158,22 +169,26 @@ pub(crate) fn fork_server(ctx: &ServerCtx<'_>) -> Result<i32> {
             "fork (fork server)",
             std::io::Error::last_os_error(),
         )),
-        0 => server_main(ctx, parent, &mask),
+        0 => server_main(ctx, parent),
         pid => Ok(pid),
     }
 }
 
-fn server_main(ctx: &ServerCtx<'_>, parent: i32, mask: &libc::sigset_t) -> ! {
+fn server_main(ctx: &ServerCtx<'_>, parent: i32) -> ! {
     let _guard = ExitOnUnwind("the fork server");
     die_with_parent(parent);
     set_process_name("shmpool-server");
     // The parent owns Ctrl-C: the server (and every worker it forks, until the worker installs
     // its own no-op handler) ignores SIGINT. See the crate docs, "Ctrl-C".
-    // SAFETY: plain signal(2) on our own process, then the mask the forking thread had.
+    // SAFETY: plain signal(2) on our own process.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
     }
-    restore_sigmask(mask);
+    // Then no signal blocked at all, whatever the forking thread had blocked: the server needs
+    // SIGCHLD to notice deaths at once (a blocked one left that to its 200 ms poll), and the
+    // workers it forks inherit this mask, so tasks see SIGTERM, SIGCHLD, ... as any fresh
+    // process does. (A thread of the parent that blocks signals is common: tokio, signal-hook.)
+    unblock_all_signals();
     SERVER_WAKE.store(
         std::ptr::from_ref(&ctx.ctl.header().server).cast_mut(),
         StdOrdering::SeqCst,

@@ -179,6 +179,11 @@ fn encode_failed<T: Serialize + ?Sized>(e: &postcard::Error, value: &T) -> Strin
 }
 
 /// Compile-time check that `F` can cross `fork` as code only.
+///
+/// A post-monomorphization error: the inline `const` is evaluated when a caller instantiates it,
+/// which `cargo build`/`cargo test` (and doctests: see the `compile_fail` example on `Pool`) do
+/// and `cargo check`/rust-analyzer do not. No stable trait bound can say "captures nothing", so
+/// this is the earliest check available (see the crate docs, "What a task may rely on").
 #[inline(always)]
 pub(crate) const fn assert_task_fn<F>() {
     const {

@@ -496,3 +496,91 @@ mod corrupting {
         pool.join().unwrap();
     }
 }
+
+/// `SigBlk` of `/proc/<pid>/status`: the process's blocked-signal mask.
+fn blocked_signals(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .unwrap();
+    u64::from_str_radix(line.trim(), 16).unwrap()
+}
+
+fn my_blocked_signals(_: ()) -> u64 {
+    blocked_signals("thread-self")
+}
+
+/// A pool built on a thread that blocks signals (tokio and signal-hook threads do) gives its
+/// fork server and workers an empty signal mask: deaths are noticed through SIGCHLD at once and
+/// a task's SIGTERM is not held back.
+#[test]
+fn workers_and_the_server_start_with_no_signal_blocked() {
+    let _w = common::arm(60);
+    let pool = std::thread::spawn(|| {
+        // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset; pthread_sigmask
+        // changes only this thread's mask.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGCHLD);
+            libc::sigaddset(&mut set, libc::SIGUSR1);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+        Pool::new(2).unwrap()
+    })
+    .join()
+    .unwrap();
+    let worker = pool.worker_pids()[0];
+    let server = common::proc_stat(worker).unwrap().1;
+    assert_eq!(
+        blocked_signals(&server.to_string()),
+        0,
+        "the fork server blocks signals"
+    );
+    assert_eq!(
+        pool.apply(my_blocked_signals, ()).unwrap(),
+        0,
+        "a task runs with signals blocked"
+    );
+}
+
+fn sum(v: &[u8]) -> u64 {
+    v.iter().map(|&b| u64::from(b)).sum()
+}
+
+/// Whether process `pid` holds an fd of a file whose path contains `name`.
+fn holds_file(pid: u32, name: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .any(|target| target.to_string_lossy().contains(name))
+}
+
+/// A worker closes its copy of a dropped `MappedFile`'s fd at its next chunk task, even one
+/// whose input it has mapped already (a cache hit used to skip reading the channel, so the fd,
+/// and a deleted file's blocks, stayed for the worker's whole life).
+#[test]
+fn workers_release_the_fds_of_dropped_mapped_files() {
+    let _w = common::arm(60);
+    let pool = Pool::new(1).unwrap();
+    let v = shmpool::SharedVec::from_slice(&[1u8; 8192]).unwrap();
+    assert_eq!(pool.map_chunks(&v, 4096, sum).unwrap(), [4096, 4096]);
+    let name = format!("shmpool-fd-test-{}", std::process::id());
+    let path = std::env::temp_dir().join(&name);
+    std::fs::write(&path, [2u8; 8192]).unwrap();
+    // SAFETY: the test's own temporary file; nothing modifies it while it is mapped.
+    let file = unsafe { shmpool::MappedFile::open(&path) }.unwrap();
+    assert_eq!(pool.map_chunks(&file, 4096, sum).unwrap(), [8192, 8192]);
+    let worker = pool.worker_pids()[0];
+    assert!(holds_file(worker, &name));
+    drop(file);
+    std::fs::remove_file(&path).unwrap();
+    // The next chunk task reads `v` from the worker's cache.
+    assert_eq!(pool.map_chunks(&v, 4096, sum).unwrap(), [4096, 4096]);
+    assert!(
+        !holds_file(worker, &name),
+        "the worker still holds the dropped file"
+    );
+}

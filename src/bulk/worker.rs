@@ -118,8 +118,23 @@ fn cached(span: Span, writable: bool) -> Result<(*mut u8, usize), String> {
     Ok((ptr, span.len as usize))
 }
 
+/// Applies the messages waiting on the segment channel: a `FORGET` closes that segment's fd and
+/// drops our cached mapping of it. Run before every chunk: a task that hits the cache never
+/// reads the channel otherwise, and the fd of a dropped `MappedFile` kept its (possibly deleted)
+/// file's blocks allocated for as long as the worker lived. One non-blocking `recvmsg` when
+/// nothing waits.
+fn forget_dropped() -> Result<(), String> {
+    let gone = channel::drain().map_err(|e| e.to_string())?;
+    if !gone.is_empty() {
+        let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|c| !gone.contains(&c.id));
+    }
+    Ok(())
+}
+
 impl ChunkMap {
     fn open(span: Span, writable: bool) -> Result<ChunkMap, String> {
+        forget_dropped()?;
         if span.len == 0 {
             return Ok(ChunkMap::Empty);
         }
