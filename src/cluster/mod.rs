@@ -215,13 +215,21 @@ impl ClusterBuilder {
             .then(|| problem_of(rank))
             .flatten()
             .or_else(|| (1..size).find_map(problem_of));
+        if rank == 0
+            && let Some(e) = &problem
+        {
+            // Said here too, before MPI_Finalize: the refusing ranks exit with status 2 once
+            // every rank has finalized, and mpirun may then kill rank 0 before its caller gets
+            // to print the error it returns.
+            say(&format!("rank 0: not starting: {e}"));
+        }
         if rank != 0 {
             let code = match (&problem, pool) {
                 (Some(e), pool) => {
                     if let Some(Err(pe)) = &pool {
-                        eprintln!("shmpool cluster: rank {rank}: {pe}");
+                        say(&format!("rank {rank}: {pe}"));
                     }
-                    eprintln!("shmpool cluster: rank {rank}: not serving: {e}");
+                    say(&format!("rank {rank}: not serving: {e}"));
                     drop(pool);
                     2
                 }
@@ -231,7 +239,7 @@ impl ClusterBuilder {
                     match served {
                         Ok(()) => 0,
                         Err(e) => {
-                            eprintln!("shmpool cluster: rank {rank}: {e}");
+                            say(&format!("rank {rank}: {e}"));
                             world.abort(2)
                         }
                     }
@@ -421,7 +429,7 @@ impl Drop for Cluster {
                     Err(e) => {
                         // The protocol broke: finalizing could wait forever for a rank that
                         // will never answer. End the job instead, as MPI ends it on a crash.
-                        eprintln!("shmpool cluster: rank 0: {e}; aborting the job");
+                        say(&format!("rank 0: {e}; aborting the job"));
                         mpi::topology::SimpleCommunicator::world().abort(2);
                     }
                 }
@@ -429,12 +437,19 @@ impl Drop for Cluster {
         };
         settle(d);
         if let Err(e) = d.send_stop() {
-            eprintln!("shmpool cluster: rank 0: {e}; aborting the job");
+            say(&format!("rank 0: {e}; aborting the job"));
             mpi::topology::SimpleCommunicator::world().abort(2);
         }
         settle(d);
         d.join_local();
     }
+}
+
+/// Writes `shmpool cluster: {line}` to stderr in one `write`, so the launcher, which merges
+/// the ranks' stderr, never cuts it with another rank's output (`eprintln!` writes in pieces).
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("shmpool cluster: {line}\n").as_bytes());
 }
 
 /// Encodes one item after `msg`'s current end; on failure `msg` is left as it was.
