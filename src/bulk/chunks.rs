@@ -119,6 +119,15 @@ pub(super) fn completion<R: Payload>(window: &Window<Arrived<R>>, tag: usize) ->
 /// assert_eq!(rest, [30, 30, 10]);
 /// # Ok::<(), shmpool::Error>(())
 /// ```
+///
+/// Dropping it unused is a warning (`#[must_use]`):
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// let pool = shmpool::Pool::new(1).unwrap();
+/// let v = shmpool::SharedVec::from_slice(&[1u8; 10]).unwrap();
+/// pool.imap_chunks(&v, 5, |s: &[u8]| s.len());
+/// ```
 #[must_use = "iterators are lazy: an `IMapChunks` submits nothing until it is iterated"]
 pub struct IMapChunks<'a, R> {
     pool: &'a Pool,

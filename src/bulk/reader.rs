@@ -33,6 +33,14 @@ use super::{ChunkArg, Region, Span};
 /// assert_eq!(lens, [4096, 4096, 1808]);
 /// # Ok::<(), shmpool::Error>(())
 /// ```
+///
+/// Dropping it unused is a warning (`#[must_use]`):
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// let pool = shmpool::Pool::new(1).unwrap();
+/// pool.imap_reader(&b"abc"[..], 2, |s: &[u8]| s.len());
+/// ```
 #[must_use = "iterators are lazy: an `IMapReader` reads nothing until it is iterated"]
 pub struct IMapReader<'p, Rd, R> {
     pool: &'p Pool,

@@ -236,6 +236,14 @@ fn encode_each<A: Serialize + 'static>(
 /// assert_eq!(results[3].as_ref().ok(), Some(&3));
 /// # Ok::<(), shmpool::Error>(())
 /// ```
+///
+/// Dropping it unused is a warning (`#[must_use]`):
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// let pool = shmpool::Pool::new(1).unwrap();
+/// pool.imap(|x: u8| x, 0..3);
+/// ```
 #[must_use = "iterators are lazy: an `IMap` submits nothing until it is iterated"]
 pub struct IMap<'p, I: Iterator, R> {
     pool: &'p Pool,
