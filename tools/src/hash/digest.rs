@@ -9,12 +9,14 @@
 //! ## Small files are read, big files are mapped
 //!
 //! A file is read into the worker's reused buffer (one `read` for most; a short read of a
-//! regular file is its end, so the usual extra `read` that returns 0 is skipped). For BLAKE3, a
-//! big file — one the scheduler sends alone in its task — and every piece of a split file are
-//! hashed through a [`shmpool::MappedFile`] opened in the worker, which saves the kernel's copy
-//! into the buffer: a third of the CPU time of a BLAKE3 run over the toolchain tree went to that
-//! copy (`perf record`), and mapping cut the run's CPU time by about a fifth. For SHA-2 (2–5x
-//! slower per byte) mapping made no difference measurable on this busy machine, so SHA-2 reads.
+//! regular file is its end, so the usual extra `read` that returns 0 is skipped). For SHA-256
+//! and BLAKE3, a file of at least `engine::MAP_MIN` (256 KiB) — which the scheduler sends alone
+//! in its task — and every piece of a split BLAKE3 file are hashed through a
+//! [`shmpool::MappedFile`] opened in the worker, which saves the kernel's copy into the buffer.
+//! On this (virtual) machine that copy is slow: `perf record` of a run over the toolchain tree
+//! put a quarter (SHA-256) to a third (BLAKE3) of all CPU time in `_copy_to_iter`, and mapping
+//! cut the run's CPU time by 15–20%. For SHA-512, 2.5x slower per byte than SHA-256, mapping
+//! made no difference measurable on this busy machine, so SHA-512 reads.
 //!
 //! `MappedFile::open` is `unsafe`: the file must not change while it is mapped. `shmpool hash`
 //! cannot promise that for files it does not own, and accepts the consequence, which is the one
@@ -120,8 +122,32 @@ pub(crate) fn hash_mapped(algo: Algo, path: &[u8], buf: &mut [u8]) -> io::Result
         None => return hash_file(algo, path, false, buf),
     };
     let mut h = Hasher::new(algo);
-    h.update(&map);
+    for window in map.chunks(MAP_WINDOW) {
+        h.update(window);
+        release(window);
+    }
     Ok(h.finish())
+}
+
+/// Bytes of a mapped file hashed between two [`release`]s: a worker's resident memory stays
+/// within this much of a mapped file (else hashing a 150 MB file made the worker's RSS 150 MB).
+const MAP_WINDOW: usize = 4 << 20;
+
+/// Drops the pages of `window`, a page-aligned part of a read-only file mapping, from this
+/// process's page tables (they stay in the page cache). Only the resident size changes: if the
+/// window is read again, the pages are faulted back in from the file.
+fn release(window: &[u8]) {
+    // SAFETY: `window` lies inside a live read-only MAP_SHARED file mapping and starts on a page
+    // boundary (the mapping does, and windows are multiples of MAP_WINDOW from it). On such a
+    // mapping MADV_DONTNEED only unmaps the pages; the memory stays valid and reads the same
+    // file bytes. A failure (it cannot fail on a valid range) would only leave pages resident.
+    unsafe {
+        libc::madvise(
+            window.as_ptr().cast_mut().cast(),
+            window.len(),
+            libc::MADV_DONTNEED,
+        );
+    }
 }
 
 /// Maps the file at `path`; `None` when it is not a regular file or is empty (read it instead).

@@ -10,9 +10,10 @@
 //! Work goes to the workers as **tasks of many files** (one `apply_async_with_callback` each,
 //! about [`CHUNK_COST_NS`] of estimated work: per-file cost plus bytes at the algorithm's rate),
 //! at most [`TASKS_PER_WORKER`] per worker in flight. Two kinds of work jump the queue, taken
-//! first as soon as they enter the window:
-//! - a **big file** (estimated above one chunk's cost) for SHA-2, which cannot be split: started
-//!   early, it runs beside the small files instead of ending the run alone;
+//! first as soon as they enter the window, each alone in its task:
+//! - a **big file** (estimated above one chunk's cost, or from [`MAP_MIN`] bytes when it is
+//!   hashed through a mapping) for SHA-2, which cannot be split: started early, it runs beside
+//!   the small files instead of ending the run alone;
 //! - the **pieces of a big BLAKE3 file**: its tree is cut into aligned subtrees of at most
 //!   [`BLAKE3_PIECE`] bytes (`digest::plan`), each hashed in whichever worker is free; the parent
 //!   merges the 32-byte chaining values (`digest::merge`), giving b3sum's digest.
@@ -55,6 +56,8 @@ const CHUNK_FILES: usize = 1024;
 const TASKS_PER_WORKER: usize = 4;
 /// Largest BLAKE3 subtree hashed as one task; files above it are split.
 pub(crate) const BLAKE3_PIECE: u64 = 4 << 20;
+/// Smallest file hashed through a mapping (SHA-256 and BLAKE3), alone in its task.
+pub(crate) const MAP_MIN: u64 = 256 << 10;
 /// Sources taken from the walk per turn of the loop.
 const INTAKE_BATCH: usize = 256;
 /// Longest wait for a result before the loop looks at the interrupt flag again.
@@ -108,7 +111,7 @@ struct Task {
 #[derive(Debug, Serialize, Deserialize)]
 enum Job {
     /// Hash the whole file; `regular`: it was a regular file when walked; `map`: through a
-    /// mapping (a big BLAKE3 file, alone in its task).
+    /// mapping (a file of at least `MAP_MIN` bytes, alone in its task).
     Whole {
         path: Vec<u8>,
         regular: bool,
@@ -331,6 +334,13 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
         FILE_COST_NS + size.saturating_mul(self.opts.algo.ps_per_byte()) / 1000
     }
 
+    /// Whether a file of `size` bytes is hashed through a mapping (alone in its task): from
+    /// [`MAP_MIN`] bytes, for the algorithms fast enough that the kernel's copy into a read
+    /// buffer is a large share of their cost (see `digest`'s module docs).
+    fn maps(&self, size: u64) -> bool {
+        size >= MAP_MIN && self.opts.algo != Algo::Sha512
+    }
+
     /// Puts a new source at the end of the window.
     fn admit(&mut self, item: Item<T>) -> anyhow::Result<()> {
         let seq = self.base + self.slots.len() as u64;
@@ -360,7 +370,7 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                             error: None,
                         }
                     }
-                    Some(size) if self.cost(size) > CHUNK_COST_NS => {
+                    Some(size) if self.cost(size) > CHUNK_COST_NS || self.maps(size) => {
                         self.urgent.push_back(Work::Big(seq));
                         State::Sent
                     }
@@ -449,7 +459,7 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                         Job::Whole {
                             path,
                             regular: size.is_some(),
-                            map: self.opts.algo == Algo::Blake3 && matches!(w, Work::Big(_)),
+                            map: matches!(w, Work::Big(_)) && self.maps(size.unwrap_or(0)),
                         }
                     }
                     Work::Part {
