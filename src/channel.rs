@@ -55,13 +55,28 @@ fn message(op: u64, id: u64) -> [u8; 16] {
     m
 }
 
+/// The parent sends from under the dispatch lock, so a send never blocks: a full socket (the
+/// worker reads it only when it runs a chunk) is an `EAGAIN` the caller handles
+/// ([`would_block`]), not a wait that could stall the pool or deadlock against an idle worker.
+const SEND_FLAGS: MsgFlags = MsgFlags::MSG_NOSIGNAL.union(MsgFlags::MSG_DONTWAIT);
+
+/// Most `FORGET`s sent with one dispatch: a worker that was given hundreds of segments, all
+/// dropped at once, is told a few at a time (one batch per chunk task it gets), so its socket
+/// never fills with them.
+const FORGETS_PER_SYNC: usize = 4;
+
+/// Whether `e` is a send that would have blocked (the worker's socket is full).
+pub(crate) fn would_block(e: &Error) -> bool {
+    matches!(e, Error::Os { source, .. } if source.kind() == std::io::ErrorKind::WouldBlock)
+}
+
 /// Parent side: tells the worker at `sock` that segment `id` is `fd`.
 pub(crate) fn send_add(sock: RawFd, id: u64, fd: RawFd) -> Result<()> {
     let m = message(OP_ADD, id);
     let iov = [IoSlice::new(&m)];
     let fds = [fd];
     let cmsg = [ControlMessage::ScmRights(&fds)];
-    sendmsg::<()>(sock, &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
+    sendmsg::<()>(sock, &iov, &cmsg, SEND_FLAGS, None)
         .map_err(|e| Error::os("sendmsg(SCM_RIGHTS)", std::io::Error::from(e)))?;
     Ok(())
 }
@@ -70,7 +85,7 @@ pub(crate) fn send_add(sock: RawFd, id: u64, fd: RawFd) -> Result<()> {
 pub(crate) fn send_forget(sock: RawFd, id: u64) -> Result<()> {
     let m = message(OP_FORGET, id);
     let iov = [IoSlice::new(&m)];
-    sendmsg::<()>(sock, &iov, &[], MsgFlags::MSG_NOSIGNAL, None)
+    sendmsg::<()>(sock, &iov, &[], SEND_FLAGS, None)
         .map_err(|e| Error::os("sendmsg", std::io::Error::from(e)))?;
     Ok(())
 }
@@ -215,17 +230,26 @@ pub(crate) struct SentSegments {
 }
 
 impl SentSegments {
-    /// Sends `FORGET` for dropped segments and `ADD` for `needed` ones the worker lacks.
+    /// Sends `FORGET` for (at most `FORGETS_PER_SYNC`) dropped segments and `ADD` for `needed`
+    /// ones the worker lacks. Never blocks: a full socket is an error for which [`would_block`]
+    /// holds (after the `ADD`s that did go out, which are remembered).
     pub(crate) fn sync(&mut self, sock: RawFd, needed: &[SegmentShare]) -> Result<()> {
         let dead: Vec<u64> = self
             .held
             .iter()
             .filter(|(_, w)| w.strong_count() == 0)
             .map(|(&id, _)| id)
+            .take(FORGETS_PER_SYNC)
             .collect();
         for id in dead {
-            send_forget(sock, id)?;
-            self.held.remove(&id);
+            match send_forget(sock, id) {
+                Ok(()) => {
+                    self.held.remove(&id);
+                }
+                // Told later: the next dispatch to this worker tries again.
+                Err(e) if would_block(&e) => break,
+                Err(e) => return Err(e),
+            }
         }
         for s in needed {
             if let std::collections::hash_map::Entry::Vacant(slot) = self.held.entry(s.id) {

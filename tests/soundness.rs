@@ -584,3 +584,29 @@ fn workers_release_the_fds_of_dropped_mapped_files() {
         "the worker still holds the dropped file"
     );
 }
+
+fn first(v: &[u8]) -> u8 {
+    v[0]
+}
+
+/// Hundreds of segments a worker knew are dropped at once, then a chunk task goes to it: the
+/// parent tells the worker to forget them a few at a time, never blocking on a full socket
+/// while it holds the dispatch lock (the worker reads its socket only when it runs a chunk, so
+/// a blocking send of them all waited for ever).
+#[test]
+fn dropping_many_segments_at_once_does_not_block_the_dispatcher() {
+    let _w = common::arm(120);
+    let pool = Pool::new(1).unwrap();
+    let vecs: Vec<_> = (0..1000u32)
+        .map(|i| shmpool::SharedVec::from_slice(&[i as u8; 16]).unwrap())
+        .collect();
+    for (i, v) in vecs.iter().enumerate() {
+        assert_eq!(pool.map_chunks(v, 16, first).unwrap(), [i as u8]);
+    }
+    drop(vecs);
+    let v = shmpool::SharedVec::from_slice(&[7u8; 16]).unwrap();
+    for _ in 0..300 {
+        assert_eq!(pool.map_chunks(&v, 16, first).unwrap(), [7]);
+    }
+    assert_eq!(pool.apply(double, 2).unwrap(), 4);
+}

@@ -232,11 +232,13 @@ impl Dispatch {
             // Terminating (or joined): nothing new goes out.
             return woken;
         }
+        // Slots whose segment channel is full right now (see below): skipped until the next pump.
+        let mut channel_full = vec![false; self.producers.len()];
         while let Some(job) = self.pending.front() {
             let len = job.payload.len();
             let mut best: Option<usize> = None;
-            for s in 0..self.producers.len() {
-                if !self.usable[s] || self.inflight[s].len() >= self.depth_limit(s) {
+            for (s, &full) in channel_full.iter().enumerate() {
+                if !self.usable[s] || full || self.inflight[s].len() >= self.depth_limit(s) {
                     continue;
                 }
                 if best.is_none_or(|b| self.inflight[s].len() < self.inflight[b].len()) {
@@ -268,6 +270,15 @@ impl Dispatch {
                 && let Err(e) = self.sent[s].sync(self.channels[s], &job.segments)
             {
                 (self.arenas[s].head, self.arenas[s].freed) = arena_before;
+                // The sends never block (we hold the dispatch lock). A full channel with tasks
+                // queued drains as the worker runs them (it reads the channel before every
+                // chunk), and each of their results pumps again: wait for that. A full channel
+                // with nothing queued would never drain: fail the job.
+                if crate::channel::would_block(&e) && !self.inflight[s].is_empty() {
+                    self.pending.push_front(job);
+                    channel_full[s] = true;
+                    continue;
+                }
                 self.refused.push((job.done, e));
                 continue;
             }
