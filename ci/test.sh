@@ -26,11 +26,12 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test --workspace (the README's test command)"
 cargo test --workspace
-echo "== the cluster pool over MPI ranks (--features mpi): lints, unit tests, doctests, mpirun -n 3"
-cargo clippy -p shmpool --all-targets --features mpi -- -D warnings
+echo "== the cluster pool over MPI ranks and shmpool hash --mpi (--features mpi): lints, tests under mpirun -n 3"
+cargo clippy -p shmpool -p shmpool-tools --all-targets --features shmpool/mpi,shmpool-tools/mpi -- -D warnings
 cargo test -p shmpool --features mpi --lib cluster::
 cargo test -p shmpool --features mpi --doc cluster
 cargo test -p shmpool --features mpi --test cluster
+cargo test -p shmpool-tools --features mpi --test hash_mpi
 echo "== benches compile and run once in test mode"
 cargo test --workspace --benches
 echo "== loom models of the ring"

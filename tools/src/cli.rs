@@ -77,6 +77,13 @@ pub(crate) struct HashArgs {
     /// Never show a progress line
     #[arg(long, overrides_with = "progress")]
     pub(crate) no_progress: bool,
+
+    /// Run as an MPI job: `mpirun -n K shmpool hash --mpi PATH...`. Rank 0 walks and prints
+    /// (the same output as without --mpi); every rank hashes with --jobs processes. Every rank
+    /// must see the paths (shared file system, same working directory)
+    #[cfg(feature = "mpi")]
+    #[arg(long)]
+    pub(crate) mpi: bool,
 }
 
 /// `shmpool bench [SUBCOMMAND]`; without one, takes the options of `bench chunksize`.

@@ -21,6 +21,17 @@ use crate::hash::{self, Config};
 /// Writing to stdout failed (the caller counts a broken pipe as success), the SIGINT handler
 /// could not be installed, or the pool could not be built.
 pub(crate) fn run(args: HashArgs) -> anyhow::Result<ExitCode> {
+    // First, before any fork or thread: on every rank but 0 this serves, then exits.
+    #[cfg(feature = "mpi")]
+    let cluster = if args.mpi {
+        let mut b = shmpool::cluster::Cluster::builder();
+        if let Some(jobs) = args.jobs {
+            b = b.processes_per_rank(jobs);
+        }
+        Some(b.start().context("cannot start the MPI job")?)
+    } else {
+        None
+    };
     let cfg = Config {
         algo: args.algo,
         paths: args
@@ -54,6 +65,15 @@ pub(crate) fn run(args: HashArgs) -> anyhow::Result<ExitCode> {
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&flag))
         .context("cannot install the SIGINT handler")?;
     let interrupted = move || flag.load(Ordering::SeqCst);
+    #[cfg(feature = "mpi")]
+    let code = match &cluster {
+        Some(c) => {
+            let workers = hash::mpi::ClusterWorkers::new(c);
+            hash::run_on(&cfg, &interrupted, Some(&workers))?
+        }
+        None => hash::run(&cfg, &interrupted)?,
+    };
+    #[cfg(not(feature = "mpi"))]
     let code = hash::run(&cfg, &interrupted)?;
     Ok(ExitCode::from(code))
 }

@@ -102,7 +102,7 @@ pub(crate) enum Finish {
 
 /// The task a worker runs.
 #[derive(Debug, Serialize, Deserialize)]
-struct Task {
+pub(crate) struct Task {
     algo: Algo,
     jobs: Vec<Job>,
 }
@@ -126,10 +126,10 @@ enum Job {
 }
 
 /// Per job: the digest (or chaining value), or the error's reason.
-type Reply = Vec<Result<Vec<u8>, String>>;
+pub(crate) type Reply = Vec<Result<Vec<u8>, String>>;
 
 /// Runs in a worker: hashes every job of the task, with one read buffer per worker process.
-fn run_task(task: Task) -> Reply {
+pub(crate) fn run_task(task: Task) -> Reply {
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_BUF]);
     }
@@ -198,7 +198,37 @@ enum Work {
 }
 
 /// A reply from the pool's callback thread.
-type Msg = (u64, shmpool::Result<Reply>);
+pub(crate) type Msg = (u64, shmpool::Result<Reply>);
+
+/// Where the tasks run: the local pool, or (`shmpool hash --mpi`) the ranks of an MPI job.
+pub(crate) trait Workers {
+    /// Worker processes in all.
+    fn processes(&self) -> usize;
+    /// Starts `task`; its reply goes to `reply` as `(id, result)`.
+    fn start(&self, id: u64, task: Task, reply: mpsc::Sender<Msg>) -> anyhow::Result<()>;
+    /// Waits at most `timeout` for a reply.
+    fn wait(&self, rx: &mpsc::Receiver<Msg>, timeout: Duration) -> Option<Msg>;
+}
+
+impl Workers for Pool {
+    fn processes(&self) -> usize {
+        Pool::processes(self)
+    }
+
+    fn start(&self, id: u64, task: Task, reply: mpsc::Sender<Msg>) -> anyhow::Result<()> {
+        self.apply_async_with_callback(run_task, task, move |r| {
+            // The receiver is gone only when the run has ended (interrupt, closed stdout):
+            // nobody wants this reply any more.
+            let _ = reply.send((id, r));
+        })?;
+        Ok(())
+    }
+
+    fn wait(&self, rx: &mpsc::Receiver<Msg>, timeout: Duration) -> Option<Msg> {
+        // Replies arrive from the pool's callback thread on their own.
+        rx.recv_timeout(timeout).ok()
+    }
+}
 
 /// Options of a run.
 #[derive(Debug, Clone, Copy)]
@@ -212,7 +242,7 @@ pub(crate) struct Options {
 
 /// The scheduler's state for one run.
 struct Engine<'a, T, S: Sink<T>> {
-    pool: &'a Pool,
+    pool: &'a dyn Workers,
     opts: Options,
     interrupted: &'a dyn Fn() -> bool,
     sink: S,
@@ -241,7 +271,7 @@ struct Engine<'a, T, S: Sink<T>> {
 /// The sink's error (a closed stdout: the caller treats a broken pipe as success), or the pool's
 /// refusal of a task (the pool broke down).
 pub(crate) fn run<T, S: Sink<T>>(
-    pool: &Pool,
+    pool: &dyn Workers,
     opts: Options,
     items: impl Iterator<Item = Item<T>>,
     sink: S,
@@ -289,7 +319,8 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
             }
             self.submit()?;
             let mut got = false;
-            while let Ok(msg) = self.rx.try_recv() {
+            // A wait of zero: a cluster makes progress here too, while the walk goes on.
+            while let Some(msg) = self.pool.wait(&self.rx, Duration::ZERO) {
                 got = true;
                 if self.complete(msg)? == Finish::Interrupted {
                     return Ok(Finish::Interrupted);
@@ -310,16 +341,11 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
             let can_take = !source_done && self.has_room();
             if !got && !can_take {
                 self.sink.flush()?;
-                match self.rx.recv_timeout(POLL) {
-                    Ok(msg) => {
-                        if self.complete(msg)? == Finish::Interrupted {
-                            return Ok(Finish::Interrupted);
-                        }
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        unreachable!("the engine holds a sender")
-                    }
+                // `None`: the time ran out (the engine holds a sender, so never disconnected).
+                if let Some(msg) = self.pool.wait(&self.rx, POLL)
+                    && self.complete(msg)? == Finish::Interrupted
+                {
+                    return Ok(Finish::Interrupted);
                 }
             }
         }
@@ -473,18 +499,13 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                 .collect();
             let id = self.next_task;
             self.next_task += 1;
-            let tx = self.tx.clone();
-            self.pool.apply_async_with_callback(
-                run_task,
+            self.pool.start(
+                id,
                 Task {
                     algo: self.opts.algo,
                     jobs,
                 },
-                move |r| {
-                    // The receiver is gone only when the run has ended (interrupt, closed
-                    // stdout): nobody wants this reply any more.
-                    let _ = tx.send((id, r));
-                },
+                self.tx.clone(),
             )?;
             self.in_flight.insert(id, works);
         }

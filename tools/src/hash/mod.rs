@@ -11,6 +11,8 @@ pub(crate) mod digest;
 pub(crate) mod engine;
 pub(crate) mod format;
 pub(crate) mod manifest;
+#[cfg(feature = "mpi")]
+pub(crate) mod mpi;
 pub(crate) mod walk;
 
 use std::fs::File;
@@ -97,6 +99,20 @@ pub(crate) const EXIT_INTERRUPTED: u8 = 130;
 /// Writing to stdout failed (a broken pipe is for the caller to treat as success), or the pool
 /// could not be built.
 pub(crate) fn run(cfg: &Config, interrupted: &dyn Fn() -> bool) -> anyhow::Result<u8> {
+    run_on(cfg, interrupted, None)
+}
+
+/// [`run`] with the tasks going to `workers` (the ranks of an MPI job) instead of a pool built
+/// here; `None` is [`run`].
+///
+/// # Errors
+///
+/// As [`run`].
+pub(crate) fn run_on(
+    cfg: &Config,
+    interrupted: &dyn Fn() -> bool,
+    workers: Option<&dyn engine::Workers>,
+) -> anyhow::Result<u8> {
     let progress = cfg.progress.unwrap_or_else(|| io::stderr().is_terminal());
     let opts = engine::Options {
         algo: cfg.algo,
@@ -118,7 +134,7 @@ pub(crate) fn run(cfg: &Config, interrupted: &dyn Fn() -> bool) -> anyhow::Resul
             progress: Progress::new(progress),
         };
         let items = Manifests::new(cfg.paths.clone(), cfg.algo);
-        run_items(cfg, opts, items, sink, interrupted)
+        run_items(cfg, opts, items, sink, interrupted, workers)
     } else {
         let sink = HashSink {
             out,
@@ -133,7 +149,7 @@ pub(crate) fn run(cfg: &Config, interrupted: &dyn Fn() -> bool) -> anyhow::Resul
             // No file to share out: hash in this process, no pool, no signal handling needed.
             return stdin_only(cfg, items, sink);
         }
-        run_items(cfg, opts, items, sink, interrupted)
+        run_items(cfg, opts, items, sink, interrupted, workers)
     }
 }
 
@@ -149,7 +165,20 @@ fn run_items<T, S: Sink<T> + Verdict>(
     items: impl Iterator<Item = Item<T>>,
     mut sink: S,
     interrupted: &dyn Fn() -> bool,
+    workers: Option<&dyn engine::Workers>,
 ) -> anyhow::Result<u8> {
+    if let Some(workers) = workers {
+        let finish = {
+            let sink = SinkRef(&mut sink);
+            engine::run(workers, opts, items, sink, interrupted)?
+        };
+        if finish == Finish::Interrupted {
+            let _ = sink.clear_progress();
+            return Ok(EXIT_INTERRUPTED);
+        }
+        sink.clear_progress()?;
+        return Ok(if sink.failed() { EXIT_FAILED } else { EXIT_OK });
+    }
     let pool = shmpool::Pool::builder().processes(cfg.jobs).build()?;
     let finish = {
         let sink = SinkRef(&mut sink);
