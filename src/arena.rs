@@ -10,7 +10,7 @@
 //! next allocation restarts at offset 0 of the next lap, so small payloads keep touching the same
 //! few pages; the allocating side then knows everything before that lap start is free (its
 //! *floor*) and passes `max(freed, floor)` as `freed`, so the skipped gap is not counted as used
-//! (it once was, and an arena that restarted near its start then held one result at a time).
+//! (counted, it would leave an arena that restarted near its start holding one result at a time).
 
 /// The placement of one allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

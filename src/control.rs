@@ -127,9 +127,8 @@ impl Layout {
     ///
     /// Both numbers come straight from the user's builder, so nothing here may wrap: every sum,
     /// product and rounding is checked, and the total must stay within `isize::MAX` (the most a
-    /// pointer offset may span, and so the most `ptr::add` may ever be asked to cover). Without
-    /// these checks `arena_size(1 << 62)` wrapped to a small mapping that the first task then
-    /// wrote past.
+    /// pointer offset may span, and so the most `ptr::add` may ever be asked to cover). Unchecked,
+    /// `arena_size(1 << 62)` would wrap to a small mapping that the first task then wrote past.
     ///
     /// # Errors
     ///

@@ -175,6 +175,10 @@ pub mod ring;
 #[cfg(not(loom))]
 mod ring;
 mod sync;
+// Public in the loom build only, like `ring`, for `tests/loom_wake.rs`.
+#[cfg(loom)]
+pub mod wake;
+#[cfg(not(loom))]
 mod wake;
 
 #[cfg(not(loom))]

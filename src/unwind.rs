@@ -2,9 +2,10 @@
 //!
 //! The collector thread, and any caller that collects results while it waits (`Helper`), run
 //! code of the user's: a result's `Deserialize`, and the automatic `map`'s `Serialize` of the
-//! chunks it submits as earlier ones finish. A panic there used to unwind out of the collector
-//! (whose death takes the fork server and so every worker with it: `PR_SET_PDEATHSIG` follows
-//! that thread) or out of an unrelated caller's `get`, leaving `outstanding` stale so `join` hung.
+//! chunks it submits as earlier ones finish. Uncaught, a panic there would unwind out of the
+//! collector (whose death takes the fork server and so every worker with it: `PR_SET_PDEATHSIG`
+//! follows that thread) or out of an unrelated caller's `get`, leaving `outstanding` stale so
+//! `join` would hang.
 //! Each such call goes through [`catch`], which turns the panic into an error of that call.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -7,7 +7,8 @@
 //!
 //! Waiter (`wait_until`):
 //! 1. spin for a short, bounded time re-checking the condition (a round trip through spinning
-//!    costs ~0.13 µs on these machines, through futex ~13.5 µs);
+//!    costs about a hundredth of one through the futex: BENCHMARKS.md, "Figures from the code
+//!    comments");
 //! 2. `sleepers += 1` (SeqCst), `s = seq` (SeqCst), re-check the condition;
 //! 3. `futex_wait(seq, s, timeout)`; the kernel returns at once if `seq != s`;
 //! 4. `sleepers -= 1`, loop.
@@ -23,9 +24,16 @@
 //! calls `futex_wake`; a waiter that has not entered the kernel yet holds a stale `s` and the
 //! kernel's compare fails, so it does not sleep.
 //!
+//! **Checked by loom** (`tests/loom_wake.rs`, run by `ci/loom.sh`): under `--cfg loom` the futex
+//! is replaced by a model of the kernel's (a value compare and an enqueue under one lock, a wake
+//! that reaches only waiters already enqueued, no timeouts), so a lost wake-up is a deadlock loom
+//! reports; the same file shows it reporting one for a notifier that skips the `seq` bump.
+//!
 //! **Dead peers:** every wait has a timeout, so a waiter whose notifier died re-checks the world
 //! (parent alive? worker alive?) at least that often. No `FUTEX_PRIVATE_FLAG`: the word is shared
 //! between processes.
+
+#![cfg_attr(not(loom), allow(unreachable_pub))]
 
 use std::time::{Duration, Instant};
 
@@ -36,7 +44,7 @@ use crate::sync::{AtomicU32, Ordering};
 /// A cross-process wake-up word pair; lives in shared memory, `#[repr(C)]`.
 #[repr(C)]
 #[derive(Debug)]
-pub(crate) struct WakeWord {
+pub struct WakeWord {
     /// Bumped (wrapping) by every `notify`; waiters sleep on it.
     seq: CachePadded<AtomicU32>,
     /// Number of waiters that may be asleep; lets `notify` skip the syscall when zero.
@@ -44,10 +52,11 @@ pub(crate) struct WakeWord {
 }
 
 /// How long a waiter spins before going to sleep.
-pub(crate) const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 
 impl WakeWord {
-    pub(crate) fn new() -> Self {
+    /// A word pair nobody waits on.
+    pub fn new() -> Self {
         WakeWord {
             seq: CachePadded::new(AtomicU32::new(0)),
             sleepers: CachePadded::new(AtomicU32::new(0)),
@@ -55,9 +64,10 @@ impl WakeWord {
     }
 
     /// Wakes every waiter (cheap when nobody sleeps: no syscall).
-    pub(crate) fn notify(&self) {
+    pub fn notify(&self) {
         // SeqCst: see "Lost wake-up ruled out" in the module docs.
         self.seq.fetch_add(1, Ordering::SeqCst);
+        loom_sc_fence();
         if self.sleepers.load(Ordering::SeqCst) != 0 {
             futex_wake(&self.seq);
         }
@@ -67,7 +77,7 @@ impl WakeWord {
     ///
     /// Spins for at most `spin`, then sleeps on the futex in slices of at most `slice`, calling
     /// `ready` after every wake-up (spurious or not).
-    pub(crate) fn wait_until(
+    pub fn wait_until(
         &self,
         spin: Duration,
         timeout: Option<Duration>,
@@ -94,6 +104,7 @@ impl WakeWord {
         loop {
             // SeqCst: see "Lost wake-up ruled out".
             self.sleepers.fetch_add(1, Ordering::SeqCst);
+            loom_sc_fence();
             let seen = self.seq.load(Ordering::SeqCst);
             if ready() {
                 self.sleepers.fetch_sub(1, Ordering::SeqCst);
@@ -117,6 +128,18 @@ impl WakeWord {
             }
         }
     }
+}
+
+/// Nothing, except under loom: a SeqCst fence between each side's SeqCst write and its SeqCst read
+/// of the other word. Loom models SeqCst *accesses* as AcqRel (loom's documented limitation,
+/// tokio-rs/loom#180), which lets both reads see old values, a store-buffering outcome the
+/// language rules out for SeqCst accesses (they have one total order); it models SeqCst *fences*
+/// exactly. The fence gives the model the guarantee the real code already has, no more: without
+/// it loom reports a lost wake-up that cannot happen.
+#[inline(always)]
+fn loom_sc_fence() {
+    #[cfg(loom)]
+    loom::sync::atomic::fence(Ordering::SeqCst);
 }
 
 impl Default for WakeWord {
@@ -157,13 +180,63 @@ fn futex_wake(word: &AtomicU32) {
     }
 }
 
+/// The kernel's futex, as loom sees it: one hash bucket (a lock and a queue) for every word.
 #[cfg(loom)]
-fn futex_wait(_word: &AtomicU32, _expected: u32, _timeout: Duration) {
-    loom::thread::yield_now();
+mod futex_model {
+    use loom::sync::{Condvar, Mutex};
+
+    loom::lazy_static! {
+        /// Wake-ups so far, and the waiters' queue. One bucket for all words: a wake on one word
+        /// also wakes waiters of another, which is a spurious wake-up, and those are allowed.
+        static ref BUCKET: (Mutex<u64>, Condvar) = (Mutex::new(0), Condvar::new());
+    }
+
+    /// FUTEX_WAIT without a timeout: compares the word under the bucket's lock and, if it still
+    /// holds `expected`, sleeps until a wake-up that comes *after* that compare. A wake-up
+    /// before it is lost, exactly as in the kernel; only the compare can save the waiter.
+    pub(super) fn wait(word: &super::AtomicU32, expected: u32) {
+        let (lock, queue) = &*BUCKET;
+        let mut wakes = lock.lock().unwrap();
+        // SeqCst: the kernel's read of the word; the protocol's SC accesses order it.
+        if word.load(super::Ordering::SeqCst) != expected {
+            return;
+        }
+        let seen = *wakes;
+        while *wakes == seen {
+            wakes = queue.wait(wakes).unwrap();
+        }
+    }
+
+    /// FUTEX_WAKE: wakes every waiter enqueued so far.
+    pub(super) fn wake() {
+        let (lock, queue) = &*BUCKET;
+        *lock.lock().unwrap() += 1;
+        queue.notify_all();
+    }
 }
 
 #[cfg(loom)]
-fn futex_wake(_word: &AtomicU32) {}
+fn futex_wait(word: &AtomicU32, expected: u32, _timeout: Duration) {
+    // No timeout in the model: a wait that only a timeout would end is a deadlock loom reports.
+    futex_model::wait(word, expected);
+}
+
+#[cfg(loom)]
+fn futex_wake(_word: &AtomicU32) {
+    futex_model::wake();
+}
+
+#[cfg(loom)]
+impl WakeWord {
+    /// A broken `notify` that wakes sleepers without bumping `seq`, for the loom model that
+    /// shows the futex model catches a lost wake-up. Never used outside `tests/loom_wake.rs`.
+    #[doc(hidden)]
+    pub fn notify_without_bump(&self) {
+        if self.sleepers.load(Ordering::SeqCst) != 0 {
+            futex_wake(&self.seq);
+        }
+    }
+}
 
 #[cfg(all(test, not(loom)))]
 mod tests {

@@ -7,10 +7,9 @@
 //!   and access (`CACHE_SEGMENTS` entries, least recently used evicted). An input is mapped
 //!   read-only, so "no worker writes the caller's input" holds by construction (a stray write
 //!   faults in the task's worker); only a `map_chunks_into` output is mapped read-write. Building page
-//!   tables is not free on these VMs: with a fresh mapping per 1 MiB chunk, every pass pays
-//!   for them again (three `map_chunks` passes of a 64-bit hash over a 1 GiB `SharedVec` cost
-//!   the workers 0.27 s of system time beside 0.70 s of user time, `getrusage`), and
-//!   `MAP_POPULATE` made a 1 MiB chunk's mapping cost ~250 µs instead of ~20 µs. With the cache
+//!   tables is not free: with a fresh mapping per chunk every pass pays for them again, and
+//!   `MAP_POPULATE` makes each mapping dearer still (figures in BENCHMARKS.md, "Figures from the
+//!   code comments"). With the cache
 //!   a worker faults each page once in its life; later passes over the same vector, and the
 //!   reader's reused ring buffers, pay nothing and no `mmap`/`munmap` per chunk. The pages are the
 //!   parent's memory, already resident there: a worker's RSS counts them, but they cost no

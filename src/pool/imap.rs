@@ -17,10 +17,9 @@ use super::{Pool, decode_chunk_parts};
 
 /// Chunks per worker an `imap` keeps submitted and not yet yielded. An ordered `imap` cannot
 /// refill past a chunk that is late, so while the oldest chunk runs the other workers need enough
-/// of their own queued not to run dry: with 4 per worker the workers sat idle ~5% of the time on
-/// 2 cores (100 µs items, `perf record -a`), with 8 `imap` ran at 96% of `map_chunked` there
-/// (92% before). Automatic chunks hold at most 128 KiB of arguments and results, so the window
-/// stays within a few MiB.
+/// of their own queued not to run dry; 8 per worker keeps them busy where 4 did not
+/// (BENCHMARKS.md, "Figures from the code comments"). Automatic chunks hold at most 128 KiB of
+/// arguments and results, so the window stays within a few MiB.
 const WINDOW_PER_WORKER: usize = 8;
 
 /// `(index, error)` pairs of the items of a chunk that failed, ascending.

@@ -134,8 +134,8 @@ const QUEUED_NS: f64 = 1_000_000.0;
 
 /// Chunks in flight per worker: about [`QUEUED_NS`] of measured work, between 2 (one running, one
 /// queued, so a worker never waits for a refill) and 4. With only two, the collector thread has
-/// to refill after every chunk and its naps shrink to half a chunk: its wake-ups cost the workers
-/// ~5% of a 2-core machine at 100 µs per item.
+/// to refill after every chunk and its naps shrink to half a chunk, and its wake-ups cost the
+/// workers a measurable share of the machine (BENCHMARKS.md, "Figures from the code comments").
 fn chunks_per_worker(chunk_ns: f64) -> usize {
     if chunk_ns <= 0.0 {
         return 2;

@@ -1300,7 +1300,7 @@ impl Pool {
     ///
     /// The handle's mutex stays locked across the join: a second thread stopping the pool at the
     /// same time (two `terminate`s, or `terminate` racing `drop`) waits here until the collector
-    /// is really gone. It used to find the handle taken, return at once and fail the jobs while
+    /// is really gone; finding the handle taken and returning at once would fail the jobs while
     /// workers still wrote a `map_chunks_into` output that its caller then held.
     fn stop_collector(&self) {
         let ctl = &self.inner.ctl;
