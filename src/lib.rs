@@ -174,8 +174,15 @@
 pub mod ring;
 #[cfg(not(loom))]
 mod ring;
+#[cfg(loom)]
+pub mod sync;
+#[cfg(not(loom))]
 mod sync;
-// Public in the loom build only, like `ring`, for `tests/loom_wake.rs`.
+// Public in the loom build only, like `ring`, for `tests/loom_wake.rs` and `loom_queue.rs`.
+#[cfg(loom)]
+pub mod mpmc;
+#[cfg(not(loom))]
+mod mpmc;
 #[cfg(loom)]
 pub mod wake;
 #[cfg(not(loom))]

@@ -32,7 +32,10 @@
 //! least 2: with one slot, "holds the item of `p`" and "free for `p + 1`" would be the same
 //! number. Doubling keeps the two states apart for every capacity.)
 //!
-//! Producer (`try_put_bytes`): read `p = enqueue_pos`, read the slot's `seq` (Acquire,
+//! The protocol's code is in the `mpmc` module, which loom checks over heap memory
+//! (`tests/loom_queue.rs`); this module runs it over the shared segment.
+//!
+//! Producer (`mpmc::claim_put` and `publish`, from `try_put_bytes`): read `p = enqueue_pos`, read the slot's `seq` (Acquire,
 //! SYNC: slot-free). If `seq == 2p`, claim `p` with a CAS `p → p + 1` on `enqueue_pos`, write
 //! `len` and the bytes, then store `seq = 2p + 1` (Release, SYNC: slot-publish). If `seq < 2p`
 //! the slot still holds the item of the previous lap: the queue is full. If `seq > 2p` another
@@ -40,7 +43,7 @@
 //! `enqueue_pos` past `p` before, and we acquired that: a reload that still reads `p` means the
 //! shared memory was overwritten, and is reported as an error instead of spinning forever.)
 //!
-//! Consumer (`try_take`): read `p = dequeue_pos`, read `seq` (Acquire, SYNC: slot-publish). If
+//! Consumer (`mpmc::claim_take` and `release`, from `try_take`): read `p = dequeue_pos`, read `seq` (Acquire, SYNC: slot-publish). If
 //! `seq == 2p + 1`, claim `p` with a CAS on `dequeue_pos`, copy `len` bytes out, then store
 //! `seq = 2(p + capacity)` (Release, SYNC: slot-free). If `seq < 2p + 1` nothing is published
 //! there: empty. Otherwise reload and retry, as for producers.
@@ -96,6 +99,7 @@ use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeTuple, Serializer};
 
 use crate::error::{Error, Result, SubmitError};
+use crate::mpmc::{self, Claim, SlotHead};
 use crate::payload::Payload;
 use crate::ser_probe::serialize_error;
 use crate::shm::{Segment, align_up};
@@ -120,30 +124,8 @@ struct QueueHeader {
     not_full: WakeWord,
 }
 
-/// The head of each slot; `slot_size` payload bytes follow it.
-#[repr(C)]
-#[derive(Debug)]
-struct SlotHead {
-    /// Turn counter, see "Protocol" in the module docs. Slot `i` starts at `2 i` (`free_seq(i)`).
-    seq: AtomicU64,
-    /// Encoded length of the item; written by the producer that owns the slot before its
-    /// slot-publish Release, read by the consumer after the matching Acquire. Untrusted: checked
-    /// against `slot_size` before use.
-    len: AtomicU64,
-}
-
 const _: () = assert!(size_of::<SlotHead>() == 16);
 const _: () = assert!(align_of::<SlotHead>() <= 64 && align_of::<QueueHeader>() <= 128);
-
-/// `SlotHead::seq` of a slot that is free for the producer of position `pos`.
-const fn free_seq(pos: u64) -> u64 {
-    pos.wrapping_mul(2)
-}
-
-/// `SlotHead::seq` of a slot holding the published item of position `pos`.
-const fn full_seq(pos: u64) -> u64 {
-    pos.wrapping_mul(2).wrapping_add(1)
-}
 
 /// The error for a slot whose `seq` is ahead of a position nobody has moved past: only a process
 /// writing over the queue's memory can cause it (see `try_put_bytes`).
@@ -231,10 +213,7 @@ impl Shared {
                 base.as_ptr()
                     .add(slots_off + i * stride)
                     .cast::<SlotHead>()
-                    .write(SlotHead {
-                        seq: AtomicU64::new(free_seq(i as u64)),
-                        len: AtomicU64::new(0),
-                    });
+                    .write(SlotHead::new(i as u64));
             }
         }
         Ok(Shared {
@@ -271,51 +250,18 @@ impl Shared {
     /// `Ok(false)` if the queue is full. Never blocks.
     fn try_put_bytes(&self, bytes: &[u8]) -> Result<bool> {
         debug_assert!(bytes.len() <= self.slot_size);
-        let h = self.header();
-        // Relaxed: only a guess of where to claim; the seq Acquire and the CAS below decide.
-        let mut pos = h.enqueue_pos.load(Ordering::Relaxed);
-        loop {
-            let (slot, data) = self.slot(pos);
-            // Acquire, SYNC: slot-free — pairs with the consumer's Release in `try_take`, so its
-            // copy of the previous lap's bytes happens before we overwrite them.
-            let seq = slot.seq.load(Ordering::Acquire);
-            let diff = seq.wrapping_sub(free_seq(pos)) as i64;
-            if diff == 0 {
-                // Relaxed (both): the CAS only arbitrates between producers; the slot's bytes are
-                // handed over by `seq` (slot-free above, slot-publish below).
-                match h.enqueue_pos.compare_exchange_weak(
-                    pos,
-                    pos.wrapping_add(1),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => {
-                        // SAFETY: we own position `pos` (won the CAS while `seq == 2 pos`), so no
-                        // other process reads or writes this slot's bytes until we publish;
-                        // `bytes.len() <= slot_size`, the payload area of the slot.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len());
-                        }
-                        // Relaxed: published by the seq Release right after.
-                        slot.len.store(bytes.len() as u64, Ordering::Relaxed);
-                        // Release, SYNC: slot-publish — pairs with the consumer's Acquire in
-                        // `try_take`: our bytes and `len` are visible to whoever claims `pos`.
-                        slot.seq.store(full_seq(pos), Ordering::Release);
-                        return Ok(true);
-                    }
-                    Err(now) => pos = now,
-                }
-            } else if diff < 0 {
-                // The slot still holds the item of the previous lap.
-                return Ok(false);
-            } else {
-                // Another producer claimed `pos`. Relaxed: a new guess, as above.
-                let now = h.enqueue_pos.load(Ordering::Relaxed);
-                if now == pos {
-                    return Err(corrupted("enqueue", pos, seq));
-                }
-                pos = now;
+        match mpmc::claim_put(&self.header().enqueue_pos, |p| self.slot(p).0) {
+            Claim::Claimed(pos) => {
+                let (slot, data) = self.slot(pos);
+                // SAFETY: we own position `pos` (`claim_put`), so no other process reads or
+                // writes this slot's bytes until we publish; `bytes.len() <= slot_size`, the
+                // payload area of the slot.
+                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len()) };
+                mpmc::publish(slot, pos, bytes.len() as u64);
+                Ok(true)
             }
+            Claim::NotNow => Ok(false),
+            Claim::Corrupted { pos, seq } => Err(corrupted("enqueue", pos, seq)),
         }
     }
 
@@ -323,92 +269,51 @@ impl Shared {
     /// else into `heap`) and hands the slot back. `Ok(None)` when the queue is empty; otherwise
     /// the encoded length.
     fn try_take(&self, stack: &mut [u8; INLINE], heap: &mut Vec<u8>) -> Result<Option<usize>> {
-        let h = self.header();
-        // Relaxed: only a guess; the seq Acquire and the CAS decide.
-        let mut pos = h.dequeue_pos.load(Ordering::Relaxed);
-        loop {
-            let (slot, data) = self.slot(pos);
-            // Acquire, SYNC: slot-publish — pairs with the producer's Release in
-            // `try_put_bytes`: its bytes and `len` are visible once we see `2 pos + 1`.
-            let seq = slot.seq.load(Ordering::Acquire);
-            let diff = seq.wrapping_sub(full_seq(pos)) as i64;
-            if diff == 0 {
-                // Relaxed (both): arbitration between consumers only, as for producers.
-                match h.dequeue_pos.compare_exchange_weak(
-                    pos,
-                    pos.wrapping_add(1),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => {
-                        // Relaxed: made visible by the slot-publish Acquire above.
-                        let len = slot.len.load(Ordering::Relaxed);
-                        let out = if len > self.slot_size as u64 {
-                            Err(Error::codec(format!(
-                                "queue slot claims {len} bytes, more than the slot size of {} \
-                                 bytes: the queue's shared memory was corrupted",
-                                self.slot_size
-                            )))
-                        } else {
-                            let len = len as usize;
-                            let dst = if len <= INLINE {
-                                stack.as_mut_ptr()
-                            } else {
-                                heap.clear();
-                                heap.reserve_exact(len);
-                                heap.as_mut_ptr()
-                            };
-                            // SAFETY: we own position `pos` (won the CAS while
-                            // `seq == 2 pos + 1`), so no process writes the slot's bytes until we
-                            // hand it back; `len <= slot_size` was checked above, and `dst` has
-                            // room for `len` bytes (the stack buffer holds INLINE, `heap` was
-                            // reserved).
-                            unsafe { std::ptr::copy_nonoverlapping(data, dst, len) };
-                            if len > INLINE {
-                                // SAFETY: the first `len` bytes were just initialized.
-                                unsafe { heap.set_len(len) };
-                            }
-                            Ok(Some(len))
-                        };
-                        // Release, SYNC: slot-free — pairs with the producer's Acquire in
-                        // `try_put_bytes` one lap later: our copy happens before it overwrites.
-                        slot.seq
-                            .store(free_seq(pos.wrapping_add(self.capacity)), Ordering::Release);
-                        return out;
-                    }
-                    Err(now) => pos = now,
-                }
-            } else if diff < 0 {
-                // Nothing published at `pos` yet.
-                return Ok(None);
+        let pos = match mpmc::claim_take(&self.header().dequeue_pos, |p| self.slot(p).0) {
+            Claim::Claimed(pos) => pos,
+            Claim::NotNow => return Ok(None),
+            Claim::Corrupted { pos, seq } => return Err(corrupted("dequeue", pos, seq)),
+        };
+        let (slot, data) = self.slot(pos);
+        let len = mpmc::published_len(slot);
+        let out = if len > self.slot_size as u64 {
+            Err(Error::codec(format!(
+                "queue slot claims {len} bytes, more than the slot size of {} bytes: the queue's \
+                 shared memory was corrupted",
+                self.slot_size
+            )))
+        } else {
+            let len = len as usize;
+            let dst = if len <= INLINE {
+                stack.as_mut_ptr()
             } else {
-                // Another consumer took `pos`. Relaxed: a new guess.
-                let now = h.dequeue_pos.load(Ordering::Relaxed);
-                if now == pos {
-                    return Err(corrupted("dequeue", pos, seq));
-                }
-                pos = now;
+                heap.clear();
+                heap.reserve_exact(len);
+                heap.as_mut_ptr()
+            };
+            // SAFETY: we own position `pos` (`claim_take`), so no process writes the slot's bytes
+            // until we hand it back; `len <= slot_size` was checked above, and `dst` has room for
+            // `len` bytes (the stack buffer holds INLINE, `heap` was reserved).
+            unsafe { std::ptr::copy_nonoverlapping(data, dst, len) };
+            if len > INLINE {
+                // SAFETY: the first `len` bytes were just initialized.
+                unsafe { heap.set_len(len) };
             }
-        }
+            Ok(Some(len))
+        };
+        mpmc::release(slot, pos, self.capacity);
+        out
     }
 
     /// True unless the slot at the current enqueue position is still occupied (a stale position
     /// answers true: see the module docs).
     fn can_put(&self) -> bool {
-        // Relaxed: a guess; the Acquire on seq below is what `wait_until` relies on.
-        let pos = self.header().enqueue_pos.load(Ordering::Relaxed);
-        // Acquire, SYNC: slot-free (a check only: `try_put_bytes` re-reads before claiming).
-        let seq = self.slot(pos).0.seq.load(Ordering::Acquire);
-        seq.wrapping_sub(free_seq(pos)) as i64 >= 0
+        mpmc::can_put(&self.header().enqueue_pos, |p| self.slot(p).0)
     }
 
     /// True if the slot at the current dequeue position is published (or the position is stale).
     fn can_get(&self) -> bool {
-        // Relaxed: a guess, as in `can_put`.
-        let pos = self.header().dequeue_pos.load(Ordering::Relaxed);
-        // Acquire, SYNC: slot-publish (a check only: `try_take` re-reads before claiming).
-        let seq = self.slot(pos).0.seq.load(Ordering::Acquire);
-        seq.wrapping_sub(full_seq(pos)) as i64 >= 0
+        mpmc::can_take(&self.header().dequeue_pos, |p| self.slot(p).0)
     }
 
     fn len(&self) -> usize {

@@ -5,6 +5,7 @@
 //! memory layout is that of the primitive, and `clippy.toml` can forbid naming the raw types
 //! anywhere else (`disallowed-types`), so nothing bypasses this module by accident.
 #![allow(clippy::disallowed_types)]
+#![cfg_attr(not(loom), allow(unreachable_pub))]
 
 use std::ops::Deref;
 
@@ -13,23 +14,25 @@ use core::sync::atomic as imp;
 #[cfg(loom)]
 use loom::sync::atomic as imp;
 
-pub(crate) use imp::Ordering;
+pub use imp::Ordering;
 
 macro_rules! facade {
     ($name:ident, $prim:ty) => {
         #[doc = concat!("`", stringify!($name), "` from `core` or `loom` (see the module docs).")]
         #[repr(transparent)]
         #[derive(Debug)]
-        pub(crate) struct $name(imp::$name);
+        pub struct $name(imp::$name);
 
         impl $name {
+            /// A new atomic holding `v`.
             #[cfg(not(loom))]
-            pub(crate) const fn new(v: $prim) -> Self {
+            pub const fn new(v: $prim) -> Self {
                 Self(imp::$name::new(v))
             }
 
+            /// A new atomic holding `v`.
             #[cfg(loom)]
-            pub(crate) fn new(v: $prim) -> Self {
+            pub fn new(v: $prim) -> Self {
                 Self(imp::$name::new(v))
             }
         }
@@ -50,20 +53,20 @@ facade!(AtomicU64, u64);
 #[cfg(not(loom))]
 #[derive(Debug)]
 #[repr(transparent)]
-pub(crate) struct UnsafeCell<T>(core::cell::UnsafeCell<T>);
+pub struct UnsafeCell<T>(core::cell::UnsafeCell<T>);
 
 #[cfg(not(loom))]
 impl<T> UnsafeCell<T> {
-    pub(crate) const fn new(value: T) -> Self {
+    pub const fn new(value: T) -> Self {
         Self(core::cell::UnsafeCell::new(value))
     }
-    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+    pub fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
         f(self.0.get())
     }
-    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+    pub fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
         f(self.0.get())
     }
 }
 
 #[cfg(loom)]
-pub(crate) use loom::cell::UnsafeCell;
+pub use loom::cell::UnsafeCell;
