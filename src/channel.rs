@@ -36,6 +36,8 @@ use crate::error::{Error, Result};
 
 const OP_ADD: u64 = 1;
 const OP_FORGET: u64 = 2;
+/// Worker → parent: the fd is the sealed segment holding task `id`'s result (`bigpayload`).
+const OP_RESULT: u64 = 3;
 
 /// Makes the socket pair of one slot: `(parent end, worker end)`, both `CLOEXEC`.
 pub(crate) fn pair() -> Result<(OwnedFd, OwnedFd)> {
@@ -214,6 +216,41 @@ pub(crate) fn resolve(id: u64) -> Result<OwnedFd> {
     map[&id]
         .try_clone()
         .map_err(|e| Error::os("dup segment fd", e))
+}
+
+/// Worker side: closes our copy of segment `id` now (a large argument, used once), instead of
+/// at the parent's `FORGET`, which may come much later.
+pub(crate) fn forget_local(id: u64) {
+    let mut guard = SEGMENTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(map) = guard.as_mut() {
+        map.remove(&id);
+    }
+}
+
+/// Worker side: sends the parent the sealed segment holding task `task_id`'s result.
+pub(crate) fn send_result(task_id: u64, fd: &OwnedFd) -> Result<()> {
+    let sock = CHANNEL.load(StdOrdering::Relaxed);
+    let m = message(OP_RESULT, task_id);
+    let iov = [IoSlice::new(&m)];
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(sock, &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
+        .map_err(|e| Error::os("sendmsg(SCM_RIGHTS)", std::io::Error::from(e)))?;
+    Ok(())
+}
+
+/// Parent side: takes the segment of task `task_id`'s result from the worker's end, without
+/// blocking (the worker sent it before publishing the result). Messages for other tasks are left
+/// over from a worker that died between sending and publishing: their fds are closed.
+pub(crate) fn receive_result(sock: RawFd, task_id: u64) -> std::result::Result<OwnedFd, String> {
+    loop {
+        match receive(sock, false) {
+            Ok(Some((OP_RESULT, id, Some(fd)))) if id == task_id => return Ok(fd),
+            Ok(Some(_)) => continue,
+            Ok(None) => return Err(format!("no result segment for task {task_id}")),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 /// A segment as a job hands it to the dispatcher: its id and its (shared) fd.

@@ -191,6 +191,8 @@ mod wake;
 #[cfg(not(loom))]
 mod arena;
 #[cfg(not(loom))]
+mod bigpayload;
+#[cfg(not(loom))]
 mod bulk;
 #[cfg(not(loom))]
 mod channel;

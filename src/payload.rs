@@ -121,11 +121,35 @@ fn byte_vector<T: 'static>(b: &[u8]) -> T {
     let mut out: Option<T> = None;
     let any: &mut dyn std::any::Any = &mut out;
     if let Some(slot) = any.downcast_mut::<Option<Vec<u8>>>() {
-        *slot = Some(b.to_vec());
+        *slot = Some(copy_bytes(b));
     } else if let Some(slot) = any.downcast_mut::<Option<Box<[u8]>>>() {
-        *slot = Some(b.into());
+        *slot = Some(copy_bytes(b).into_boxed_slice());
     }
     out.expect("byte_vector is only called for byte-vector types")
+}
+
+/// Above this, a decoded byte vector asks for transparent huge pages (see [`copy_bytes`]).
+const HUGE_COPY: usize = 8 << 20;
+
+/// `b.to_vec()`, but a large copy first asks the kernel to back the fresh allocation with
+/// transparent huge pages (`MADV_HUGEPAGE`; the default THP mode `madvise` applies them only
+/// where asked): a 300 MiB vector then takes 150 page faults instead of 76,800, which is most of
+/// the cost of filling fresh memory in a VM. Where THP is off the advice is ignored.
+fn copy_bytes(b: &[u8]) -> Vec<u8> {
+    if b.len() < HUGE_COPY {
+        return b.to_vec();
+    }
+    let mut v: Vec<u8> = Vec::with_capacity(b.len());
+    const HUGE: usize = 2 << 20;
+    let start = (v.as_mut_ptr() as usize).next_multiple_of(HUGE);
+    let end = (v.as_mut_ptr() as usize + b.len()) & !(HUGE - 1);
+    if end > start {
+        // SAFETY: `start..end` lies inside `v`'s allocation (aligned inward), which this process
+        // owns and nobody reads yet; MADV_HUGEPAGE is advice that changes no contents.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    }
+    v.extend_from_slice(b);
+    v
 }
 
 /// Encodes one value (an argument or a result) in postcard's format, byte vectors with one copy.

@@ -52,6 +52,9 @@ pub(crate) struct ResultSink<'a> {
     freed: &'a AtomicU64,
     /// Called while waiting for the parent to free space; returns false to give up.
     keep_waiting: &'a dyn Fn() -> bool,
+    /// A result too large for the arena, written to a sealed segment instead (`bigpayload`):
+    /// the segment and its length, for the worker loop to send with the result.
+    big: Option<(std::os::fd::OwnedFd, u64)>,
 }
 
 impl std::fmt::Debug for ResultSink<'_> {
@@ -82,7 +85,13 @@ impl<'a> ResultSink<'a> {
             floor,
             freed,
             keep_waiting,
+            big: None,
         }
+    }
+
+    /// Takes the large-result segment the last `put` made, if it made one.
+    pub(crate) fn take_big(&mut self) -> Option<(std::os::fd::OwnedFd, u64)> {
+        self.big.take()
     }
 
     fn freed(&self) -> u64 {
@@ -137,13 +146,20 @@ impl<'a> ResultSink<'a> {
     }
 
     /// Like [`put_bytes`](Self::put_bytes) for the concatenation `head ++ bytes`.
+    ///
+    /// A result larger than the whole arena goes to a sealed segment of its own instead
+    /// (`bigpayload`; see [`take_big`](Self::take_big)); nothing is placed in the arena.
     pub(crate) fn put_parts(&mut self, head: &[u8], bytes: &[u8]) -> Result<Encoded, String> {
         let n = head.len() + bytes.len();
         if n > self.cap {
-            return Err(format!(
-                "the result of {n} bytes does not fit the result arena of {} bytes",
-                self.cap
-            ));
+            let fd = crate::bigpayload::make_segment(head, bytes)
+                .map_err(|e| format!("cannot make a segment for a result of {n} bytes: {e}"))?;
+            self.big = Some((fd, n as u64));
+            return Ok(Encoded {
+                offset: 0,
+                len: 0,
+                end: *self.head,
+            });
         }
         loop {
             let freed = self.freed();

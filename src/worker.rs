@@ -11,6 +11,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering as StdOrdering};
 use std::time::{Duration, Instant};
 
+use crate::bigpayload::{FLAG_ARG_SEGMENT, FLAG_RESULT_SEGMENT, resolve_argument};
 use crate::control::{Control, RUNNING};
 use crate::ring::{Consumer, Descriptor, Producer, STATUS_ERROR, STATUS_OK, STATUS_PANICKED};
 use crate::sync::Ordering;
@@ -344,11 +345,20 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
                 let Ok((status, enc)) = message(&mut sink, STATUS_ERROR, &msg) else {
                     exit_now(EXIT_ORPHAN, false)
                 };
-                push_result(&mut results, d.task_id, status, enc, 0, &parent_alive);
+                push_result(
+                    &mut results,
+                    d.task_id,
+                    (status, enc, None),
+                    0,
+                    &parent_alive,
+                );
                 header.collector.notify();
                 continue;
             }
         }
+        // An argument too large for the arena is in a segment of its own (`bigpayload`).
+        let big_arg = (d.flags & FLAG_ARG_SEGMENT != 0).then(|| resolve_argument(arg));
+        let mut big_result = None;
         let outcome = {
             // SAFETY: `result_base..+cap` is our result arena and only we allocate in it.
             let mut sink = unsafe {
@@ -361,14 +371,39 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
                     &keep_waiting,
                 )
             };
-            // SAFETY: the argument was encoded by the parent for this very trampoline.
-            let outcome = unsafe { call(arg, &mut sink) };
-            match outcome {
+            let outcome = match &big_arg {
+                None => {
+                    // SAFETY: the argument was encoded by the parent for this very trampoline.
+                    unsafe { call(arg, &mut sink) }
+                }
+                Some(Ok((_, map))) => {
+                    // SAFETY: as above; the mapping holds the argument the parent encoded.
+                    unsafe { call(map, &mut sink) }
+                }
+                Some(Err(e)) => CallOutcome::Failed(format!("cannot read the argument: {e}")),
+            };
+            let mut r = match outcome {
                 CallOutcome::Done(e) => Ok((STATUS_OK, e)),
                 CallOutcome::Panicked(m) => message(&mut sink, STATUS_PANICKED, &m),
                 CallOutcome::Failed(m) => message(&mut sink, STATUS_ERROR, &m),
+            };
+            // A result too large for the arena: its segment goes to the parent before the
+            // descriptor that announces it (see `bigpayload`).
+            if let Some((fd, n)) = sink.take_big() {
+                match crate::channel::send_result(d.task_id, &fd) {
+                    Ok(()) => big_result = Some(n),
+                    Err(e) => {
+                        let m = format!("cannot send the result's segment: {e}");
+                        r = message(&mut sink, STATUS_ERROR, &m);
+                    }
+                }
             }
+            r
         };
+        if let Some(Ok((id, map))) = big_arg {
+            drop(map);
+            crate::channel::forget_local(id);
+        }
         if limit.is_some() {
             // Disarmed before the result is published: a timer that fires from here on kills
             // a worker that finished in time only if the task took its whole limit anyway.
@@ -382,8 +417,7 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
         push_result(
             &mut results,
             d.task_id,
-            status,
-            enc,
+            (status, enc, big_result),
             elapsed_ns,
             &parent_alive,
         );
@@ -396,14 +430,16 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
 }
 
 /// Publishes a task's result descriptor, waiting for ring space while the parent lives.
+/// `result` is the status, the arena placement, and the length of a result sent in a segment of
+/// its own instead (`bigpayload`), if it was.
 fn push_result(
     results: &mut Producer,
     task_id: u64,
-    status: u32,
-    enc: crate::task::Encoded,
+    result: (u32, crate::task::Encoded, Option<u64>),
     elapsed_ns: u64,
     parent_alive: &dyn Fn() -> bool,
 ) {
+    let (status, enc, big) = result;
     let mut rd = Descriptor {
         task_id,
         call: 0,
@@ -412,8 +448,12 @@ fn push_result(
         arena_end: enc.end,
         elapsed_ns,
         status,
-        flags: 0,
-        reserved: 0,
+        flags: if big.is_some() {
+            FLAG_RESULT_SEGMENT
+        } else {
+            0
+        },
+        reserved: big.unwrap_or(0),
     };
     loop {
         match results.push(rd) {

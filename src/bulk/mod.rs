@@ -57,7 +57,7 @@ pub use reader::IMapReader;
 /// Ids of segments and mapped files, unique in this process (0 is never used).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-fn next_id() -> u64 {
+pub(crate) fn next_id() -> u64 {
     // Relaxed: only uniqueness matters; nothing is published through the counter.
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }

@@ -102,15 +102,19 @@ pub(crate) struct Job {
     pub(crate) timeout: Option<Duration>,
     /// Runs this job already had in workers that died (see `PoolBuilder::retries`).
     attempts: u32,
+    /// The argument is in `segments[0]`; `payload` only names it (`bigpayload`).
+    arg_in_segment: bool,
 }
 
 impl Job {
-    pub(crate) fn new(payload: Vec<u8>, call: usize, done: Completion) -> Job {
+    pub(crate) fn new(arg: impl Into<EncodedArg>, call: usize, done: Completion) -> Job {
+        let arg = arg.into();
         Job {
-            payload,
+            payload: arg.payload,
             call,
             done,
-            segments: Vec::new(),
+            arg_in_segment: arg.segment.is_some(),
+            segments: arg.segment.into_iter().collect(),
             timeout: None,
             attempts: 0,
         }
@@ -132,6 +136,7 @@ struct InFlight {
     retry_payload: Option<Vec<u8>>,
     call: usize,
     attempts: u32,
+    arg_in_segment: bool,
 }
 
 /// Lifecycle of the pool.
@@ -302,6 +307,11 @@ impl Dispatch {
                 // A task descriptor carries its time limit here (see `Descriptor`); at least
                 // 1 ns, since 0 means none.
                 elapsed_ns: timeout.map_or(0, |t| t.as_nanos().clamp(1, u64::MAX as u128) as u64),
+                flags: if job.arg_in_segment {
+                    crate::bigpayload::FLAG_ARG_SEGMENT
+                } else {
+                    0
+                },
                 ..Descriptor::default()
             };
             let seq = self.producers[s].position();
@@ -329,6 +339,7 @@ impl Dispatch {
                 retry_payload,
                 call: job.call,
                 attempts: job.attempts,
+                arg_in_segment: job.arg_in_segment,
             });
             if !woken.contains(&s) {
                 woken.push(s);
@@ -568,7 +579,7 @@ pub(crate) fn finished(inner: &Inner, count: usize) {
 fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64) {
     let ctl = &inner.ctl;
     let cap = ctl.arena_cap();
-    let (done, woken, refused) = {
+    let (done, woken, refused, sock) = {
         let mut g = lock(inner);
         if matches!(g.phase, Phase::Stopped) && g.inflight[s].is_empty() {
             // Terminated: the job was already failed. Free the space and move on.
@@ -597,7 +608,7 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64) {
             0.8 * avg + 0.2 * sample
         };
         let woken = g.pump(ctl);
-        (f.done, woken, g.take_refused())
+        (f.done, woken, g.take_refused(), g.channels[s])
     };
     wake(ctl, &woken);
     fail_refused(inner, refused);
@@ -637,7 +648,38 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64) {
     ctl.slot(s)
         .result_freed
         .store(d.arena_end, Ordering::Release);
-    let bytes = &buf[..];
+    // A result too large for the arena arrived in a sealed segment of its own (`bigpayload`):
+    // decoded in place, no copy (the seals make the mapping immutable).
+    let big = if d.flags & crate::bigpayload::FLAG_RESULT_SEGMENT != 0 {
+        let mapped = usize::try_from(d.reserved)
+            .map_err(|_| "result segment length out of range".to_string())
+            .and_then(|len| {
+                let fd = crate::channel::receive_result(sock, d.task_id)?;
+                crate::bigpayload::map_sealed(&fd, len)
+            });
+        match mapped {
+            Ok(m) => Some(m),
+            Err(detail) => {
+                complete(
+                    done,
+                    TaskResult::Err(Error::WorkerCorrupted {
+                        worker: s,
+                        detail: detail.clone(),
+                    }),
+                );
+                put_scratch(buf);
+                finished(inner, 1);
+                corrupted(inner, s, detail);
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let bytes = match &big {
+        Some(m) => &m[..],
+        None => &buf[..],
+    };
     let r = match d.status {
         STATUS_OK => TaskResult::Ok {
             bytes,
@@ -870,6 +912,7 @@ fn on_death(inner: &Inner, s: usize) -> bool {
                     segments: f.segments,
                     timeout: f.timeout,
                     attempts: f.attempts + 1,
+                    arg_in_segment: f.arg_in_segment,
                 };
                 let (woken, refused) = {
                     let mut g = lock(inner);
@@ -996,24 +1039,67 @@ fn server_gone(inner: &Inner, status: i32) {
 pub(crate) fn encode_items<T: serde::Serialize + 'static>(
     items: &[T],
     cap: usize,
-) -> Result<Vec<u8>> {
+) -> Result<EncodedArg> {
     let mut bytes = Vec::with_capacity(std::mem::size_of_val(items).saturating_add(16).min(cap));
     crate::payload::encode_seq(items, &mut bytes).map_err(Error::codec)?;
     fits(bytes, cap)
 }
 
-fn fits(bytes: Vec<u8>, cap: usize) -> Result<Vec<u8>> {
+/// An encoded job argument: its bytes for the arena, or, when they do not fit, the small record
+/// that names the segment holding them (`bigpayload`).
+#[derive(Debug)]
+pub(crate) struct EncodedArg {
+    payload: Vec<u8>,
+    segment: Option<SegmentShare>,
+    /// Encoded size of the argument itself (in the arena or in its segment).
+    len: usize,
+}
+
+impl EncodedArg {
+    /// Encoded size of the argument (what the automatic chunksize learns from).
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl From<Vec<u8>> for EncodedArg {
+    fn from(payload: Vec<u8>) -> Self {
+        EncodedArg {
+            len: payload.len(),
+            payload,
+            segment: None,
+        }
+    }
+}
+
+/// Encoded bytes as a job argument: in the arena if they fit, in a segment of their own if not.
+fn fits(bytes: Vec<u8>, cap: usize) -> Result<EncodedArg> {
     if bytes.len() > cap {
-        return Err(Error::PayloadTooLarge {
-            size: bytes.len(),
-            capacity: cap,
+        let (payload, share) = crate::bigpayload::argument(&[], &bytes)?;
+        return Ok(EncodedArg {
+            payload,
+            segment: Some(share),
+            len: bytes.len(),
         });
     }
-    Ok(bytes)
+    Ok(bytes.into())
 }
 
 /// Encodes a payload for a job, checking it fits the arena.
-pub(crate) fn encode<T: serde::Serialize + 'static>(value: &T, cap: usize) -> Result<Vec<u8>> {
+pub(crate) fn encode<T: serde::Serialize + 'static>(value: &T, cap: usize) -> Result<EncodedArg> {
+    // A byte vector too large for the arena goes to its segment straight from its own buffer.
+    if let Some(b) = crate::payload::byte_payload(value)
+        && b.len() + 10 > cap
+    {
+        let mut prefix = [0u8; 10];
+        let n = crate::payload::varint(b.len() as u64, &mut prefix);
+        let (payload, share) = crate::bigpayload::argument(&prefix[..n], b)?;
+        return Ok(EncodedArg {
+            payload,
+            segment: Some(share),
+            len: n + b.len(),
+        });
+    }
     // Sized for the common case (fixed-size items encode to at most their in-memory size plus a
     // few bytes), so encoding rarely reallocates.
     let hint = std::mem::size_of_val(value).saturating_add(16).min(cap);

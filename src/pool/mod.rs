@@ -220,16 +220,24 @@ impl PoolBuilder {
     }
 
     /// Size in bytes of each worker's argument arena and of its result arena (default
-    /// [`DEFAULT_ARENA_SIZE`]). One encoded argument or result must fit in it. The memory is
-    /// reserved, not touched: pages cost RAM only once a payload that large is used.
+    /// [`DEFAULT_ARENA_SIZE`]). The memory is reserved, not touched: pages cost RAM only once a
+    /// payload that large is used.
+    ///
+    /// An argument or result larger than the arena still crosses: it travels in a shared segment
+    /// of its own (a sealed memfd passed over the worker's socket, read in place by the other
+    /// side), which costs a `memfd_create`, an `mmap` and a few system calls more than the
+    /// arena. The same holds for a chunk of `map` items or results. Only [`Pool::imap`] and
+    /// [`Pool::imap_unordered`] items must fit the arena one by one
+    /// ([`Error::PayloadTooLarge`] at that item's place).
+    ///
     /// # Examples
     ///
     /// ```
     /// let pool = shmpool::Pool::builder().processes(1).arena_size(1 << 16).build()?;
     /// assert_eq!(pool.apply(|v: Vec<u8>| v.len(), vec![0u8; 1000])?, 1000);
-    /// // Too big for a 64 KiB arena: refused, and the argument comes back.
-    /// let refused = pool.apply_async(|v: Vec<u8>| v.len(), vec![0u8; 1 << 17]).unwrap_err();
-    /// assert!(matches!(refused.error, shmpool::Error::PayloadTooLarge { .. }));
+    /// // Twice the 64 KiB arena, both ways: in a segment of its own.
+    /// let back = pool.apply(|v: Vec<u8>| v, vec![3u8; 1 << 17])?;
+    /// assert_eq!(back, vec![3u8; 1 << 17]);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn arena_size(mut self, bytes: usize) -> Self {
