@@ -36,3 +36,5 @@ echo "== benches compile and run once in test mode"
 cargo test --workspace --benches
 echo "== loom models of the ring"
 bash ci/loom.sh
+echo "== soak: 30 s of apply/map/imap/bulk/queue with kills, panics and timeouts; RSS and fds must not grow"
+cargo run --release --example soak -- --seconds 30
