@@ -269,6 +269,60 @@ fn a_panicking_callback_is_ignored_and_the_pool_goes_on() {
 }
 
 #[test]
+fn a_callback_may_close_and_join_its_own_pool() {
+    let _w = common::arm(60);
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    // Callbacks queued behind the joining one: `join` must run them, not wait for them (the
+    // thread that would run them is the one waiting).
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let slow: Vec<_> = (0..4u64)
+        .map(|i| {
+            let seen = Arc::clone(&seen);
+            pool.apply_async_with_callback(
+                |(ms, i): (u64, u64)| {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    i
+                },
+                (100, i),
+                move |r| seen.lock().unwrap().push(r.unwrap()),
+            )
+            .unwrap()
+        })
+        .collect();
+    let (tx, rx) = mpsc::channel();
+    let p = Arc::clone(&pool);
+    let s = Arc::clone(&seen);
+    let r = pool
+        .apply_async_with_callback(square, 3, move |_| {
+            // Let the slow tasks finish first, so their callbacks queue behind this one.
+            release_rx.recv().unwrap();
+            p.close();
+            let joined = p.join();
+            let after = s.lock().unwrap().len();
+            tx.send((joined.map_err(|e| e.to_string()), after)).unwrap();
+        })
+        .unwrap();
+    // Their results cannot be waited for (they are published after their callbacks, which
+    // queue behind the blocked one): give the tasks time to end. If they end later, `join`
+    // waits for their callbacks instead; the assertions hold either way.
+    std::thread::sleep(Duration::from_millis(300));
+    release_tx.send(()).unwrap();
+    let (joined, after) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("join inside a callback never returned");
+    assert_eq!(joined, Ok(()));
+    assert_eq!(
+        after, 4,
+        "join returned before the callbacks queued behind it ran"
+    );
+    assert_eq!(r.get().unwrap(), 9);
+    for h in slow {
+        assert!(h.get().unwrap() < 4);
+    }
+}
+
+#[test]
 fn workers_and_the_fork_server_carry_their_names_in_proc() {
     let _w = common::arm(60);
     let pool = Pool::new(2).unwrap();

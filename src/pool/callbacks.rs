@@ -22,6 +22,9 @@ struct State {
     queue: VecDeque<Job>,
     /// Callbacks promised (task submitted) and not yet run.
     expected: usize,
+    /// Callbacks running right now (more than one only when a callback's `join` runs the
+    /// queued ones itself; see `wait_idle`).
+    running: usize,
     thread: Option<JoinHandle<()>>,
     stop: bool,
 }
@@ -79,11 +82,13 @@ impl Callbacks {
     }
 
     fn run_one(&self, job: Job) {
+        self.lock().running += 1;
         if let Err(p) = catch_unwind(AssertUnwindSafe(job)) {
             eprintln!("shmpool: a callback panicked: {}", panic_message(&*p));
         }
         let mut st = self.lock();
         st.expected -= 1;
+        st.running -= 1;
         self.cond.notify_all();
     }
 
@@ -106,9 +111,26 @@ impl Callbacks {
     }
 
     /// Waits until every expected callback has run.
+    ///
+    /// Called from a callback (a callback that joins its pool), it waits for every callback but
+    /// the ones running on this thread, and runs the queued ones itself: nothing else can, and
+    /// waiting for them, or for itself, would never end (Python raises "cannot join current
+    /// thread" there).
     pub(crate) fn wait_idle(&self) {
+        let me = std::thread::current().id();
         let mut st = self.lock();
-        while st.expected > 0 {
+        loop {
+            let on_callback_thread = st.thread.as_ref().is_some_and(|h| h.thread().id() == me);
+            let own = if on_callback_thread { st.running } else { 0 };
+            if st.expected <= own {
+                return;
+            }
+            if on_callback_thread && let Some(job) = st.queue.pop_front() {
+                drop(st);
+                self.run_one(job);
+                st = self.lock();
+                continue;
+            }
             st = self.cond.wait(st).unwrap_or_else(|e| e.into_inner());
         }
     }

@@ -668,8 +668,9 @@ impl Pool {
     /// callback has returned before [`get`](AsyncResult::get), [`wait`](AsyncResult::wait) or
     /// [`ready`](AsyncResult::ready) of *this* result see it, so what the callback wrote is
     /// visible after `get`. A callback must therefore not wait for another result that has a
-    /// callback (it would wait for itself). [`join`](Pool::join) waits for every callback. A
-    /// panicking callback is reported on stderr and ignored (its result is still delivered).
+    /// callback (it would wait for itself). [`join`](Pool::join) waits for every callback (called
+    /// from a callback, for every other one: it runs those still queued itself). A panicking
+    /// callback is reported on stderr and ignored (its result is still delivered).
     ///
     /// # Errors
     ///
@@ -1214,6 +1215,9 @@ impl Pool {
     }
 
     /// Waits for all queued work and callbacks, then stops the workers and reaps every process.
+    ///
+    /// A callback may close and join its own pool: `join` then waits for every callback but the
+    /// one calling it, and runs the callbacks still queued behind it on the spot.
     ///
     /// # Errors
     ///
