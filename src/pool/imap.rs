@@ -533,14 +533,44 @@ where
                 local: Vec::new(),
             };
         }
+        // Every item but a zero-sized one encodes to at least a byte, so a chunk never holds
+        // more than `cap` of them: an absurd chunksize (`1 << 40`) over an endless input must not
+        // pull (or reserve room for) more items than that.
+        let size = size.min(cap.max(1));
         let from_pending = size.min(self.pending.len());
         let mut items: Vec<I::Item> = self.pending.drain(..from_pending).collect();
-        items.reserve(self.input.size_hint().0.min(size - from_pending));
-        self.pull(size - from_pending, |more| {
-            for a in more {
-                items.push(a);
+        items.reserve(
+            self.input
+                .size_hint()
+                .0
+                .min(size - from_pending)
+                .min(PULL_BATCH),
+        );
+        if size - from_pending <= PULL_BATCH {
+            self.pull(size - from_pending, |more| {
+                for a in more {
+                    items.push(a);
+                }
+            });
+        } else {
+            // A big chunk is pulled a batch at a time, and only until it holds an arena's worth
+            // of encoded bytes (what does not fit goes back to `pending`): a million small items
+            // fill a chunk, a million strings of a kilobyte would not.
+            let mut bytes = encoded_len(&items);
+            while items.len() < size && bytes <= cap {
+                let start = items.len();
+                let want = (size - start).min(PULL_BATCH);
+                let got = self.pull(want, |more| {
+                    for a in more {
+                        items.push(a);
+                    }
+                });
+                bytes += encoded_len(&items[start..]);
+                if got < want {
+                    break;
+                }
             }
-        });
+        }
         // The common case: the whole chunk encodes at once and fits.
         let mut bytes = Vec::new();
         let whole = catch_unwind(AssertUnwindSafe(|| encode_seq(&items, &mut bytes)));
@@ -553,6 +583,20 @@ where
         }
         encode_each(items, cap, &mut self.pending)
     }
+}
+
+/// Items a big chunk is pulled by (see `Feed::build`).
+const PULL_BATCH: usize = 4096;
+
+/// The encoded size of `items` (`0` if they do not encode: `encode_each` reports that item by
+/// item later).
+fn encoded_len<T: Serialize>(items: &[T]) -> usize {
+    catch_unwind(AssertUnwindSafe(|| {
+        postcard::to_allocvec(items).map(|v| v.len())
+    }))
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or(0)
 }
 
 /// The input, limited to one chunk's items, counting what it yields.
@@ -628,6 +672,35 @@ mod tests {
         // More numbers than the arena holds: the chunk stops at the arena's size.
         let built = Feed::new(0..100u64).build(100, 64);
         assert_eq!((built.sent, built.payload.len()), (8, 64));
+    }
+
+    #[test]
+    fn a_huge_chunksize_over_an_endless_input_takes_at_most_an_arena_of_items() {
+        // It reserved room for 2^40 `String`s (an allocation failure aborts the process) and
+        // would have pulled that many.
+        let mut feed = Feed::new((0..u64::MAX).map(|i| i.to_string()));
+        let built = feed.build(1 << 40, 1024);
+        assert!(
+            built.sent > 0 && built.payload.len() <= 1024,
+            "{}",
+            built.sent
+        );
+        assert!(built.sent + feed.pending.len() <= 1024);
+        assert!(!feed.exhausted());
+        // Long items: pulled only until an arena's worth is reached, not `cap` of them.
+        let mut feed = Feed::new(std::iter::repeat("x".repeat(1000)));
+        let built = feed.build(1 << 40, 1 << 20);
+        assert!(built.sent > 0 && built.payload.len() <= 1 << 20);
+        assert!(
+            built.sent + feed.pending.len() <= (1 << 20) / 1000 + PULL_BATCH,
+            "{} + {}",
+            built.sent,
+            feed.pending.len()
+        );
+        // Then the next chunk starts from what did not fit.
+        assert!(!feed.pending.is_empty());
+        let next = feed.build(3, 1 << 20);
+        assert_eq!(next.sent, 3);
     }
 
     #[test]
