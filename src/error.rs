@@ -46,7 +46,9 @@ pub enum Error {
     PoolRunning,
     /// The pool was terminated or dropped before this task finished.
     PoolTerminated,
-    /// The task panicked in a worker; the worker survived.
+    /// The task panicked in a worker; the worker survived. A panic of the argument's
+    /// `Deserialize` or of the result's `Serialize` there counts as the task's (for a chunk of
+    /// items, decoded and encoded as a whole, it fails every item of the chunk).
     ///
     /// `Display` shows the worker and the message; the location and the backtrace (Python's
     /// remote traceback) are fields, for a caller that wants them.

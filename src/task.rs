@@ -376,14 +376,21 @@ where
     A: DeserializeOwned + 'static,
     R: Serialize + 'static,
 {
-    let a: A = match decode(arg) {
-        Ok(a) => a,
-        Err(o) => return o,
-    };
     // SAFETY: delegated to the caller (see # Safety): the parent held an `F` when it submitted.
+    // First, so that the panic hook that notes locations is in place for the `Deserialize` too.
     let f: F = unsafe { conjure() };
+    // The user's `Deserialize` and `Serialize` are task code too: a panic in either fails this
+    // task, as a panic of `f` does, and never reaches the worker loop (which exits on one).
+    let a: A = match catch_unwind(AssertUnwindSafe(|| decode(arg))) {
+        Ok(Ok(a)) => a,
+        Ok(Err(o)) => return o,
+        Err(p) => return CallOutcome::Panicked(task_panic(&*p)),
+    };
     match catch_unwind(AssertUnwindSafe(move || f(a))) {
-        Ok(r) => ship(sink, &r),
+        // A panic part-way through `ship` leaves bytes in the free part of the arena only (the
+        // sink advances once an encoding is complete), so the panic's report can go there.
+        Ok(r) => catch_unwind(AssertUnwindSafe(|| ship(sink, &r)))
+            .unwrap_or_else(|p| CallOutcome::Panicked(task_panic(&*p))),
         Err(p) => CallOutcome::Panicked(task_panic(&*p)),
     }
 }
@@ -412,7 +419,12 @@ where
     // Taken out of the thread-local for the duration, so a task that itself runs a chunk (a pool
     // used inside a task) simply finds it empty.
     let mut out = CHUNK_SCRATCH.take();
-    let outcome = run_chunk_into(arg, sink, g, &mut out);
+    // A panic of the user's `Deserialize` (the items) or `Serialize` (the results) fails the
+    // whole chunk, as a decode or encode error does (one is read or written for all items at
+    // once), and never reaches the worker loop; `f`'s own panics are caught per item inside.
+    // `out` is cleared before its next use.
+    let outcome = catch_unwind(AssertUnwindSafe(|| run_chunk_into(arg, sink, g, &mut out)))
+        .unwrap_or_else(|p| CallOutcome::Panicked(task_panic(&*p)));
     if out.capacity() <= MAX_KEPT_SCRATCH {
         CHUNK_SCRATCH.set(out);
     }

@@ -674,3 +674,86 @@ fn a_task_panic_carries_its_file_and_line_and_a_backtrace_when_asked() {
         );
     }
 }
+
+/// Its `Deserialize` panics on 4 (in the worker, as an argument), its `Serialize` on 5 (in the
+/// worker, as a result).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Touchy(u32);
+
+impl serde::Serialize for Touchy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 5 {
+            panic!("Serialize refuses 5");
+        }
+        s.serialize_u32(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Touchy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = <u32 as serde::Deserialize>::deserialize(d)?;
+        if v == 4 {
+            panic!("Deserialize refuses 4");
+        }
+        Ok(Touchy(v))
+    }
+}
+
+fn touchy_message(e: &Error) -> &str {
+    match e {
+        Error::TaskPanicked {
+            message, location, ..
+        } => {
+            assert!(
+                location.as_deref().is_some_and(|l| l.starts_with(file!())),
+                "{e:?}"
+            );
+            message
+        }
+        other => panic!("not a task panic: {other:?}"),
+    }
+}
+
+#[test]
+fn a_panicking_serialize_or_deserialize_in_a_worker_fails_its_task_not_the_worker() {
+    let _w = common::arm(90);
+    let pool = Pool::new(1).unwrap();
+    let before = pool.worker_pids();
+    // The argument's `Deserialize` and the result's `Serialize` run in the worker: user code,
+    // like the task itself. They used to unwind into the worker loop, which exits on any panic:
+    // the task got `WorkerDied` without the message, and the worker was replaced.
+    let e = pool.apply(|t: Touchy| t.0, Touchy(4)).unwrap_err();
+    assert_eq!(touchy_message(&e), "Deserialize refuses 4");
+    let e = pool.apply(Touchy, 5).unwrap_err();
+    assert_eq!(touchy_message(&e), "Serialize refuses 5");
+    // A chunk is decoded and encoded as a whole: the panic fails the chunk's items only.
+    // (5 is left out: the parent could not encode it.)
+    let items = [0, 1, 2, 3, 4, 6, 7, 8, 9].map(Touchy);
+    let out: Vec<_> = pool.imap(|t: Touchy| t.0, items).chunksize(3).collect();
+    assert_eq!(out.len(), 9);
+    for (i, r) in out.iter().enumerate() {
+        match r {
+            Ok(v) => assert!(!(3..6).contains(&i) && *v == items[i].0, "{i}: {r:?}"),
+            Err(e) => {
+                assert!((3..6).contains(&i), "{i}: {e:?}");
+                assert_eq!(touchy_message(e), "Deserialize refuses 4");
+            }
+        }
+    }
+    let out: Vec<_> = pool.imap(Touchy, 0..9u32).chunksize(3).collect();
+    assert_eq!(out.len(), 9);
+    for (i, r) in out.iter().enumerate() {
+        match r {
+            Ok(v) => assert!(!(3..6).contains(&i) && v.0 == i as u32, "{i}: {r:?}"),
+            Err(e) => assert_eq!(touchy_message(e), "Serialize refuses 5", "{i}"),
+        }
+    }
+    // A bulk chunk's result.
+    let v = shmpool::SharedVec::from_slice(&[5u32; 8]).unwrap();
+    let e = pool
+        .map_chunks(&v, 4, |xs: &[u32]| Touchy(xs[0]))
+        .unwrap_err();
+    assert_eq!(touchy_message(&e), "Serialize refuses 5");
+    assert_eq!(pool.worker_pids(), before, "the worker was replaced");
+    assert_eq!(pool.apply(pid, ()).unwrap(), before[0]);
+}

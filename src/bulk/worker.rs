@@ -195,9 +195,12 @@ fn decode_arg(arg: &[u8]) -> Result<ChunkArg, CallOutcome> {
 }
 
 fn ship<R: Serialize>(sink: &mut ResultSink<'_>, r: &R) -> CallOutcome {
-    match sink.put(r) {
-        Ok(e) => CallOutcome::Done(e),
-        Err(msg) => CallOutcome::Failed(msg),
+    // The user's `Serialize` may panic: that fails the task, never the worker (the sink advances
+    // only once an encoding is complete, so the panic's report can go where it was writing).
+    match catch_unwind(AssertUnwindSafe(|| sink.put(r))) {
+        Ok(Ok(e)) => CallOutcome::Done(e),
+        Ok(Err(msg)) => CallOutcome::Failed(msg),
+        Err(p) => CallOutcome::Panicked(task_panic(&*p)),
     }
 }
 
