@@ -1,9 +1,9 @@
 //! Property tests: every decoder of shared state, fed arbitrary bytes and positions, answers
 //! (a value or an error) and never panics, reads out of bounds or loops.
 //!
-//! Shared memory is input from another process (DESIGN, "never trust the other process"); the
-//! tests in `tests/soundness.rs` drive a real worker to scribble, these cover the decoders'
-//! whole input space. The worker side's own checks (a task descriptor's `call`, offset and
+//! Shared memory is input from another process (`ring`'s docs, "Never trust the other
+//! process"): the tests in `tests/soundness.rs` drive a real worker to scribble, these cover the
+//! decoders' whole input space. The worker side's own checks (a task descriptor's `call`, offset and
 //! length) are covered through the ring and place checks they use.
 
 use proptest::prelude::*;
