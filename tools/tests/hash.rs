@@ -192,6 +192,24 @@ fn blake3_lines_equal_b3sum_including_split_big_files() {
 }
 
 #[test]
+fn unordered_prints_the_same_lines_in_some_order() {
+    let ordered = hash_tree("blake3", "2");
+    let o = run(&[
+        os("hash"),
+        os("--unordered"),
+        os("-a"),
+        os("blake3"),
+        tree().as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut got = lines(&o.stdout);
+    let mut want = lines(&ordered);
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[test]
 fn zero_terminated_lines_escape_nothing() {
     let dir = tree().join("deep");
     let o = run(&[

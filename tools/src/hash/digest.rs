@@ -96,8 +96,41 @@ pub(crate) fn hash_file(
     buf: &mut [u8],
 ) -> io::Result<Vec<u8>> {
     let mut f = File::open(os_path(path))?;
+    hash_open(algo, &mut f, regular, buf)
+}
+
+/// What [`hash_small`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Small {
+    /// The digest, and the bytes hashed.
+    Digest(Vec<u8>, u64),
+    /// Not hashed: a regular file of this many bytes, at least the limit given.
+    Big(u64),
+}
+
+/// Hashes the file at `path` unless it is a regular file of at least `big_from` bytes (the
+/// walk does not stat files: the worker learns the size from the open file, and hands a big
+/// one back so the parent can send it alone, mapped or split).
+pub(crate) fn hash_small(
+    algo: Algo,
+    path: &[u8],
+    big_from: u64,
+    buf: &mut [u8],
+) -> io::Result<Small> {
+    let mut f = File::open(os_path(path))?;
+    let meta = f.metadata()?;
+    let regular = meta.is_file();
+    if regular && meta.len() >= big_from {
+        return Ok(Small::Big(meta.len()));
+    }
+    let digest = hash_open(algo, &mut f, regular, buf)?;
+    Ok(Small::Digest(digest, if regular { meta.len() } else { 0 }))
+}
+
+/// Hashes the open file `f` to its end (`regular`: a short read is the end).
+fn hash_open(algo: Algo, f: &mut File, regular: bool, buf: &mut [u8]) -> io::Result<Vec<u8>> {
     if !regular {
-        return hash_reader(algo, &mut f, buf);
+        return hash_reader(algo, f, buf);
     }
     let mut h = Hasher::new(algo);
     loop {
@@ -362,6 +395,14 @@ mod tests {
                 assert_eq!(hash_file(algo, &p, true, &mut buf).unwrap(), want);
                 assert_eq!(hash_file(algo, &p, false, &mut buf).unwrap(), want);
                 assert_eq!(hash_mapped(algo, &p, &mut buf).unwrap(), want);
+                assert_eq!(
+                    hash_small(algo, &p, len as u64 + 1, &mut buf).unwrap(),
+                    Small::Digest(want, len as u64)
+                );
+                assert_eq!(
+                    hash_small(algo, &p, len as u64, &mut buf).unwrap(),
+                    Small::Big(len as u64)
+                );
             }
             if len as u64 > 1024 {
                 let cvs: Vec<_> = plan(len as u64, 1024)

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use shmpool::Pool;
 
 use super::Algo;
-use super::digest::{self, READ_BUF};
+use super::digest::{self, READ_BUF, Small};
 use super::walk::Source;
 
 /// Most sources held in the window (waiting, in flight, or done and not yet printed).
@@ -104,19 +104,17 @@ pub(crate) enum Finish {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Task {
     algo: Algo,
+    /// `Whole` jobs not mapped hand back regular files of this many bytes or more unhashed.
+    big_from: u64,
     jobs: Vec<Job>,
 }
 
 /// One piece of work in a task.
 #[derive(Debug, Serialize, Deserialize)]
 enum Job {
-    /// Hash the whole file; `regular`: it was a regular file when walked; `map`: through a
-    /// mapping (a file of at least `MAP_MIN` bytes, alone in its task).
-    Whole {
-        path: Vec<u8>,
-        regular: bool,
-        map: bool,
-    },
+    /// Hash the whole file; `map`: through a mapping (a file of at least `MAP_MIN` bytes,
+    /// alone in its task).
+    Whole { path: Vec<u8>, map: bool },
     /// The chaining value of the BLAKE3 subtree `offset .. offset + len` of the file.
     Part {
         path: Vec<u8>,
@@ -125,8 +123,19 @@ enum Job {
     },
 }
 
-/// Per job: the digest (or chaining value), or the error's reason.
-pub(crate) type Reply = Vec<Result<Vec<u8>, String>>;
+/// What a worker says about one job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Answer {
+    /// The digest (or chaining value) and the bytes hashed.
+    Done(Vec<u8>, u64),
+    /// Why the file could not be hashed.
+    Failed(String),
+    /// Not hashed: a regular file of this many bytes, at least the task's `big_from`.
+    Big(u64),
+}
+
+/// One answer per job.
+pub(crate) type Reply = Vec<Answer>;
 
 /// Runs in a worker: hashes every job of the task, with one read buffer per worker process.
 pub(crate) fn run_task(task: Task) -> Reply {
@@ -139,17 +148,26 @@ pub(crate) fn run_task(task: Task) -> Reply {
             .iter()
             .map(|job| {
                 let r = match job {
-                    Job::Whole {
-                        path, map: true, ..
-                    } => digest::hash_mapped(task.algo, path, &mut buf),
-                    Job::Whole { path, regular, .. } => {
-                        digest::hash_file(task.algo, path, *regular, &mut buf)
+                    Job::Whole { path, map: true } => {
+                        digest::hash_mapped(task.algo, path, &mut buf).map(|d| {
+                            let n = std::fs::metadata(digest::os_path(path)).map_or(0, |m| m.len());
+                            Answer::Done(d, n)
+                        })
+                    }
+                    Job::Whole { path, map: false } => {
+                        digest::hash_small(task.algo, path, task.big_from, &mut buf).map(
+                            |s| match s {
+                                Small::Digest(d, n) => Answer::Done(d, n),
+                                Small::Big(n) => Answer::Big(n),
+                            },
+                        )
                     }
                     Job::Part { path, offset, len } => {
-                        digest::blake3_subtree(path, *offset, *len, &mut buf).map(|cv| cv.to_vec())
+                        digest::blake3_subtree(path, *offset, *len, &mut buf)
+                            .map(|cv| Answer::Done(cv.to_vec(), *len))
                     }
                 };
-                r.map_err(|e| super::format::reason(&e))
+                r.unwrap_or_else(|e| Answer::Failed(super::format::reason(&e)))
             })
             .collect()
     })
@@ -367,6 +385,41 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
         size >= MAP_MIN && self.opts.algo != Algo::Sha512
     }
 
+    /// Smallest file sent alone in its task: above one chunk's cost, or mapped.
+    fn big_from(&self) -> u64 {
+        let by_cost = (CHUNK_COST_NS - FILE_COST_NS) * 1000 / self.opts.algo.ps_per_byte() + 1;
+        if self.opts.algo == Algo::Sha512 {
+            by_cost
+        } else {
+            by_cost.min(MAP_MIN)
+        }
+    }
+
+    /// Queues a big file of `size` bytes (at least `big_from`) in slot `seq` first: alone in a
+    /// task, or, for BLAKE3 above one piece, as its pieces. Returns the slot's new state.
+    fn place_big(&mut self, seq: u64, size: u64) -> State {
+        if self.opts.algo == Algo::Blake3 && size > BLAKE3_PIECE {
+            let leaves = digest::plan(size, BLAKE3_PIECE);
+            for (leaf, &(offset, len)) in leaves.iter().enumerate() {
+                self.urgent.push_back(Work::Part {
+                    seq,
+                    leaf,
+                    offset,
+                    len,
+                });
+            }
+            State::Split {
+                total: size,
+                cvs: vec![None; leaves.len()],
+                left: leaves.len(),
+                error: None,
+            }
+        } else {
+            self.urgent.push_back(Work::Big(seq));
+            State::Sent
+        }
+    }
+
     /// Puts a new source at the end of the window.
     fn admit(&mut self, item: Item<T>) -> anyhow::Result<()> {
         let seq = self.base + self.slots.len() as u64;
@@ -379,27 +432,7 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                 path_len = path.len();
                 self.path_bytes += path_len;
                 match *size {
-                    Some(total) if self.opts.algo == Algo::Blake3 && total > BLAKE3_PIECE => {
-                        let leaves = digest::plan(total, BLAKE3_PIECE);
-                        for (leaf, &(offset, len)) in leaves.iter().enumerate() {
-                            self.urgent.push_back(Work::Part {
-                                seq,
-                                leaf,
-                                offset,
-                                len,
-                            });
-                        }
-                        State::Split {
-                            total,
-                            cvs: vec![None; leaves.len()],
-                            left: leaves.len(),
-                            error: None,
-                        }
-                    }
-                    Some(size) if self.cost(size) > CHUNK_COST_NS || self.maps(size) => {
-                        self.urgent.push_back(Work::Big(seq));
-                        State::Sent
-                    }
+                    Some(size) if size >= self.big_from() => self.place_big(seq, size),
                     _ => State::Waiting,
                 }
             }
@@ -484,7 +517,6 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                         let (path, size) = self.file(seq);
                         Job::Whole {
                             path,
-                            regular: size.is_some(),
                             map: matches!(w, Work::Big(_)) && self.maps(size.unwrap_or(0)),
                         }
                     }
@@ -497,12 +529,19 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                     },
                 })
                 .collect();
+            // A file sent alone is hashed whatever its size; small files hand big ones back.
+            let big_from = if matches!(works[..], [Work::Big(_)]) {
+                u64::MAX
+            } else {
+                self.big_from()
+            };
             let id = self.next_task;
             self.next_task += 1;
             self.pool.start(
                 id,
                 Task {
                     algo: self.opts.algo,
+                    big_from,
                     jobs,
                 },
                 self.tx.clone(),
@@ -517,10 +556,10 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
         let Some(works) = self.in_flight.remove(&id) else {
             return Ok(Finish::Completed);
         };
-        let results: Vec<Result<Vec<u8>, String>> = match reply {
+        let results: Vec<Answer> = match reply {
             Ok(r) if r.len() == works.len() => r,
             Ok(r) => vec![
-                Err(format!(
+                Answer::Failed(format!(
                     "internal error: {} results for {} files",
                     r.len(),
                     works.len()
@@ -536,20 +575,38 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                 if (self.interrupted)() {
                     return Ok(Finish::Interrupted);
                 }
-                vec![Err(e.to_string()); works.len()]
+                vec![Answer::Failed(e.to_string()); works.len()]
             }
         };
         for (work, result) in works.into_iter().zip(results) {
             match work {
-                Work::Whole(seq) | Work::Big(seq) => {
-                    let outcome = match result {
-                        Ok(d) => Outcome::Digest(d),
-                        Err(e) => Outcome::Failed(e),
-                    };
-                    self.finish(seq, outcome, true)?;
-                }
+                Work::Whole(seq) | Work::Big(seq) => match result {
+                    Answer::Done(d, bytes) => {
+                        self.bytes_done += bytes;
+                        self.finish(seq, Outcome::Digest(d))?;
+                    }
+                    Answer::Failed(e) => self.finish(seq, Outcome::Failed(e))?,
+                    Answer::Big(size) => {
+                        // Handed back unhashed: now its size is known, send it alone.
+                        let state = self.place_big(seq, size);
+                        let slot = self.slot(seq);
+                        if let Some(Item {
+                            source: Source::File { size: s, .. },
+                            ..
+                        }) = slot.item.as_mut()
+                        {
+                            *s = Some(size);
+                        }
+                        slot.state = state;
+                    }
+                },
                 Work::Part { seq, leaf, len, .. } => {
                     self.bytes_done += len;
+                    let result = match result {
+                        Answer::Done(cv, _) => Ok(cv),
+                        Answer::Failed(e) => Err(e),
+                        Answer::Big(_) => Err("internal error: a piece handed back".to_string()),
+                    };
                     let slot = self.slot(seq);
                     let State::Split {
                         total,
@@ -583,7 +640,7 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                                 }
                             }
                         };
-                        self.finish(seq, outcome, false)?;
+                        self.finish(seq, outcome)?;
                     }
                 }
             }
@@ -591,19 +648,10 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
         Ok(Finish::Completed)
     }
 
-    /// Marks a file's slot done (and emits it at once when unordered); `count_bytes`: add its
-    /// size to the progress (pieces of a split file were counted as they came).
-    fn finish(&mut self, seq: u64, outcome: Outcome, count_bytes: bool) -> io::Result<()> {
-        let slot = self.slot(seq);
-        slot.state = State::Done(outcome);
-        let size = match slot.item.as_ref().map(|i| &i.source) {
-            Some(Source::File { size, .. }) => size.unwrap_or(0),
-            _ => 0,
-        };
+    /// Marks a file's slot done (and emits it at once when unordered).
+    fn finish(&mut self, seq: u64, outcome: Outcome) -> io::Result<()> {
+        self.slot(seq).state = State::Done(outcome);
         self.files_done += 1;
-        if count_bytes {
-            self.bytes_done += size;
-        }
         if !self.opts.ordered {
             self.emit_unordered(seq)?;
         }

@@ -6,6 +6,11 @@
 //! is what a worker runs, [`format`] writes the lines byte for byte as the reference tools do,
 //! and [`manifest`] reads them back for `--check`. This file holds the two sinks (hash lines,
 //! check lines) and the entry points.
+//!
+//! Standard input cannot be reopened by a worker, so the parent hashes it when the walk reaches
+//! it. Alone on the command line (or with no path) it runs without a pool and without a SIGINT
+//! handler, so Ctrl-C ends it at once; mixed with paths, a Ctrl-C while the parent is blocked
+//! reading a terminal takes effect at the end of that input.
 
 pub(crate) mod digest;
 pub(crate) mod engine;
@@ -557,14 +562,10 @@ impl Iterator for Manifests {
                     match manifest::parse_line(line, self.algo) {
                         Some(entry) => {
                             cur.good += 1;
-                            let size = std::fs::metadata(digest::os_path(&entry.path))
-                                .ok()
-                                .filter(|m| m.is_file())
-                                .map(|m| m.len());
                             return Some(Item {
                                 source: Source::File {
                                     path: entry.path,
-                                    size,
+                                    size: None,
                                 },
                                 tag: CheckTag::Line(entry.expected),
                             });

@@ -26,7 +26,8 @@ use super::format::reason;
 /// One input, in output order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Source {
-    /// A file to hash, with its size when it is a regular file that could be stat'ed.
+    /// A file to hash, with its size when it was stat'ed as a regular file (a path named on
+    /// the command line, or a symlink followed); files met while walking are not stat'ed.
     File { path: Vec<u8>, size: Option<u64> },
     /// Standard input (`-`, or no path at all).
     Stdin,
@@ -143,8 +144,10 @@ impl Walk {
             }
         };
         if kind.is_file() {
-            let size = entry.metadata().ok().map(|m| m.len());
-            return Some(Source::File { path, size });
+            // No stat here: the worker learns the size from the open file (fstat, no path
+            // lookup) and hands a big one back. Stat'ing in the walk cost ~1.7 µs a file in
+            // the parent; without it a run's CPU time fell 3–5% (4 paired runs, busy machine).
+            return Some(Source::File { path, size: None });
         }
         if kind.is_dir() {
             let id = if self.follow {
