@@ -125,6 +125,17 @@ pub enum Error {
         /// The limit the task exceeded.
         limit: std::time::Duration,
     },
+    /// A [`Queue`](crate::Queue) is stuck behind a slot that a process claimed and never
+    /// finished: the producer of the item at `position` (or the consumer of the item before it
+    /// in that slot) was most likely killed in the middle of its `put` or `get`. The queue's
+    /// design cannot reclaim such a slot (see the `Queue` docs); a blocking `put` or `get`
+    /// returns this instead of waiting forever.
+    QueueStalled {
+        /// The queue position that never completed.
+        position: u64,
+        /// How long it had been stuck when the call gave up.
+        waited: std::time::Duration,
+    },
     /// Something failed on another rank of a cluster pool, or between ranks (feature `mpi`,
     /// `shmpool::cluster::Cluster`): a rank runs a different executable, or a task
     /// failed there in a way that has no variant of its own here.
@@ -211,6 +222,11 @@ impl fmt::Display for Error {
             Error::TaskTimedOut { worker, pid, limit } => write!(
                 f,
                 "task ran past its time limit of {limit:?} in worker {worker} (pid {pid}), which was killed"
+            ),
+            Error::QueueStalled { position, waited } => write!(
+                f,
+                "the queue is stuck at position {position}: a process claimed that slot and did \
+                 not finish within {waited:?} (killed in the middle of a put or get?)"
             ),
             Error::Cluster { rank, detail } => write!(f, "on rank {rank}: {detail}"),
             // The OS error is the `source()`, not part of this message: chains printed with

@@ -69,8 +69,23 @@
 //! (a producer) or handing it back (a consumer) — a window of one `memcpy` — leaves that slot
 //! claimed forever: consumers (or, a lap later, producers) stall at that position while the
 //! items behind it stay unreachable. That is why the pool's own transport uses one SPSC ring per
-//! worker instead of a shared MPMC queue (see the `ring` module). Every blocking call here has a
-//! `_timeout` variant, so a program that must survive such a death can notice it.
+//! worker instead of a shared MPMC queue (see the `ring` module).
+//!
+//! **Why it cannot be reclaimed with this design.** A claim is one CAS on a shared position;
+//! nothing records who made it, and a claimed-but-unfinished slot looks exactly like one whose
+//! claimer is merely slow. Skipping it would need the claimer's identity written atomically
+//! with the claim (a 128-bit CAS of position and pid, or a per-slot owner word set before the
+//! CAS and a way to tell a dead owner from a recycled pid), and a consumer skipping a slot would
+//! race with a producer that is only descheduled and publishes a moment later, over a slot the
+//! next lap already reuses. Python's `Manager().Queue()` avoids all this by living in a server
+//! process behind a lock, at the price of a round trip to that server per item.
+//!
+//! **What happens instead.** A blocked `put` or `get` watches the slot it waits for
+//! (`Shared::stuck_get`, `Shared::stuck_put`): when that slot was claimed (the other position
+//! moved past it) and stays unfinished for `STALL_LIMIT` (2 s; a live claimer needs one
+//! `memcpy`), the call fails with [`Error::QueueStalled`] naming the position, instead of
+//! hanging. Nothing wakes a waiter when a claimer dies, so a blocked call also looks on its own
+//! every `STALL_POLL` (500 ms). Every blocking call also has a `_timeout` variant.
 //!
 //! # Crossing into tasks
 //!
@@ -316,6 +331,30 @@ impl Shared {
         mpmc::can_take(&self.header().dequeue_pos, |p| self.slot(p).0)
     }
 
+    /// The position a consumer is stuck at, if a producer claimed it (`enqueue_pos` moved past
+    /// it) but its slot is not published: that producer is still copying, or was killed.
+    fn stuck_get(&self) -> Option<u64> {
+        let h = self.header();
+        // Relaxed (all three): a diagnosis, not a claim; a stale value only delays it or clears
+        // it, and it must hold unchanged for `STALL_LIMIT` before anyone acts on it.
+        let deq = h.dequeue_pos.load(Ordering::Relaxed);
+        let enq = h.enqueue_pos.load(Ordering::Relaxed);
+        let seq = self.slot(deq).0.seq.load(Ordering::Relaxed);
+        (enq > deq && seq == mpmc::free_seq(deq)).then_some(deq)
+    }
+
+    /// The position a producer is stuck at, if the previous lap's item in its slot was claimed
+    /// by a consumer (`dequeue_pos` moved past it) but never handed back.
+    fn stuck_put(&self) -> Option<u64> {
+        let h = self.header();
+        // Relaxed (all three): as in `stuck_get`.
+        let enq = h.enqueue_pos.load(Ordering::Relaxed);
+        let deq = h.dequeue_pos.load(Ordering::Relaxed);
+        let prev = enq.checked_sub(self.capacity)?;
+        let seq = self.slot(enq).0.seq.load(Ordering::Relaxed);
+        (deq > prev && seq == mpmc::full_seq(prev)).then_some(prev)
+    }
+
     fn len(&self) -> usize {
         let h = self.header();
         // Relaxed (both): a snapshot that guards no data. `dequeue_pos` first: it never passes
@@ -471,8 +510,9 @@ fn lookup<T: 'static>(key: Key) -> std::result::Result<Arc<Shared>, String> {
 ///
 /// **Limitation:** a process killed in the middle of a `put` or `get` (a window of one `memcpy`)
 /// leaves one slot claimed forever, and the queue stalls at that slot: there is no lock to
-/// recover. The pool's own transport uses per-worker SPSC rings for that reason. Use the
-/// `_timeout` variants where a peer might be killed.
+/// recover (the module docs say why). A blocked `put` or `get` that finds the slot it waits for
+/// claimed and unfinished for 2 s fails with [`Error::QueueStalled`] rather than hanging. The
+/// pool's own transport uses per-worker SPSC rings for that reason.
 ///
 /// # Examples
 ///
@@ -680,12 +720,13 @@ impl<T: Payload> Queue<T> {
     fn put_until(&self, item: &T, deadline: Option<Instant>) -> Result<()> {
         let shared = &*self.shared;
         with_encoded(item, shared.slot_size, |bytes| {
+            let mut stall = Stall::default();
             loop {
                 if shared.try_put_bytes(bytes)? {
                     shared.header().not_empty.notify();
                     return Ok(());
                 }
-                let timeout = remaining(deadline)?;
+                let timeout = stall.check(shared.stuck_put(), remaining(deadline)?)?;
                 let spin = timeout.map_or(DEFAULT_SPIN, |t| t.min(DEFAULT_SPIN));
                 shared
                     .header()
@@ -776,11 +817,12 @@ impl<T: Payload> Queue<T> {
 
     fn get_until(&self, deadline: Option<Instant>) -> Result<T> {
         let shared = &*self.shared;
+        let mut stall = Stall::default();
         loop {
             if let Some(item) = self.try_get()? {
                 return Ok(item);
             }
-            let timeout = remaining(deadline)?;
+            let timeout = stall.check(shared.stuck_get(), remaining(deadline)?)?;
             let spin = timeout.map_or(DEFAULT_SPIN, |t| t.min(DEFAULT_SPIN));
             shared
                 .header()
@@ -846,6 +888,55 @@ impl<T> Queue<T> {
 }
 
 /// Time left until `deadline`: `Ok(None)` for no deadline, [`Error::Timeout`] once it passed.
+/// How long a claimed slot may stay unfinished before a blocked `put`/`get` calls the queue
+/// stalled. A live claimer finishes within one `memcpy` of at most `slot_size` bytes, so only a
+/// stopped (`SIGSTOP`, a debugger) or killed process takes this long.
+const STALL_LIMIT: Duration = if cfg!(test) {
+    Duration::from_millis(300)
+} else {
+    Duration::from_secs(2)
+};
+
+/// How often a blocked `put`/`get` looks for a stuck slot while nothing wakes it: a claimer
+/// killed mid-operation wakes nobody, so this is the one wait that a timeout must end.
+const STALL_POLL: Duration = Duration::from_millis(500);
+
+/// A blocked call's view of a stuck slot: the position and since when it has been stuck.
+#[derive(Debug, Default)]
+struct Stall(Option<(u64, Instant)>);
+
+impl Stall {
+    /// Notes what `stuck` found; fails with [`Error::QueueStalled`] once the same position has
+    /// been stuck for `STALL_LIMIT`. Returns how long the caller may sleep: its own `timeout`,
+    /// cut so it looks again in time.
+    fn check(&mut self, stuck: Option<u64>, timeout: Option<Duration>) -> Result<Option<Duration>> {
+        let now = Instant::now();
+        let until_verdict = match (stuck, self.0) {
+            (Some(p), Some((q, since))) if p == q => {
+                let waited = now - since;
+                if waited >= STALL_LIMIT {
+                    return Err(Error::QueueStalled {
+                        position: p,
+                        waited,
+                    });
+                }
+                STALL_LIMIT - waited
+            }
+            (Some(p), _) => {
+                self.0 = Some((p, now));
+                STALL_LIMIT
+            }
+            (None, _) => {
+                self.0 = None;
+                STALL_POLL
+            }
+        };
+        Ok(Some(
+            timeout.map_or(until_verdict, |t| t.min(until_verdict)),
+        ))
+    }
+}
+
 fn remaining(deadline: Option<Instant>) -> Result<Option<Duration>> {
     match deadline {
         None => Ok(None),
@@ -952,6 +1043,85 @@ impl<'de, T: Payload> Deserialize<'de> for Queue<T> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    /// What a process killed right after claiming leaves: a claimed position, never finished.
+    fn claim_and_die(q: &Queue<u64>, put: bool) -> u64 {
+        let sh = &*q.shared;
+        let claim = if put {
+            mpmc::claim_put(&sh.header().enqueue_pos, |p| sh.slot(p).0)
+        } else {
+            mpmc::claim_take(&sh.header().dequeue_pos, |p| sh.slot(p).0)
+        };
+        match claim {
+            mpmc::Claim::Claimed(pos) => pos,
+            other => panic!("no claim: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_producer_killed_mid_put_makes_get_fail_with_queue_stalled_not_hang() {
+        let q = Queue::<u64>::new(4).unwrap();
+        q.put(1).unwrap();
+        let torn = claim_and_die(&q, true);
+        q.put(3).unwrap(); // behind the torn slot: unreachable
+        assert_eq!(q.get().unwrap(), 1);
+        let t = Instant::now();
+        match q.get() {
+            Err(e @ Error::QueueStalled { position, waited }) => {
+                assert_eq!(position, torn);
+                assert!(waited >= STALL_LIMIT, "{waited:?}");
+                assert_eq!(
+                    e.to_string(),
+                    format!(
+                        "the queue is stuck at position {torn}: a process claimed that slot and \
+                         did not finish within {waited:?} (killed in the middle of a put or get?)"
+                    )
+                );
+            }
+            other => panic!("expected QueueStalled, got {other:?}"),
+        }
+        assert!(t.elapsed() >= STALL_LIMIT);
+        // A `get_timeout` shorter than the limit still times out as before.
+        assert!(matches!(
+            q.get_timeout(Duration::from_millis(10)),
+            Err(Error::Timeout)
+        ));
+    }
+
+    #[test]
+    fn a_consumer_killed_mid_get_makes_put_fail_with_queue_stalled_not_hang() {
+        let q = Queue::<u64>::new(2).unwrap();
+        q.put(1).unwrap();
+        q.put(2).unwrap();
+        let torn = claim_and_die(&q, false);
+        assert_eq!(q.get().unwrap(), 2);
+        // Position 2 reuses the torn slot (position 1's slot was handed back, but producers go
+        // in order).
+        match q.put(5) {
+            Err(Error::QueueStalled { position, .. }) => assert_eq!(position, torn),
+            other => panic!("expected QueueStalled, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_slow_producer_is_not_a_stall() {
+        let q = Queue::<u64>::new(2).unwrap();
+        let pos = claim_and_die(&q, true);
+        let q2 = q.clone();
+        let publisher = std::thread::spawn(move || {
+            std::thread::sleep(STALL_LIMIT / 3);
+            let sh = &*q2.shared;
+            let bytes = postcard::to_allocvec(&9u64).unwrap();
+            let (slot, data) = sh.slot(pos);
+            // SAFETY: this test claimed `pos` above and nobody else touches the slot until it
+            // is published; the payload fits the slot.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len()) };
+            mpmc::publish(slot, pos, bytes.len() as u64);
+            sh.header().not_empty.notify();
+        });
+        assert_eq!(q.get().unwrap(), 9);
+        publisher.join().unwrap();
+    }
 
     #[test]
     fn an_item_of_exactly_the_slot_size_fits_and_one_byte_more_does_not() {
