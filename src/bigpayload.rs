@@ -27,6 +27,12 @@
 //! last process unmaps and closes it (the worker right after sending, the parent after
 //! decoding). Under a small `RLIMIT_MEMLOCK` or without `/dev/shm`, memfds still work (they are
 //! not locked memory and need no file system), but the machine's RAM and swap bound the size.
+//!
+//! Trap: a memfd is a file, so `RLIMIT_FSIZE` applies to it. Sizing one past that limit raises
+//! `SIGXFSZ`, whose default action kills the process: checked here, `prlimit --fsize=1000000`
+//! kills the program in `Pool::new` (signal 25), since the control segment with its arenas is a
+//! memfd too; a payload segment past the limit would kill the parent (an argument) or the worker
+//! (a result, then a `WorkerDied` with signal 25).
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};

@@ -85,8 +85,9 @@
 //!   initializer captured. Later changes in the parent are invisible; pass data as the argument.
 //! * **Only the forking thread exists in a worker**, and the initializer and tasks run on one
 //!   thread of the worker's own, named `PoolWorker-N` (so panics and stack overflows name the
-//!   worker). Do not use a rayon pool or a tokio runtime created in the parent (its threads are
-//!   gone); build your own in the initializer.
+//!   worker), with std's default stack size (2 MiB, or `RUST_MIN_STACK`). Do not use a rayon
+//!   pool or a tokio runtime created in the parent (its threads are gone); build your own in the
+//!   initializer.
 //! * **Locks held by other parent threads at the moment of the fork stay locked in the worker.**
 //!   The pool takes care of std's: it forks only once no thread is printing a panic, and holds
 //!   stdout and stderr across the fork. A lock of your program's own (or a library's) that
