@@ -93,7 +93,9 @@ pub(crate) fn map_sealed(fd: &OwnedFd, len: usize) -> std::result::Result<memmap
     // SAFETY: the memfd is sealed against writes, shrinking and growing (checked above, and the
     // seals can only be added, never removed), so the mapped bytes cannot change and no page
     // can disappear under us (no SIGBUS); the mapping is read-only and `len <= size`.
-    unsafe { memmap2::MmapOptions::new().len(len).map(fd) }
+    // `populate`: every byte is about to be read, so the page tables are filled in one call
+    // instead of one fault per 4 KiB page (76,800 for 300 MiB).
+    unsafe { memmap2::MmapOptions::new().len(len).populate().map(fd) }
         .map_err(|e| format!("mapping the payload segment: {e}"))
 }
 
