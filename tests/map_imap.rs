@@ -601,3 +601,42 @@ fn imap_gives_an_item_too_large_for_the_arena_its_own_error() {
         }
     }
 }
+
+#[test]
+fn an_imap_made_before_close_runs_to_its_end_after_close() {
+    let _w = common::arm(120);
+    // Python's idiom: `it = pool.imap(f, xs); pool.close(); for r in it: ...; pool.join()`. The
+    // chunks an `imap` submitted after `close` were refused: the rest of the input was lost
+    // (1000 items gave 27 results, the last ones `PoolClosed`).
+    for ordered in [true, false] {
+        let pool = Pool::new(2).unwrap();
+        let mut it = if ordered {
+            pool.imap(|x: u64| x * 2, 0..1000u64)
+        } else {
+            pool.imap_unordered(|x: u64| x * 2, 0..1000u64)
+        };
+        let mut got: Vec<u64> = it.by_ref().take(5).map(Result::unwrap).collect();
+        pool.close();
+        got.extend(it.map(Result::unwrap));
+        if !ordered {
+            got.sort_unstable();
+        }
+        assert_eq!(
+            got,
+            (0..1000).map(|x| x * 2).collect::<Vec<_>>(),
+            "ordered: {ordered}"
+        );
+        // Made, then the pool closed before anything was read: still accepted.
+        let it = pool.imap(|s: String| s.len(), (0..300).map(|i: u32| i.to_string()));
+        drop(it);
+        pool.join().unwrap();
+    }
+    let pool = Pool::new(1).unwrap();
+    let it = pool.imap(|s: String| s.len(), (0..300).map(|i: u32| i.to_string()));
+    pool.close();
+    assert_eq!(it.map(Result::unwrap).count(), 300);
+    // Made on a closed pool: refused, as every other call is.
+    let late: Vec<_> = pool.imap(|x: u64| x, 0..10u64).collect();
+    assert!(matches!(late[..], [Err(Error::PoolClosed)]), "{late:?}");
+    pool.join().unwrap();
+}

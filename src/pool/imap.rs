@@ -223,6 +223,12 @@ fn encode_each<A: Serialize + 'static>(
 ///   then the panic resumes out of `next` (Python raises the generator's exception at its
 ///   position), and the iterator ends.
 ///
+/// An `imap` made while the pool is open runs to its end even if the pool is
+/// [closed](Pool::close) meanwhile: as in Python, `close` and then reading the results is fine.
+/// Made on a closed pool, it yields [`Error::PoolClosed`] once and ends; once the pool has been
+/// joined or terminated, the chunk it then tries to submit yields that error for each of its
+/// items, and the iterator ends.
+///
 /// # Examples
 ///
 /// ```
@@ -264,6 +270,10 @@ pub struct IMap<'p, I: Iterator, R> {
     /// An error to yield before anything else (bad chunksize).
     error: Option<Error>,
     finished: bool,
+    /// The pool was open when the `imap` was made: like the rest of a `map`, its chunks are
+    /// accepted after `close` (Python's `imap` queues its whole input at the call; `close` before
+    /// the results are read is the usual pattern).
+    accepted: bool,
 }
 
 impl<I: Iterator, R> std::fmt::Debug for IMap<'_, I, R> {
@@ -296,6 +306,7 @@ where
             limit: WINDOW_PER_WORKER * pool.processes(),
             error: None,
             finished: false,
+            accepted: pool.lock().refuse().is_none(),
         }
     }
 
@@ -382,9 +393,11 @@ where
                     });
                 })
             };
-            if let Err(e) = self.pool.submit(vec![Job::new(payload, self.call, done)]) {
-                // Refused (the pool was closed or terminated): every item of this chunk reports
-                // it, and no more input is taken.
+            let job = vec![Job::new(payload, self.call, done)];
+            if let Err(e) = self.pool.inner.submit(job, self.accepted) {
+                // Refused (the pool was closed before the `imap` was made, or it was joined or
+                // terminated since): every item of this chunk reports it, and no more input is
+                // taken.
                 refused(ChunkDone {
                     sent,
                     outcome: Err(e),
