@@ -597,3 +597,26 @@ fn segments_made_after_the_pool_reach_the_workers_and_nothing_appears_in_dev_shm
     drop(pool);
     assert_eq!(common::dev_shm(), before);
 }
+
+#[test]
+fn imap_chunks_and_imap_reader_made_before_close_run_to_their_end_after_close() {
+    let _w = common::arm(120);
+    // As `imap`: Python's idiom `it = pool.imap(...); pool.close(); read it; pool.join()`. The
+    // chunks submitted after `close` were refused, and the rest of the input was lost.
+    let pool = Pool::new(2).unwrap();
+    let data: Vec<u32> = (0..10_000).collect();
+    let v = SharedVec::from_slice(&data).unwrap();
+    let sum = |xs: &[u32]| xs.iter().map(|&x| u64::from(x)).sum::<u64>();
+    let mut it = pool.imap_chunks(&v, 10, sum);
+    let mut got: Vec<u64> = it.by_ref().take(3).map(Result::unwrap).collect();
+    let bytes: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+    let mut reader = pool.imap_reader(&bytes[..], 1000, |b: &[u8]| b.len());
+    let first = reader.next().unwrap().unwrap();
+    pool.close();
+    got.extend(it.map(Result::unwrap));
+    let want: Vec<u64> = data.chunks(10).map(sum).collect();
+    assert_eq!(got, want);
+    let lens: Vec<usize> = reader.map(Result::unwrap).collect();
+    assert_eq!(first + lens.iter().sum::<usize>(), bytes.len());
+    pool.join().unwrap();
+}

@@ -108,6 +108,9 @@ pub(super) fn completion<R: Payload>(window: &Window<Arrived<R>>, tag: usize) ->
 /// input: dropping it early waits for the chunks still in flight, so the input cannot change (or
 /// be dropped) while a worker reads it.
 ///
+/// Made while the pool is open, it runs to its end even if the pool is closed meanwhile (as
+/// [`IMap`](crate::IMap) does).
+///
 /// # Examples
 ///
 /// ```
@@ -145,6 +148,8 @@ pub struct IMapChunks<'a, R> {
     finished: bool,
     /// The input stays borrowed while chunks may be in flight.
     _input: PhantomData<&'a ()>,
+    /// Made while the pool was open: its chunks are still taken after `close`.
+    accepted: bool,
 }
 
 impl<R> std::fmt::Debug for IMapChunks<'_, R> {
@@ -176,7 +181,7 @@ impl<R: Payload> IMapChunks<'_, R> {
             };
             let done = completion(&self.window, 0);
             let job = chunk_job(self.pool, &arg, self.call, vec![share.clone()], done)?;
-            self.pool.submit(vec![job])?;
+            self.pool.submit_more(vec![job], self.accepted)?;
             self.window.submitted();
             self.next_chunk += 1;
         }
@@ -446,6 +451,7 @@ impl Pool {
             error,
             finished: false,
             _input: PhantomData,
+            accepted: self.accepting(),
         }
     }
 }

@@ -22,6 +22,9 @@ use super::{ChunkArg, Region, Span};
 
 /// Lazy, ordered iterator of chunk results over a stream, returned by [`Pool::imap_reader`].
 ///
+/// Made while the pool is open, it runs to its end even if the pool is closed meanwhile (as
+/// [`IMap`](crate::IMap) does).
+///
 /// # Examples
 ///
 /// ```
@@ -60,6 +63,8 @@ pub struct IMapReader<'p, Rd, R> {
     /// Yielded first (a bad chunk size), then the iterator ends.
     error: Option<Error>,
     finished: bool,
+    /// Made while the pool was open: its chunks are still taken after `close`.
+    accepted: bool,
 }
 
 impl<Rd, R> std::fmt::Debug for IMapReader<'_, Rd, R> {
@@ -138,7 +143,7 @@ impl<Rd: Read, R: Payload> IMapReader<'_, Rd, R> {
                     return Err(e);
                 }
             };
-            if let Err(e) = self.pool.submit(vec![job]) {
+            if let Err(e) = self.pool.submit_more(vec![job], self.accepted) {
                 self.free.push(slot);
                 return Err(e);
             }
@@ -243,6 +248,7 @@ impl Pool {
             read_error: None,
             error,
             finished: false,
+            accepted: self.accepting(),
         }
     }
 }

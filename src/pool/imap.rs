@@ -306,7 +306,7 @@ where
             limit: WINDOW_PER_WORKER * pool.processes(),
             error: None,
             finished: false,
-            accepted: pool.lock().refuse().is_none(),
+            accepted: pool.accepting(),
         }
     }
 
@@ -394,7 +394,7 @@ where
                 })
             };
             let job = vec![Job::new(payload, self.call, done)];
-            if let Err(e) = self.pool.inner.submit(job, self.accepted) {
+            if let Err(e) = self.pool.submit_more(job, self.accepted) {
                 // Refused (the pool was closed before the `imap` was made, or it was joined or
                 // terminated since): every item of this chunk reports it, and no more input is
                 // taken.

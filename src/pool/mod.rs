@@ -538,6 +538,20 @@ impl Pool {
         self.inner.submit(jobs, false)
     }
 
+    /// Whether the pool takes new calls now. A lazy iterator (`imap`, `imap_chunks`, ...) made
+    /// while it does was accepted as a whole, as Python's `imap` queues its whole input at the
+    /// call: its later chunks go through [`submit_more`](Pool::submit_more).
+    pub(crate) fn accepting(&self) -> bool {
+        self.lock().refuse().is_none()
+    }
+
+    /// Like [`submit`](Pool::submit) for more chunks of a call: if the call was `accepted`
+    /// (see [`accepting`](Pool::accepting)), they are taken after `close` too, until the pool
+    /// stops.
+    pub(crate) fn submit_more(&self, jobs: Vec<Job>, accepted: bool) -> Result<()> {
+        self.inner.submit(jobs, accepted)
+    }
+
     /// Runs `f(arg)` in a worker without waiting (Python's `apply_async`).
     ///
     /// # Errors
