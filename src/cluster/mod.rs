@@ -59,8 +59,11 @@
 //! * Code before `start` runs on every rank; code after it only on rank 0.
 //! * A [`Cluster`] is used from the thread that started it (MPI is initialized
 //!   `MPI_THREAD_FUNNELED`); it is neither `Send` nor `Sync`.
-//! * Waiting never spins on a core: rank 0 and idle ranks poll MPI with sleeps that grow to a
-//!   millisecond, so a driver sharing a host with workers costs them next to nothing.
+//! * Waiting never spins on a core: rank 0 and idle ranks poll MPI, yielding for 50 µs after
+//!   each event and then sleeping up to 200 µs between polls, so a driver sharing a host with
+//!   workers costs them next to nothing. The price is latency: one `apply` at a time across
+//!   ranks costs tens of µs on an idle host and much more on a loaded one (BENCHMARKS.md);
+//!   the cluster is for chunks of real work.
 //!
 //! # Examples
 //!

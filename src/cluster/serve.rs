@@ -148,12 +148,10 @@ pub(crate) fn serve(world: &SimpleCommunicator, pool: &Pool) -> Result<()> {
                     }
                 }
             }
-            while let Ok((id, ns, out)) = done_rx.try_recv() {
+            while let Ok(done) = done_rx.try_recv() {
                 progressed = true;
                 running -= 1;
-                let mut msg = wire::header(id, ns);
-                msg.extend_from_slice(&out);
-                outbox.send(world, 0, TAG_REPLY, msg)?;
+                reply(world, &mut outbox, done)?;
             }
             progressed |= outbox.poll();
             if stop && running == 0 && outbox.is_empty() {
@@ -161,11 +159,32 @@ pub(crate) fn serve(world: &SimpleCommunicator, pool: &Pool) -> Result<()> {
             }
             if progressed {
                 backoff.reset();
+            } else if running > 0
+                && let Some(nap) = backoff.nap()
+            {
+                // A chunk is running: its end wakes us at once (rank 0's next message waits
+                // at most the nap).
+                if let Ok(done) = done_rx.recv_timeout(nap) {
+                    running -= 1;
+                    reply(world, &mut outbox, done)?;
+                    backoff.reset();
+                }
             } else {
                 backoff.snooze();
             }
         }
     })
+}
+
+/// Sends a chunk's reply to rank 0.
+fn reply(
+    world: &SimpleCommunicator,
+    outbox: &mut Outbox,
+    (id, ns, out): (u64, u64, Vec<u8>),
+) -> Result<()> {
+    let mut msg = wire::header(id, ns);
+    msg.extend_from_slice(&out);
+    outbox.send(world, 0, TAG_REPLY, msg)
 }
 
 /// Sends `STOP` to every serving rank (rank 0's side of the shutdown).
