@@ -87,7 +87,9 @@ pub enum Error {
     Timeout,
     /// The result of this `AsyncResult` was already taken by an earlier `get`.
     ResultTaken,
-    /// A payload does not fit in the shared arena it must cross.
+    /// A payload does not fit in the shared space it must cross: an `imap` item larger than the
+    /// arena, or a [`Queue`](crate::Queue) item larger than its slots. (Arguments and results of
+    /// `apply`, `map` and friends larger than the arena travel in a segment of their own.)
     PayloadTooLarge {
         /// Encoded size in bytes.
         size: usize,

@@ -556,9 +556,10 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// [`Error::PoolClosed`] after `close`/`terminate`, [`Error::PayloadTooLarge`] or
-    /// [`Error::Codec`] if `arg` cannot cross, each in a [`SubmitError`] that hands `arg` back
-    /// (`?` turns it into the plain [`Error`]). Failures of the task itself arrive through the
+    /// [`Error::PoolClosed`] after `close`/`terminate`, [`Error::Codec`] if `arg` cannot be
+    /// encoded, [`Error::Os`] if an argument larger than the arena cannot get its own segment
+    /// (see [`PoolBuilder::arena_size`]), each in a [`SubmitError`] that hands `arg` back (`?`
+    /// turns it into the plain [`Error`]). Failures of the task itself arrive through the
     /// returned [`AsyncResult`].
     ///
     /// # Examples
