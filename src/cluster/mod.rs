@@ -65,6 +65,21 @@
 //!   ranks costs tens of µs on an idle host and much more on a loaded one (BENCHMARKS.md);
 //!   the cluster is for chunks of real work.
 //!
+//! # Traps (checked here with OpenMPI 4.1)
+//!
+//! * **Blocking sends deadlock.** Two ranks that `MPI_Send` each other a large message at once
+//!   both wait in the rendezvous for a receive the other never posts. Every send here is an
+//!   `MPI_Isend` kept until `MPI_Test` completes it, and every receive takes what a probe found.
+//! * **`mpirun` kills the job as soon as one rank exits with a non-zero status**, possibly before
+//!   rank 0 has printed anything: a rank that refuses to serve says why on its own stderr, and
+//!   so does rank 0, before `MPI_Finalize` (which the refusing ranks wait for before they exit).
+//! * **The launcher merges the ranks' stderr at `write` boundaries**: `eprintln!` writes a line
+//!   in pieces, which come out interleaved with other ranks' pieces. Lines are written in one
+//!   `write` here.
+//! * **`sched_autogroup`**: `mpirun`'s daemon calls `setsid`, so under load a job it starts gets
+//!   a scheduler group of its own and may get more CPU than the same work started from a shell.
+//!   Compare timings with both sides started under `mpirun`.
+//!
 //! # Examples
 //!
 //! ```no_run
