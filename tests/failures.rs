@@ -757,3 +757,27 @@ fn a_panicking_serialize_or_deserialize_in_a_worker_fails_its_task_not_the_worke
     assert_eq!(pool.worker_pids(), before, "the worker was replaced");
     assert_eq!(pool.apply(pid, ()).unwrap(), before[0]);
 }
+
+#[test]
+fn a_panicking_serialize_in_the_parent_is_an_error_and_apply_async_gives_the_argument_back() {
+    let _w = common::arm(60);
+    let pool = Pool::new(1).unwrap();
+    // `Touchy(5)` panics in `Serialize`, on the caller's thread. `map` and `imap` turned that into
+    // an error already; `apply_async` let it unwind into the caller, losing the argument.
+    let refused = pool.apply_async(|t: Touchy| t.0, Touchy(5)).unwrap_err();
+    assert_eq!(refused.value, Touchy(5));
+    let Error::Codec { detail } = &refused.error else {
+        panic!("{:?}", refused.error)
+    };
+    assert!(detail.ends_with("Serialize refuses 5"), "{detail}");
+    let refused = pool
+        .apply_async_with_callback(|t: Touchy| t.0, Touchy(5), |_| unreachable!())
+        .unwrap_err();
+    assert_eq!(refused.value, Touchy(5));
+    assert!(pool.apply(|t: Touchy| t.0, Touchy(5)).is_err());
+    let e = pool
+        .map_async_chunked(|t: Touchy| t.0, (3..8).map(Touchy), 2)
+        .unwrap_err();
+    assert!(matches!(e, Error::Codec { .. }), "{e:?}");
+    assert_eq!(pool.apply(|t: Touchy| t.0, Touchy(6)).unwrap(), 6);
+}

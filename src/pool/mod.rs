@@ -584,7 +584,7 @@ impl Pool {
         let cell = ResultCell::new(Some(self.helper()));
         let out = Arc::clone(&cell);
         let done: Completion = Box::new(move |r| out.set(decode_result::<R>(r)));
-        let submitted = encode(&arg, self.arena_cap()).and_then(|payload| {
+        let submitted = encode_arg(&arg, self.arena_cap()).and_then(|payload| {
             self.submit(vec![Job::new(
                 payload,
                 call_one::<F, A, R> as CallFn as usize,
@@ -640,7 +640,7 @@ impl Pool {
         let cell = ResultCell::new(Some(self.helper()));
         let out = Arc::clone(&cell);
         let done: Completion = Box::new(move |r| out.set(decode_result::<R>(r)));
-        let submitted = encode(&arg, self.arena_cap()).and_then(|payload| {
+        let submitted = encode_arg(&arg, self.arena_cap()).and_then(|payload| {
             let mut job = Job::new(payload, call_one::<F, A, R> as CallFn as usize, done);
             job.timeout = Some(limit);
             self.submit(vec![job])
@@ -722,7 +722,7 @@ impl Pool {
     {
         let _ = f;
         assert_task_fn::<F>();
-        let payload = match encode(&arg, self.arena_cap()) {
+        let payload = match encode_arg(&arg, self.arena_cap()) {
             Ok(p) => p,
             Err(e) => return Err(SubmitError::new(e, arg)),
         };
@@ -1141,7 +1141,11 @@ impl Pool {
                     }
                 }
             });
-            jobs.push(Job::new(encode_items(chunk, self.arena_cap())?, call, done));
+            // The user's `Serialize` may panic: this call fails, as `map`'s does.
+            let payload = crate::unwind::catch("encoding the items", || {
+                encode_items(chunk, self.arena_cap())
+            })?;
+            jobs.push(Job::new(payload, call, done));
         }
         self.submit(jobs)?;
         Ok(AsyncResult::from_cell(cell))
@@ -1433,6 +1437,12 @@ fn clone_ok<'a>(r: &TaskResult<'a>) -> TaskResult<'a> {
         },
         TaskResult::Err(e) => TaskResult::Err(e.clone()),
     }
+}
+
+/// Encodes a task's argument; a panic of its `Serialize` is an error like the ones it returns
+/// (the caller gets its argument back in the `SubmitError`), as it is for `map` and `imap`.
+fn encode_arg<A: serde::Serialize + 'static>(arg: &A, cap: usize) -> Result<dispatch::EncodedArg> {
+    crate::unwind::catch("encoding the argument", || encode(arg, cap))
 }
 
 pub(crate) fn decode_result<R: DeserializeOwned + 'static>(r: TaskResult<'_>) -> Result<R> {
