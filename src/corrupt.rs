@@ -1,9 +1,10 @@
 //! Test hooks: a task corrupts its own worker's shared state, as a buggy or hostile worker would.
 //!
-//! Not part of the API (hidden, `unsafe`): the tests use it to show that the parent treats
-//! everything a worker writes as untrusted input (see `pool::dispatch`): a corrupted worker's
-//! tasks fail with [`Error::WorkerCorrupted`](crate::Error::WorkerCorrupted), it is replaced,
-//! and the pool serves on.
+//! Built only for the crate's unit tests (`cfg(test)`), so these unsafe hooks are never part of
+//! the public API; the tests below show that the parent treats everything a worker writes as
+//! untrusted input (see `pool::dispatch`): a corrupted worker's tasks fail with
+//! [`Error::WorkerCorrupted`](crate::Error::WorkerCorrupted), it is replaced, and the pool serves
+//! on.
 
 #![allow(clippy::disallowed_types)] // a process-local pointer to the control segment
 
@@ -23,8 +24,7 @@ pub(crate) fn attach(ctl: &Control) {
 
 /// What to overwrite in the calling worker's slot.
 #[derive(Debug, Clone, Copy)]
-#[non_exhaustive]
-pub enum Scribble {
+pub(crate) enum Scribble {
     /// The task ring's consumer position (`head`), which tells the parent what a dead worker took.
     TaskHead(u64),
     /// The result ring's producer position (`tail`).
@@ -67,7 +67,7 @@ fn splitmix(state: &mut u64) -> u64 {
 ///
 /// Only for tests: it breaks the pool's protocol on purpose. Call it only from a task, and expect
 /// its worker to be killed.
-pub unsafe fn scribble(what: Scribble) -> bool {
+pub(crate) unsafe fn scribble(what: Scribble) -> bool {
     let Some(me) = crate::current_worker() else {
         return false;
     };
@@ -149,4 +149,172 @@ pub unsafe fn scribble(what: Scribble) -> bool {
         }
     }
     true
+}
+
+// The integration tests' helpers (the watchdog, `no_core_dumps`).
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+mod tests {
+    //! A real worker corrupts its own rings and arena through [`scribble`]: the parent fails
+    //! that worker's tasks with `WorkerCorrupted`, replaces it, and serves on.
+
+    use super::{Scribble, scribble};
+    use crate::{Error, Pool};
+
+    use super::common;
+
+    fn double(x: u64) -> u64 {
+        x * 2
+    }
+
+    fn park() -> ! {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+
+    /// Each targeted case: what the task writes, then how it goes on.
+    fn targeted(case: u32) -> u64 {
+        common::no_core_dumps();
+        let forged = |offset, len, arena_end, status| Scribble::ForgedResult {
+            offset,
+            len,
+            arena_end,
+            status,
+        };
+        // SAFETY: the point of the test: this worker breaks the protocol and is killed.
+        unsafe {
+            match case {
+                // A result outside the arena.
+                0 => assert!(scribble(forged(u64::MAX - 3, 8, 0, 0))),
+                // An arena position far ahead (every replacement would adopt it as its head).
+                1 => assert!(scribble(forged(0, 0, 1 << 40, 0))),
+                // A status no worker writes (in a valid place).
+                2 => assert!(scribble(forged(0, 0, 1, 77))),
+                // An arena position that goes back.
+                6 => assert!(scribble(forged(0, 0, u64::MAX, 0))),
+                // A result ring position out of range.
+                3 => assert!(scribble(Scribble::ResultTail(u64::MAX))),
+                // The task ring's position moved back, then death: the replacement must not
+                // run delivered tasks again.
+                4 => {
+                    assert!(scribble(Scribble::TaskHead(0)));
+                    std::process::abort();
+                }
+                // `result_freed` scribbled: the parent ignores it (it keeps its own copy) and
+                // restores it before a replacement starts.
+                5 => {
+                    assert!(scribble(Scribble::ResultFreed(u64::MAX - 5)));
+                    return 5;
+                }
+                _ => std::process::abort(),
+            }
+        }
+        park()
+    }
+
+    fn corrupted_detail(r: Result<u64, Error>) -> String {
+        match r {
+            Err(Error::WorkerCorrupted { worker: 0, detail }) => detail,
+            other => panic!("expected WorkerCorrupted, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn targeted_corruption_fails_the_workers_tasks_and_the_pool_serves_on() {
+        let _w = common::arm(120);
+        let pool = Pool::new(1).unwrap();
+        let mut pids = vec![pool.worker_pids()[0]];
+        let mut expect_new_worker = |pool: &Pool| {
+            // The replacement serves the next task (its pid is known once it answered).
+            assert_eq!(pool.apply(double, 21).unwrap(), 42);
+            let pid = pool.worker_pids()[0];
+            assert!(!pids.contains(&pid), "worker {pid} was not replaced");
+            pids.push(pid);
+        };
+        // Some results first, so positions are not at 0.
+        for i in 0..10 {
+            assert_eq!(pool.apply(double, i).unwrap(), 2 * i);
+        }
+        let d = corrupted_detail(pool.apply(targeted, 0));
+        assert!(d.contains("outside the arena"), "{d}");
+        expect_new_worker(&pool);
+        let d = corrupted_detail(pool.apply(targeted, 1));
+        assert!(d.contains("arena position"), "{d}");
+        expect_new_worker(&pool);
+        let d = corrupted_detail(pool.apply(targeted, 6));
+        assert!(d.contains("arena position"), "{d}");
+        expect_new_worker(&pool);
+        let d = corrupted_detail(pool.apply(targeted, 2));
+        assert!(d.contains("unknown status 77"), "{d}");
+        expect_new_worker(&pool);
+        let d = corrupted_detail(pool.apply(targeted, 3));
+        assert!(d.contains("ring position"), "{d}");
+        expect_new_worker(&pool);
+        // Tasks queued behind the one that rewinds the ring run once each, on the replacement.
+        let rewinding = pool.apply_async(targeted, 4).unwrap();
+        let behind: Vec<_> = (0..8u64)
+            .map(|i| pool.apply_async(double, i).unwrap())
+            .collect();
+        let d = corrupted_detail(rewinding.get());
+        assert!(d.contains("task ring position"), "{d}");
+        for (i, r) in behind.into_iter().enumerate() {
+            match r.get() {
+                Ok(v) => assert_eq!(v, 2 * i as u64),
+                // Those already in the broken ring fail with it; none runs twice.
+                Err(e) => assert!(matches!(e, Error::WorkerCorrupted { .. }), "{e:?}"),
+            }
+        }
+        expect_new_worker(&pool);
+        // A scribbled `result_freed` changes nothing, not even for the next worker.
+        assert_eq!(pool.apply(targeted, 5).unwrap(), 5);
+        assert!(matches!(
+            pool.apply(targeted, 99),
+            Err(Error::WorkerDied { .. })
+        ));
+        expect_new_worker(&pool);
+        assert_eq!(pool.map(double, 0..5000u64).unwrap().len(), 5000);
+        pool.close();
+        pool.join().unwrap();
+    }
+
+    fn random(seed: u64) -> u64 {
+        common::no_core_dumps();
+        // SAFETY: the point of the test: this worker breaks the protocol.
+        unsafe { assert!(scribble(Scribble::Random { seed, count: 4 })) };
+        seed
+    }
+
+    #[test]
+    fn random_corruption_never_hangs_the_pool_or_reaches_other_workers() {
+        let _w = common::arm(300);
+        let pool = Pool::new(2).unwrap();
+        for seed in 0..40u64 {
+            let bad = pool.apply_async(random, seed).unwrap();
+            let rest: Vec<_> = (0..6u64)
+                .map(|i| pool.apply_async(double, i).unwrap())
+                .collect();
+            // The scribbler's result, and those of the tasks queued behind it: any answer (the
+            // damage may go unnoticed, be caught as corruption, or kill the worker), never a
+            // hang, and never a wrong value passed off as right.
+            for r in std::iter::once(bad).chain(rest) {
+                match r.get() {
+                    Ok(_) => {}
+                    Err(
+                        Error::WorkerCorrupted { .. }
+                        | Error::WorkerDied { .. }
+                        | Error::Codec { .. }
+                        | Error::TaskPanicked { .. },
+                    ) => {}
+                    Err(e) => panic!("seed {seed}: {e:?}"),
+                }
+            }
+            // Whatever broke, the pool serves on.
+            assert_eq!(pool.apply(double, seed).unwrap(), 2 * seed, "seed {seed}");
+        }
+        assert_eq!(pool.map(double, 0..5000u64).unwrap().len(), 5000);
+        pool.close();
+        pool.join().unwrap();
+    }
 }

@@ -201,9 +201,10 @@ mod channel;
 pub mod cluster;
 #[cfg(not(loom))]
 mod control;
-#[cfg(not(loom))]
-#[doc(hidden)]
-pub mod corrupt;
+// Test hooks that corrupt a worker's shared state, and the tests that use them: unit tests, so the
+// unsafe hooks never reach the public API (as `ring` stays private outside loom).
+#[cfg(all(test, not(loom)))]
+mod corrupt;
 #[cfg(all(test, not(loom)))]
 mod decoder_props;
 #[cfg(not(loom))]

@@ -228,6 +228,7 @@ pub(crate) fn worker_main(ctx: WorkerCtx<'_>) -> ! {
     let name = format!("PoolWorker-{}", ctx.seq);
     set_process_name(&name);
     crate::channel::set_worker_channel(ctx.channel);
+    #[cfg(test)]
     crate::corrupt::attach(ctx.ctl);
     std::thread::scope(|scope| {
         let spawned = std::thread::Builder::new()

@@ -76,6 +76,7 @@ impl RingMem {
     }
 
     /// Number of descriptors pushed so far (the producer's position), as last published.
+    #[cfg(any(test, loom))]
     pub fn produced(&self) -> u64 {
         // Acquire, SYNC: ring-publish (pairs with the producer's Release store in `push`).
         self.tail.load(Ordering::Acquire)
@@ -98,6 +99,7 @@ impl RingMem {
     }
 
     /// Address of slot `i % RING_CAPACITY` (for the `corrupt` hooks that forge a peer's writes).
+    #[cfg(test)]
     pub fn slot_ptr(&self, i: u64) -> *mut Descriptor {
         self.slots[(i % RING_CAPACITY) as usize].with_mut(|p| p)
     }
