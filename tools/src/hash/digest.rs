@@ -8,8 +8,9 @@
 //!
 //! ## Small files are read, big files are mapped
 //!
-//! A file is read into the worker's reused buffer (one `read` for most; a short read of a
-//! regular file is its end, so the usual extra `read` that returns 0 is skipped). For SHA-256
+//! A file is read into the worker's reused buffer (one `read` for most: a short read that
+//! completes the size `fstat` gave is its end, so the usual extra `read` that returns 0 is
+//! skipped; files that say 0 bytes, as in /proc, are read until a `read` returns 0). For SHA-256
 //! and BLAKE3, a file of at least `engine::MAP_MIN` (256 KiB) — which the scheduler sends alone
 //! in its task — and every piece of a split BLAKE3 file are hashed through a
 //! [`shmpool::MappedFile`] opened in the worker, which saves the kernel's copy into the buffer.
@@ -87,16 +88,17 @@ pub(crate) fn hash_reader(algo: Algo, r: &mut impl Read, buf: &mut [u8]) -> io::
     }
 }
 
-/// Hashes the file at `path` (opened read-only, read to its end). `regular`: it was a regular
-/// file when the walk looked, so a short read is its end (no extra `read` returning 0).
+/// Hashes the file at `path` (opened read-only, read to its end). `size`: its size when it is
+/// a regular file, so a short read that completes that size is its end (no extra `read`
+/// returning 0).
 pub(crate) fn hash_file(
     algo: Algo,
     path: &[u8],
-    regular: bool,
+    size: Option<u64>,
     buf: &mut [u8],
 ) -> io::Result<Vec<u8>> {
     let mut f = File::open(os_path(path))?;
-    hash_open(algo, &mut f, regular, buf)
+    hash_open(algo, &mut f, size, buf)
 }
 
 /// What [`hash_small`] found.
@@ -123,21 +125,27 @@ pub(crate) fn hash_small(
     if regular && meta.len() >= big_from {
         return Ok(Small::Big(meta.len()));
     }
-    let digest = hash_open(algo, &mut f, regular, buf)?;
+    let digest = hash_open(algo, &mut f, regular.then_some(meta.len()), buf)?;
     Ok(Small::Digest(digest, if regular { meta.len() } else { 0 }))
 }
 
-/// Hashes the open file `f` to its end (`regular`: a short read is the end).
-fn hash_open(algo: Algo, f: &mut File, regular: bool, buf: &mut [u8]) -> io::Result<Vec<u8>> {
-    if !regular {
+/// Hashes the open file `f` to its end. `size`: its size when it is a regular file; a short
+/// read that brings the total to exactly that size is taken as the end. Not any short read:
+/// files in /proc and /sys say 0 bytes and come in pieces, so they are read until a `read`
+/// returns 0, as coreutils reads everything.
+fn hash_open(algo: Algo, f: &mut File, size: Option<u64>, buf: &mut [u8]) -> io::Result<Vec<u8>> {
+    let Some(size) = size else {
         return hash_reader(algo, f, buf);
-    }
+    };
     let mut h = Hasher::new(algo);
+    let mut total = 0u64;
     loop {
         match f.read(buf) {
+            Ok(0) => return Ok(h.finish()),
             Ok(n) => {
                 h.update(&buf[..n]);
-                if n < buf.len() {
+                total += n as u64;
+                if n < buf.len() && total == size {
                     return Ok(h.finish());
                 }
             }
@@ -152,7 +160,7 @@ fn hash_open(algo: Algo, f: &mut File, regular: bool, buf: &mut [u8]) -> io::Res
 pub(crate) fn hash_mapped(algo: Algo, path: &[u8], buf: &mut [u8]) -> io::Result<Vec<u8>> {
     let map = match map(path)? {
         Some(map) => map,
-        None => return hash_file(algo, path, false, buf),
+        None => return hash_file(algo, path, None, buf),
     };
     let mut h = Hasher::new(algo);
     for window in map.chunks(MAP_WINDOW) {
@@ -392,8 +400,13 @@ mod tests {
             std::fs::write(&path, &input).unwrap();
             for algo in [Algo::Sha256, Algo::Sha512, Algo::Blake3] {
                 let want = hash_reader(algo, &mut &input[..], &mut buf).unwrap();
-                assert_eq!(hash_file(algo, &p, true, &mut buf).unwrap(), want);
-                assert_eq!(hash_file(algo, &p, false, &mut buf).unwrap(), want);
+                assert_eq!(
+                    hash_file(algo, &p, Some(len as u64), &mut buf).unwrap(),
+                    want
+                );
+                assert_eq!(hash_file(algo, &p, None, &mut buf).unwrap(), want);
+                // A size that is wrong (the file grew, or /proc says 0): read to the end.
+                assert_eq!(hash_file(algo, &p, Some(0), &mut buf).unwrap(), want);
                 assert_eq!(hash_mapped(algo, &p, &mut buf).unwrap(), want);
                 assert_eq!(
                     hash_small(algo, &p, len as u64 + 1, &mut buf).unwrap(),
