@@ -566,22 +566,23 @@ where
                 }
             });
         } else {
-            // A big chunk is pulled a batch at a time, and only until it holds an arena's worth
-            // of encoded bytes (what does not fit goes back to `pending`): a million small items
-            // fill a chunk, a million strings of a kilobyte would not.
-            let mut bytes = encoded_len(&items);
-            while items.len() < size && bytes <= cap {
-                let start = items.len();
-                let want = (size - start).min(PULL_BATCH);
-                let got = self.pull(want, |more| {
+            // A big chunk takes only about an arena's worth of encoded bytes (what does not fit
+            // goes back to `pending`): a million small items fill a chunk, a million strings of a
+            // kilobyte would not. One batch is pulled and measured, and the rest pulled by its
+            // size per item (half again, for items that vary), so only that batch is encoded twice.
+            let mut push = |items: &mut Vec<I::Item>, max: usize| {
+                self.pull(max, |more| {
                     for a in more {
                         items.push(a);
                     }
-                });
-                bytes += encoded_len(&items[start..]);
-                if got < want {
-                    break;
-                }
+                })
+            };
+            let want = (size - items.len()).min(PULL_BATCH);
+            if push(&mut items, want) == want {
+                let per_item = (encoded_len(&items) / items.len()).max(1);
+                let target = (cap / per_item).saturating_mul(3) / 2;
+                let more = target.min(size).saturating_sub(items.len());
+                push(&mut items, more);
             }
         }
         // The common case: the whole chunk encodes at once and fits.
@@ -601,8 +602,8 @@ where
 /// Items a big chunk is pulled by (see `Feed::build`).
 const PULL_BATCH: usize = 4096;
 
-/// The encoded size of `items` (`0` if they do not encode: `encode_each` reports that item by
-/// item later).
+/// The encoded size of `items` (`0` if they do not encode: `encode_each` reports them one by
+/// one later).
 fn encoded_len<T: Serialize>(items: &[T]) -> usize {
     catch_unwind(AssertUnwindSafe(|| {
         postcard::to_allocvec(items).map(|v| v.len())
@@ -710,7 +711,19 @@ mod tests {
             built.sent,
             feed.pending.len()
         );
+        // Small items: the chunk still fills the arena, past the first batch.
+        let mut feed = Feed::new((0..u64::MAX).map(|i| i.to_string()));
+        let built = feed.build(1 << 40, 1 << 20);
+        assert!(built.sent > PULL_BATCH && built.payload.len() <= 1 << 20);
+        assert!(
+            built.payload.len() > (1 << 20) * 9 / 10,
+            "{}",
+            built.payload.len()
+        );
+        assert!(built.sent + feed.pending.len() <= 1 << 20);
         // Then the next chunk starts from what did not fit.
+        let mut feed = Feed::new(std::iter::repeat("x".repeat(1000)));
+        feed.build(1 << 40, 1 << 20);
         assert!(!feed.pending.is_empty());
         let next = feed.build(3, 1 << 20);
         assert_eq!(next.sent, 3);
