@@ -106,6 +106,26 @@ pub(crate) fn set_worker_channel(fd: RawFd) {
     *SEGMENTS.lock().unwrap_or_else(|e| e.into_inner()) = Some(HashMap::new());
 }
 
+/// The `op` of the error [`receive`] returns when the kernel dropped a message's fd.
+const FD_DROPPED: &str = "recvmsg (fd dropped: MSG_CTRUNC)";
+
+/// Worker side: [`receive`], except that a dropped fd ends the worker.
+///
+/// The kernel drops an `ADD`'s fd when the worker is at its fd limit (a task that leaks files),
+/// but the parent has recorded the segment as sent and never sends it again: the next task over
+/// that segment would block in `recvmsg` for ever, waiting for it. Only a replacement (a fresh fd
+/// table, which the parent assumes holds nothing) agrees with the parent again, so the worker
+/// exits with [`EXIT_FD_DROPPED`](crate::worker::EXIT_FD_DROPPED): the running task fails with
+/// `WorkerDied`, and the next one is served.
+fn worker_receive(sock: RawFd, block: bool) -> Result<Option<(u64, u64, Option<OwnedFd>)>> {
+    match receive(sock, block) {
+        Err(Error::Os { op, .. }) if op == FD_DROPPED => {
+            crate::worker::exit_now(crate::worker::EXIT_FD_DROPPED, true)
+        }
+        other => other,
+    }
+}
+
 /// Receives one message; `Ok(None)` when none is waiting and `block` is false.
 pub(crate) fn receive(sock: RawFd, block: bool) -> Result<Option<(u64, u64, Option<OwnedFd>)>> {
     let mut m = [0u8; 16];
@@ -123,9 +143,10 @@ pub(crate) fn receive(sock: RawFd, block: bool) -> Result<Option<(u64, u64, Opti
                 // At the fd limit the kernel drops an `ADD`'s fd and sets MSG_CTRUNC; nix's
                 // `cmsgs` then fails (ENOBUFS), so the task fails instead of a later blocking
                 // receive waiting for an fd that will never come.
-                for c in msg.cmsgs().map_err(|e| {
-                    Error::os("recvmsg (fd dropped: MSG_CTRUNC)", std::io::Error::from(e))
-                })? {
+                for c in msg
+                    .cmsgs()
+                    .map_err(|e| Error::os(FD_DROPPED, std::io::Error::from(e)))?
+                {
                     if let ControlMessageOwned::ScmRights(v) = c {
                         fds.extend(v);
                     }
@@ -184,7 +205,7 @@ pub(crate) fn drain() -> Result<Vec<u64>> {
     let mut guard = SEGMENTS.lock().unwrap_or_else(|e| e.into_inner());
     let map = guard.get_or_insert_with(HashMap::new);
     let mut forgotten = Vec::new();
-    while let Some((op, id, fd)) = receive(sock, false)? {
+    while let Some((op, id, fd)) = worker_receive(sock, false)? {
         if op == OP_FORGET {
             forgotten.push(id);
         }
@@ -203,12 +224,12 @@ pub(crate) fn resolve(id: u64) -> Result<OwnedFd> {
     }
     let mut guard = SEGMENTS.lock().unwrap_or_else(|e| e.into_inner());
     let map = guard.get_or_insert_with(HashMap::new);
-    while let Some((op, rid, fd)) = receive(sock, false)? {
+    while let Some((op, rid, fd)) = worker_receive(sock, false)? {
         apply(map, op, rid, fd);
     }
     while !map.contains_key(&id) {
         // The parent sent `ADD id` before the task that needs it (see the protocol).
-        match receive(sock, true)? {
+        match worker_receive(sock, true)? {
             Some((op, rid, fd)) => apply(map, op, rid, fd),
             None => unreachable!("a blocking receive returns a message or an error"),
         }

@@ -72,7 +72,8 @@ pub enum Error {
         pid: u32,
         /// The signal that killed it, if any.
         signal: Option<i32>,
-        /// Its exit code, if it exited.
+        /// Its exit code, if it exited (90: it hit its open-file limit, as a task that leaks
+        /// files makes it, and could not receive a shared segment; its replacement can).
         exit_code: Option<i32>,
     },
     /// A worker's initializer panicked, so the pool cannot run tasks.

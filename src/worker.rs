@@ -26,6 +26,8 @@ pub(crate) const EXIT_PROTOCOL: i32 = 87;
 pub(crate) const EXIT_ORPHAN: i32 = 88;
 /// Exit code of a worker or server whose own code panicked.
 pub(crate) const EXIT_INTERNAL: i32 = 89;
+/// Exit code of a worker that lost a segment's fd at its fd limit (see `channel::worker_receive`).
+pub(crate) const EXIT_FD_DROPPED: i32 = 90;
 
 /// Most bytes of a panic message shipped back to the parent.
 const MAX_MESSAGE: usize = 64 * 1024;

@@ -451,3 +451,56 @@ fn dropping_many_segments_at_once_does_not_block_the_dispatcher() {
     }
     assert_eq!(pool.apply(double, 2).unwrap(), 4);
 }
+
+/// Leaks fds until the worker is at its limit (as a task that forgets to close files does): the
+/// limit is lowered to what is open, then one more /dev/null fills the gap if there was one.
+fn exhaust_worker_fds(_: ()) -> u64 {
+    let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64 - 1;
+    let lim = libc::rlimit {
+        rlim_cur: open,
+        rlim_max: open,
+    };
+    // SAFETY: setrlimit with a valid pointer to an initialized rlimit; lowering is allowed.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    let mut leaked = 0;
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        std::mem::forget(f);
+        leaked += 1;
+    }
+    leaked
+}
+
+fn sum64(v: &[u64]) -> u64 {
+    v.iter().sum()
+}
+
+/// A worker at its fd limit cannot receive a segment's fd (the kernel drops it: MSG_CTRUNC),
+/// while the parent records it as sent. The worker used to fail that task, then block for ever
+/// in `recvmsg` on the next task over the same segment, waiting for an fd that never comes; now
+/// it exits, and its replacement (a fresh fd table) gets the segment again.
+#[test]
+fn a_worker_at_its_fd_limit_is_replaced_not_left_waiting_for_a_segment() {
+    let _w = common::arm(120);
+    let pool = Pool::new(1).unwrap();
+    pool.apply(exhaust_worker_fds, ()).unwrap();
+    let input = shmpool::SharedVec::from_slice(&[1u64; 1000]).unwrap();
+    // The first call may fail (the fd was dropped), with an answer.
+    match pool.map_chunks(&input, 100, sum64) {
+        Ok(v) => assert_eq!(v, vec![100; 10]),
+        Err(Error::WorkerDied { .. }) => {}
+        Err(e) => panic!("{e:?}"),
+    }
+    // The segment again: served, by a worker that holds it.
+    assert_eq!(pool.map_chunks(&input, 100, sum64).unwrap(), vec![100; 10]);
+    // A stream of fresh segments as well.
+    fn n(x: &[u8]) -> usize {
+        x.len()
+    }
+    let total: usize = pool
+        .imap_reader(std::io::Cursor::new(vec![1u8; 1 << 20]), 64 << 10, n)
+        .map(|r| r.unwrap())
+        .sum();
+    assert_eq!(total, 1 << 20);
+    pool.close();
+    pool.join().unwrap();
+}
