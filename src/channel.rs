@@ -260,16 +260,36 @@ pub(crate) fn send_result(task_id: u64, fd: &OwnedFd) -> Result<()> {
     Ok(())
 }
 
+/// Why the parent has no segment for a result.
+#[derive(Debug)]
+pub(crate) enum NoResultSegment {
+    /// The worker broke the protocol (no message for the task, or a malformed one).
+    Worker(String),
+    /// The kernel dropped the fd on our side (MSG_CTRUNC): this process is at its open-file
+    /// limit. The worker did nothing wrong; only the result is lost.
+    Dropped(Error),
+}
+
 /// Parent side: takes the segment of task `task_id`'s result from the worker's end, without
 /// blocking (the worker sent it before publishing the result). Messages for other tasks are left
 /// over from a worker that died between sending and publishing: their fds are closed.
-pub(crate) fn receive_result(sock: RawFd, task_id: u64) -> std::result::Result<OwnedFd, String> {
+pub(crate) fn receive_result(
+    sock: RawFd,
+    task_id: u64,
+) -> std::result::Result<OwnedFd, NoResultSegment> {
     loop {
         match receive(sock, false) {
             Ok(Some((OP_RESULT, id, Some(fd)))) if id == task_id => return Ok(fd),
             Ok(Some(_)) => continue,
-            Ok(None) => return Err(format!("no result segment for task {task_id}")),
-            Err(e) => return Err(e.to_string()),
+            Ok(None) => {
+                return Err(NoResultSegment::Worker(format!(
+                    "no result segment for task {task_id}"
+                )));
+            }
+            Err(e @ Error::Os { op: FD_DROPPED, .. }) => {
+                return Err(NoResultSegment::Dropped(e));
+            }
+            Err(e) => return Err(NoResultSegment::Worker(e.to_string())),
         }
     }
 }

@@ -504,3 +504,51 @@ fn a_worker_at_its_fd_limit_is_replaced_not_left_waiting_for_a_segment() {
     pool.close();
     pool.join().unwrap();
 }
+
+fn big_result(n: usize) -> Vec<u8> {
+    vec![3; n]
+}
+
+/// At the parent's own fd limit, a large result's segment fd is dropped by the kernel on our side
+/// (MSG_CTRUNC): that call fails with an OS error, not `WorkerCorrupted` (which blamed and killed
+/// a worker that did nothing wrong), and once fds are free again large results flow. Run in a
+/// child copy of this test binary: exhausting the fd table would break the tests running beside
+/// it.
+#[test]
+fn at_the_parents_fd_limit_a_large_result_fails_without_blaming_the_worker() {
+    let _w = common::arm(120);
+    if common::scenario().as_deref() != Some("parent-fd-limit") {
+        let status = common::reexec(
+            "at_the_parents_fd_limit_a_large_result_fails_without_blaming_the_worker",
+            "parent-fd-limit",
+        )
+        .status()
+        .unwrap();
+        assert!(status.success(), "the scenario failed: {status:?}");
+        return;
+    }
+    let pool = Pool::new(1).unwrap();
+    let worker = pool.worker_pids()[0];
+    // A small limit first, so filling the table is quick even where the default is 2^20.
+    let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+    let lim = libc::rlimit {
+        rlim_cur: open + 64,
+        rlim_max: open + 64,
+    };
+    // SAFETY: setrlimit with a valid pointer to an initialized rlimit; lowering is allowed.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    let mut leaked = Vec::new();
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        leaked.push(f);
+    }
+    let e = pool.apply(big_result, 64 << 20).unwrap_err();
+    assert!(
+        matches!(e, Error::Os { .. }) && e.to_string().contains("MSG_CTRUNC"),
+        "{e:?}"
+    );
+    drop(leaked);
+    assert_eq!(pool.apply(big_result, 64 << 20).unwrap().len(), 64 << 20);
+    assert_eq!(pool.worker_pids(), vec![worker], "the worker was replaced");
+    pool.close();
+    pool.join().unwrap();
+}

@@ -651,15 +651,23 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64) {
     // A result too large for the arena arrived in a sealed segment of its own (`bigpayload`):
     // decoded in place, no copy (the seals make the mapping immutable).
     let big = if d.flags & crate::bigpayload::FLAG_RESULT_SEGMENT != 0 {
+        use crate::channel::NoResultSegment;
         let mapped = usize::try_from(d.reserved)
-            .map_err(|_| "result segment length out of range".to_string())
+            .map_err(|_| NoResultSegment::Worker("result segment length out of range".into()))
             .and_then(|len| {
                 let fd = crate::channel::receive_result(sock, d.task_id)?;
-                crate::bigpayload::map_sealed(&fd, len)
+                crate::bigpayload::map_sealed(&fd, len).map_err(NoResultSegment::Worker)
             });
         match mapped {
             Ok(m) => Some(m),
-            Err(detail) => {
+            // Our own fd limit: that task fails; its worker is fine and stays.
+            Err(NoResultSegment::Dropped(e)) => {
+                complete(done, TaskResult::Err(e));
+                put_scratch(buf);
+                finished(inner, 1);
+                return;
+            }
+            Err(NoResultSegment::Worker(detail)) => {
                 complete(
                     done,
                     TaskResult::Err(Error::WorkerCorrupted {
