@@ -531,9 +531,14 @@ fn terminate_resolves_a_running_task_only_after_its_worker_is_gone() {
         .collect();
     let pids: Vec<u32> = (0..2u8)
         .map(|i| {
-            assert!(common::eventually(Duration::from_secs(30), || pid_file(i).exists()));
-            let text = std::fs::read_to_string(pid_file(i)).unwrap();
-            text.parse().unwrap()
+            // Whole, not just created: `fs::write` creates the file, then writes it.
+            let whole = || {
+                std::fs::read_to_string(pid_file(i))
+                    .ok()
+                    .and_then(|t| t.parse::<u32>().ok())
+            };
+            assert!(common::eventually(Duration::from_secs(30), || whole().is_some()));
+            whole().unwrap()
         })
         .collect();
     std::thread::scope(|s| {
