@@ -249,12 +249,111 @@ fn rank0_main(cluster: &Cluster) {
     );
 }
 
+/// Arguments and results over MPI's 2 GiB message limit fail their own tasks with an error
+/// that says so; the tasks around them, queued or in flight, are not disturbed.
+fn oversize(c: &Cluster) {
+    let check = |name: &str, r: Result<(), String>| match r {
+        Ok(()) => println!("ok {name}"),
+        Err(e) => println!("FAIL {name}: {e}"),
+    };
+    let over = || "x".repeat((1 << 31) + 10);
+    let is_limit = |e: &Error| e.to_string().contains("MPI's limit");
+    // Fill every rank's room (2 ranks x 2 processes x 2), so the big one would queue.
+    let slow: Vec<_> = (0..8u64)
+        .map(|i| {
+            c.apply_async(
+                |x: u64| {
+                    std::thread::sleep(Duration::from_millis(500));
+                    x
+                },
+                i,
+            )
+        })
+        .collect();
+    let big = c.apply_async(|s: String| s.len(), over());
+    check(
+        "oversize_apply_async",
+        match &big {
+            Err(e) if is_limit(e) => Ok(()),
+            Err(e) => Err(e.to_string()),
+            Ok(_) => Err("a 2 GiB argument was accepted".into()),
+        },
+    );
+    drop(big);
+    let got: Vec<_> = slow
+        .into_iter()
+        .map(|r| r.and_then(|r| r.get()).map_err(|e| e.to_string()))
+        .collect();
+    check(
+        "oversize_neighbours",
+        (got == (0..8u64).map(Ok).collect::<Vec<_>>())
+            .then_some(())
+            .ok_or_else(|| format!("{got:?}")),
+    );
+    let got: Vec<_> = c
+        .imap(
+            |s: String| s.len(),
+            ["a".to_string(), over(), "bc".to_string()],
+        )
+        .collect();
+    check(
+        "oversize_imap_item",
+        match &got[..] {
+            [Ok(1), Err(e), Ok(2)] if is_limit(e) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    // Results: a chunk of 22 results of 100 MiB cannot go back in one message.
+    let got: Vec<Result<usize, Error>> = c
+        .imap(|_: u64| "y".repeat(100 << 20), 0..22u64)
+        .chunksize(22)
+        .map(|r| r.map(|s| s.len()))
+        .collect();
+    check(
+        "oversize_reply",
+        (got.len() == 22 && got.iter().all(|r| r.as_ref().is_err_and(is_limit)))
+            .then_some(())
+            .ok_or_else(|| {
+                format!(
+                    "{:?}",
+                    got.iter()
+                        .map(|r| r.as_ref().map_err(|e| e.to_string()))
+                        .collect::<Vec<_>>()
+                )
+            }),
+    );
+    check(
+        "oversize_then_map",
+        match c.map(|x: u64| x + 1, 0..100u64) {
+            Ok(v) if v == (1..101u64).collect::<Vec<_>>() => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+}
+
 /// What a rank does, by scenario.
 fn rank(scenario: &str) -> i32 {
     // SAFETY: getpid(2) has no preconditions.
     RANK_PID.store(unsafe { libc::getpid() }, Ordering::SeqCst);
-    let cluster = Cluster::builder().processes_per_rank(2).start();
+    let mut builder = Cluster::builder().processes_per_rank(2);
+    if scenario == "oversize" {
+        // Every task crosses MPI, where a message holds at most 2 GiB.
+        builder = builder.rank0_processes(0);
+    }
+    let cluster = builder.start();
     match scenario {
+        "oversize" => match cluster {
+            Ok(c) => {
+                oversize(&c);
+                drop(c);
+                println!("rank0 done");
+                0
+            }
+            Err(e) => {
+                println!("FAIL start: {e}");
+                1
+            }
+        },
         "main" => match cluster {
             Ok(c) => {
                 rank0_main(&c);
@@ -509,6 +608,35 @@ fn a_dead_rank_ends_the_job() {
     assert_nothing_left(&exe());
 }
 
+fn messages_over_mpis_limit_fail_their_own_tasks() {
+    let run = mpirun(
+        &["-n", "3", exe().to_str().expect("utf-8")],
+        "oversize",
+        Duration::from_secs(400),
+    );
+    let ctx = format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        run.code,
+        run.stdout,
+        run.stderr.chars().take(20_000).collect::<String>()
+    );
+    assert_eq!(run.code, Some(0), "{ctx}");
+    assert!(!run.stdout.contains("FAIL"), "{ctx}");
+    for name in [
+        "oversize_apply_async",
+        "oversize_neighbours",
+        "oversize_imap_item",
+        "oversize_reply",
+        "oversize_then_map",
+    ] {
+        assert!(
+            run.stdout.lines().any(|l| l == format!("ok {name}")),
+            "{name}: {ctx}"
+        );
+    }
+    assert_nothing_left(&exe());
+}
+
 fn main() {
     if let Ok(s) = std::env::var(SCENARIO) {
         std::process::exit(rank(&s));
@@ -517,7 +645,7 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let tests: [(&str, fn()); 3] = [
+    let tests: [(&str, fn()); 4] = [
         (
             "map_equals_the_local_pools_and_every_check_passes",
             map_equals_the_local_pools_and_every_check_passes,
@@ -527,6 +655,10 @@ fn main() {
             a_mismatched_binary_is_refused,
         ),
         ("a_dead_rank_ends_the_job", a_dead_rank_ends_the_job),
+        (
+            "messages_over_mpis_limit_fail_their_own_tasks",
+            messages_over_mpis_limit_fail_their_own_tasks,
+        ),
     ];
     let mut failed = 0;
     let mut ran = 0;

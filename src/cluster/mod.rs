@@ -48,6 +48,14 @@
 //!   other rank; the launcher exits non-zero. Rank 0 sees no error value: it is killed too.
 //!   Nothing hangs, and the ranks' worker processes die with them (parent-death signal). There
 //!   is no recovery: re-run the job (MPI's fault-tolerance extensions are not portable).
+//! * MPI sends at most 2 GiB (a C `int` of bytes) in one message. An argument whose encoding
+//!   is bigger fails its own task with [`Error::Codec`] (`apply_async` returns it; an `imap`
+//!   yields it for that item); a chunk whose results together are bigger fails its items with
+//!   [`Error::Cluster`] (give the `imap` a smaller [`chunksize`](ClusterIMap::chunksize)).
+//!   Neither ends the job.
+//! * A rank that is stopped (`SIGSTOP`, a debugger) holds its chunks until it continues, as
+//!   any MPI job waits for a stopped rank: rank 0 waits for them, sleeping between polls (a
+//!   few % of a core), and the job goes on when the rank is continued.
 //! * A serving rank whose pool cannot be built is reported to rank 0 by `start` as
 //!   [`Error::Cluster`].
 //!
@@ -358,6 +366,10 @@ impl Cluster {
         let id = d.next_id();
         let mut msg = wire::header(id, call as u64);
         encode_item(&arg, &mut msg)?;
+        if msg.len() > outbox::MAX_MESSAGE {
+            // Refused here: queued, it would fail later in whichever call sends it.
+            return Err(over_limit(msg.len() - wire::HEADER));
+        }
         d.send_single(id, msg)?;
         Ok(ClusterResult {
             cluster: self,
@@ -468,6 +480,14 @@ impl Drop for Cluster {
 fn say(line: &str) {
     use std::io::Write;
     let _ = std::io::stderr().write_all(format!("shmpool cluster: {line}\n").as_bytes());
+}
+
+/// An argument whose encoding (`bytes`) cannot cross MPI in one message.
+fn over_limit(bytes: usize) -> Error {
+    Error::codec(format!(
+        "the argument's encoding is {bytes} bytes, over MPI's limit of {} bytes per message",
+        outbox::MAX_MESSAGE
+    ))
 }
 
 /// Encodes one item after `msg`'s current end; on failure `msg` is left as it was.
@@ -704,12 +724,20 @@ where
                 sent_bytes: 0,
             };
             let mut sent = 0;
-            while p.total < n {
+            // Also stops at the byte cap: before the first reply the sizer knows no item sizes.
+            while p.total < n && msg.len() < MAX_CHUNK_BYTES as usize {
                 let Some(a) = self.items.next() else {
                     self.exhausted = true;
                     break;
                 };
+                let mark = msg.len();
                 match encode_item(&a, &mut msg) {
+                    Ok(()) if msg.len() > outbox::MAX_MESSAGE => {
+                        // One MPI message cannot carry it (an item that big alone, or nearly
+                        // that big after others): it fails alone.
+                        p.local.push((p.total, over_limit(msg.len() - mark)));
+                        msg.truncate(mark);
+                    }
                     Ok(()) => sent += 1,
                     Err(e) => p.local.push((p.total, e)),
                 }

@@ -13,6 +13,9 @@ use mpi::topology::SimpleCommunicator;
 
 use crate::error::{Error, Result};
 
+/// The largest message MPI sends in one piece: its count is a C `int`.
+pub(crate) const MAX_MESSAGE: usize = c_int::MAX as usize;
+
 /// Messages posted and not yet completed.
 pub(crate) struct Outbox {
     /// Each buffer with its request; the buffer's heap block does not move while it is here

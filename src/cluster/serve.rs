@@ -13,7 +13,7 @@ use std::time::Instant;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
-use super::outbox::{Backoff, Outbox};
+use super::outbox::{Backoff, MAX_MESSAGE, Outbox};
 use super::wire::{self, Reply, TAG_REPLY, TAG_STOP, TAG_TASK, WireError};
 use crate::Pool;
 use crate::error::Result;
@@ -180,8 +180,17 @@ pub(crate) fn serve(world: &SimpleCommunicator, pool: &Pool) -> Result<()> {
 fn reply(
     world: &SimpleCommunicator,
     outbox: &mut Outbox,
-    (id, ns, out): (u64, u64, Vec<u8>),
+    (id, ns, mut out): (u64, u64, Vec<u8>),
 ) -> Result<()> {
+    if out.len() + wire::HEADER > MAX_MESSAGE {
+        // Fails the chunk's items, not the job (a failed send would abort every rank).
+        let reply: Reply<()> = Err(WireError::Other(format!(
+            "the chunk's results are {} bytes, over MPI's limit of {MAX_MESSAGE} bytes per \
+             message: give the imap a smaller chunksize",
+            out.len()
+        )));
+        out = postcard::to_allocvec(&reply).unwrap_or_default();
+    }
     let mut msg = wire::header(id, ns);
     msg.extend_from_slice(&out);
     outbox.send(world, 0, TAG_REPLY, msg)
