@@ -62,6 +62,22 @@ fn which_rank(_: u64) -> i32 {
     RANK_PID.load(Ordering::SeqCst)
 }
 
+/// An argument whose `Deserialize` panics for 13 in a rank's own process (where a chunk is
+/// decoded), not in its workers.
+#[derive(Debug, serde::Serialize)]
+struct PanicsOnRank(u64);
+
+impl<'de> serde::Deserialize<'de> for PanicsOnRank {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = <u64 as serde::Deserialize>::deserialize(d)?;
+        // SAFETY: getpid(2) has no preconditions.
+        if v == 13 && unsafe { libc::getpid() } == RANK_PID.load(Ordering::SeqCst) {
+            panic!("no 13 here");
+        }
+        Ok(PanicsOnRank(v))
+    }
+}
+
 /// Rank 0's checks; each prints one line.
 fn rank0_main(cluster: &Cluster) {
     let check = |name: &str, r: Result<(), String>| match r {
@@ -189,6 +205,26 @@ fn rank0_main(cluster: &Cluster) {
         },
     );
 
+    // A Deserialize that panics fails its own item, as locally, not its chunk's neighbours.
+    let items: Vec<Result<u64, Error>> = cluster
+        .imap(|p: PanicsOnRank| p.0, (0..300u64).map(PanicsOnRank))
+        .collect();
+    check(
+        "deserialize_panic_fails_one_item",
+        (|| {
+            for (i, r) in items.iter().enumerate() {
+                match r {
+                    Ok(v) if i != 13 && *v == i as u64 => {}
+                    Err(Error::Codec { detail })
+                        if i == 13 && detail.ends_with("Deserialize panicked: no 13 here") => {}
+                    other => return Err(format!("item {i}: {other:?}")),
+                }
+            }
+            (items.len() == 300)
+                .then_some(())
+                .ok_or(format!("{} results", items.len()))
+        })(),
+    );
     check(
         "apply_worker_killed",
         match cluster.apply(kill_own_worker, 42) {
@@ -512,6 +548,7 @@ fn map_equals_the_local_pools_and_every_check_passes() {
         "imap_panics",
         "map_panics",
         "apply_panics",
+        "deserialize_panic_fails_one_item",
         "apply_worker_killed",
         "imap_worker_killed",
         "works_after_worker_deaths",

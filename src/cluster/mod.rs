@@ -41,7 +41,8 @@
 //!
 //! * A task that panics, or whose worker dies, fails exactly as locally
 //!   ([`Error::TaskPanicked`], [`Error::WorkerDied`], carrying the remote worker's index and
-//!   pid); the rank's pool replaces the worker and the job goes on.
+//!   pid); the rank's pool replaces the worker and the job goes on. An argument whose
+//!   `Deserialize` fails or panics on the rank fails that item alone ([`Error::Codec`]).
 //! * **A rank that dies ends the job**, the way MPI ends it: a rank killed by a signal, or that
 //!   exits, makes `mpirun` print `mpirun noticed that process rank N with PID ... on node ...
 //!   exited on signal 9 (Killed)` (Slurm: `srun: error: ...: task N: Killed`) and kill every
@@ -491,13 +492,25 @@ fn over_limit(bytes: usize) -> Error {
 }
 
 /// Encodes one item after `msg`'s current end; on failure `msg` is left as it was.
+/// The item goes as its length (`u32`, little-endian) and its encoding, so a rank can decode
+/// each item on its own: a `Deserialize` that panics on one fails that item only.
 fn encode_item<A: Payload>(a: &A, msg: &mut Vec<u8>) -> Result<()> {
     let mark = msg.len();
+    msg.extend_from_slice(&[0; 4]);
     let r = catch_unwind(AssertUnwindSafe(|| {
         postcard::to_io(a, &mut *msg).map(|_| ())
     }));
     let e = match r {
-        Ok(Ok(())) => return Ok(()),
+        Ok(Ok(())) => {
+            let n = msg.len() - mark - 4;
+            match u32::try_from(n) {
+                Ok(n) => {
+                    msg[mark..mark + 4].copy_from_slice(&n.to_le_bytes());
+                    return Ok(());
+                }
+                Err(_) => over_limit(n),
+            }
+        }
         Ok(Err(e)) => Error::codec(format!(
             "cannot encode the argument: {}",
             crate::ser_probe::serialize_error(&e, a)

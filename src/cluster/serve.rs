@@ -57,38 +57,51 @@ where
     A: Payload,
     R: Payload,
 {
-    // The body is the items' encodings one after another (see `wire`); a `Deserialize` of the
-    // user's may panic, which fails this chunk, not the rank.
-    let items = catch_unwind(AssertUnwindSafe(|| {
-        let mut items = Vec::new();
-        let mut rest = body;
-        while !rest.is_empty() {
-            let (a, r) = postcard::take_from_bytes::<A>(rest)?;
-            items.push(a);
-            rest = r;
-        }
-        Ok::<_, postcard::Error>(items)
-    }));
-    let items = match items {
-        Ok(Ok(items)) => items,
-        Ok(Err(e)) => {
-            return Err(WireError::Codec(format!("cannot decode the argument: {e}")));
-        }
-        Err(p) => {
-            return Err(WireError::Codec(format!(
-                "cannot decode the argument: Deserialize panicked: {}",
-                panic_message(&*p)
-            )));
-        }
-    };
-    let mut values = Vec::with_capacity(items.len());
+    // The body is each item's length (u32) and encoding (see `wire`); each item is decoded on
+    // its own, so a `Deserialize` of the user's that fails or panics fails that item only, as
+    // locally.
+    let mut items = Vec::new();
+    let mut positions = Vec::new();
     let mut failures = Vec::new();
-    for (i, r) in pool.imap(f, items).enumerate() {
+    let mut rest = body;
+    let mut i = 0u32;
+    while !rest.is_empty() {
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            return Err(WireError::Codec("a chunk cut short".into()));
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        if len > tail.len() {
+            return Err(WireError::Codec("a chunk cut short".into()));
+        }
+        let (bytes, tail) = tail.split_at(len);
+        rest = tail;
+        match catch_unwind(AssertUnwindSafe(|| postcard::from_bytes::<A>(bytes))) {
+            Ok(Ok(a)) => {
+                items.push(a);
+                positions.push(i);
+            }
+            Ok(Err(e)) => failures.push((
+                i,
+                WireError::Codec(format!("cannot decode the argument: {e}")),
+            )),
+            Err(p) => failures.push((
+                i,
+                WireError::Codec(format!(
+                    "cannot decode the argument: Deserialize panicked: {}",
+                    panic_message(&*p)
+                )),
+            )),
+        }
+        i += 1;
+    }
+    let mut values = Vec::with_capacity(items.len());
+    for (r, &at) in pool.imap(f, items).zip(&positions) {
         match r {
             Ok(v) => values.push(v),
-            Err(e) => failures.push((i as u32, WireError::from_error(&e))),
+            Err(e) => failures.push((at, WireError::from_error(&e))),
         }
     }
+    failures.sort_by_key(|f| f.0);
     Ok((values, failures))
 }
 

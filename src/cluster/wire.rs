@@ -2,9 +2,10 @@
 //! executable, errors in a wire form, and the executable's fingerprint.
 //!
 //! Every message is a byte vector. A task (rank 0 → rank r, [`TAG_TASK`]) is a 16-byte header,
-//! `id: u64` and `call: i64` (little-endian), then the postcard encoding of the chunk's
-//! `Vec<A>`. A reply (rank r → rank 0, [`TAG_REPLY`]) is `id: u64` and `elapsed_ns: u64`, then
-//! the postcard encoding of [`Reply<R>`]. [`TAG_STOP`] is empty.
+//! `id: u64` and `call: i64` (little-endian), then each of the chunk's items as its length
+//! (`u32`, little-endian) and its postcard encoding. A reply (rank r → rank 0, [`TAG_REPLY`])
+//! is `id: u64` and `elapsed_ns: u64`, then the postcard encoding of [`Reply<R>`].
+//! [`TAG_STOP`] is empty.
 
 use std::io::Read;
 
