@@ -617,15 +617,7 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64) {
     // Our copy, not the shared word: the worker can write that one.
     let freed = *freed_copy;
     if let Some(detail) = check_result_place(offset, len, d.arena_end, freed, cap) {
-        complete(
-            done,
-            TaskResult::Err(Error::WorkerCorrupted {
-                worker: s,
-                detail: detail.clone(),
-            }),
-        );
-        finished(inner, 1);
-        corrupted(inner, s, detail);
+        fail_corrupted(inner, s, done, detail);
         return;
     }
     // Shared memory is input from another process: copy the result out first, then decode the
@@ -668,16 +660,8 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64) {
                 return;
             }
             Err(NoResultSegment::Worker(detail)) => {
-                complete(
-                    done,
-                    TaskResult::Err(Error::WorkerCorrupted {
-                        worker: s,
-                        detail: detail.clone(),
-                    }),
-                );
                 put_scratch(buf);
-                finished(inner, 1);
-                corrupted(inner, s, detail);
+                fail_corrupted(inner, s, done, detail);
                 return;
             }
         }
@@ -701,17 +685,13 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64) {
             detail: String::from_utf8_lossy(bytes).into_owned(),
         }),
         status => {
-            let detail = format!("result with unknown status {status}");
-            complete(
-                done,
-                TaskResult::Err(Error::WorkerCorrupted {
-                    worker: s,
-                    detail: detail.clone(),
-                }),
-            );
             put_scratch(buf);
-            finished(inner, 1);
-            corrupted(inner, s, detail);
+            fail_corrupted(
+                inner,
+                s,
+                done,
+                format!("result with unknown status {status}"),
+            );
             return;
         }
     };
@@ -992,6 +972,20 @@ fn spawn_failed(inner: &Inner, s: usize) {
         done(TaskResult::Err(err.clone()));
     }
     finished(inner, n);
+}
+
+/// A result of worker `s` broke the protocol: its task fails with `WorkerCorrupted`, counts as
+/// finished, and the worker is killed and replaced (`corrupted`).
+fn fail_corrupted(inner: &Inner, s: usize, done: Completion, detail: String) {
+    complete(
+        done,
+        TaskResult::Err(Error::WorkerCorrupted {
+            worker: s,
+            detail: detail.clone(),
+        }),
+    );
+    finished(inner, 1);
+    corrupted(inner, s, detail);
 }
 
 fn corrupted(inner: &Inner, s: usize, detail: String) {
