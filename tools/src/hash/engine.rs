@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use shmpool::Pool;
 
 use super::Algo;
-use super::digest::{self, READ_BUF, Small};
+use super::digest::{self, Digest, Opener, READ_BUF, Small};
 use super::walk::Source;
 
 /// Most sources held in the window (waiting, in flight, or done and not yet printed).
@@ -76,7 +76,7 @@ pub(crate) struct Item<T> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// The digest of the file.
-    Digest(Vec<u8>),
+    Digest(Digest),
     /// Why the file could not be hashed (`No such file or directory`, ...).
     Failed(String),
     /// The answer to a `Source::Marker`.
@@ -101,23 +101,29 @@ pub(crate) enum Finish {
 }
 
 /// The task a worker runs.
+///
+/// The paths of its jobs travel in one byte string (`paths`, job after job, each `path_len`
+/// bytes), and the digests of the reply in another: one copy each way instead of serde's
+/// per-byte path of a `Vec<u8>` field and one allocation per file on both sides.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Task {
     algo: Algo,
     /// `Whole` jobs not mapped hand back regular files of this many bytes or more unhashed.
     big_from: u64,
     jobs: Vec<Job>,
+    #[serde(with = "bytes")]
+    paths: Vec<u8>,
 }
 
-/// One piece of work in a task.
+/// One piece of work in a task; its path is the next `path_len` bytes of the task's `paths`.
 #[derive(Debug, Serialize, Deserialize)]
 enum Job {
     /// Hash the whole file; `map`: through a mapping (a file of at least `MAP_MIN` bytes,
     /// alone in its task).
-    Whole { path: Vec<u8>, map: bool },
+    Whole { path_len: u32, map: bool },
     /// The chaining value of the BLAKE3 subtree `offset .. offset + len` of the file.
     Part {
-        path: Vec<u8>,
+        path_len: u32,
         offset: u64,
         len: u64,
     },
@@ -126,51 +132,116 @@ enum Job {
 /// What a worker says about one job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Answer {
-    /// The digest (or chaining value) and the bytes hashed.
-    Done(Vec<u8>, u64),
+    /// Hashed: the digest (or chaining value, 32 bytes) is the next one in the reply's
+    /// `digests`; the bytes hashed.
+    Done(u64),
     /// Why the file could not be hashed.
     Failed(String),
     /// Not hashed: a regular file of this many bytes, at least the task's `big_from`.
     Big(u64),
 }
 
-/// One answer per job.
-pub(crate) type Reply = Vec<Answer>;
+/// One answer per job, and the digests of the `Done` ones, one after the other.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Reply {
+    answers: Vec<Answer>,
+    #[serde(with = "bytes")]
+    digests: Vec<u8>,
+}
+
+/// `Vec<u8>` fields as one byte string (postcard: a varint length, then the bytes, the same
+/// bytes its per-element path writes), read back with one copy.
+mod bytes {
+    use serde::{Deserializer, Serializer, de};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Bytes;
+        impl<'de> de::Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+                while let Some(b) = seq.next_element()? {
+                    v.push(b);
+                }
+                Ok(v)
+            }
+        }
+        d.deserialize_byte_buf(Bytes)
+    }
+}
 
 /// Runs in a worker: hashes every job of the task, with one read buffer per worker process.
 pub(crate) fn run_task(task: Task) -> Reply {
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_BUF]);
     }
+    let mut reply = Reply {
+        answers: Vec::with_capacity(task.jobs.len()),
+        digests: Vec::with_capacity(task.jobs.len() * task.algo.digest_len()),
+    };
+    let mut opener = Opener::new();
+    let mut paths = &task.paths[..];
     BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
-        task.jobs
-            .iter()
-            .map(|job| {
-                let r = match job {
-                    Job::Whole { path, map: true } => {
-                        digest::hash_mapped(task.algo, path, &mut buf).map(|d| {
+        for job in &task.jobs {
+            let path_len = match *job {
+                Job::Whole { path_len, .. } | Job::Part { path_len, .. } => path_len as usize,
+            };
+            let Some(path) = paths.get(..path_len) else {
+                reply
+                    .answers
+                    .push(Answer::Failed("internal error: bad task".into()));
+                continue;
+            };
+            paths = &paths[path_len..];
+            let r =
+                match *job {
+                    Job::Whole { map: true, .. } => digest::hash_mapped(task.algo, path, &mut buf)
+                        .map(|d| {
                             let n = std::fs::metadata(digest::os_path(path)).map_or(0, |m| m.len());
-                            Answer::Done(d, n)
+                            (Some(d), Answer::Done(n))
+                        }),
+                    Job::Whole { map: false, .. } => {
+                        digest::hash_small(task.algo, &mut opener, path, task.big_from, &mut buf)
+                            .map(|s| match s {
+                                Small::Digest(d, n) => (Some(d), Answer::Done(n)),
+                                Small::Big(n) => (None, Answer::Big(n)),
+                            })
+                    }
+                    Job::Part { offset, len, .. } => {
+                        digest::blake3_subtree(path, offset, len, &mut buf).map(|cv| {
+                            let cv = Digest::new(&cv).expect("a chaining value is 32 bytes");
+                            (Some(cv), Answer::Done(len))
                         })
                     }
-                    Job::Whole { path, map: false } => {
-                        digest::hash_small(task.algo, path, task.big_from, &mut buf).map(
-                            |s| match s {
-                                Small::Digest(d, n) => Answer::Done(d, n),
-                                Small::Big(n) => Answer::Big(n),
-                            },
-                        )
-                    }
-                    Job::Part { path, offset, len } => {
-                        digest::blake3_subtree(path, *offset, *len, &mut buf)
-                            .map(|cv| Answer::Done(cv.to_vec(), *len))
-                    }
                 };
-                r.unwrap_or_else(|e| Answer::Failed(super::format::reason(&e)))
-            })
-            .collect()
-    })
+            match r {
+                Ok((d, answer)) => {
+                    if let Some(d) = d {
+                        reply.digests.extend_from_slice(d.as_slice());
+                    }
+                    reply.answers.push(answer);
+                }
+                Err(e) => reply
+                    .answers
+                    .push(Answer::Failed(super::format::reason(&e))),
+            }
+        }
+    });
+    reply
 }
 
 /// What a slot is waiting for.
@@ -466,18 +537,14 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
         &mut self.slots[(seq - self.base) as usize]
     }
 
-    fn path(&self, seq: u64) -> Vec<u8> {
-        self.file(seq).0
-    }
-
     /// Path and size of the file in slot `seq`.
-    fn file(&self, seq: u64) -> (Vec<u8>, Option<u64>) {
+    fn file(&self, seq: u64) -> (&[u8], Option<u64>) {
         match self.slots[(seq - self.base) as usize]
             .item
             .as_ref()
             .map(|i| &i.source)
         {
-            Some(Source::File { path, size }) => (path.clone(), *size),
+            Some(Source::File { path, size }) => (path, *size),
             _ => unreachable!("only files are sent"),
         }
     }
@@ -510,23 +577,29 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
             if works.is_empty() {
                 return Ok(());
             }
+            let mut paths = Vec::new();
             let jobs = works
                 .iter()
-                .map(|w| match *w {
-                    Work::Whole(seq) | Work::Big(seq) => {
-                        let (path, size) = self.file(seq);
-                        Job::Whole {
-                            path,
+                .map(|w| {
+                    let seq = match *w {
+                        Work::Whole(seq) | Work::Big(seq) | Work::Part { seq, .. } => seq,
+                    };
+                    let (path, size) = self.file(seq);
+                    // No path is 4 GiB long (the window holds 8 MiB of them); one cut to that
+                    // would fail to open like any over-long path.
+                    let path_len = u32::try_from(path.len()).unwrap_or(u32::MAX);
+                    paths.extend_from_slice(&path[..path_len as usize]);
+                    match *w {
+                        Work::Whole(_) | Work::Big(_) => Job::Whole {
+                            path_len,
                             map: matches!(w, Work::Big(_)) && self.maps(size.unwrap_or(0)),
-                        }
+                        },
+                        Work::Part { offset, len, .. } => Job::Part {
+                            path_len,
+                            offset,
+                            len,
+                        },
                     }
-                    Work::Part {
-                        seq, offset, len, ..
-                    } => Job::Part {
-                        path: self.path(seq),
-                        offset,
-                        len,
-                    },
                 })
                 .collect();
             // A file sent alone is hashed whatever its size; small files hand big ones back.
@@ -543,6 +616,7 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                     algo: self.opts.algo,
                     big_from,
                     jobs,
+                    paths,
                 },
                 self.tx.clone(),
             )?;
@@ -556,16 +630,30 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
         let Some(works) = self.in_flight.remove(&id) else {
             return Ok(Finish::Completed);
         };
-        let results: Vec<Answer> = match reply {
-            Ok(r) if r.len() == works.len() => r,
-            Ok(r) => vec![
-                Answer::Failed(format!(
-                    "internal error: {} results for {} files",
-                    r.len(),
-                    works.len()
-                ));
-                works.len()
-            ],
+        let digest_len = |w: &Work| match w {
+            Work::Part { .. } => blake3::OUT_LEN,
+            Work::Whole(_) | Work::Big(_) => self.opts.algo.digest_len(),
+        };
+        let (results, digests): (Vec<Answer>, Vec<u8>) = match reply {
+            Ok(r) => {
+                let want: usize = works
+                    .iter()
+                    .zip(&r.answers)
+                    .filter(|(_, a)| matches!(a, Answer::Done(_)))
+                    .map(|(w, _)| digest_len(w))
+                    .sum();
+                if r.answers.len() == works.len() && r.digests.len() == want {
+                    (r.answers, r.digests)
+                } else {
+                    let e = format!(
+                        "internal error: {} results and {} digest bytes for {} files",
+                        r.answers.len(),
+                        r.digests.len(),
+                        works.len()
+                    );
+                    (vec![Answer::Failed(e); works.len()], Vec::new())
+                }
+            }
             Err(e) => {
                 // A worker that died from the terminal's Ctrl-C is not an error to report.
                 if (self.interrupted)() {
@@ -575,15 +663,27 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                 if (self.interrupted)() {
                     return Ok(Finish::Interrupted);
                 }
-                vec![Answer::Failed(e.to_string()); works.len()]
+                (vec![Answer::Failed(e.to_string()); works.len()], Vec::new())
             }
+        };
+        let mut digests = &digests[..];
+        // The next digest of the reply (their total length was checked above).
+        let mut next_digest = |len: usize| {
+            let (d, rest) = digests.split_at(len);
+            digests = rest;
+            d
         };
         for (work, result) in works.into_iter().zip(results) {
             match work {
                 Work::Whole(seq) | Work::Big(seq) => match result {
-                    Answer::Done(d, bytes) => {
+                    Answer::Done(bytes) => {
                         self.bytes_done += bytes;
-                        self.finish(seq, Outcome::Digest(d))?;
+                        let d = next_digest(self.opts.algo.digest_len());
+                        let outcome = match Digest::new(d) {
+                            Some(d) => Outcome::Digest(d),
+                            None => Outcome::Failed("internal error: bad digest".into()),
+                        };
+                        self.finish(seq, outcome)?;
                     }
                     Answer::Failed(e) => self.finish(seq, Outcome::Failed(e))?,
                     Answer::Big(size) => {
@@ -603,7 +703,7 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                 Work::Part { seq, leaf, len, .. } => {
                     self.bytes_done += len;
                     let result = match result {
-                        Answer::Done(cv, _) => Ok(cv),
+                        Answer::Done(_) => Ok(next_digest(blake3::OUT_LEN)),
                         Answer::Failed(e) => Err(e),
                         Answer::Big(_) => Err("internal error: a piece handed back".to_string()),
                     };
@@ -618,7 +718,7 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                         unreachable!("pieces belong to split slots")
                     };
                     match result {
-                        Ok(cv) => match <[u8; 32]>::try_from(cv.as_slice()) {
+                        Ok(cv) => match <[u8; 32]>::try_from(cv) {
                             Ok(cv) => cvs[leaf] = Some(cv),
                             Err(_) => {
                                 error.get_or_insert_with(|| "internal error: bad value".into());
@@ -635,7 +735,9 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                             None => {
                                 let cvs: Vec<_> = cvs.iter().flatten().copied().collect();
                                 match digest::merge(*total, BLAKE3_PIECE, &cvs) {
-                                    Some(h) => Outcome::Digest(h.to_vec()),
+                                    Some(h) => Outcome::Digest(
+                                        Digest::new(&h).expect("BLAKE3 digests are 32 bytes"),
+                                    ),
                                     None => Outcome::Failed("internal error: bad tree".into()),
                                 }
                             }

@@ -143,6 +143,7 @@ pub(crate) fn run_on(
     } else {
         let sink = HashSink {
             out,
+            line: Vec::new(),
             esc: Escape::for_hash(cfg.algo, cfg.zero),
             zero: cfg.zero,
             failed: false,
@@ -297,6 +298,8 @@ fn report(
 /// Hash mode: one `HEX  PATH` line per file on stdout, one error line per failure on stderr.
 struct HashSink {
     out: BufWriter<io::Stdout>,
+    /// The line being written (reused: no allocation per file).
+    line: Vec<u8>,
     esc: Escape,
     zero: bool,
     failed: bool,
@@ -322,9 +325,9 @@ impl Sink<()> for HashSink {
         };
         match outcome {
             Outcome::Digest(d) => {
-                let mut line = Vec::with_capacity(d.len() * 2 + name.len() + 4);
-                format::push_hash_line(&mut line, &d, name, self.esc, self.zero);
-                self.out.write_all(&line)
+                self.line.clear();
+                format::push_hash_line(&mut self.line, d.as_slice(), name, self.esc, self.zero);
+                self.out.write_all(&self.line)
             }
             Outcome::Failed(reason) => {
                 self.failed = true;
@@ -413,7 +416,7 @@ impl Sink<CheckTag> for CheckSink {
                     Source::Stdin | Source::Marker => b"-",
                 };
                 match outcome {
-                    Outcome::Digest(d) if d == expected => {
+                    Outcome::Digest(d) if d.as_slice() == expected.as_slice() => {
                         if !self.quiet && !self.status {
                             self.line(name, "OK")?;
                         }
