@@ -2,7 +2,8 @@
 //!
 //! One tree is built once per test process in the target directory: names with spaces, `\`,
 //! newlines, carriage returns and non-UTF-8 bytes; dotfiles; empty files and directories; 2000
-//! tiny files; a 70 MB random file (many BLAKE3 pieces); a 300 MB sparse file; symlinks to a
+//! tiny files; files of 256 KiB - 1 to 4 MiB + 1 around the engine's thresholds; a 70 MB random
+//! file (many BLAKE3 pieces); a 300 MB sparse file; symlinks to a
 //! file and to a directory; a FIFO. The expected file list comes from an independent walk here
 //! (sorted per directory, symlinks and FIFOs skipped), and the reference tools hash it in that
 //! order, so the outputs must be equal byte for byte.
@@ -71,6 +72,7 @@ fn tree() -> &'static Path {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hash-tree");
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(root.join("tiny")).unwrap();
+        fs::create_dir_all(root.join("mid")).unwrap();
         fs::create_dir_all(root.join("empty dir")).unwrap();
         fs::create_dir_all(root.join("deep/er/est")).unwrap();
         let name = |b: &[u8]| root.join(OsStr::from_bytes(b));
@@ -87,6 +89,21 @@ fn tree() -> &'static Path {
             fs::write(root.join(format!("tiny/{i:04}")), format!("{i}\n")).unwrap();
         }
         fs::write(root.join("random-70M"), random_bytes(70_000_000, 7)).unwrap();
+        // Around the sizes where the engine changes course: mapped from 256 KiB (every
+        // algorithm), sent alone by cost above ~1.2 MB (SHA-512), BLAKE3 pieces above 4 MiB.
+        for (i, len) in [
+            (256 << 10) - 1,
+            256 << 10,
+            600_000,
+            1_300_000,
+            (4 << 20) + 1,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let data = random_bytes(len, 11 + i as u64);
+            fs::write(root.join(format!("mid/{len}")), data).unwrap();
+        }
         let sparse = fs::File::create(root.join("sparse-300M")).unwrap();
         sparse.set_len(300_000_000).unwrap();
         symlink(root.join("sp ace"), root.join("link-to-file")).unwrap();

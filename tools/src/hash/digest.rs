@@ -10,14 +10,19 @@
 //!
 //! A file is read into the worker's reused buffer (one `read` for most: a short read that
 //! completes the size `fstat` gave is its end, so the usual extra `read` that returns 0 is
-//! skipped; files that say 0 bytes, as in /proc, are read until a `read` returns 0). For SHA-256
-//! and BLAKE3, a file of at least `engine::MAP_MIN` (256 KiB) — which the scheduler sends alone
-//! in its task — and every piece of a split BLAKE3 file are hashed through a
-//! [`shmpool::MappedFile`] opened in the worker, which saves the kernel's copy into the buffer.
-//! On this (virtual) machine that copy is slow: `perf record` of a run over the toolchain tree
-//! put a quarter (SHA-256) to a third (BLAKE3) of all CPU time in `_copy_to_iter`, and mapping
-//! cut the run's CPU time by 15–20%. For SHA-512, 2.5x slower per byte than SHA-256, mapping
-//! made no difference measurable on this busy machine, so SHA-512 reads.
+//! skipped; files that say 0 bytes, as in /proc, are read until a `read` returns 0). A file of
+//! at least `engine::MAP_MIN` (256 KiB) — which the scheduler sends alone in its task — and
+//! every piece of a split BLAKE3 file are hashed through a [`shmpool::MappedFile`] opened in the
+//! worker, which saves the kernel's copy into the buffer. On this (virtual) machine that copy is
+//! slow (~1.8 GB/s): `perf record` of a run over the toolchain tree put a quarter (SHA-256) to a
+//! third (BLAKE3) of all CPU time in `_copy_to_iter`, and mapping cut the run's CPU time by
+//! 15–20%. For SHA-512 the copy was still 19% of the CPU time, and mapping cut the system time
+//! of a run from 2.0–2.2 s to 1.5 s (three alternating runs each, `BENCHMARKS.md`); an earlier
+//! trial on a busier machine had seen no difference. Mapping from 64 or 128 KiB instead of 256
+//! KiB changed nothing measurable (BLAKE3, three alternating runs each).
+//!
+//! Small files are opened through an [`Opener`]: by name, relative to their directory's
+//! descriptor, which the next paths of the task reuse.
 //!
 //! `MappedFile::open` is `unsafe`: the file must not change while it is mapped. `shmpool hash`
 //! cannot promise that for files it does not own, and accepts the consequence, which is the one

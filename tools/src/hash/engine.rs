@@ -56,7 +56,7 @@ const CHUNK_FILES: usize = 1024;
 const TASKS_PER_WORKER: usize = 4;
 /// Largest BLAKE3 subtree hashed as one task; files above it are split.
 pub(crate) const BLAKE3_PIECE: u64 = 4 << 20;
-/// Smallest file hashed through a mapping (SHA-256 and BLAKE3), alone in its task.
+/// Smallest file hashed through a mapping, alone in its task.
 pub(crate) const MAP_MIN: u64 = 256 << 10;
 /// Sources taken from the walk per turn of the loop.
 const INTAKE_BATCH: usize = 256;
@@ -450,20 +450,16 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
     }
 
     /// Whether a file of `size` bytes is hashed through a mapping (alone in its task): from
-    /// [`MAP_MIN`] bytes, for the algorithms fast enough that the kernel's copy into a read
-    /// buffer is a large share of their cost (see `digest`'s module docs).
+    /// [`MAP_MIN`] bytes, for every algorithm, since the kernel's copy into a read buffer is a
+    /// large share of the cost even of SHA-512 (see `digest`'s module docs).
     fn maps(&self, size: u64) -> bool {
-        size >= MAP_MIN && self.opts.algo != Algo::Sha512
+        size >= MAP_MIN
     }
 
     /// Smallest file sent alone in its task: above one chunk's cost, or mapped.
     fn big_from(&self) -> u64 {
         let by_cost = (CHUNK_COST_NS - FILE_COST_NS) * 1000 / self.opts.algo.ps_per_byte() + 1;
-        if self.opts.algo == Algo::Sha512 {
-            by_cost
-        } else {
-            by_cost.min(MAP_MIN)
-        }
+        by_cost.min(MAP_MIN)
     }
 
     /// Queues a big file of `size` bytes (at least `big_from`) in slot `seq` first: alone in a
