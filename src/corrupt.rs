@@ -43,6 +43,18 @@ pub(crate) enum Scribble {
         /// `STATUS_*`.
         status: u32,
     },
+    /// Publishes a result for the running task that is in a segment of its own (`bigpayload`):
+    /// `vec![7u8; bytes]` as a byte vector, in a memfd sealed as a worker should seal it or not
+    /// sealed at all, announced as `announced` bytes long.
+    SegmentResult {
+        /// Length of the byte vector in the segment.
+        bytes: usize,
+        /// The length the descriptor announces (the true encoded length is `bytes` plus its
+        /// varint).
+        announced: u64,
+        /// Whether to seal the memfd.
+        sealed: bool,
+    },
     /// Writes `count` pseudo-random 8-byte values (from `seed`) at pseudo-random places of the
     /// slot's two rings and its result arena.
     Random {
@@ -106,6 +118,43 @@ pub(crate) unsafe fn scribble(what: Scribble) -> bool {
                 len,
                 arena_end,
                 status,
+                ..Descriptor::default()
+            };
+            // SAFETY: slot `tail` of our own result ring is the next one we would publish.
+            unsafe { slot.results.slot_ptr(tail).write(d) };
+            slot.results.force_produced(tail + 1);
+            ctl.header().collector.notify();
+        }
+        Scribble::SegmentResult {
+            bytes,
+            announced,
+            sealed,
+        } => {
+            let mut encoded = Vec::new();
+            crate::payload::write_bytes(&vec![7u8; bytes], &mut encoded);
+            let fd = if sealed {
+                crate::bigpayload::make_segment(&[], &encoded).expect("memfd")
+            } else {
+                let fd = nix::sys::memfd::memfd_create(
+                    "shmpool-payload",
+                    nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+                )
+                .expect("memfd");
+                let mut file = std::fs::File::from(fd);
+                std::io::Write::write_all(&mut file, &encoded).expect("write");
+                std::os::fd::OwnedFd::from(file)
+            };
+            let running = slot.tasks.consumed().wrapping_sub(1);
+            // SAFETY: a slot of our own task ring, which we (its consumer) read after the
+            // parent published it.
+            let task_id = unsafe { slot.tasks.slot_ptr(running).read() }.task_id;
+            crate::channel::send_result(task_id, &fd).expect("send the segment");
+            let tail = slot.results.produced();
+            let d = Descriptor {
+                task_id,
+                arena_end: slot.result_freed.load(crate::sync::Ordering::Acquire),
+                flags: crate::bigpayload::FLAG_RESULT_SEGMENT,
+                reserved: announced,
                 ..Descriptor::default()
             };
             // SAFETY: slot `tail` of our own result ring is the next one we would publish.
@@ -275,6 +324,63 @@ mod tests {
         ));
         expect_new_worker(&pool);
         assert_eq!(pool.map(double, 0..5000u64).unwrap().len(), 5000);
+        pool.close();
+        pool.join().unwrap();
+    }
+
+    /// Forges a result in a segment: `(bytes, announced extra, sealed)`, which answers the task;
+    /// then the worker exits (as one at its `max_tasks` does), so the next task goes to its
+    /// replacement whether or not the parent took the result.
+    fn segment_result(case: (usize, i64, bool)) -> Vec<u8> {
+        common::no_core_dumps();
+        let (bytes, extra, sealed) = case;
+        let encoded = bytes + crate::payload::varint(bytes as u64, &mut [0; 10]);
+        // SAFETY: the point of the test: this worker publishes a result of its own making.
+        unsafe {
+            assert!(scribble(Scribble::SegmentResult {
+                bytes,
+                announced: (encoded as i64 + extra) as u64,
+                sealed,
+            }));
+            // SAFETY: _exit ends this worker process at once; nothing of it is needed again.
+            libc::_exit(0)
+        }
+    }
+
+    #[test]
+    fn a_result_segment_that_is_not_sealed_or_shorter_than_announced_is_refused() {
+        let _w = common::arm(120);
+        let pool = Pool::new(1).unwrap();
+        let first = pool.worker_pids()[0];
+        // Sealed and as long as announced: accepted (the worker is parked, so it is this forged
+        // result that answers), and read whole.
+        let v = pool.apply(segment_result, (5000, 0, true)).unwrap();
+        assert!(v.len() == 5000 && v.iter().all(|&b| b == 7));
+        // Not sealed: the worker could still write it while we read, so it is refused.
+        let e = pool.apply(segment_result, (5000, 0, false)).unwrap_err();
+        match e {
+            Error::WorkerCorrupted { worker: 0, detail } => {
+                assert!(detail.contains("not sealed"), "{detail}")
+            }
+            other => panic!("expected WorkerCorrupted, got {other:?}"),
+        }
+        // Sealed but announced longer than it is.
+        let e = pool.apply(segment_result, (5000, 1, true)).unwrap_err();
+        match e {
+            Error::WorkerCorrupted { worker: 0, detail } => {
+                assert!(detail.contains("announced"), "{detail}")
+            }
+            other => panic!("expected WorkerCorrupted, got {other:?}"),
+        }
+        // Sealed, announced shorter than the byte string in it: the string runs past the
+        // announced end, a codec error for that task only.
+        assert!(matches!(
+            pool.apply(segment_result, (5000, -1, true)),
+            Err(Error::Codec { .. })
+        ));
+        // The refused ones cost their workers; the pool serves on.
+        assert_eq!(pool.apply(double, 4).unwrap(), 8);
+        assert!(!pool.worker_pids().contains(&first));
         pool.close();
         pool.join().unwrap();
     }

@@ -46,7 +46,7 @@ pub(crate) fn byte_payload<T: 'static>(v: &T) -> Option<&[u8]> {
 }
 
 /// Whether `T` is a byte vector that [`read_byte_payload`] can make.
-fn is_byte_payload<T: 'static>() -> bool {
+pub(crate) fn is_byte_payload<T: 'static>() -> bool {
     use std::any::TypeId;
     let t = TypeId::of::<T>();
     t == TypeId::of::<Vec<u8>>() || t == TypeId::of::<Box<[u8]>>()
@@ -77,7 +77,7 @@ pub(crate) fn varint(mut v: u64, buf: &mut [u8; 10]) -> usize {
 }
 
 /// Reads a LEB128 varint `usize` from the front of `bytes`: `(value, bytes used)`.
-fn read_varint(bytes: &[u8]) -> Result<(usize, usize), String> {
+pub(crate) fn read_varint(bytes: &[u8]) -> Result<(usize, usize), String> {
     let mut v: u64 = 0;
     for (i, &b) in bytes.iter().enumerate().take(10) {
         let bits = u64::from(b & 0x7f);
@@ -118,37 +118,46 @@ pub(crate) fn read_byte_payload<T: 'static>(bytes: &[u8]) -> Option<Result<T, St
 
 /// A `T` (`Vec<u8>` or `Box<[u8]>`, checked by the caller) holding a copy of `b`.
 fn byte_vector<T: 'static>(b: &[u8]) -> T {
+    let mut v = bytes_with_capacity(b.len());
+    v.extend_from_slice(b);
+    byte_vector_from(v)
+}
+
+/// `v` as a `T` (`Vec<u8>` or `Box<[u8]>`, checked by the caller).
+pub(crate) fn byte_vector_from<T: 'static>(v: Vec<u8>) -> T {
     let mut out: Option<T> = None;
     let any: &mut dyn std::any::Any = &mut out;
     if let Some(slot) = any.downcast_mut::<Option<Vec<u8>>>() {
-        *slot = Some(copy_bytes(b));
+        *slot = Some(v);
     } else if let Some(slot) = any.downcast_mut::<Option<Box<[u8]>>>() {
-        *slot = Some(copy_bytes(b).into_boxed_slice());
+        *slot = Some(v.into_boxed_slice());
     }
-    out.expect("byte_vector is only called for byte-vector types")
+    out.expect("byte_vector_from is only called for byte-vector types")
 }
 
-/// Above this, a decoded byte vector asks for transparent huge pages (see [`copy_bytes`]).
+/// Above this, a fresh byte vector asks for transparent huge pages (see
+/// [`bytes_with_capacity`]).
 const HUGE_COPY: usize = 8 << 20;
 
-/// `b.to_vec()`, but a large copy first asks the kernel to back the fresh allocation with
-/// transparent huge pages (`MADV_HUGEPAGE`; the default THP mode `madvise` applies them only
-/// where asked): a 300 MiB vector then takes 150 page faults instead of 76,800, which is most of
-/// the cost of filling fresh memory in a VM. Where THP is off the advice is ignored.
-fn copy_bytes(b: &[u8]) -> Vec<u8> {
-    if b.len() < HUGE_COPY {
-        return b.to_vec();
+/// An empty vector with room for exactly `n` bytes, about to be filled. A large one first asks
+/// the kernel to back the fresh allocation with transparent huge pages (`MADV_HUGEPAGE`; the
+/// default THP mode `madvise` applies them only where asked): a 300 MiB vector then takes 150
+/// page faults instead of 76,800, which is most of the cost of filling fresh memory in a VM.
+/// Where THP is off the advice is ignored. Nothing is zeroed here (the kernel zeroes the pages it
+/// hands out, once): the caller fills the spare capacity.
+pub(crate) fn bytes_with_capacity(n: usize) -> Vec<u8> {
+    let mut v: Vec<u8> = Vec::with_capacity(n);
+    if n < HUGE_COPY {
+        return v;
     }
-    let mut v: Vec<u8> = Vec::with_capacity(b.len());
     const HUGE: usize = 2 << 20;
     let start = (v.as_mut_ptr() as usize).next_multiple_of(HUGE);
-    let end = (v.as_mut_ptr() as usize + b.len()) & !(HUGE - 1);
+    let end = (v.as_mut_ptr() as usize + n) & !(HUGE - 1);
     if end > start {
         // SAFETY: `start..end` lies inside `v`'s allocation (aligned inward), which this process
         // owns and nobody reads yet; MADV_HUGEPAGE is advice that changes no contents.
         unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
     }
-    v.extend_from_slice(b);
     v
 }
 

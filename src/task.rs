@@ -55,6 +55,9 @@ pub(crate) struct ResultSink<'a> {
     /// A result too large for the arena, written to a sealed segment instead (`bigpayload`):
     /// the segment and its length, for the worker loop to send with the result.
     big: Option<(std::os::fd::OwnedFd, u64)>,
+    /// The call's argument when it came in a segment of its own (`bigpayload`): the trampoline
+    /// reads a byte vector straight from it instead of from the mapping it is given.
+    arg_segment: Option<&'a crate::bigpayload::Sealed>,
 }
 
 impl std::fmt::Debug for ResultSink<'_> {
@@ -86,7 +89,13 @@ impl<'a> ResultSink<'a> {
             freed,
             keep_waiting,
             big: None,
+            arg_segment: None,
         }
+    }
+
+    /// Records that this call's argument is `segment` (the trampoline is given its mapping).
+    pub(crate) fn set_arg_segment(&mut self, segment: &'a crate::bigpayload::Sealed) {
+        self.arg_segment = Some(segment);
     }
 
     /// Takes the large-result segment the last `put` made, if it made one.
@@ -333,8 +342,17 @@ pub(crate) fn note_decode_detail(detail: &str) {
     DECODE_DETAIL.with(|d| *d.borrow_mut() = Some(detail.to_owned()));
 }
 
-fn decode<A: DeserializeOwned + 'static>(arg: &[u8]) -> Result<A, CallOutcome> {
-    if let Some(a) = crate::payload::read_byte_payload::<A>(arg) {
+/// Decodes an argument: from `segment` when it is a byte vector that came in a segment of its own
+/// (read from the file, not the mapping `arg`), otherwise from `arg`.
+fn decode<A: DeserializeOwned + 'static>(
+    arg: &[u8],
+    segment: Option<&crate::bigpayload::Sealed>,
+) -> Result<A, CallOutcome> {
+    let fast = match segment {
+        Some(seg) => seg.read_byte_payload::<A>(),
+        None => crate::payload::read_byte_payload::<A>(arg),
+    };
+    if let Some(a) = fast {
         return a.map_err(|e| CallOutcome::Failed(format!("cannot decode the argument: {e}")));
     }
     DECODE_DETAIL.with(|d| d.borrow_mut().take());
@@ -381,7 +399,8 @@ where
     let f: F = unsafe { conjure() };
     // The user's `Deserialize` and `Serialize` are task code too: a panic in either fails this
     // task, as a panic of `f` does, and never reaches the worker loop (which exits on one).
-    let a: A = match catch_unwind(AssertUnwindSafe(|| decode(arg))) {
+    let segment = sink.arg_segment;
+    let a: A = match catch_unwind(AssertUnwindSafe(|| decode(arg, segment))) {
         Ok(Ok(a)) => a,
         Ok(Err(o)) => return o,
         Err(p) => return CallOutcome::Panicked(task_panic(&*p)),

@@ -379,9 +379,10 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
                     // SAFETY: the argument was encoded by the parent for this very trampoline.
                     unsafe { call(arg, &mut sink) }
                 }
-                Some(Ok((_, map))) => {
-                    // SAFETY: as above; the mapping holds the argument the parent encoded.
-                    unsafe { call(map, &mut sink) }
+                Some(Ok((_, seg))) => {
+                    sink.set_arg_segment(seg);
+                    // SAFETY: as above; the segment holds the argument the parent encoded.
+                    unsafe { call(seg.bytes(), &mut sink) }
                 }
                 Some(Err(e)) => CallOutcome::Failed(format!("cannot read the argument: {e}")),
             };
@@ -403,10 +404,6 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
             }
             r
         };
-        if let Some(Ok((id, map))) = big_arg {
-            drop(map);
-            crate::channel::forget_local(id);
-        }
         if limit.is_some() {
             // Disarmed before the result is published: a timer that fires from here on kills
             // a worker that finished in time only if the task took its whole limit anyway.
@@ -425,6 +422,12 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
             &parent_alive,
         );
         header.collector.notify();
+        // Closed only now, off the path of the result: unmapping and closing a large argument
+        // takes a while, and the parent frees its memory anyway (it holds the other fd).
+        if let Some(Ok((id, seg))) = big_arg {
+            drop(seg);
+            crate::channel::forget_local(id);
+        }
         done += 1;
         if ctx.max_tasks.is_some_and(|m| done >= m) {
             exit_now(0, true);

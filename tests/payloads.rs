@@ -268,6 +268,21 @@ fn payload_segments(pid: &str) -> usize {
         .count()
 }
 
+/// Open payload segments of process `pid` once they are closed, waiting up to 30 s: a
+/// finished job's segments are closed just after its result is delivered (the parent's after
+/// the completion has run, a worker's after it published the result), so a caller woken by the
+/// result can look a moment before that.
+fn payload_segments_after_close(pid: &str) -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let n = payload_segments(pid);
+        if n == 0 || std::time::Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn arguments_and_results_bigger_than_the_arena_travel_in_segments_of_their_own() {
     let _w = common::arm(120);
@@ -331,10 +346,67 @@ fn arguments_and_results_bigger_than_the_arena_travel_in_segments_of_their_own()
     // Same workers, and no payload segment left open in the parent or in a worker: each was
     // closed after use, so its memory is gone.
     assert_eq!(pool.worker_pids(), pids);
-    assert_eq!(payload_segments("self"), 0);
+    assert_eq!(payload_segments_after_close("self"), 0);
     for p in pids {
-        assert_eq!(payload_segments(&p.to_string()), 0, "worker {p}");
+        assert_eq!(
+            payload_segments_after_close(&p.to_string()),
+            0,
+            "worker {p}"
+        );
     }
+    pool.close();
+    pool.join().unwrap();
+}
+
+#[test]
+fn byte_vectors_cross_whole_at_every_size_around_the_arena_and_page_boundaries() {
+    let _w = common::arm(120);
+    let pool = Pool::builder()
+        .processes(2)
+        .arena_size(SMALL_ARENA)
+        .build()
+        .unwrap();
+    // Just below, at and above the arena (the length's varint takes 3 bytes here, and each side
+    // decides arena or segment on the encoded size), then around 4 KiB pages of a segment.
+    let mut lens: Vec<usize> = (SMALL_ARENA - 16..=SMALL_ARENA + 16).collect();
+    for pages in [17usize, 32, 100] {
+        lens.extend([
+            pages * 4096 - 4,
+            pages * 4096 - 3,
+            pages * 4096 - 1,
+            pages * 4096,
+            pages * 4096 + 1,
+        ]);
+    }
+    for len in lens {
+        let v: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
+        // Both ways, argument only, result only, and as a `Box<[u8]>`.
+        let back = pool.apply(|v: Vec<u8>| v, v.clone()).unwrap();
+        assert!(back == v, "round trip of {len} bytes");
+        let sum = pool
+            .apply(
+                |v: Vec<u8>| v.iter().map(|&b| u64::from(b)).sum::<u64>(),
+                v.clone(),
+            )
+            .unwrap();
+        assert_eq!(
+            sum,
+            v.iter().map(|&b| u64::from(b)).sum::<u64>(),
+            "argument of {len} bytes"
+        );
+        let made = pool
+            .apply(
+                |len: usize| (0..len).map(|i| (i * 31 + len) as u8).collect::<Vec<u8>>(),
+                len,
+            )
+            .unwrap();
+        assert!(made == v, "result of {len} bytes");
+        let boxed = pool
+            .apply(|b: Box<[u8]>| b, v.clone().into_boxed_slice())
+            .unwrap();
+        assert!(*boxed == v[..], "boxed round trip of {len} bytes");
+    }
+    assert_eq!(payload_segments_after_close("self"), 0);
     pool.close();
     pool.join().unwrap();
 }

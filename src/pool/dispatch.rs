@@ -70,6 +70,9 @@ pub(crate) enum TaskResult<'a> {
         worker: usize,
         /// Time the worker spent in the task.
         elapsed_ns: u64,
+        /// The segment `bytes` maps, when the result came in one of its own (`bigpayload`): a
+        /// byte vector is read from its file instead of from the mapping.
+        segment: Option<&'a crate::bigpayload::Sealed>,
     },
     /// The task failed.
     Err(Error),
@@ -579,6 +582,7 @@ pub(crate) fn finished(inner: &Inner, count: usize) {
 fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64) {
     let ctl = &inner.ctl;
     let cap = ctl.arena_cap();
+    let _arg_segments: Vec<crate::channel::SegmentShare>;
     let (done, woken, refused, sock) = {
         let mut g = lock(inner);
         if matches!(g.phase, Phase::Stopped) && g.inflight[s].is_empty() {
@@ -598,8 +602,12 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64) {
             corrupted(inner, s, format!("result for unknown task {}", d.task_id));
             return;
         }
-        let f = g.inflight[s].pop_front().expect("front exists");
+        let mut f = g.inflight[s].pop_front().expect("front exists");
         g.arenas[s].free_to(f.arg_end);
+        // Dropped at the end of this function, after the completion: closing the last fd of a
+        // large argument's segment frees its pages, which takes tens of ms for hundreds of MiB,
+        // and neither the lock nor the caller waiting for this result should wait for that.
+        _arg_segments = std::mem::take(&mut f.segments);
         let sample = (d.elapsed_ns as f64).max(1.0);
         let avg = g.avg_ns[s];
         g.avg_ns[s] = if avg <= 0.0 {
@@ -641,14 +649,15 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64) {
         .result_freed
         .store(d.arena_end, Ordering::Release);
     // A result too large for the arena arrived in a sealed segment of its own (`bigpayload`):
-    // decoded in place, no copy (the seals make the mapping immutable).
+    // decoded where it is, no private copy (the seals make it immutable). Closed at the end of
+    // this function, after the completion (freeing its pages takes a while).
     let big = if d.flags & crate::bigpayload::FLAG_RESULT_SEGMENT != 0 {
         use crate::channel::NoResultSegment;
         let mapped = usize::try_from(d.reserved)
             .map_err(|_| NoResultSegment::Worker("result segment length out of range".into()))
             .and_then(|len| {
                 let fd = crate::channel::receive_result(sock, d.task_id)?;
-                crate::bigpayload::map_sealed(&fd, len).map_err(NoResultSegment::Worker)
+                crate::bigpayload::Sealed::open(fd, len).map_err(NoResultSegment::Worker)
             });
         match mapped {
             Ok(m) => Some(m),
@@ -669,7 +678,7 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64) {
         None
     };
     let bytes = match &big {
-        Some(m) => &m[..],
+        Some(m) => m.bytes(),
         None => &buf[..],
     };
     let r = match d.status {
@@ -677,6 +686,7 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64) {
             bytes,
             worker: s,
             elapsed_ns: d.elapsed_ns,
+            segment: big.as_ref(),
         },
         STATUS_PANICKED => {
             TaskResult::Err(crate::task::panicked(s, &String::from_utf8_lossy(bytes)))

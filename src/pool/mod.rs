@@ -224,8 +224,8 @@ impl PoolBuilder {
     /// payload that large is used.
     ///
     /// An argument or result larger than the arena still crosses: it travels in a shared segment
-    /// of its own (a sealed memfd passed over the worker's socket, read in place by the other
-    /// side), which costs a `memfd_create`, an `mmap` and a few system calls more than the
+    /// of its own (a sealed memfd passed over the worker's socket, read where it is by the
+    /// other side), which costs a `memfd_create`, an `mmap` and a few system calls more than the
     /// arena. The same holds for a chunk of `map` items or results. Only [`Pool::imap`] and
     /// [`Pool::imap_unordered`] items must fit the arena one by one
     /// ([`Error::PayloadTooLarge`] at that item's place).
@@ -1430,10 +1430,12 @@ fn clone_ok<'a>(r: &TaskResult<'a>) -> TaskResult<'a> {
             bytes,
             worker,
             elapsed_ns,
+            segment,
         } => TaskResult::Ok {
             bytes,
             worker: *worker,
             elapsed_ns: *elapsed_ns,
+            segment: *segment,
         },
         TaskResult::Err(e) => TaskResult::Err(e.clone()),
     }
@@ -1448,14 +1450,18 @@ fn encode_arg<A: serde::Serialize + 'static>(arg: &A, cap: usize) -> Result<disp
 pub(crate) fn decode_result<R: DeserializeOwned + 'static>(r: TaskResult<'_>) -> Result<R> {
     match r {
         // The user's `Deserialize` runs here, on a pool thread: a panic fails this result only.
-        TaskResult::Ok { bytes, .. } => {
-            crate::unwind::catch(
-                "decoding the result",
-                || match crate::payload::read_byte_payload::<R>(bytes) {
+        TaskResult::Ok { bytes, segment, .. } => {
+            crate::unwind::catch("decoding the result", || {
+                // A byte vector in a segment of its own is read from the file (`bigpayload`).
+                let fast = match segment {
+                    Some(seg) => seg.read_byte_payload::<R>(),
+                    None => crate::payload::read_byte_payload::<R>(bytes),
+                };
+                match fast {
                     Some(r) => r.map_err(Error::codec),
                     None => postcard::from_bytes(bytes).map_err(Error::codec),
-                },
-            )
+                }
+            })
         }
         TaskResult::Err(e) => Err(e),
     }
