@@ -18,10 +18,15 @@ use super::Algo;
 /// Lowercase hex of `bytes`, appended to `out`.
 pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    out.reserve(bytes.len() * 2);
-    for &b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 15)]);
+    // A digest at a time through a stack buffer: one copy into `out`, not a push per digit
+    // (this runs once per file in the parent).
+    let mut buf = [0u8; 128];
+    for part in bytes.chunks(buf.len() / 2) {
+        for (pair, &b) in buf.chunks_exact_mut(2).zip(part) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 15)];
+        }
+        out.extend_from_slice(&buf[..part.len() * 2]);
     }
 }
 
@@ -76,11 +81,12 @@ impl Escape {
 
     /// Whether `name` must be written escaped (with the leading `\`).
     pub(crate) fn needed(self, name: &[u8]) -> bool {
+        // memchr: this runs once per file in the parent, over names ~100 bytes long.
         match self {
             Escape::None => false,
-            Escape::Coreutils => name.iter().any(|&c| matches!(c, b'\\' | b'\n' | b'\r')),
-            Escape::CoreutilsCheck => name.contains(&b'\n'),
-            Escape::B3sum => name.iter().any(|&c| matches!(c, b'\\' | b'\n')),
+            Escape::Coreutils => memchr::memchr3(b'\\', b'\n', b'\r', name).is_some(),
+            Escape::CoreutilsCheck => memchr::memchr(b'\n', name).is_some(),
+            Escape::B3sum => memchr::memchr2(b'\\', b'\n', name).is_some(),
         }
     }
 
@@ -190,6 +196,14 @@ mod tests {
         assert_eq!(parse_hex(b"0"), None);
         assert_eq!(parse_hex(b"0g"), None);
         assert_eq!(parse_hex(b""), Some(vec![]));
+        // Longer than the 64 bytes hexed at a time, appended after what `out` holds.
+        let long: Vec<u8> = (0..=255).collect();
+        let mut v = b"x".to_vec();
+        push_hex(&mut v, &long);
+        assert_eq!(v.len(), 1 + 512);
+        assert_eq!(&v[..7], b"x000102");
+        assert_eq!(&v[v.len() - 4..], b"feff");
+        assert_eq!(parse_hex(&v[1..]), Some(long));
     }
 
     #[test]
