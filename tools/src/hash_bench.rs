@@ -173,6 +173,7 @@ pub(crate) fn run(a: &HashBenchArgs) -> Result<ExitCode> {
         bytes as f64 / 1e9
     );
     check(&exe, &d)?;
+    let load_start = load_average();
     let mut walls = vec![Vec::new(); c.len()];
     let mut cpus = vec![Vec::new(); c.len()];
     let mut csv = String::from("round,command,algo,seconds,cpu_seconds,files,bytes\n");
@@ -200,9 +201,11 @@ pub(crate) fn run(a: &HashBenchArgs) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "shmpool bench hash: {dir_s}: {files} files, {:.2} GB, {} rounds (median), warm cache, -j {j}",
+        "shmpool bench hash: {dir_s}: {files} files, {:.2} GB, {} rounds (median), warm cache, -j {j}; \
+         load average (1 min) {load_start} before the rounds, {} after",
         bytes as f64 / 1e9,
-        a.runs
+        a.runs,
+        load_average()
     )?;
     writeln!(
         out,
@@ -250,6 +253,15 @@ pub(crate) fn run(a: &HashBenchArgs) -> Result<ExitCode> {
     }
     writeln!(out, "CSV: {}", csv_path.display())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The 1-minute load average (`/proc/loadavg`), as text; `?` where there is none. On 2 cores
+/// anything above ~2 means other work competed with the bench.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
 
 /// Regular files and their bytes under `dir`, as `shmpool hash` walks it.
