@@ -2,7 +2,7 @@
 # Model-checks the SPSC ring (tests/loom_ring.rs), the futex wake protocol (tests/loom_wake.rs)
 # and the MPMC queue's turn protocol (tests/loom_queue.rs) with loom. Reproducible by hand: `bash ci/loom.sh`.
 # Loom cannot follow a fork, so this checks the ring algorithm over heap memory in one process;
-# src/ring/cross_process.rs (a unit test: `ring` is public only under --cfg loom) checks it across a real fork.
+# src/shm/ring/cross_process.rs (a unit test: `ring` is public only under --cfg loom) checks it across a real fork.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RUSTFLAGS="--cfg loom"

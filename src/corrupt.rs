@@ -10,8 +10,8 @@
 
 use std::sync::atomic::{AtomicPtr, Ordering as StdOrdering};
 
-use crate::control::Control;
-use crate::ring::{Descriptor, RingMem};
+use crate::shm::control::Control;
+use crate::shm::ring::{Descriptor, RingMem};
 
 /// The control segment, in a worker (null elsewhere).
 static CONTROL: AtomicPtr<Control> = AtomicPtr::new(std::ptr::null_mut());
@@ -22,7 +22,7 @@ pub(crate) fn attach(ctl: &Control) {
     CONTROL.store(std::ptr::from_ref(ctl).cast_mut(), StdOrdering::Relaxed);
 }
 
-/// What to overwrite in the calling worker's slot.
+/// What to overwrite in the calling worker's seat.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Scribble {
     /// The task ring's consumer position (`head`), which tells the parent what a dead worker took.
@@ -56,7 +56,7 @@ pub(crate) enum Scribble {
         sealed: bool,
     },
     /// Writes `count` pseudo-random 8-byte values (from `seed`) at pseudo-random places of the
-    /// slot's two rings and its result arena.
+    /// seat's two rings and its result arena.
     Random {
         /// Seed of the generator (splitmix64).
         seed: u64,
@@ -73,7 +73,7 @@ fn splitmix(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Writes `what` into the calling worker's slot; `false` outside a pool worker.
+/// Writes `what` into the calling worker's seat; `false` outside a pool worker.
 ///
 /// # Safety
 ///
@@ -91,11 +91,11 @@ pub(crate) unsafe fn scribble(what: Scribble) -> bool {
     // SAFETY: set from the live control segment in `worker_main`; it stays mapped for the
     // worker's life.
     let ctl = unsafe { &*ctl };
-    let slot = ctl.slot(me.index());
+    let seat = ctl.seat(me.index());
     match what {
-        Scribble::TaskHead(v) => slot.tasks.force_consumed(v),
-        Scribble::ResultTail(v) => slot.results.force_produced(v),
-        Scribble::ResultFreed(v) => slot.result_freed.store(v, crate::sync::Ordering::Release),
+        Scribble::TaskHead(v) => seat.tasks.force_consumed(v),
+        Scribble::ResultTail(v) => seat.results.force_produced(v),
+        Scribble::ResultFreed(v) => seat.result_freed.store(v, crate::sync::Ordering::Release),
         Scribble::ForgedResult {
             offset,
             len,
@@ -103,12 +103,12 @@ pub(crate) unsafe fn scribble(what: Scribble) -> bool {
             status,
         } => {
             // The running task is the last one this worker popped.
-            let running = slot.tasks.consumed().wrapping_sub(1);
+            let running = seat.tasks.consumed().wrapping_sub(1);
             // SAFETY: a slot of our own task ring, which we (its consumer) read after the
             // parent published it.
-            let task_id = unsafe { slot.tasks.slot_ptr(running).read() }.task_id;
-            let tail = slot.results.produced();
-            let arena_end = slot
+            let task_id = unsafe { seat.tasks.slot_ptr(running).read() }.task_id;
+            let tail = seat.results.produced();
+            let arena_end = seat
                 .result_freed
                 .load(crate::sync::Ordering::Acquire)
                 .wrapping_add(arena_end);
@@ -121,8 +121,8 @@ pub(crate) unsafe fn scribble(what: Scribble) -> bool {
                 ..Descriptor::default()
             };
             // SAFETY: slot `tail` of our own result ring is the next one we would publish.
-            unsafe { slot.results.slot_ptr(tail).write(d) };
-            slot.results.force_produced(tail + 1);
+            unsafe { seat.results.slot_ptr(tail).write(d) };
+            seat.results.force_produced(tail + 1);
             ctl.header().collector.notify();
         }
         Scribble::SegmentResult {
@@ -131,9 +131,9 @@ pub(crate) unsafe fn scribble(what: Scribble) -> bool {
             sealed,
         } => {
             let mut encoded = Vec::new();
-            crate::payload::write_bytes(&vec![7u8; bytes], &mut encoded);
+            crate::encoding::payload::write_bytes(&vec![7u8; bytes], &mut encoded);
             let fd = if sealed {
-                crate::bigpayload::make_segment(&[], &encoded).expect("memfd")
+                crate::encoding::bigpayload::make_segment(&[], &encoded).expect("memfd")
             } else {
                 let fd = nix::sys::memfd::memfd_create(
                     "shmpool-payload",
@@ -144,29 +144,29 @@ pub(crate) unsafe fn scribble(what: Scribble) -> bool {
                 std::io::Write::write_all(&mut file, &encoded).expect("write");
                 std::os::fd::OwnedFd::from(file)
             };
-            let running = slot.tasks.consumed().wrapping_sub(1);
+            let running = seat.tasks.consumed().wrapping_sub(1);
             // SAFETY: a slot of our own task ring, which we (its consumer) read after the
             // parent published it.
-            let task_id = unsafe { slot.tasks.slot_ptr(running).read() }.task_id;
-            crate::channel::send_result(task_id, &fd).expect("send the segment");
-            let tail = slot.results.produced();
+            let task_id = unsafe { seat.tasks.slot_ptr(running).read() }.task_id;
+            crate::shm::channel::send_result(task_id, &fd).expect("send the segment");
+            let tail = seat.results.produced();
             let d = Descriptor {
                 task_id,
-                arena_end: slot.result_freed.load(crate::sync::Ordering::Acquire),
-                flags: crate::bigpayload::FLAG_RESULT_SEGMENT,
+                arena_end: seat.result_freed.load(crate::sync::Ordering::Acquire),
+                flags: crate::encoding::bigpayload::FLAG_RESULT_SEGMENT,
                 reserved: announced,
                 ..Descriptor::default()
             };
             // SAFETY: slot `tail` of our own result ring is the next one we would publish.
-            unsafe { slot.results.slot_ptr(tail).write(d) };
-            slot.results.force_produced(tail + 1);
+            unsafe { seat.results.slot_ptr(tail).write(d) };
+            seat.results.force_produced(tail + 1);
             ctl.header().collector.notify();
         }
         Scribble::Random { seed, count } => {
             let mut state = seed;
             let rings = [
-                std::ptr::from_ref(&slot.tasks),
-                std::ptr::from_ref(&slot.results),
+                std::ptr::from_ref(&seat.tasks),
+                std::ptr::from_ref(&seat.results),
             ];
             let ring_words = size_of::<RingMem>() / 8;
             let arena_words = ctl.arena_cap() / 8;
@@ -190,7 +190,7 @@ pub(crate) unsafe fn scribble(what: Scribble) -> bool {
                         unsafe { base.add((splitmix(&mut state) as usize) % arena_words) }
                     }
                 };
-                // SAFETY: `target` is an aligned word of our own slot's shared memory; writing
+                // SAFETY: `target` is an aligned word of our own seat's shared memory; writing
                 // garbage there is the point (the parent must survive it).
                 unsafe { target.write_volatile(value) };
             }
@@ -334,7 +334,7 @@ mod tests {
     fn segment_result(case: (usize, i64, bool)) -> Vec<u8> {
         common::no_core_dumps();
         let (bytes, extra, sealed) = case;
-        let encoded = bytes + crate::payload::varint(bytes as u64, &mut [0; 10]);
+        let encoded = bytes + crate::encoding::payload::varint(bytes as u64, &mut [0; 10]);
         // SAFETY: the point of the test: this worker publishes a result of its own making.
         unsafe {
             assert!(scribble(Scribble::SegmentResult {

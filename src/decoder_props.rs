@@ -8,8 +8,8 @@
 
 use proptest::prelude::*;
 
-use crate::pool::dispatch::check_result_place;
-use crate::ring::{Consumer, Descriptor, Producer, RING_CAPACITY, RingMem};
+use crate::pool::dispatch::collector::check_result_place;
+use crate::shm::ring::{Consumer, Descriptor, Producer, RING_CAPACITY, RingMem};
 
 fn descriptor(words: [u64; 6], status: u32) -> Descriptor {
     Descriptor {
@@ -110,21 +110,21 @@ proptest! {
     /// Chunk results (the wire format a worker writes into the result arena) decode or fail.
     #[test]
     fn chunk_results_decode_or_fail(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-        let _ = crate::payload::decode_chunk_out::<u64>(&bytes);
-        let _ = crate::payload::decode_chunk_out::<String>(&bytes);
-        let _ = crate::payload::decode_chunk_out::<(u8, Vec<u16>)>(&bytes);
-        let _ = crate::payload::decode_seq::<u32>(&bytes);
-        let _ = crate::payload::decode_seq::<Option<String>>(&bytes);
+        let _ = crate::encoding::payload::decode_chunk_out::<u64>(&bytes);
+        let _ = crate::encoding::payload::decode_chunk_out::<String>(&bytes);
+        let _ = crate::encoding::payload::decode_chunk_out::<(u8, Vec<u16>)>(&bytes);
+        let _ = crate::encoding::payload::decode_list::<u32>(&bytes);
+        let _ = crate::encoding::payload::decode_list::<Option<String>>(&bytes);
     }
 
     /// A message on the segment channel of any length and content is a message or an error.
     #[test]
     fn channel_messages_decode_or_fail(bytes in proptest::collection::vec(any::<u8>(), 1..64)) {
         use std::os::fd::AsRawFd;
-        let (parent, worker) = crate::channel::pair().unwrap();
+        let (parent, worker) = crate::shm::channel::pair().unwrap();
         nix::sys::socket::send(parent.as_raw_fd(), &bytes, nix::sys::socket::MsgFlags::empty())
             .unwrap();
-        match crate::channel::receive(worker.as_raw_fd(), false) {
+        match crate::shm::channel::receive(worker.as_raw_fd(), false) {
             Ok(Some((_, _, fd))) => {
                 prop_assert_eq!(bytes.len(), 16);
                 prop_assert!(fd.is_none());
@@ -137,7 +137,7 @@ proptest! {
     /// Any wait status the server reports decodes to at most a signal or an exit code.
     #[test]
     fn wait_statuses_decode(status in any::<i32>()) {
-        let (signal, code) = crate::process::decode_status(status);
+        let (signal, code) = crate::process::exit::decode_status(status);
         prop_assert!(signal.is_none() || code.is_none());
     }
 }

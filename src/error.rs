@@ -66,7 +66,7 @@ pub enum Error {
     },
     /// The worker running the task died (killed by a signal, or exited).
     WorkerDied {
-        /// Index of the worker slot.
+        /// Index of the worker seat (`0..processes`, kept by a replacement).
         worker: usize,
         /// Its process id.
         pid: u32,
@@ -104,7 +104,7 @@ pub enum Error {
     },
     /// A worker wrote something that breaks the protocol; it was killed.
     WorkerCorrupted {
-        /// Index of the worker slot.
+        /// Index of the worker seat (`0..processes`, kept by a replacement).
         worker: usize,
         /// What was wrong.
         detail: String,
@@ -121,7 +121,7 @@ pub enum Error {
     /// [`PoolBuilder::task_timeout`]: crate::PoolBuilder::task_timeout
     /// [`Pool::apply_async_timeout`]: crate::Pool::apply_async_timeout
     TaskTimedOut {
-        /// Index of the worker slot that ran the task.
+        /// Index of the worker seat (`0..processes`, kept by a replacement) that ran the task.
         worker: usize,
         /// Pid of the worker that was killed.
         pid: u32,

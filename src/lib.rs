@@ -169,48 +169,29 @@
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 // Under `--cfg loom` only the lock-free algorithms are built (loom models them in one process;
-// the rest forks, which loom cannot follow), and `ring` is public so that `tests/loom_ring.rs`
-// reaches it. See `ci/loom.sh`. In every other build it is private: not part of the API.
-#[cfg(loom)]
-pub mod ring;
-#[cfg(not(loom))]
-mod ring;
+// the rest forks, which loom cannot follow), and `ring`, `sync`, `mpmc` and `wake` are public so
+// that `tests/loom_ring.rs`, `loom_wake.rs` and `loom_queue.rs` reach them. See `ci/loom.sh`. In
+// every other build they are private: not part of the API.
+mod shm;
 #[cfg(loom)]
 pub mod sync;
 #[cfg(not(loom))]
 mod sync;
-// Public in the loom build only, like `ring`, for `tests/loom_wake.rs` and `loom_queue.rs`.
 #[cfg(loom)]
-pub mod mpmc;
-#[cfg(not(loom))]
-mod mpmc;
-#[cfg(loom)]
-pub mod wake;
-#[cfg(not(loom))]
-mod wake;
+pub use shm::{mpmc, ring, wake};
 
-#[cfg(not(loom))]
-mod arena;
-#[cfg(not(loom))]
-mod bigpayload;
+// The layers, each using only those listed before it: `error`, `sync` and `unwind` at the base;
+// `shm`; `encoding`; `process`; `pool` (with `pool::dispatch`); then `queue`, `bulk` and
+// `cluster`. `src/README.md` ("Layout and vocabulary") says what each owns and what the words
+// `task`, `seat`, `slot`, `seq`, `collect` and `job` mean here.
 #[cfg(not(loom))]
 mod bulk;
-#[cfg(not(loom))]
-mod channel;
 #[cfg(all(feature = "mpi", not(loom)))]
 pub mod cluster;
 #[cfg(not(loom))]
-mod control;
-// Test hooks that corrupt a worker's shared state, and the tests that use them: unit tests, so the
-// unsafe hooks never reach the public API (as `ring` stays private outside loom).
-#[cfg(all(test, not(loom)))]
-mod corrupt;
-#[cfg(all(test, not(loom)))]
-mod decoder_props;
+mod encoding;
 #[cfg(not(loom))]
 mod error;
-#[cfg(not(loom))]
-mod payload;
 #[cfg(not(loom))]
 mod pool;
 #[cfg(not(loom))]
@@ -218,31 +199,28 @@ mod process;
 #[cfg(not(loom))]
 mod queue;
 #[cfg(not(loom))]
-mod result;
-#[cfg(not(loom))]
-mod ser_probe;
-#[cfg(not(loom))]
-mod shm;
-#[cfg(not(loom))]
-mod task;
-#[cfg(not(loom))]
 mod unwind;
-#[cfg(not(loom))]
-mod worker;
+
+// Test hooks that corrupt a worker's shared state, and the tests that use them: unit tests, so the
+// unsafe hooks never reach the public API (as `ring` stays private outside loom).
+#[cfg(all(test, not(loom)))]
+mod corrupt;
+#[cfg(all(test, not(loom)))]
+mod decoder_props;
 
 #[cfg(not(loom))]
 pub use bulk::{BulkInput, IMapChunks, IMapReader, MappedFile, SharedVec};
 #[cfg(not(loom))]
+pub use encoding::payload::Payload;
+#[cfg(not(loom))]
+pub use encoding::task::StarFn;
+#[cfg(not(loom))]
 pub use error::{Error, Result, SubmitError};
 #[cfg(not(loom))]
-pub use payload::Payload;
+pub use pool::result::AsyncResult;
 #[cfg(not(loom))]
 pub use pool::{DEFAULT_ARENA_SIZE, IMap, Pool, PoolBuilder};
 #[cfg(not(loom))]
+pub use process::worker::{WorkerInfo, current_worker};
+#[cfg(not(loom))]
 pub use queue::Queue;
-#[cfg(not(loom))]
-pub use result::AsyncResult;
-#[cfg(not(loom))]
-pub use task::StarFn;
-#[cfg(not(loom))]
-pub use worker::{WorkerInfo, current_worker};

@@ -8,10 +8,10 @@
 //! `join` would hang.
 //! Each such call goes through [`catch`], which turns the panic into an error of that call.
 
+use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::error::{Error, Result};
-use crate::task::panic_message;
 
 /// Runs `f`, turning a panic into `Error::Codec` naming `what` and the panic message.
 ///
@@ -37,6 +37,60 @@ pub(crate) fn guard(what: &str, f: impl FnOnce()) -> bool {
             eprintln!("shmpool: {what} panicked: {}", panic_message(&*p));
             false
         }
+    }
+}
+
+/// The message of a caught panic payload.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_string()
+    }
+}
+
+/// Exit code of a worker whose initializer panicked.
+pub(crate) const EXIT_INIT_FAILED: i32 = 86;
+/// Exit code of a worker that found the parent broke the protocol.
+pub(crate) const EXIT_PROTOCOL: i32 = 87;
+/// Exit code of a worker (or server) whose parent was already gone.
+pub(crate) const EXIT_ORPHAN: i32 = 88;
+/// Exit code of a worker or server whose own code panicked.
+pub(crate) const EXIT_INTERNAL: i32 = 89;
+/// Exit code of a worker that lost a segment's fd at its fd limit (see `channel::worker_receive`).
+pub(crate) const EXIT_FD_DROPPED: i32 = 90;
+
+/// Leaves the process with `_exit(code)`, flushing what the task printed first if asked.
+pub(crate) fn exit_now(code: i32, flush: bool) -> ! {
+    if flush {
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+    }
+    // SAFETY: `_exit` is async-signal-safe and never returns; it skips atexit handlers and stdio
+    // buffers on purpose (they belong to the parent's image).
+    unsafe { libc::_exit(code) }
+}
+
+/// Writes `msg` to stderr with a raw `write(2)` (no lock, no allocation).
+pub(crate) fn raw_stderr(msg: &str) {
+    // SAFETY: writes `msg.len()` bytes from a live buffer to fd 2; the result is irrelevant.
+    unsafe {
+        libc::write(2, msg.as_ptr().cast(), msg.len());
+    }
+}
+
+/// Turns any unwind through our own post-fork code into `_exit(EXIT_INTERNAL)`.
+pub(crate) struct ExitOnUnwind(pub(crate) &'static str);
+
+impl Drop for ExitOnUnwind {
+    fn drop(&mut self) {
+        // Only reached while unwinding: the normal paths leave through `exit_now`.
+        raw_stderr("shmpool: internal panic in ");
+        raw_stderr(self.0);
+        raw_stderr("; exiting\n");
+        exit_now(EXIT_INTERNAL, false);
     }
 }
 

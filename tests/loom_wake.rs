@@ -55,7 +55,7 @@ fn two_waiters_and_two_notifications_all_wake() {
     });
 }
 
-/// The futex model is strict enough to matter: a notifier that skips the `seq` bump loses the
+/// The futex model is strict enough to matter: a notifier that skips the `epoch` bump loses the
 /// wake-up of a waiter between its last check and its sleep, and loom reports the deadlock.
 #[test]
 fn the_futex_model_catches_a_lost_wake_up() {

@@ -6,28 +6,28 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use bytemuck::Pod;
 
-use crate::channel::SegmentShare;
+use crate::encoding::payload::Payload;
+use crate::encoding::task::{CallFn, assert_task_fn};
 use crate::error::{Error, Result};
-use crate::payload::Payload;
-use crate::pool::dispatch::{Completion, Job, encode};
+use crate::pool::dispatch::{Completion, PendingTask, encode};
 use crate::pool::window::Window;
 use crate::pool::{Pool, decode_result};
-use crate::task::{CallFn, assert_task_fn};
+use crate::shm::channel::SegmentShare;
 
 use super::worker::{call_chunk, call_chunk_into};
 use super::{BulkInput, ChunkArg, Plan, SharedVec, Span, share_of};
 
-/// One chunk's job: its argument, the segments it needs, and where its result goes.
-pub(super) fn chunk_job(
+/// One chunk's task: its argument, the segments it needs, and where its result goes.
+pub(super) fn chunk_task(
     pool: &Pool,
     arg: &ChunkArg,
     call: usize,
     segments: Vec<SegmentShare>,
     done: Completion,
-) -> Result<Job> {
-    let mut job = Job::new(encode(arg, pool.arena_cap())?, call, done);
-    job.segments = segments;
-    Ok(job)
+) -> Result<PendingTask> {
+    let mut task = PendingTask::new(encode(arg, pool.arena_cap())?, call, done);
+    task.segments = segments;
+    Ok(task)
 }
 
 /// Results of a whole `map_chunks`, filled by completions in any order.
@@ -83,12 +83,12 @@ impl<R: Payload> Gather<R> {
 
 /// What arrives from a chunk of a bulk iterator.
 pub(super) struct Arrived<R> {
-    /// The submitter's own tag (the reader's buffer slot).
+    /// The submitter's own tag (the reader's buffer index).
     pub(super) tag: usize,
     pub(super) result: Result<R>,
 }
 
-/// The completion of the next chunk of `window`; call `window.submitted()` once its job is
+/// The completion of the next chunk of `window`; call `window.submitted()` once its task is
 /// accepted.
 pub(super) fn completion<R: Payload>(window: &Window<Arrived<R>>, tag: usize) -> Completion {
     let send = window.sender();
@@ -180,8 +180,8 @@ impl<R: Payload> IMapChunks<'_, R> {
                 output: None,
             };
             let done = completion(&self.window, 0);
-            let job = chunk_job(self.pool, &arg, self.call, vec![share.clone()], done)?;
-            self.pool.submit_more(vec![job], self.accepted)?;
+            let task = chunk_task(self.pool, &arg, self.call, vec![share.clone()], done)?;
+            self.pool.submit_more(vec![task], self.accepted)?;
             self.window.submitted();
             self.next_chunk += 1;
         }
@@ -274,16 +274,16 @@ impl Pool {
             return Ok(Vec::new());
         };
         let gather = Gather::<R>::new(plan.chunks());
-        let jobs = (0..plan.chunks())
+        let tasks = (0..plan.chunks())
             .map(|i| {
                 let arg = ChunkArg {
                     input: plan.span::<I::Elem>(share.id, input.is_memfd(), i),
                     output: None,
                 };
-                chunk_job(self, &arg, call, vec![share.clone()], gather.completion(i))
+                chunk_task(self, &arg, call, vec![share.clone()], gather.completion(i))
             })
-            .collect::<Result<Vec<Job>>>()?;
-        self.submit(jobs)?;
+            .collect::<Result<Vec<PendingTask>>>()?;
+        self.submit(tasks)?;
         gather.wait()
     }
 
@@ -342,17 +342,17 @@ impl Pool {
             return Ok(());
         };
         let gather = Gather::<()>::new(plan.chunks());
-        let jobs = (0..plan.chunks())
+        let tasks = (0..plan.chunks())
             .map(|i| {
                 let arg = ChunkArg {
                     input: plan.span::<I::Elem>(share.id, input.is_memfd(), i),
                     output: Some(plan.span::<U>(out_share.id, true, i)),
                 };
                 let segments = vec![share.clone(), out_share.clone()];
-                chunk_job(self, &arg, call, segments, gather.completion(i))
+                chunk_task(self, &arg, call, segments, gather.completion(i))
             })
-            .collect::<Result<Vec<Job>>>()?;
-        self.submit(jobs)?;
+            .collect::<Result<Vec<PendingTask>>>()?;
+        self.submit(tasks)?;
         gather.wait().map(|_| ())
     }
 

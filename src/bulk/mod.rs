@@ -8,7 +8,7 @@
 //! A [`SharedVec`] is an anonymous memfd mapped `MAP_SHARED` in the parent; a [`MappedFile`] is
 //! a read-only mapping of a file. Each has a process-unique id and keeps its fd. A chunk task's
 //! argument is only `(id, byte offset, byte length)` (plus the same for an output range): no
-//! element is encoded or copied. The dispatcher sends the fd to the worker over its slot's
+//! element is encoded or copied. The dispatcher sends the fd to the worker over its seat's
 //! `SCM_RIGHTS` socket before the first task that needs it (see `channel`), so segments made after
 //! the pool forked reach the workers too.
 //!
@@ -19,7 +19,7 @@
 //! when it drops the vector, which frees the memory at once in every process. A `MappedFile` is
 //! mapped **per chunk** (only the chunk's page-aligned range, unmapped when `f` returns), which
 //! bounds a worker's resident memory by one chunk whatever the file's size. The trade-off is
-//! written down and measured in the `worker` module's docs.
+//! written down and measured in the `bulk::worker` module's docs.
 //!
 //! # Who may write while workers read
 //!
@@ -38,97 +38,23 @@ use std::fmt;
 use std::fs::File;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 
 use bytemuck::Pod;
-use memmap2::{Advice, Mmap, MmapOptions, MmapRaw};
-use nix::sys::memfd::{MFdFlags, memfd_create};
+use memmap2::{Advice, Mmap, MmapOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::channel::SegmentShare;
 use crate::error::{Error, Result};
-use crate::sync::{AtomicU64, Ordering};
+use crate::shm::channel::SegmentShare;
+use crate::shm::segment::Segment;
 
 pub use chunks::IMapChunks;
 pub use reader::IMapReader;
 
-/// Ids of segments and mapped files, unique in this process (0 is never used).
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-pub(crate) fn next_id() -> u64 {
-    // Relaxed: only uniqueness matters; nothing is published through the counter.
-    NEXT_ID.fetch_add(1, Ordering::Relaxed)
-}
-
 /// Largest element alignment a segment can honour: mappings start on a page boundary.
 const PAGE: usize = 4096;
-
-/// An anonymous memfd mapped shared and writable in the parent.
-#[derive(Debug)]
-struct Region {
-    id: u64,
-    /// The memfd; the dispatcher holds a `Weak` to it per worker that received it.
-    fd: Arc<OwnedFd>,
-    /// `MADV_DONTFORK`: children forked later (another pool, a `Command`) do not inherit it.
-    map: MmapRaw,
-}
-
-impl Region {
-    /// A zero-filled region of `bytes > 0` bytes.
-    fn new(name: &str, bytes: usize) -> Result<Region> {
-        debug_assert!(bytes > 0, "a memfd of size 0 cannot be mapped");
-        // CLOEXEC: a task that spawns a `Command` cannot leak the segment into it.
-        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC)
-            .map_err(|e| Error::os("memfd_create", std::io::Error::from(e)))?;
-        let map = map_region(&fd, bytes)?;
-        Ok(Region {
-            id: next_id(),
-            fd: Arc::new(fd),
-            map,
-        })
-    }
-
-    /// Resizes the memfd to `bytes > 0` and maps it anew (contents up to the smaller size kept).
-    /// Only while nobody else has the fd (construction).
-    fn resize(&mut self, bytes: usize) -> Result<()> {
-        debug_assert!(bytes > 0);
-        debug_assert_eq!(Arc::strong_count(&self.fd), 1, "resized after sharing");
-        self.map = map_region(&self.fd, bytes)?;
-        Ok(())
-    }
-
-    fn share(&self) -> SegmentShare {
-        SegmentShare {
-            id: self.id,
-            fd: Arc::clone(&self.fd),
-        }
-    }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        // Free the memory now, not when the last worker closes its copy of the fd or unmaps its
-        // cached mapping (see `worker`): no chunk task of this region is in flight (borrows and
-        // `Window::settle` guarantee it), and the id is never used again, so no worker touches
-        // the truncated pages. Failure only delays freeing to the last close.
-        let _ = nix::unistd::ftruncate(&*self.fd, 0);
-    }
-}
-
-/// Sets the memfd's size to `bytes` and maps all of it shared and writable.
-fn map_region(fd: &OwnedFd, bytes: usize) -> Result<MmapRaw> {
-    let len = i64::try_from(bytes).map_err(|_| Error::invalid("segment too large"))?;
-    nix::unistd::ftruncate(fd, len).map_err(|e| Error::os("ftruncate", std::io::Error::from(e)))?;
-    let map = MmapOptions::new()
-        .len(bytes)
-        .map_raw(fd.as_raw_fd())
-        .map_err(|e| Error::os("mmap", e))?;
-    map.advise(Advice::DontFork)
-        .map_err(|e| Error::os("madvise(MADV_DONTFORK)", e))?;
-    Ok(map)
-}
 
 /// Byte size of `len` elements of `T`, or an error on overflow.
 fn bytes_of<T>(len: usize) -> Result<usize> {
@@ -184,8 +110,8 @@ const fn assert_elem<T>() {
 /// ```
 pub struct SharedVec<T: Pod> {
     /// `None` exactly when `len == 0` (a memfd of size 0 cannot be mapped).
-    region: Option<Region>,
-    /// Elements; the region's mapping holds at least `len * size_of::<T>()` bytes.
+    segment: Option<Segment>,
+    /// Elements; the segment's mapping holds at least `len * size_of::<T>()` bytes.
     len: usize,
     _elem: PhantomData<T>,
 }
@@ -210,13 +136,13 @@ impl<T: Pod> SharedVec<T> {
     pub fn zeroed(len: usize) -> Result<SharedVec<T>> {
         assert_elem::<T>();
         let bytes = bytes_of::<T>(len)?;
-        let region = if bytes == 0 {
+        let segment = if bytes == 0 {
             None
         } else {
-            Some(Region::new("shmpool-vec", bytes)?)
+            Some(Segment::passed("shmpool-vec", bytes)?)
         };
         Ok(SharedVec {
-            region,
+            segment,
             len,
             _elem: PhantomData,
         })
@@ -269,26 +195,26 @@ impl<T: Pod> SharedVec<T> {
             .saturating_add(1)
             .max(PAGE / size_of::<T>())
             .max(1);
-        let mut region = Region::new("shmpool-vec", bytes_of::<T>(cap)?)?;
+        let mut segment = Segment::passed("shmpool-vec", bytes_of::<T>(cap)?)?;
         let mut len = 0;
         for x in std::iter::once(first).chain(items) {
             if len == cap {
                 cap = cap
                     .checked_mul(2)
                     .ok_or_else(|| Error::invalid("SharedVec too large"))?;
-                region.resize(bytes_of::<T>(cap)?)?;
+                segment.resize(bytes_of::<T>(cap)?)?;
             }
             debug_assert!(len < cap);
             // SAFETY: the mapping holds `cap * size_of::<T>()` bytes, is page aligned (so aligned
             // for `T`, `assert_elem`) and nobody else has it yet; `len < cap`.
-            unsafe { region.map.as_mut_ptr().cast::<T>().add(len).write(x) };
+            unsafe { segment.ptr().cast::<T>().add(len).write(x) };
             len += 1;
         }
         if len < cap {
-            region.resize(bytes_of::<T>(len)?)?;
+            segment.resize(bytes_of::<T>(len)?)?;
         }
         Ok(SharedVec {
-            region: Some(region),
+            segment: Some(segment),
             len,
             _elem: PhantomData,
         })
@@ -323,26 +249,26 @@ impl<T: Pod> Deref for SharedVec<T> {
     type Target = [T];
 
     fn deref(&self) -> &[T] {
-        match &self.region {
+        match &self.segment {
             None => &[],
-            // SAFETY: the mapping holds `len` elements of `T` (invariant of `region`), is page
+            // SAFETY: the mapping holds `len` elements of `T` (invariant of `segment`), is page
             // aligned (so aligned for `T`, `assert_elem`) and initialized (zero-filled memfd; every
             // bit pattern is a valid `T: Pod`). No process writes it while this borrow lives:
             // workers write only through `map_chunks_into`, which holds `&mut` of the vector.
-            Some(r) => unsafe { std::slice::from_raw_parts(r.map.as_ptr().cast::<T>(), self.len) },
+            Some(r) => unsafe {
+                std::slice::from_raw_parts(r.ptr().cast_const().cast::<T>(), self.len)
+            },
         }
     }
 }
 
 impl<T: Pod> DerefMut for SharedVec<T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        match &self.region {
+        match &self.segment {
             None => &mut [],
             // SAFETY: as in `deref`; `&mut self` means no other borrow in this process, and no
             // chunk task of ours is in flight (they borrow the vector until they finish).
-            Some(r) => unsafe {
-                std::slice::from_raw_parts_mut(r.map.as_mut_ptr().cast::<T>(), self.len)
-            },
+            Some(r) => unsafe { std::slice::from_raw_parts_mut(r.ptr().cast::<T>(), self.len) },
         }
     }
 }
@@ -362,7 +288,7 @@ impl<T: Pod> FromIterator<T> for SharedVec<T> {
 impl<T: Pod + fmt::Debug> fmt::Debug for SharedVec<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SharedVec")
-            .field("id", &self.region.as_ref().map(|r| r.id))
+            .field("id", &self.segment.as_ref().map(|r| r.id()))
             .field("len", &self.len)
             .finish_non_exhaustive()
     }
@@ -445,7 +371,7 @@ impl MappedFile {
                 .map_err(|e| Error::os("madvise(MADV_DONTFORK)", e))?;
         }
         Ok(MappedFile {
-            id: next_id(),
+            id: crate::shm::segment::next_id(),
             fd: Arc::new(OwnedFd::from(file)),
             map,
         })
@@ -569,7 +495,7 @@ impl<T: Pod> sealed::Sealed for SharedVec<T> {
         self.len
     }
     fn segment(&self) -> Option<(u64, &Arc<OwnedFd>)> {
-        self.region.as_ref().map(|r| (r.id, &r.fd))
+        self.segment.as_ref().map(|r| (r.id(), r.fd()))
     }
     fn is_memfd(&self) -> bool {
         true
@@ -596,7 +522,7 @@ impl BulkInput for MappedFile {
     type Elem = u8;
 }
 
-/// The share of an input's segment for a job, `None` when it is empty.
+/// The share of an input's segment for a task, `None` when it is empty.
 fn share_of<I: BulkInput + ?Sized>(input: &I) -> Option<SegmentShare> {
     input.segment().map(|(id, fd)| SegmentShare {
         id,
@@ -611,7 +537,7 @@ struct Span {
     offset: u64,
     len: u64,
     /// The segment is one of our memfds (a `SharedVec` or a reader buffer), not a user's file:
-    /// the worker may keep a mapping of all of it (see `worker`).
+    /// the worker may keep a mapping of all of it (see `bulk::worker`).
     memfd: bool,
 }
 

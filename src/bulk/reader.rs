@@ -9,16 +9,17 @@
 
 use std::io::{ErrorKind, Read};
 
+use crate::encoding::payload::Payload;
+use crate::encoding::task::{CallFn, assert_task_fn};
 use crate::error::{Error, Result};
-use crate::payload::Payload;
 use crate::pool::Pool;
-use crate::task::{CallFn, assert_task_fn};
 
 use crate::pool::window::Window;
 
-use super::chunks::{Arrived, chunk_job, completion};
+use super::chunks::{Arrived, chunk_task, completion};
 use super::worker::call_chunk;
-use super::{ChunkArg, Region, Span};
+use super::{ChunkArg, Span};
+use crate::shm::segment::Segment;
 
 /// Lazy, ordered iterator of chunk results over a stream, returned by [`Pool::imap_reader`].
 ///
@@ -51,7 +52,7 @@ pub struct IMapReader<'p, Rd, R> {
     chunk_bytes: usize,
     call: usize,
     /// The ring; `bufs.len() <= limit`.
-    bufs: Vec<Region>,
+    bufs: Vec<Segment>,
     /// Indices into `bufs` that no chunk task holds.
     free: Vec<usize>,
     window: Window<Arrived<R>>,
@@ -95,25 +96,24 @@ impl<Rd: Read, R: Payload> IMapReader<'_, Rd, R> {
     /// Reads and submits chunks until the ring is full or the stream ends.
     fn fill(&mut self) -> Result<()> {
         while !self.eof && self.window.held() < self.limit {
-            let slot = match self.free.pop() {
+            let buf_ix = match self.free.pop() {
                 Some(s) => s,
                 None => {
                     debug_assert!(self.bufs.len() < self.limit);
                     self.bufs
-                        .push(Region::new("shmpool-reader", self.chunk_bytes)?);
+                        .push(Segment::passed("shmpool-reader", self.chunk_bytes)?);
                     self.bufs.len() - 1
                 }
             };
-            let buf = &self.bufs[slot];
-            // SAFETY: the region maps at least `chunk_bytes` bytes; the slot is free, so no
+            let buf = &self.bufs[buf_ix];
+            // SAFETY: the segment maps at least `chunk_bytes` bytes; buffer `buf_ix` is free, so no
             // chunk task holds it: the worker that last read it has sent its result, which we
-            // received (or it died) before the slot went back on the free list.
-            let bytes =
-                unsafe { std::slice::from_raw_parts_mut(buf.map.as_mut_ptr(), self.chunk_bytes) };
+            // received (or it died) before buffer `buf_ix` went back on the free list.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(buf.ptr(), self.chunk_bytes) };
             let n = match read_full(&mut self.reader, bytes) {
                 Ok(n) => n,
                 Err(e) => {
-                    self.free.push(slot);
+                    self.free.push(buf_ix);
                     self.eof = true;
                     self.read_error = Some(Error::os("read", e));
                     return Ok(());
@@ -123,28 +123,28 @@ impl<Rd: Read, R: Payload> IMapReader<'_, Rd, R> {
                 self.eof = true;
             }
             if n == 0 {
-                self.free.push(slot);
+                self.free.push(buf_ix);
                 return Ok(());
             }
             let arg = ChunkArg {
                 input: Span {
-                    seg: buf.id,
+                    seg: buf.id(),
                     offset: 0,
                     len: n as u64,
                     memfd: true,
                 },
                 output: None,
             };
-            let done = completion(&self.window, slot);
-            let job = match chunk_job(self.pool, &arg, self.call, vec![buf.share()], done) {
+            let done = completion(&self.window, buf_ix);
+            let task = match chunk_task(self.pool, &arg, self.call, vec![buf.share()], done) {
                 Ok(j) => j,
                 Err(e) => {
-                    self.free.push(slot);
+                    self.free.push(buf_ix);
                     return Err(e);
                 }
             };
-            if let Err(e) = self.pool.submit_more(vec![job], self.accepted) {
-                self.free.push(slot);
+            if let Err(e) = self.pool.submit_more(vec![task], self.accepted) {
+                self.free.push(buf_ix);
                 return Err(e);
             }
             self.window.submitted();

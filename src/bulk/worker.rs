@@ -31,8 +31,8 @@ use bytemuck::Pod;
 use memmap2::{Mmap, MmapOptions, MmapRaw};
 use serde::Serialize;
 
-use crate::channel;
-use crate::task::{CallOutcome, ResultSink, conjure, task_panic};
+use crate::encoding::task::{CallOutcome, ResultSink, conjure, task_panic};
+use crate::shm::channel;
 
 use super::{ChunkArg, Span};
 

@@ -7,7 +7,7 @@
 //! more chunks than a slow one; nothing is split up front.
 //!
 //! Rank 0 may work too (its own pool, [`ClusterBuilder::rank0_processes`]): it is then one more
-//! slot, whose chunks run on a thread of rank 0 each instead of crossing MPI, and whose replies
+//! member, whose chunks run on a thread of rank 0 each instead of crossing MPI, and whose replies
 //! land in the same table as the others'.
 //!
 //! [`ClusterBuilder::rank0_processes`]: super::ClusterBuilder::rank0_processes
@@ -25,7 +25,7 @@ use super::outbox::Outbox;
 use super::wire::{self, TAG_REPLY, TAG_TASK};
 use crate::Pool;
 use crate::error::{Error, Result};
-use crate::task::panic_message;
+use crate::unwind::panic_message;
 
 /// A reply from a serving rank.
 #[derive(Debug)]
@@ -38,8 +38,9 @@ pub(crate) struct Arrived {
     pub(crate) body: Vec<u8>,
 }
 
+/// One member of the cluster that takes work: an MPI rank, or rank 0's own pool.
 #[derive(Debug)]
-struct RankSlot {
+struct Member {
     /// Its MPI rank (0: this process, through `Local`).
     rank: usize,
     /// The rank's local pool size.
@@ -77,7 +78,7 @@ struct Local {
 pub(crate) struct Driver {
     world: SimpleCommunicator,
     /// The ranks that work (rank 0 first, if it does).
-    ranks: Vec<RankSlot>,
+    ranks: Vec<Member>,
     local: Option<Local>,
     next_id: u64,
     outbox: Outbox,
@@ -117,15 +118,15 @@ impl Driver {
                 threads: Vec::new(),
             }
         });
-        let mut ranks: Vec<RankSlot> = local
+        let mut ranks: Vec<Member> = local
             .iter()
-            .map(|l| RankSlot {
+            .map(|l| Member {
                 rank: 0,
                 processes: l.pool.processes(),
                 load: 0,
             })
             .collect();
-        ranks.extend(processes.iter().enumerate().map(|(i, &p)| RankSlot {
+        ranks.extend(processes.iter().enumerate().map(|(i, &p)| Member {
             rank: i + 1,
             processes: p.max(1),
             load: 0,
@@ -158,14 +159,14 @@ impl Driver {
         id
     }
 
-    fn weight(&self, slot: usize, w: Weight) -> usize {
+    fn weight(&self, member: usize, w: Weight) -> usize {
         match w {
-            Weight::Chunk => self.ranks[slot].processes,
+            Weight::Chunk => self.ranks[member].processes,
             Weight::Single => 1,
         }
     }
 
-    /// The least loaded rank (relative to its size) with room for `w`, as a slot index.
+    /// The least loaded rank (relative to its size) with room for `w`, as a member index.
     fn room(&self, w: Weight) -> Option<usize> {
         (0..self.ranks.len())
             .filter(|&i| {
@@ -187,31 +188,31 @@ impl Driver {
     /// Sends a chunk now; the caller checked [`has_room_for_chunk`](Self::has_room_for_chunk).
     /// `msg` is the header (`id`, call) and the encoded items.
     pub(crate) fn send_chunk(&mut self, id: u64, msg: Vec<u8>) -> Result<()> {
-        let slot = self
+        let member = self
             .room(Weight::Chunk)
             .ok_or_else(|| Error::invalid("no rank has room for a chunk"))?;
-        self.dispatch(slot, id, Weight::Chunk, msg)
+        self.dispatch(member, id, Weight::Chunk, msg)
     }
 
     /// Sends a single task, now if a rank has room, otherwise as soon as one has.
     pub(crate) fn send_single(&mut self, id: u64, msg: Vec<u8>) -> Result<()> {
         if self.queued.is_empty()
-            && let Some(slot) = self.room(Weight::Single)
+            && let Some(member) = self.room(Weight::Single)
         {
-            return self.dispatch(slot, id, Weight::Single, msg);
+            return self.dispatch(member, id, Weight::Single, msg);
         }
         self.queued.push_back(Queued { id, msg });
         Ok(())
     }
 
-    fn dispatch(&mut self, slot: usize, id: u64, w: Weight, msg: Vec<u8>) -> Result<()> {
-        let weight = self.weight(slot, w);
-        match (self.ranks[slot].rank, &mut self.local) {
+    fn dispatch(&mut self, member: usize, id: u64, w: Weight, msg: Vec<u8>) -> Result<()> {
+        let weight = self.weight(member, w);
+        match (self.ranks[member].rank, &mut self.local) {
             (0, Some(local)) => local.run(id, msg),
             (rank, _) => self.outbox.send(&self.world, rank, TAG_TASK, msg)?,
         }
-        self.ranks[slot].load += weight;
-        self.inflight.insert(id, (slot, weight));
+        self.ranks[member].load += weight;
+        self.inflight.insert(id, (member, weight));
         Ok(())
     }
 
@@ -251,11 +252,11 @@ impl Driver {
             self.arrive(0, id, ns, body)?;
         }
         while !self.queued.is_empty() {
-            let Some(slot) = self.room(Weight::Single) else {
+            let Some(member) = self.room(Weight::Single) else {
                 break;
             };
             if let Some(q) = self.queued.pop_front() {
-                self.dispatch(slot, q.id, Weight::Single, q.msg)?;
+                self.dispatch(member, q.id, Weight::Single, q.msg)?;
                 progressed = true;
             }
         }
@@ -263,13 +264,13 @@ impl Driver {
     }
 
     fn arrive(&mut self, rank: usize, id: u64, elapsed_ns: u64, body: Vec<u8>) -> Result<()> {
-        let Some((slot, weight)) = self.inflight.remove(&id) else {
+        let Some((member, weight)) = self.inflight.remove(&id) else {
             return Err(Error::Cluster {
                 rank,
                 detail: format!("answered task {id}, which it does not hold"),
             });
         };
-        self.ranks[slot].load -= weight;
+        self.ranks[member].load -= weight;
         if !self.abandoned.remove(&id) {
             self.done.insert(
                 id,

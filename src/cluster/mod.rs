@@ -122,9 +122,10 @@ use mpi::environment::Universe;
 use mpi::topology::Communicator;
 
 use crate::Pool;
+use crate::encoding::payload::Payload;
+use crate::encoding::task::assert_task_fn;
 use crate::error::{Error, Result};
-use crate::payload::Payload;
-use crate::task::{assert_task_fn, panic_message};
+use crate::unwind::panic_message;
 use driver::{Arrived, Driver};
 use outbox::Backoff;
 use wire::{RankCall, Reply};
@@ -513,7 +514,7 @@ fn encode_item<A: Payload>(a: &A, msg: &mut Vec<u8>) -> Result<()> {
         }
         Ok(Err(e)) => Error::codec(format!(
             "cannot encode the argument: {}",
-            crate::ser_probe::serialize_error(&e, a)
+            crate::encoding::ser_probe::serialize_error(&e, a)
         )),
         Err(p) => Error::codec(format!(
             "cannot encode the argument: Serialize panicked: {}",

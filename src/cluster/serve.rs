@@ -16,9 +16,10 @@ use mpi::traits::*;
 use super::outbox::{Backoff, MAX_MESSAGE, Outbox};
 use super::wire::{self, Reply, TAG_REPLY, TAG_STOP, TAG_TASK, WireError};
 use crate::Pool;
+use crate::encoding::payload::Payload;
+use crate::encoding::task::conjure;
 use crate::error::Result;
-use crate::payload::Payload;
-use crate::task::{conjure, panic_message};
+use crate::unwind::panic_message;
 
 /// The rank call for `F`: decodes the chunk's items, runs them through the pool's `imap` (so
 /// each item fails or succeeds on its own, exactly as locally), and encodes a [`Reply`].

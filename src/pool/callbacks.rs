@@ -2,7 +2,7 @@
 //! one at a time, off the collector.
 //!
 //! As in Python, a result's callback has returned before `get()` or `wait()` of that result
-//! return: the completion does not publish the result, it queues a job that runs the callback and
+//! return: the completion does not publish the result, it queues a [`CallbackRun`] that calls the callback and
 //! then publishes it ([`Publish`], on drop, so a panicking callback publishes too). The collector
 //! thread runs no user code.
 
@@ -12,14 +12,15 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 
 use crate::error::Result;
-use crate::result::{Hook, ResultCell};
-use crate::task::panic_message;
+use crate::pool::result::{Hook, ResultCell};
+use crate::unwind::panic_message;
 
-type Job = Box<dyn FnOnce() + Send>;
+/// One callback ready to run (the user's callback on its result, then the publish).
+type CallbackRun = Box<dyn FnOnce() + Send>;
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Job>,
+    queue: VecDeque<CallbackRun>,
     /// Callbacks promised (task submitted) and not yet run.
     expected: usize,
     /// Callbacks running right now (more than one only when a callback's `join` runs the
@@ -58,9 +59,9 @@ impl Callbacks {
     }
 
     /// Queues a callback, starting the thread on first use.
-    pub(crate) fn push(self: &Arc<Self>, job: Job) {
+    pub(crate) fn push(self: &Arc<Self>, run: CallbackRun) {
         let mut st = self.lock();
-        st.queue.push_back(job);
+        st.queue.push_back(run);
         if st.thread.is_none() {
             let me = Arc::clone(self);
             match std::thread::Builder::new()
@@ -70,10 +71,10 @@ impl Callbacks {
                 Ok(h) => st.thread = Some(h),
                 Err(e) => {
                     // No thread: run it here rather than lose it.
-                    let job = st.queue.pop_back().expect("just pushed");
+                    let run = st.queue.pop_back().expect("just pushed");
                     drop(st);
                     eprintln!("shmpool: cannot start the callback thread ({e}); running inline");
-                    self.run_one(job);
+                    self.run_one(run);
                     return;
                 }
             }
@@ -81,9 +82,9 @@ impl Callbacks {
         self.cond.notify_all();
     }
 
-    fn run_one(&self, job: Job) {
+    fn run_one(&self, run: CallbackRun) {
         self.lock().running += 1;
-        if let Err(p) = catch_unwind(AssertUnwindSafe(job)) {
+        if let Err(p) = catch_unwind(AssertUnwindSafe(run)) {
             eprintln!("shmpool: a callback panicked: {}", panic_message(&*p));
         }
         let mut st = self.lock();
@@ -94,7 +95,7 @@ impl Callbacks {
 
     fn run(&self) {
         loop {
-            let job = {
+            let run = {
                 let mut st = self.lock();
                 loop {
                     if let Some(j) = st.queue.pop_front() {
@@ -106,7 +107,7 @@ impl Callbacks {
                     st = self.cond.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            self.run_one(job);
+            self.run_one(run);
         }
     }
 
@@ -125,9 +126,9 @@ impl Callbacks {
             if st.expected <= own {
                 return;
             }
-            if on_callback_thread && let Some(job) = st.queue.pop_front() {
+            if on_callback_thread && let Some(run) = st.queue.pop_front() {
                 drop(st);
-                self.run_one(job);
+                self.run_one(run);
                 st = self.lock();
                 continue;
             }
@@ -167,9 +168,9 @@ impl Promise {
     }
 
     /// Queues the callback; running it settles the count.
-    pub(crate) fn run(mut self, job: Job) {
+    pub(crate) fn run(mut self, run: CallbackRun) {
         if let Some(c) = self.callbacks.take() {
-            c.push(job);
+            c.push(run);
         }
     }
 }

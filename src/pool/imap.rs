@@ -5,13 +5,13 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 
 use serde::Serialize;
 
+use crate::encoding::payload::{Payload, encode_list, encode_list_from, is_plain_number};
+use crate::encoding::ser_probe::serialize_error;
 use crate::error::{Error, Result};
-use crate::payload::{Payload, encode_seq, encode_seq_from, is_plain_number};
-use crate::ser_probe::serialize_error;
-use crate::task::panic_message;
+use crate::unwind::panic_message;
 
 use super::auto::AutoChunk;
-use super::dispatch::{Completion, Job, TaskResult};
+use super::dispatch::{Completion, PendingTask, TaskResult};
 use super::window::Window;
 use super::{Pool, decode_chunk_parts};
 
@@ -30,7 +30,7 @@ struct ChunkDone<R> {
     /// Items sent to the worker.
     sent: usize,
     /// The worker's values, and `(sent index, error)` for each item that panicked, ascending; or
-    /// the failure of the whole job (a dead worker, a terminated pool).
+    /// the failure of the whole call (a dead worker, a terminated pool).
     outcome: Result<(Vec<R>, Failures)>,
     /// `(position in the chunk, error)` for each item that could not be encoded (never sent),
     /// ascending.
@@ -48,7 +48,7 @@ struct Cursor<R> {
     remote: std::iter::Peekable<std::vec::IntoIter<(u32, Error)>>,
     /// Items that were never sent, by position.
     local: std::iter::Peekable<std::vec::IntoIter<(u32, Error)>>,
-    /// The whole job failed: every sent item yields this.
+    /// The whole call failed: every sent item yields this.
     failed: Option<Error>,
     /// Next position, and how many there are (items sent plus items never sent).
     pos: u32,
@@ -140,7 +140,7 @@ fn write_varint(mut n: usize, out: &mut Vec<u8>) {
     out.push(n as u8);
 }
 
-/// Encodes `items` one by one into the chunk wire format (`payload::encode_seq`): an item that
+/// Encodes `items` one by one into the chunk wire format (`payload::encode_list`): an item that
 /// cannot be encoded, or that alone does not fit `cap`, becomes a failure at its position; once
 /// the chunk is full, the items that did not fit go back to the front of `pending`.
 fn encode_each<A: Serialize + 'static>(
@@ -363,7 +363,7 @@ where
                 continue;
             }
             let arg_bytes = payload.len();
-            // A second sender for the same chunk, in case the pool refuses the job (then the
+            // A second sender for the same chunk, in case the pool refuses the task (then the
             // completion never runs).
             let refused = self.chunks.sender();
             let done: Completion = {
@@ -380,7 +380,7 @@ where
                         }
                         let failed = failed
                             .into_iter()
-                            .map(|(i, wire)| (i, crate::task::panicked(w, &wire)))
+                            .map(|(i, wire)| (i, crate::encoding::task::panicked(w, &wire)))
                             .collect();
                         Ok((values, failed))
                     });
@@ -393,8 +393,8 @@ where
                     });
                 })
             };
-            let job = vec![Job::new(payload, self.call, done)];
-            if let Err(e) = self.pool.submit_more(job, self.accepted) {
+            let task = vec![PendingTask::new(payload, self.call, done)];
+            if let Err(e) = self.pool.submit_more(task, self.accepted) {
                 // Refused (the pool was closed before the `imap` was made, or it was joined or
                 // terminated since): every item of this chunk reports it, and no more input is
                 // taken.
@@ -538,7 +538,7 @@ where
                     .saturating_mul(size_of::<I::Item>()),
             );
             let sent = self.pull(max, |items| {
-                encode_seq_from(items, &mut bytes).expect("numbers always encode");
+                encode_list_from(items, &mut bytes).expect("numbers always encode");
             });
             return Built {
                 payload: bytes,
@@ -587,7 +587,7 @@ where
         }
         // The common case: the whole chunk encodes at once and fits.
         let mut bytes = Vec::new();
-        let whole = catch_unwind(AssertUnwindSafe(|| encode_seq(&items, &mut bytes)));
+        let whole = catch_unwind(AssertUnwindSafe(|| encode_list(&items, &mut bytes)));
         if matches!(whole, Ok(Ok(()))) && bytes.len() <= cap {
             return Built {
                 payload: bytes,

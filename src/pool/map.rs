@@ -10,12 +10,12 @@
 
 use std::sync::{Arc, Mutex, Weak};
 
+use crate::encoding::payload::Payload;
 use crate::error::{Error, Result};
-use crate::payload::Payload;
-use crate::result::{AsyncResult, ResultCell};
+use crate::pool::result::{AsyncResult, ResultCell};
 
 use super::auto::AutoChunk;
-use super::dispatch::{self, Completion, Job, TaskResult, encode_items};
+use super::dispatch::{self, Completion, PendingTask, TaskResult, encode_items};
 use super::{Inner, Pool, decode_chunk_values};
 
 struct Driver<A, R> {
@@ -80,7 +80,7 @@ pub(crate) fn start<A: Payload, R: Payload>(
 fn feed<A: Payload, R: Payload>(inner: &Arc<Inner>, driver: &Shared<A, R>) {
     let processes = inner.processes;
     let cap = inner.ctl.arena_cap();
-    let mut jobs = Vec::new();
+    let mut tasks = Vec::new();
     let mut error = None;
     {
         let mut d = lock(driver);
@@ -100,7 +100,7 @@ fn feed<A: Payload, R: Payload>(inner: &Arc<Inner>, driver: &Shared<A, R>) {
                         n,
                         payload.len(),
                     );
-                    jobs.push(Job::new(payload, d.call, done));
+                    tasks.push(PendingTask::new(payload, d.call, done));
                     d.in_flight += 1;
                     d.next = end;
                 }
@@ -111,8 +111,8 @@ fn feed<A: Payload, R: Payload>(inner: &Arc<Inner>, driver: &Shared<A, R>) {
             }
         }
     }
-    if !jobs.is_empty()
-        && let Err(e) = inner.submit(jobs, true)
+    if !tasks.is_empty()
+        && let Err(e) = inner.submit(tasks, true)
     {
         fail(&mut lock(driver), e);
     }

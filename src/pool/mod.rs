@@ -5,6 +5,7 @@ mod callbacks;
 pub(crate) mod dispatch;
 mod imap;
 mod map;
+pub(crate) mod result;
 pub(crate) mod window;
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -15,19 +16,22 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::channel;
-use crate::control::{Control, GRACEFUL, TERMINATE};
-use crate::error::{Error, Result, SubmitError};
-use crate::payload::{Payload, decode_chunk_out};
-use crate::process::{ServerCtx, fork_server, reap_server};
-use crate::result::{AsyncResult, Helper, ResultCell};
-use crate::sync::{AtomicU32, Ordering};
-use crate::task::{
-    CallFn, ChunkOut, StarFn, assert_task_fn, call_chunk, call_one, call_star_chunk,
+use crate::encoding::payload::{ChunkOut, Payload, decode_chunk_out};
+use crate::encoding::task::{
+    CallFn, StarFn, assert_task_fn, call_chunk, call_one, call_star_chunk,
 };
+use crate::error::{Error, Result, SubmitError};
+use crate::pool::result::{AsyncResult, Helper, ResultCell};
+use crate::process::exit::reap_server;
+use crate::process::server::{ServerCtx, fork_server};
+use crate::shm::channel;
+use crate::shm::control::{Control, GRACEFUL, TERMINATE};
+use crate::sync::{AtomicU32, Ordering};
 
 use callbacks::{Callbacks, Promise, Publish, callback_hook};
-use dispatch::{Collect, Completion, Dispatch, Job, Phase, TaskResult, encode, encode_items};
+use dispatch::{
+    CollectorRole, Completion, Dispatch, PendingTask, Phase, TaskResult, encode, encode_items,
+};
 pub use imap::IMap;
 
 /// Default size of each worker's argument arena and result arena.
@@ -53,11 +57,11 @@ pub(crate) struct Inner {
     /// Notified when `outstanding` drops to 0 (or the pool breaks).
     pub(crate) idle: Condvar,
     callbacks: Arc<Callbacks>,
-    /// The parent's end of each slot's segment channel (see `channel`).
+    /// The parent's end of each seat's segment channel (see `channel`).
     channels: Vec<OwnedFd>,
     collector: Mutex<Option<JoinHandle<()>>>,
     /// The collector role (consumer side of the result rings).
-    pub(crate) collect: Mutex<Collect>,
+    pub(crate) collector_role: Mutex<CollectorRole>,
     /// Threads currently collecting for themselves while they wait for a result.
     pub(crate) active_callers: AtomicU32,
     /// Wakes the collector thread when the last such caller leaves.
@@ -334,7 +338,7 @@ impl PoolBuilder {
             return Err(Error::invalid("task_timeout must be more than zero"));
         }
         // The channels first: they are cheap, and an absurd worker count meets the fd limit here
-        // before the control segment's per-slot words are written.
+        // before the control segment's per-seat words are written.
         let (channels, worker_channels): (Vec<OwnedFd>, Vec<OwnedFd>) = (0..processes)
             .map(|_| channel::pair())
             .collect::<Result<Vec<_>>>()?
@@ -347,7 +351,7 @@ impl PoolBuilder {
         let inner = Arc::new(Inner {
             dispatch: Mutex::new(dispatch),
             channels,
-            collect: Mutex::new(Collect::new(&ctl)),
+            collector_role: Mutex::new(CollectorRole::new(&ctl)),
             active_callers: AtomicU32::new(0),
             callers_left: (Mutex::new(()), Condvar::new()),
             ctl,
@@ -418,19 +422,19 @@ fn collector_thread(
         return;
     }
     let _ = ready.send(Ok(()));
-    dispatch::collect(&inner, server);
+    dispatch::run_collector(&inner, server);
 }
 
 /// Asks the server for every worker and waits until it forked them all.
 fn start_workers(ctl: &Control) -> Result<()> {
-    for s in 0..ctl.slots() {
+    for s in 0..ctl.seats() {
         // Release, SYNC: server-request.
-        ctl.slot(s).spawn_req.store(1, Ordering::Release);
+        ctl.seat(s).spawn_req.store(1, Ordering::Release);
     }
     ctl.header().server.notify();
     let all_done = || {
         // Acquire, SYNC: spawn-done.
-        (0..ctl.slots()).all(|s| ctl.slot(s).spawn_req.load(Ordering::Acquire) == 0)
+        (0..ctl.seats()).all(|s| ctl.seat(s).spawn_req.load(Ordering::Acquire) == 0)
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while !all_done() {
@@ -445,8 +449,8 @@ fn start_workers(ctl: &Control) -> Result<()> {
             all_done,
         );
     }
-    for s in 0..ctl.slots() {
-        let errno = ctl.slot(s).spawn_errno.load(Ordering::Relaxed);
+    for s in 0..ctl.seats() {
+        let errno = ctl.seat(s).spawn_errno.load(Ordering::Relaxed);
         if errno != 0 {
             return Err(Error::os(
                 "fork (worker)",
@@ -500,7 +504,7 @@ impl Pool {
         self.inner.processes
     }
 
-    /// The pids of the live workers, by slot (0 while a slot's worker is being replaced).
+    /// The pids of the live workers, by seat (0 while a seat's worker is being replaced).
     /// # Examples
     ///
     /// ```
@@ -513,7 +517,7 @@ impl Pool {
     /// ```
     pub fn worker_pids(&self) -> Vec<u32> {
         (0..self.inner.processes)
-            .map(|s| self.inner.ctl.slot(s).pid.load(Ordering::Relaxed))
+            .map(|s| self.inner.ctl.seat(s).pid.load(Ordering::Relaxed))
             .collect()
     }
 
@@ -533,9 +537,9 @@ impl Pool {
         self.inner.ctl.arena_cap()
     }
 
-    /// Accepts jobs (all or none) and feeds the workers.
-    pub(crate) fn submit(&self, jobs: Vec<Job>) -> Result<()> {
-        self.inner.submit(jobs, false)
+    /// Accepts tasks (all or none) and feeds the workers.
+    pub(crate) fn submit(&self, tasks: Vec<PendingTask>) -> Result<()> {
+        self.inner.submit(tasks, false)
     }
 
     /// Whether the pool takes new calls now. A lazy iterator (`imap`, `imap_chunks`, ...) made
@@ -548,8 +552,8 @@ impl Pool {
     /// Like [`submit`](Pool::submit) for more chunks of a call: if the call was `accepted`
     /// (see [`accepting`](Pool::accepting)), they are taken after `close` too, until the pool
     /// stops.
-    pub(crate) fn submit_more(&self, jobs: Vec<Job>, accepted: bool) -> Result<()> {
-        self.inner.submit(jobs, accepted)
+    pub(crate) fn submit_more(&self, tasks: Vec<PendingTask>, accepted: bool) -> Result<()> {
+        self.inner.submit(tasks, accepted)
     }
 
     /// Runs `f(arg)` in a worker without waiting (Python's `apply_async`).
@@ -585,7 +589,7 @@ impl Pool {
         let out = Arc::clone(&cell);
         let done: Completion = Box::new(move |r| out.set(decode_result::<R>(r)));
         let submitted = encode_arg(&arg, self.arena_cap()).and_then(|payload| {
-            self.submit(vec![Job::new(
+            self.submit(vec![PendingTask::new(
                 payload,
                 call_one::<F, A, R> as CallFn as usize,
                 done,
@@ -641,9 +645,9 @@ impl Pool {
         let out = Arc::clone(&cell);
         let done: Completion = Box::new(move |r| out.set(decode_result::<R>(r)));
         let submitted = encode_arg(&arg, self.arena_cap()).and_then(|payload| {
-            let mut job = Job::new(payload, call_one::<F, A, R> as CallFn as usize, done);
-            job.timeout = Some(limit);
-            self.submit(vec![job])
+            let mut task = PendingTask::new(payload, call_one::<F, A, R> as CallFn as usize, done);
+            task.timeout = Some(limit);
+            self.submit(vec![task])
         });
         match submitted {
             Ok(()) => Ok(AsyncResult::from_cell(cell)),
@@ -745,7 +749,7 @@ impl Pool {
             }));
         });
         let call = call_one::<F, A, R> as CallFn as usize;
-        match self.submit(vec![Job::new(payload, call, done)]) {
+        match self.submit(vec![PendingTask::new(payload, call, done)]) {
             Ok(()) => Ok(AsyncResult::from_cell(cell)),
             Err(e) => Err(SubmitError::new(e, arg)),
         }
@@ -1112,7 +1116,7 @@ impl Pool {
             left: n_chunks,
             failed: false,
         }));
-        let mut jobs = Vec::with_capacity(n_chunks);
+        let mut tasks = Vec::with_capacity(n_chunks);
         for (i, chunk) in items.chunks(chunksize).enumerate() {
             let agg = Arc::clone(&agg);
             let cell = Arc::clone(&cell);
@@ -1145,9 +1149,9 @@ impl Pool {
             let payload = crate::unwind::catch("encoding the items", || {
                 encode_items(chunk, self.arena_cap())
             })?;
-            jobs.push(Job::new(payload, call, done));
+            tasks.push(PendingTask::new(payload, call, done));
         }
-        self.submit(jobs)?;
+        self.submit(tasks)?;
         Ok(AsyncResult::from_cell(cell))
     }
 
@@ -1272,7 +1276,7 @@ impl Pool {
         let ctl = &self.inner.ctl;
         // Release, SYNC: server-request (workers read it with Acquire too).
         let _ = ctl.header().shutdown.compare_exchange(
-            crate::control::RUNNING,
+            crate::shm::control::RUNNING,
             GRACEFUL,
             Ordering::AcqRel,
             Ordering::Relaxed,
@@ -1308,8 +1312,8 @@ impl Pool {
         // still held on its way out (`server_gone`).
         self.stop_collector();
         // Whatever is left (the collector was gone already) has no process to touch it either.
-        let jobs = self.lock().drain_all();
-        for done in jobs {
+        let tasks = self.lock().drain_all();
+        for done in tasks {
             done(TaskResult::Err(Error::PoolTerminated));
         }
         {
@@ -1331,13 +1335,13 @@ impl Pool {
     ///
     /// The handle's mutex stays locked across the join: a second thread stopping the pool at the
     /// same time (two `terminate`s, or `terminate` racing `drop`) waits here until the collector
-    /// is really gone; finding the handle taken and returning at once would fail the jobs while
+    /// is really gone; finding the handle taken and returning at once would fail the tasks while
     /// workers still wrote a `map_chunks_into` output that its caller then held.
     fn stop_collector(&self) {
         let ctl = &self.inner.ctl;
         ctl.header().server.notify();
-        for s in 0..ctl.slots() {
-            ctl.slot(s).wake.notify();
+        for s in 0..ctl.seats() {
+            ctl.seat(s).wake.notify();
         }
         let mut handle = self
             .inner
@@ -1353,9 +1357,9 @@ impl Pool {
 }
 
 impl Inner {
-    /// Accepts jobs (all or none) and feeds the workers. A `continuation` (more chunks of a `map`
+    /// Accepts tasks (all or none) and feeds the workers. A `continuation` (more chunks of a `map`
     /// accepted before `close`) is still taken after `close`, until the pool stops.
-    pub(crate) fn submit(&self, jobs: Vec<Job>, continuation: bool) -> Result<()> {
+    pub(crate) fn submit(&self, tasks: Vec<PendingTask>, continuation: bool) -> Result<()> {
         let (woken, refused) = {
             let mut g = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
             let refusal = match (&g.phase, continuation) {
@@ -1365,8 +1369,8 @@ impl Inner {
             if let Some(e) = refusal {
                 return Err(e);
             }
-            for job in jobs {
-                g.enqueue(job);
+            for task in tasks {
+                g.enqueue(task);
             }
             let woken = g.pump(&self.ctl);
             (woken, g.take_refused())
@@ -1375,7 +1379,7 @@ impl Inner {
         dispatch::fail_refused(self, refused);
         // A thread submitting a burst drains finished results on its way (if no one else is),
         // which frees ring slots for its next submissions without waking the collector thread.
-        if let Ok(mut c) = self.collect.try_lock() {
+        if let Ok(mut c) = self.collector_role.try_lock() {
             dispatch::poll_once(self, &mut c);
         }
         Ok(())
@@ -1385,12 +1389,12 @@ impl Inner {
 impl Helper for Inner {
     fn enter(&self) {
         // SeqCst: the collector thread reads it to decide whether to sleep on the futex or on
-        // `callers_left`; see `dispatch::collect`.
+        // `callers_left`; see `dispatch::run_collector`.
         self.active_callers.fetch_add(1, Ordering::SeqCst);
     }
 
     fn help(&self) {
-        if let Ok(mut c) = self.collect.try_lock() {
+        if let Ok(mut c) = self.collector_role.try_lock() {
             dispatch::poll_once(self, &mut c);
         }
     }
@@ -1455,7 +1459,7 @@ pub(crate) fn decode_result<R: DeserializeOwned + 'static>(r: TaskResult<'_>) ->
                 // A byte vector in a segment of its own is read from the file (`bigpayload`).
                 let fast = match segment {
                     Some(seg) => seg.read_byte_payload::<R>(),
-                    None => crate::payload::read_byte_payload::<R>(bytes),
+                    None => crate::encoding::payload::read_byte_payload::<R>(bytes),
                 };
                 match fast {
                     Some(r) => r.map_err(Error::codec),
@@ -1481,7 +1485,10 @@ pub(crate) fn decode_chunk_values<R: DeserializeOwned + 'static>(
             if failures.is_empty() {
                 Ok(values)
             } else {
-                Err(crate::task::panicked(worker, &failures.swap_remove(0).1))
+                Err(crate::encoding::task::panicked(
+                    worker,
+                    &failures.swap_remove(0).1,
+                ))
             }
         }
         TaskResult::Err(e) => Err(e),

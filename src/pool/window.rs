@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 
-use crate::result::help_while_waiting;
+use crate::pool::result::help_while_waiting;
 
 use super::Pool;
 
@@ -94,7 +94,7 @@ impl<T> Window<T> {
             got = self.rx.try_recv().ok();
             got.is_some()
         });
-        // This returns because every accepted job's completion runs exactly once and sends (a
+        // This returns because every accepted task's completion runs exactly once and sends (a
         // dead worker or a terminated pool fails it; a panicking decode is caught, see
         // `unwind`). `recv` itself cannot fail: `self.tx` keeps the channel connected, which
         // also means a completion dropped without running would leave us waiting here.
@@ -106,7 +106,7 @@ impl<T> Window<T> {
 
 impl<T: Send + 'static> Window<T> {
     /// Where the next chunk's completion delivers its outcome. Call
-    /// [`submitted`](Window::submitted) once that chunk's job is accepted.
+    /// [`submitted`](Window::submitted) once that chunk's task is accepted.
     pub(crate) fn sender(&self) -> impl FnOnce(T) + Send + 'static {
         let tx = self.tx.clone();
         let index = self.next_index;

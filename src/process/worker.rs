@@ -6,34 +6,26 @@
 
 #![allow(clippy::disallowed_types)] // process-wide identity flags below are plain std atomics
 
-use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering as StdOrdering};
 use std::time::{Duration, Instant};
 
-use crate::bigpayload::{FLAG_ARG_SEGMENT, FLAG_RESULT_SEGMENT, resolve_argument};
-use crate::control::{Control, RUNNING};
-use crate::ring::{Consumer, Descriptor, Producer, STATUS_ERROR, STATUS_OK, STATUS_PANICKED};
+use crate::encoding::bigpayload::{FLAG_ARG_SEGMENT, FLAG_RESULT_SEGMENT, resolve_argument};
+use crate::encoding::task::{CallFn, CallOutcome, ResultSink};
+use crate::shm::control::{Control, RUNNING};
+use crate::shm::ring::{Consumer, Descriptor, Producer, STATUS_ERROR, STATUS_OK, STATUS_PANICKED};
+use crate::shm::wake::DEFAULT_SPIN;
 use crate::sync::Ordering;
-use crate::task::{CallFn, CallOutcome, ResultSink, panic_message};
-use crate::wake::DEFAULT_SPIN;
-
-/// Exit code of a worker whose initializer panicked.
-pub(crate) const EXIT_INIT_FAILED: i32 = 86;
-/// Exit code of a worker that found the parent broke the protocol.
-pub(crate) const EXIT_PROTOCOL: i32 = 87;
-/// Exit code of a worker (or server) whose parent was already gone.
-pub(crate) const EXIT_ORPHAN: i32 = 88;
-/// Exit code of a worker or server whose own code panicked.
-pub(crate) const EXIT_INTERNAL: i32 = 89;
-/// Exit code of a worker that lost a segment's fd at its fd limit (see `channel::worker_receive`).
-pub(crate) const EXIT_FD_DROPPED: i32 = 90;
+use crate::unwind::{
+    EXIT_INIT_FAILED, EXIT_INTERNAL, EXIT_ORPHAN, EXIT_PROTOCOL, ExitOnUnwind, exit_now,
+    panic_message,
+};
 
 /// Most bytes of a panic message shipped back to the parent.
 const MAX_MESSAGE: usize = 64 * 1024;
 
 static WORKER_INDEX: AtomicU64 = AtomicU64::new(u64::MAX);
-static WORKER_SEQ: AtomicU64 = AtomicU64::new(0);
+static WORKER_ORDINAL: AtomicU64 = AtomicU64::new(0);
 static WORKER_PID: AtomicI32 = AtomicI32::new(0);
 
 /// Who the current process is, when it is a pool worker.
@@ -54,17 +46,17 @@ static WORKER_PID: AtomicI32 = AtomicI32::new(0);
 pub struct WorkerInfo {
     index: usize,
     pid: u32,
-    seq: u64,
+    ordinal: u64,
 }
 
 impl WorkerInfo {
-    /// The worker's slot, `0..processes`. A replacement for a dead worker takes over its slot.
+    /// The worker's seat, `0..processes`. A replacement for a dead worker takes over its seat.
     /// # Examples
     ///
     /// ```
     /// let pool = shmpool::Pool::new(2)?;
-    /// let slot = pool.apply(|_: ()| shmpool::current_worker().unwrap().index(), ())?;
-    /// assert!(slot < 2);
+    /// let seat = pool.apply(|_: ()| shmpool::current_worker().unwrap().index(), ())?;
+    /// assert!(seat < 2);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn index(&self) -> usize {
@@ -96,7 +88,7 @@ impl WorkerInfo {
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn name(&self) -> String {
-        format!("PoolWorker-{}", self.seq)
+        format!("PoolWorker-{}", self.ordinal)
     }
 }
 
@@ -120,40 +112,8 @@ pub fn current_worker() -> Option<WorkerInfo> {
     Some(WorkerInfo {
         index: index as usize,
         pid: std::process::id(),
-        seq: WORKER_SEQ.load(StdOrdering::Relaxed),
+        ordinal: WORKER_ORDINAL.load(StdOrdering::Relaxed),
     })
-}
-
-/// Leaves the process with `_exit(code)`, flushing what the task printed first if asked.
-pub(crate) fn exit_now(code: i32, flush: bool) -> ! {
-    if flush {
-        let _ = std::io::stdout().flush();
-        let _ = std::io::stderr().flush();
-    }
-    // SAFETY: `_exit` is async-signal-safe and never returns; it skips atexit handlers and stdio
-    // buffers on purpose (they belong to the parent's image).
-    unsafe { libc::_exit(code) }
-}
-
-/// Writes `msg` to stderr with a raw `write(2)` (no lock, no allocation).
-pub(crate) fn raw_stderr(msg: &str) {
-    // SAFETY: writes `msg.len()` bytes from a live buffer to fd 2; the result is irrelevant.
-    unsafe {
-        libc::write(2, msg.as_ptr().cast(), msg.len());
-    }
-}
-
-/// Turns any unwind through our own post-fork code into `_exit(EXIT_INTERNAL)`.
-pub(crate) struct ExitOnUnwind(pub(crate) &'static str);
-
-impl Drop for ExitOnUnwind {
-    fn drop(&mut self) {
-        // Only reached while unwinding: the normal paths leave through `exit_now`.
-        raw_stderr("shmpool: internal panic in ");
-        raw_stderr(self.0);
-        raw_stderr("; exiting\n");
-        exit_now(EXIT_INTERNAL, false);
-    }
 }
 
 /// Names this process in `ps`, `top` and `/proc/<pid>/comm` (at most 15 bytes are kept). The
@@ -185,10 +145,10 @@ pub(crate) fn die_with_parent(expected_parent: i32) {
 /// Everything a freshly forked worker needs.
 pub(crate) struct WorkerCtx<'a> {
     pub(crate) ctl: &'a Control,
-    pub(crate) slot: usize,
-    pub(crate) seq: u64,
+    pub(crate) seat: usize,
+    pub(crate) ordinal: u64,
     pub(crate) server_pid: i32,
-    /// This slot's end of the segment channel.
+    /// This seat's end of the segment channel.
     pub(crate) channel: i32,
     pub(crate) initializer: Option<&'a (dyn Fn() + Send + Sync)>,
     pub(crate) max_tasks: Option<u64>,
@@ -224,12 +184,12 @@ pub(crate) fn worker_main(ctx: WorkerCtx<'_>) -> ! {
         libc::sigemptyset(&mut sa.sa_mask);
         libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
     }
-    WORKER_INDEX.store(ctx.slot as u64, StdOrdering::Relaxed);
-    WORKER_SEQ.store(ctx.seq, StdOrdering::Relaxed);
+    WORKER_INDEX.store(ctx.seat as u64, StdOrdering::Relaxed);
+    WORKER_ORDINAL.store(ctx.ordinal, StdOrdering::Relaxed);
     WORKER_PID.store(std::process::id() as i32, StdOrdering::Relaxed);
-    let name = format!("PoolWorker-{}", ctx.seq);
+    let name = format!("PoolWorker-{}", ctx.ordinal);
     set_process_name(&name);
-    crate::channel::set_worker_channel(ctx.channel);
+    crate::shm::channel::set_worker_channel(ctx.channel);
     #[cfg(test)]
     crate::corrupt::attach(ctx.ctl);
     std::thread::scope(|scope| {
@@ -253,11 +213,11 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
     let _guard = ExitOnUnwind("a pool worker");
 
     let ctl = ctx.ctl;
-    let slot = ctl.slot(ctx.slot);
+    let seat = ctl.seat(ctx.seat);
     let header = ctl.header();
     let cap = ctl.arena_cap();
-    let result_base = ctl.result_arena(ctx.slot);
-    let arg_base = ctl.arg_arena(ctx.slot);
+    let result_base = ctl.result_arena(ctx.seat);
+    let arg_base = ctl.arg_arena(ctx.seat);
 
     if let Some(init) = ctx.initializer
         && let Err(p) = catch_unwind(AssertUnwindSafe(init))
@@ -269,22 +229,22 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
             // there until it sees `init_error_len` (published below with Release).
             unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), result_base, n) };
             // Release, SYNC: init-error — pairs with the collector's Acquire load.
-            slot.init_error_len.store(n as u32, Ordering::Release);
+            seat.init_error_len.store(n as u32, Ordering::Release);
             exit_now(EXIT_INIT_FAILED, true);
         }
     }
 
     // SAFETY: the control segment stays mapped for our whole life; this worker is the only
     // consumer of its task ring and the only producer of its result ring (a predecessor in this
-    // slot is dead and reaped before the parent asks for us).
+    // seat is dead and reaped before the parent asks for us).
     let (mut tasks, mut results) = unsafe {
         (
-            Consumer::attach(&slot.tasks),
-            Producer::attach(&slot.results),
+            Consumer::attach(&seat.tasks),
+            Producer::attach(&seat.results),
         )
     };
     // Acquire, SYNC: result-free — everything the parent consumed is free for us.
-    let mut head = slot.result_freed.load(Ordering::Acquire);
+    let mut head = seat.result_freed.load(Ordering::Acquire);
     let mut floor = head;
     let server_pid = ctx.server_pid;
     let parent_alive = move || {
@@ -303,7 +263,7 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
                     exit_now(0, true);
                 }
                 let woke =
-                    slot.wake
+                    seat.wake
                         .wait_until(DEFAULT_SPIN, Some(Duration::from_millis(500)), || {
                             tasks.has_data() || header.shutdown.load(Ordering::Acquire) != RUNNING
                         });
@@ -329,8 +289,8 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
         let started = Instant::now();
         let limit = (d.elapsed_ns != 0).then(|| Duration::from_nanos(d.elapsed_ns));
         if let Some(limit) = limit {
-            // Relaxed: read by the parent only after our death (slot-exit orders it).
-            slot.task_started_ns
+            // Relaxed: read by the parent only after our death (seat-exit orders it).
+            seat.task_started_ns
                 .store(monotonic_ns(), Ordering::Relaxed);
             if let Err(e) = timer.arm(limit) {
                 let msg = format!("could not arm the task's time limit: {e}");
@@ -341,7 +301,7 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
                         cap,
                         &mut head,
                         &mut floor,
-                        &slot.result_freed,
+                        &seat.result_freed,
                         &keep_waiting,
                     )
                 };
@@ -370,7 +330,7 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
                     cap,
                     &mut head,
                     &mut floor,
-                    &slot.result_freed,
+                    &seat.result_freed,
                     &keep_waiting,
                 )
             };
@@ -394,7 +354,7 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
             // A result too large for the arena: its segment goes to the parent before the
             // descriptor that announces it (see `bigpayload`).
             if let Some((fd, n)) = sink.take_big() {
-                match crate::channel::send_result(d.task_id, &fd) {
+                match crate::shm::channel::send_result(d.task_id, &fd) {
                     Ok(()) => big_result = Some(n),
                     Err(e) => {
                         let m = format!("cannot send the result's segment: {e}");
@@ -426,7 +386,7 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
         // takes a while, and the parent frees its memory anyway (it holds the other fd).
         if let Some(Ok((id, seg))) = big_arg {
             drop(seg);
-            crate::channel::forget_local(id);
+            crate::shm::channel::forget_local(id);
         }
         done += 1;
         if ctx.max_tasks.is_some_and(|m| done >= m) {
@@ -441,7 +401,7 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
 fn push_result(
     results: &mut Producer,
     task_id: u64,
-    result: (u32, crate::task::Encoded, Option<u64>),
+    result: (u32, crate::encoding::task::Encoded, Option<u64>),
     elapsed_ns: u64,
     parent_alive: &dyn Fn() -> bool,
 ) {
@@ -551,7 +511,7 @@ fn message(
     sink: &mut ResultSink<'_>,
     status: u32,
     msg: &str,
-) -> Result<(u32, crate::task::Encoded), ()> {
+) -> Result<(u32, crate::encoding::task::Encoded), ()> {
     let mut end = msg.len().min(MAX_MESSAGE);
     while !msg.is_char_boundary(end) {
         end -= 1;

@@ -14,9 +14,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::arena::{Placement, free_region, plan};
-use crate::payload::{ChunkOutWriter, for_each_in_seq};
+use crate::encoding::payload::{ChunkOutWriter, for_each_in_list};
+use crate::shm::arena::{Placement, free_region, plan};
 use crate::sync::{AtomicU64, Ordering};
+use crate::unwind::panic_message;
 
 /// Where an encoded result landed in the result arena.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +49,7 @@ pub(crate) struct ResultSink<'a> {
     head: &'a mut u64,
     /// Everything before this is free (we restarted the empty arena there; see `arena`).
     floor: &'a mut u64,
-    /// The parent's consumption position (`SlotCtl::result_freed`).
+    /// The parent's consumption position (`SeatCtl::result_freed`).
     freed: &'a AtomicU64,
     /// Called while waiting for the parent to free space; returns false to give up.
     keep_waiting: &'a dyn Fn() -> bool,
@@ -57,7 +58,7 @@ pub(crate) struct ResultSink<'a> {
     big: Option<(std::os::fd::OwnedFd, u64)>,
     /// The call's argument when it came in a segment of its own (`bigpayload`): the trampoline
     /// reads a byte vector straight from it instead of from the mapping it is given.
-    arg_segment: Option<&'a crate::bigpayload::Sealed>,
+    arg_segment: Option<&'a crate::encoding::bigpayload::Sealed>,
 }
 
 impl std::fmt::Debug for ResultSink<'_> {
@@ -94,7 +95,7 @@ impl<'a> ResultSink<'a> {
     }
 
     /// Records that this call's argument is `segment` (the trampoline is given its mapping).
-    pub(crate) fn set_arg_segment(&mut self, segment: &'a crate::bigpayload::Sealed) {
+    pub(crate) fn set_arg_segment(&mut self, segment: &'a crate::encoding::bigpayload::Sealed) {
         self.arg_segment = Some(segment);
     }
 
@@ -161,7 +162,7 @@ impl<'a> ResultSink<'a> {
     pub(crate) fn put_parts(&mut self, head: &[u8], bytes: &[u8]) -> Result<Encoded, String> {
         let n = head.len() + bytes.len();
         if n > self.cap {
-            let fd = crate::bigpayload::make_segment(head, bytes)
+            let fd = crate::encoding::bigpayload::make_segment(head, bytes)
                 .map_err(|e| format!("cannot make a segment for a result of {n} bytes: {e}"))?;
             self.big = Some((fd, n as u64));
             return Ok(Encoded {
@@ -199,7 +200,7 @@ impl<'a> ResultSink<'a> {
 fn encode_failed<T: Serialize + ?Sized>(e: &postcard::Error, value: &T) -> String {
     format!(
         "cannot encode the result: {}",
-        crate::ser_probe::serialize_error(e, value)
+        crate::encoding::ser_probe::serialize_error(e, value)
     )
 }
 
@@ -233,17 +234,6 @@ pub(crate) unsafe fn conjure<F: Copy>() -> F {
     // SAFETY: `F` has no bytes, so the all-zero `F` is every `F`; per the contract this is a
     // bitwise copy of the parent's `F`, which `Copy` allows.
     unsafe { std::mem::zeroed::<F>() }
-}
-
-/// The message of a caught panic payload.
-pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "Box<dyn Any>".to_string()
-    }
 }
 
 /// Where the last panic on this thread happened, and its backtrace if one was captured: written
@@ -346,11 +336,11 @@ pub(crate) fn note_decode_detail(detail: &str) {
 /// (read from the file, not the mapping `arg`), otherwise from `arg`.
 fn decode<A: DeserializeOwned + 'static>(
     arg: &[u8],
-    segment: Option<&crate::bigpayload::Sealed>,
+    segment: Option<&crate::encoding::bigpayload::Sealed>,
 ) -> Result<A, CallOutcome> {
     let fast = match segment {
         Some(seg) => seg.read_byte_payload::<A>(),
-        None => crate::payload::read_byte_payload::<A>(arg),
+        None => crate::encoding::payload::read_byte_payload::<A>(arg),
     };
     if let Some(a) = fast {
         return a.map_err(|e| CallOutcome::Failed(format!("cannot decode the argument: {e}")));
@@ -366,12 +356,12 @@ fn decode<A: DeserializeOwned + 'static>(
 }
 
 fn ship<R: Serialize + 'static>(sink: &mut ResultSink<'_>, r: &R) -> CallOutcome {
-    let put = match crate::payload::byte_payload(r) {
+    let put = match crate::encoding::payload::byte_payload(r) {
         // A byte vector: its varint length and its bytes, copied straight into the arena (the
         // same bytes postcard would write, one `u8` at a time).
         Some(b) => {
             let mut prefix = [0u8; 10];
-            let n = crate::payload::varint(b.len() as u64, &mut prefix);
+            let n = crate::encoding::payload::varint(b.len() as u64, &mut prefix);
             sink.put_parts(&prefix[..n], b)
         }
         None => sink.put(r),
@@ -413,11 +403,6 @@ where
         Err(p) => CallOutcome::Panicked(task_panic(&*p)),
     }
 }
-
-/// What a chunk trampoline ships back: the results of the items that returned, in item order,
-/// and `(index, panic message)` for each item that panicked. Kept flat (not one `Result` per
-/// item) so that the common all-good chunk encodes and decodes as a bare `Vec<R>`.
-pub(crate) type ChunkOut<R> = (Vec<R>, Vec<(u32, String)>);
 
 thread_local! {
     /// A worker's buffer for encoding a chunk's results, kept between chunks: allocating it
@@ -462,7 +447,7 @@ where
 {
     let mut writer = ChunkOutWriter::new(out);
     let mut index = 0u32;
-    let walked = for_each_in_seq(arg, |a: A| {
+    let walked = for_each_in_list(arg, |a: A| {
         match catch_unwind(AssertUnwindSafe(|| g(a))) {
             Ok(r) => writer.value(r),
             Err(p) => writer.failure(index, task_panic(&*p)),
@@ -481,7 +466,7 @@ where
     }
 }
 
-/// Trampoline for a chunk of a `map`: a sequence of `A` in, [`ChunkOut<R>`] out.
+/// Trampoline for a chunk of a `map`: a sequence of `A` in, [`ChunkOut<R>`](crate::encoding::payload::ChunkOut) out.
 ///
 /// # Safety
 ///

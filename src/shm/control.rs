@@ -1,5 +1,5 @@
-//! The pool's control segment: one shared mapping holding the header, one [`SlotCtl`] per worker
-//! slot, and each slot's two arenas. Made before the fork server is forked, so every process of
+//! The pool's control segment: one shared mapping holding the header, one [`SeatCtl`] per worker
+//! seat, and each seat's two arenas. Made before the fork server is forked, so every process of
 //! the pool sees it at the same address. Everything shared is an atomic or a `Pod` descriptor.
 
 use std::ptr::NonNull;
@@ -7,10 +7,10 @@ use std::ptr::NonNull;
 use crossbeam_utils::CachePadded;
 
 use crate::error::{Error, Result};
-use crate::ring::RingMem;
-use crate::shm::{Segment, align_up};
+use crate::shm::ring::RingMem;
+use crate::shm::segment::{Segment, align_up};
+use crate::shm::wake::WakeWord;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
-use crate::wake::WakeWord;
 
 /// `PoolHeader::shutdown`: running.
 pub(crate) const RUNNING: u32 = 0;
@@ -36,10 +36,10 @@ pub(crate) struct PoolHeader {
     pub(crate) server_exiting: AtomicU32,
 }
 
-/// One worker slot's shared state.
+/// One worker seat's shared state.
 #[repr(C)]
 #[derive(Debug)]
-pub(crate) struct SlotCtl {
+pub(crate) struct SeatCtl {
     /// Parent → worker tasks.
     pub(crate) tasks: RingMem,
     /// Worker → parent results.
@@ -48,15 +48,15 @@ pub(crate) struct SlotCtl {
     pub(crate) wake: WakeWord,
     /// Result-arena position up to which the parent has consumed results; written by the parent.
     pub(crate) result_freed: CachePadded<AtomicU64>,
-    /// Pid of the live worker in this slot, 0 if none. Written by the server.
+    /// Pid of the live worker in this seat, 0 if none. Written by the server.
     pub(crate) pid: AtomicU32,
     /// Parent sets 1 to ask for a worker; the server sets 0 when it forked (or failed).
     pub(crate) spawn_req: AtomicU32,
     /// errno of a failed spawn, 0 on success. Written by the server before clearing `spawn_req`.
     pub(crate) spawn_errno: AtomicU32,
-    /// Parent sets 1 to have the server SIGKILL this slot's worker.
+    /// Parent sets 1 to have the server SIGKILL this seat's worker.
     pub(crate) kill_req: AtomicU32,
-    /// Server sets 1 after reaping this slot's worker (then `exit_*` are valid); parent clears.
+    /// Server sets 1 after reaping this seat's worker (then `exit_*` are valid); parent clears.
     pub(crate) exited: AtomicU32,
     /// Raw wait status of the reaped worker.
     pub(crate) exit_status: AtomicU32,
@@ -66,13 +66,13 @@ pub(crate) struct SlotCtl {
     pub(crate) init_error_len: AtomicU32,
     /// When the worker started its current task that has a time limit (`CLOCK_MONOTONIC`, ns).
     /// Written by the worker before it arms the limit's timer; read by the parent after the
-    /// worker's death (ordered by slot-exit) to tell the timer's SIGKILL from another one.
+    /// worker's death (ordered by seat-exit) to tell the timer's SIGKILL from another one.
     pub(crate) task_started_ns: AtomicU64,
 }
 
-impl SlotCtl {
+impl SeatCtl {
     fn new() -> Self {
-        SlotCtl {
+        SeatCtl {
             tasks: RingMem::new(),
             results: RingMem::new(),
             wake: WakeWord::new(),
@@ -95,9 +95,9 @@ impl SlotCtl {
 pub(crate) struct Control {
     seg: Segment,
     base: NonNull<u8>,
-    slots: usize,
+    seats: usize,
     arena_cap: usize,
-    slots_off: usize,
+    seats_off: usize,
     arenas_off: usize,
 }
 
@@ -112,18 +112,18 @@ const PAGE: usize = 4096;
 /// Where everything sits in the control segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Layout {
-    /// Offset of slot 0's [`SlotCtl`] (after the [`PoolHeader`]).
-    pub(crate) slots_off: usize,
-    /// Offset of slot 0's argument arena (page aligned, after the last `SlotCtl`).
+    /// Offset of seat 0's [`SeatCtl`] (after the [`PoolHeader`]).
+    pub(crate) seats_off: usize,
+    /// Offset of seat 0's argument arena (page aligned, after the last `SeatCtl`).
     pub(crate) arenas_off: usize,
     /// Each arena's size: the requested size rounded up to a page.
     pub(crate) arena_cap: usize,
-    /// Bytes to map: `arenas_off + slots * 2 * arena_cap`.
+    /// Bytes to map: `arenas_off + seats * 2 * arena_cap`.
     pub(crate) len: usize,
 }
 
 impl Layout {
-    /// The layout for `slots` workers with arenas of (at least) `arena_cap` bytes.
+    /// The layout for `seats` workers with arenas of (at least) `arena_cap` bytes.
     ///
     /// Both numbers come straight from the user's builder, so nothing here may wrap: every sum,
     /// product and rounding is checked, and the total must stay within `isize::MAX` (the most a
@@ -133,27 +133,27 @@ impl Layout {
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] naming both sizes if the layout does not fit.
-    pub(crate) fn new(slots: usize, arena_cap: usize) -> Result<Layout> {
+    pub(crate) fn new(seats: usize, arena_cap: usize) -> Result<Layout> {
         let too_large = || {
             Error::invalid(format!(
-                "{slots} workers with arenas of {arena_cap} bytes do not fit in the address space"
+                "{seats} workers with arenas of {arena_cap} bytes do not fit in the address space"
             ))
         };
-        let slots_off = align_up(size_of::<PoolHeader>(), 128).ok_or_else(too_large)?;
-        let slots_end = slots
-            .checked_mul(size_of::<SlotCtl>())
-            .and_then(|n| n.checked_add(slots_off))
+        let seats_off = align_up(size_of::<PoolHeader>(), 128).ok_or_else(too_large)?;
+        let seats_end = seats
+            .checked_mul(size_of::<SeatCtl>())
+            .and_then(|n| n.checked_add(seats_off))
             .ok_or_else(too_large)?;
-        let arenas_off = align_up(slots_end, PAGE).ok_or_else(too_large)?;
+        let arenas_off = align_up(seats_end, PAGE).ok_or_else(too_large)?;
         let arena_cap_rounded = align_up(arena_cap, PAGE).ok_or_else(too_large)?;
-        let len = slots
+        let len = seats
             .checked_mul(2)
             .and_then(|n| n.checked_mul(arena_cap_rounded))
             .and_then(|n| n.checked_add(arenas_off))
             .filter(|&n| n <= isize::MAX as usize)
             .ok_or_else(too_large)?;
         Ok(Layout {
-            slots_off,
+            seats_off,
             arenas_off,
             arena_cap: arena_cap_rounded,
             len,
@@ -162,26 +162,26 @@ impl Layout {
 }
 
 impl Control {
-    /// Maps and initializes a control segment for `slots` workers with arenas of `arena_cap` bytes.
+    /// Maps and initializes a control segment for `seats` workers with arenas of `arena_cap` bytes.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] if the layout does not fit in the address space (the sizes come
     /// from the user's builder, so every step is checked; see [`Layout::new`]), or the segment's
     /// own errors.
-    pub(crate) fn new(slots: usize, arena_cap: usize) -> Result<Control> {
+    pub(crate) fn new(seats: usize, arena_cap: usize) -> Result<Control> {
         let Layout {
-            slots_off,
+            seats_off,
             arenas_off,
             arena_cap,
             len,
-        } = Layout::new(slots, arena_cap)?;
+        } = Layout::new(seats, arena_cap)?;
         let seg = Segment::new("shmpool-control", len)?;
         let base = NonNull::new(seg.ptr()).expect("mmap never returns null");
         debug_assert!(seg.len() >= len);
         // SAFETY: the segment is `len` bytes, page aligned, and not yet shared with anyone. The
-        // header at 0 and slot `i < slots` at `slots_off + i * size_of::<SlotCtl>()` lie inside
-        // it: `Layout::new` computed `arenas_off >= slots_off + slots * size_of::<SlotCtl>()` and
+        // header at 0 and seat `i < seats` at `seats_off + i * size_of::<SeatCtl>()` lie inside
+        // it: `Layout::new` computed `arenas_off >= seats_off + seats * size_of::<SeatCtl>()` and
         // `len >= arenas_off` with checked arithmetic, so no offset wrapped. They are suitably
         // aligned (128 divides every offset used; the types need at most 128).
         unsafe {
@@ -192,21 +192,21 @@ impl Control {
                 spawned: AtomicU64::new(0),
                 server_exiting: AtomicU32::new(0),
             });
-            for i in 0..slots {
+            for i in 0..seats {
                 base.as_ptr()
-                    .add(slots_off + i * size_of::<SlotCtl>())
-                    .cast::<SlotCtl>()
-                    .write(SlotCtl::new());
+                    .add(seats_off + i * size_of::<SeatCtl>())
+                    .cast::<SeatCtl>()
+                    .write(SeatCtl::new());
             }
         }
-        const _: () = assert!(align_of::<SlotCtl>() <= 128 && align_of::<PoolHeader>() <= 128);
-        const _: () = assert!(size_of::<SlotCtl>().is_multiple_of(128));
+        const _: () = assert!(align_of::<SeatCtl>() <= 128 && align_of::<PoolHeader>() <= 128);
+        const _: () = assert!(size_of::<SeatCtl>().is_multiple_of(128));
         let mut c = Control {
             seg,
             base,
-            slots,
+            seats,
             arena_cap,
-            slots_off,
+            seats_off,
             arenas_off,
         };
         // The mapping is what the pool's processes share; no fd needs to stay open.
@@ -219,30 +219,30 @@ impl Control {
         unsafe { &*self.base.as_ptr().cast::<PoolHeader>() }
     }
 
-    pub(crate) fn slot(&self, i: usize) -> &SlotCtl {
-        assert!(i < self.slots);
-        // SAFETY: slot `i < slots` was initialized in `new` at this offset.
+    pub(crate) fn seat(&self, i: usize) -> &SeatCtl {
+        assert!(i < self.seats);
+        // SAFETY: seat `i < seats` was initialized in `new` at this offset.
         unsafe {
             &*self
                 .base
                 .as_ptr()
-                .add(self.slots_off + i * size_of::<SlotCtl>())
-                .cast::<SlotCtl>()
+                .add(self.seats_off + i * size_of::<SeatCtl>())
+                .cast::<SeatCtl>()
         }
     }
 
-    pub(crate) fn slots(&self) -> usize {
-        self.slots
+    pub(crate) fn seats(&self) -> usize {
+        self.seats
     }
 
     pub(crate) fn arena_cap(&self) -> usize {
         self.arena_cap
     }
 
-    /// Base pointer of slot `i`'s argument arena (`arena_cap` bytes).
+    /// Base pointer of seat `i`'s argument arena (`arena_cap` bytes).
     pub(crate) fn arg_arena(&self, i: usize) -> *mut u8 {
-        assert!(i < self.slots);
-        // SAFETY: in bounds: `i < slots`, so `arenas_off + (2i+1) * arena_cap <= len`, which
+        assert!(i < self.seats);
+        // SAFETY: in bounds: `i < seats`, so `arenas_off + (2i+1) * arena_cap <= len`, which
         // `Layout::new` computed with checked arithmetic (no term wrapped) within `isize::MAX`.
         unsafe {
             self.base
@@ -251,10 +251,10 @@ impl Control {
         }
     }
 
-    /// Base pointer of slot `i`'s result arena (`arena_cap` bytes).
+    /// Base pointer of seat `i`'s result arena (`arena_cap` bytes).
     pub(crate) fn result_arena(&self, i: usize) -> *mut u8 {
-        assert!(i < self.slots);
-        // SAFETY: in bounds: `i < slots`, so `arenas_off + (2i+2) * arena_cap <= len`, which
+        assert!(i < self.seats);
+        // SAFETY: in bounds: `i < seats`, so `arenas_off + (2i+2) * arena_cap <= len`, which
         // `Layout::new` computed with checked arithmetic (no term wrapped) within `isize::MAX`.
         unsafe {
             self.base
@@ -274,12 +274,12 @@ impl Control {
         self.seg.len()
     }
 
-    /// True if any slot has a pending spawn or kill request, or shutdown was asked for.
+    /// True if any seat has a pending spawn or kill request, or shutdown was asked for.
     pub(crate) fn server_has_work(&self) -> bool {
         // Acquire, SYNC: server-request — pairs with the parent's Release stores of the requests.
         self.header().shutdown.load(Ordering::Acquire) != RUNNING
-            || (0..self.slots).any(|i| {
-                let s = self.slot(i);
+            || (0..self.seats).any(|i| {
+                let s = self.seat(i);
                 s.spawn_req.load(Ordering::Acquire) != 0 || s.kill_req.load(Ordering::Acquire) != 0
             })
     }
@@ -293,15 +293,15 @@ mod tests {
     fn layout_is_checked_and_bounded_by_isize_max() {
         let l = Layout::new(3, 5000).unwrap();
         assert_eq!(l.arena_cap, 8192);
-        assert!(l.slots_off >= size_of::<PoolHeader>());
-        assert!(l.arenas_off >= l.slots_off + 3 * size_of::<SlotCtl>());
+        assert!(l.seats_off >= size_of::<PoolHeader>());
+        assert!(l.arenas_off >= l.seats_off + 3 * size_of::<SeatCtl>());
         assert_eq!(l.arenas_off % PAGE, 0);
         assert_eq!(l.len, l.arenas_off + 6 * 8192);
         // Each way the arithmetic could wrap or exceed `isize::MAX` is an error.
         assert!(Layout::new(2, 1 << 62).is_err());
         assert!(Layout::new(1, usize::MAX).is_err());
         assert!(Layout::new(1, usize::MAX - PAGE + 2).is_err());
-        assert!(Layout::new(usize::MAX / size_of::<SlotCtl>() + 1, PAGE).is_err());
+        assert!(Layout::new(usize::MAX / size_of::<SeatCtl>() + 1, PAGE).is_err());
         assert!(Layout::new(1 << 40, 1 << 22).is_err());
         // Just within: one arena pair of a quarter of the address space.
         assert!(Layout::new(1, 1 << 61).is_ok());

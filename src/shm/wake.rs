@@ -2,24 +2,24 @@
 //!
 //! # Protocol
 //!
-//! A [`WakeWord`] has two shared words: `seq`, bumped by every notification, and `sleepers`, the
+//! A [`WakeWord`] has two shared words: `epoch`, bumped by every notification, and `sleepers`, the
 //! number of waiters that may be inside (or about to enter) `futex_wait`.
 //!
 //! Waiter (`wait_until`):
 //! 1. spin for a short, bounded time re-checking the condition (a round trip through spinning
 //!    costs about a hundredth of one through the futex: BENCHMARKS.md, "Figures from the code
 //!    comments");
-//! 2. `sleepers += 1` (SeqCst), `s = seq` (SeqCst), re-check the condition;
-//! 3. `futex_wait(seq, s, timeout)`; the kernel returns at once if `seq != s`;
+//! 2. `sleepers += 1` (SeqCst), `s = epoch` (SeqCst), re-check the condition;
+//! 3. `futex_wait(epoch, s, timeout)`; the kernel returns at once if `epoch != s`;
 //! 4. `sleepers -= 1`, loop.
 //!
 //! Notifier (`notify`), after publishing its data with a Release store:
-//! 1. `seq += 1` (SeqCst);
-//! 2. if `sleepers != 0` (SeqCst), `futex_wake(seq)`.
+//! 1. `epoch += 1` (SeqCst);
+//! 2. if `sleepers != 0` (SeqCst), `futex_wake(epoch)`.
 //!
-//! **Lost wake-up ruled out:** all four `sleepers`/`seq` accesses are SeqCst, so they have one total
+//! **Lost wake-up ruled out:** all four `sleepers`/`epoch` accesses are SeqCst, so they have one total
 //! order. If the notifier's load of `sleepers` reads 0, it precedes the waiter's increment, so the
-//! waiter's load of `seq` (after its increment) reads the bumped value and synchronizes with it:
+//! waiter's load of `epoch` (after its increment) reads the bumped value and synchronizes with it:
 //! the waiter's re-check then sees the published data. If the load reads non-zero, the notifier
 //! calls `futex_wake`; a waiter that has not entered the kernel yet holds a stale `s` and the
 //! kernel's compare fails, so it does not sleep.
@@ -27,7 +27,7 @@
 //! **Checked by loom** (`tests/loom_wake.rs`, run by `ci/loom.sh`): under `--cfg loom` the futex
 //! is replaced by a model of the kernel's (a value compare and an enqueue under one lock, a wake
 //! that reaches only waiters already enqueued, no timeouts), so a lost wake-up is a deadlock loom
-//! reports; the same file shows it reporting one for a notifier that skips the `seq` bump.
+//! reports; the same file shows it reporting one for a notifier that skips the `epoch` bump.
 //!
 //! **Dead peers:** every wait has a timeout, so a waiter whose notifier died re-checks the world
 //! (parent alive? worker alive?) at least that often. No `FUTEX_PRIVATE_FLAG`: the word is shared
@@ -46,7 +46,7 @@ use crate::sync::{AtomicU32, Ordering};
 #[derive(Debug)]
 pub struct WakeWord {
     /// Bumped (wrapping) by every `notify`; waiters sleep on it.
-    seq: CachePadded<AtomicU32>,
+    epoch: CachePadded<AtomicU32>,
     /// Number of waiters that may be asleep; lets `notify` skip the syscall when zero.
     sleepers: CachePadded<AtomicU32>,
 }
@@ -58,7 +58,7 @@ impl WakeWord {
     /// A word pair nobody waits on.
     pub fn new() -> Self {
         WakeWord {
-            seq: CachePadded::new(AtomicU32::new(0)),
+            epoch: CachePadded::new(AtomicU32::new(0)),
             sleepers: CachePadded::new(AtomicU32::new(0)),
         }
     }
@@ -66,10 +66,10 @@ impl WakeWord {
     /// Wakes every waiter (cheap when nobody sleeps: no syscall).
     pub fn notify(&self) {
         // SeqCst: see "Lost wake-up ruled out" in the module docs.
-        self.seq.fetch_add(1, Ordering::SeqCst);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         loom_sc_fence();
         if self.sleepers.load(Ordering::SeqCst) != 0 {
-            futex_wake(&self.seq);
+            futex_wake(&self.epoch);
         }
     }
 
@@ -105,7 +105,7 @@ impl WakeWord {
             // SeqCst: see "Lost wake-up ruled out".
             self.sleepers.fetch_add(1, Ordering::SeqCst);
             loom_sc_fence();
-            let seen = self.seq.load(Ordering::SeqCst);
+            let seen = self.epoch.load(Ordering::SeqCst);
             if ready() {
                 self.sleepers.fetch_sub(1, Ordering::SeqCst);
                 return true;
@@ -121,7 +121,7 @@ impl WakeWord {
                 }
                 None => Duration::from_secs(3600),
             };
-            futex_wait(&self.seq, seen, slice);
+            futex_wait(&self.epoch, seen, slice);
             self.sleepers.fetch_sub(1, Ordering::SeqCst);
             if ready() {
                 return true;
@@ -228,12 +228,12 @@ fn futex_wake(_word: &AtomicU32) {
 
 #[cfg(loom)]
 impl WakeWord {
-    /// A broken `notify` that wakes sleepers without bumping `seq`, for the loom model that
+    /// A broken `notify` that wakes sleepers without bumping `epoch`, for the loom model that
     /// shows the futex model catches a lost wake-up. Never used outside `tests/loom_wake.rs`.
     #[doc(hidden)]
     pub fn notify_without_bump(&self) {
         if self.sleepers.load(Ordering::SeqCst) != 0 {
-            futex_wake(&self.seq);
+            futex_wake(&self.epoch);
         }
     }
 }

@@ -11,7 +11,7 @@
 //! * every worker sees the parent's memory as it was when the pool was built (statics, the
 //!   initializer and anything it captured) and the control segment at the same address;
 //! * the server is the workers' parent, so it alone reaps them (`waitpid`), and it reports each
-//!   death to the parent through the slot's `exited`/`exit_status` words (SYNC: slot-exit) and a
+//!   death to the parent through the seat's `exited`/`exit_status` words (SYNC: seat-exit) and a
 //!   wake of the collector.
 //!
 //! # Locks across the fork
@@ -27,17 +27,17 @@
 //!
 //! # Requests (parent → server), all in shared memory
 //!
-//! * `spawn_req = 1` (Release, SYNC: server-request): fork a worker for this slot. The server
+//! * `spawn_req = 1` (Release, SYNC: server-request): fork a worker for this seat. The server
 //!   writes `pid` and `spawn_errno`, then clears `spawn_req` (Release) and wakes the collector.
-//! * `kill_req = 1`: SIGKILL this slot's worker (one that broke the protocol: see `corrupted`
-//!   in `pool::dispatch`; a task over its time limit is killed by its worker's own timer). The
+//! * `kill_req = 1`: SIGKILL this seat's worker (one that broke the protocol: see `corrupted`
+//!   in `pool::dispatch::collector`; a task over its time limit is killed by its worker's own timer). The
 //!   server can do this without racing a pid reuse, because only it reaps the worker.
 //! * `shutdown = GRACEFUL`: workers exit once their rings are empty; the server exits when it has
 //!   reaped them all. `shutdown = TERMINATE`: the server SIGKILLs every worker, reaps, exits.
 //!
 //! # Death
 //!
-//! * A worker dies: the server reaps it, publishes the wait status (slot-exit), wakes the
+//! * A worker dies: the server reaps it, publishes the wait status (seat-exit), wakes the
 //!   collector. The collector fails the task the worker had taken (ring `head` says which), leaves
 //!   the untaken ones in the ring, and asks for a replacement.
 //! * The parent dies: the server has `PR_SET_PDEATHSIG = SIGKILL` against the collector thread,
@@ -52,13 +52,12 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering as StdOrdering};
 use std::time::Duration;
 
-use crate::control::{Control, RUNNING, TERMINATE};
 use crate::error::{Error, Result};
+use crate::process::worker::{WorkerCtx, die_with_parent, set_process_name, worker_main};
+use crate::shm::control::{Control, RUNNING, TERMINATE};
+use crate::shm::wake::WakeWord;
 use crate::sync::Ordering;
-use crate::wake::WakeWord;
-use crate::worker::{
-    ExitOnUnwind, WorkerCtx, die_with_parent, exit_now, set_process_name, worker_main,
-};
+use crate::unwind::{ExitOnUnwind, exit_now};
 
 /// Set by the server's SIGCHLD handler; cleared before each reaping pass.
 static CHILD_EVENT: AtomicBool = AtomicBool::new(false);
@@ -118,7 +117,7 @@ fn unblock_all_signals() {
 /// What the fork server needs, inherited through `fork` (it lives in the parent's memory).
 pub(crate) struct ServerCtx<'a> {
     pub(crate) ctl: &'a Control,
-    /// Each slot's worker end of its segment channel (inherited by the slot's workers).
+    /// Each seat's worker end of its segment channel (inherited by the seat's workers).
     pub(crate) worker_channels: &'a [i32],
     /// The parent's ends, which the server closes at once.
     pub(crate) parent_channels: &'a [i32],
@@ -211,7 +210,7 @@ fn server_main(ctx: &ServerCtx<'_>, parent: i32) -> ! {
     let me = unsafe { libc::getpid() };
     let ctl = ctx.ctl;
     let header = ctl.header();
-    let n = ctl.slots();
+    let n = ctl.seats();
     let mut pids = vec![0i32; n];
     loop {
         CHILD_EVENT.store(false, StdOrdering::SeqCst);
@@ -237,31 +236,31 @@ fn server_main(ctx: &ServerCtx<'_>, parent: i32) -> ! {
             // AcqRel, SYNC: server-request — take the request exactly once, and only when there
             // is a worker to kill (the parent clears a stale one before it asks for a
             // replacement).
-            if p != 0 && ctl.slot(i).kill_req.swap(0, Ordering::AcqRel) != 0 {
+            if p != 0 && ctl.seat(i).kill_req.swap(0, Ordering::AcqRel) != 0 {
                 // SAFETY: as above, an unreaped child of ours.
                 unsafe { libc::kill(p, libc::SIGKILL) };
             }
         }
         if shutdown == RUNNING {
             for (i, pid) in pids.iter_mut().enumerate() {
-                let slot = ctl.slot(i);
-                // Acquire, SYNC: server-request — the parent reset the slot before asking.
-                if slot.spawn_req.load(Ordering::Acquire) == 0 || *pid != 0 {
+                let seat = ctl.seat(i);
+                // Acquire, SYNC: server-request — the parent reset the seat before asking.
+                if seat.spawn_req.load(Ordering::Acquire) == 0 || *pid != 0 {
                     continue;
                 }
                 // Relaxed: only this process writes `spawned`.
-                let seq = header.spawned.fetch_add(1, Ordering::Relaxed) + 1;
+                let ordinal = header.spawned.fetch_add(1, Ordering::Relaxed) + 1;
                 // SAFETY: this process is single-threaded (a fork that runs only this loop), so
                 // fork is safe here; the child runs `worker_main`, which never returns.
                 match unsafe { libc::fork() } {
                     -1 => {
                         let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(-1);
-                        slot.spawn_errno.store(errno as u32, Ordering::Relaxed);
+                        seat.spawn_errno.store(errno as u32, Ordering::Relaxed);
                     }
                     0 => worker_main(WorkerCtx {
                         ctl,
-                        slot: i,
-                        seq,
+                        seat: i,
+                        ordinal,
                         server_pid: me,
                         channel: ctx.worker_channels[i],
                         initializer: ctx.initializer,
@@ -269,13 +268,13 @@ fn server_main(ctx: &ServerCtx<'_>, parent: i32) -> ! {
                     }),
                     child => {
                         *pid = child;
-                        slot.spawn_errno.store(0, Ordering::Relaxed);
+                        seat.spawn_errno.store(0, Ordering::Relaxed);
                         // Relaxed: published by the Release store of `spawn_req` below.
-                        slot.pid.store(child as u32, Ordering::Relaxed);
+                        seat.pid.store(child as u32, Ordering::Relaxed);
                     }
                 }
                 // Release, SYNC: spawn-done — pairs with the collector's Acquire load.
-                slot.spawn_req.store(0, Ordering::Release);
+                seat.spawn_req.store(0, Ordering::Release);
                 header.collector.notify();
             }
         }
@@ -294,7 +293,7 @@ fn server_main(ctx: &ServerCtx<'_>, parent: i32) -> ! {
     }
 }
 
-/// Reaps every exited child and reports it in its slot.
+/// Reaps every exited child and reports it in its seat.
 fn reap(ctl: &Control, pids: &mut [i32]) {
     loop {
         let mut status: libc::c_int = 0;
@@ -307,98 +306,13 @@ fn reap(ctl: &Control, pids: &mut [i32]) {
             continue;
         };
         pids[i] = 0;
-        let slot = ctl.slot(i);
+        let seat = ctl.seat(i);
         // Relaxed: published by the Release store of `exited`.
-        slot.exit_status.store(status as u32, Ordering::Relaxed);
-        slot.exit_pid.store(pid as u32, Ordering::Relaxed);
-        slot.pid.store(0, Ordering::Relaxed);
-        // Release, SYNC: slot-exit — pairs with the collector's Acquire load of `exited`.
-        slot.exited.store(1, Ordering::Release);
+        seat.exit_status.store(status as u32, Ordering::Relaxed);
+        seat.exit_pid.store(pid as u32, Ordering::Relaxed);
+        seat.pid.store(0, Ordering::Relaxed);
+        // Release, SYNC: seat-exit — pairs with the collector's Acquire load of `exited`.
+        seat.exited.store(1, Ordering::Release);
         ctl.header().collector.notify();
-    }
-}
-
-/// Waits for the server to exit and reaps it; returns its raw wait status.
-pub(crate) fn reap_server(pid: i32, block: bool) -> Option<i32> {
-    let mut status: libc::c_int = 0;
-    let flags = if block { 0 } else { libc::WNOHANG };
-    loop {
-        // SAFETY: waitpid on our own child with a valid out-pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, flags) };
-        if r == pid {
-            return Some(status);
-        }
-        if r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-            continue;
-        }
-        return None;
-    }
-}
-
-/// Waits until process `pid` has exited (a zombie or gone): from then on it cannot touch any
-/// memory, since a process releases its mappings before it becomes a zombie.
-///
-/// For the workers of a fork server that died: they are no children of ours (we cannot
-/// `waitpid` them) and their `PR_SET_PDEATHSIG` kill is only *sent* when the server dies. Waits
-/// on a pidfd (readable once the process exits), or, on kernels without `pidfd_open` (before
-/// 5.3), polls `/proc/<pid>/stat` for state `Z` or its absence.
-///
-/// The pid must belong to a process that is dying or gone: one caught by a reuse of its pid
-/// would be waited for (the pid came from the server's `SlotCtl::pid` an instant after that
-/// worker was killed; Linux hands pids out cyclically, so a reuse in that instant needs the
-/// whole pid space to wrap).
-pub(crate) fn wait_gone(pid: i32) {
-    if pid <= 0 {
-        return;
-    }
-    // SAFETY: pidfd_open(pid, 0) takes two integers and returns a new fd (or -1); no memory is
-    // passed. The fd is owned below and closed on every path.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd >= 0 {
-        // SAFETY: `fd` is a fresh descriptor the kernel just gave us and nobody else owns.
-        let fd =
-            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
-        let mut p = libc::pollfd {
-            fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        loop {
-            // SAFETY: poll on one valid `pollfd` that lives across the call; no timeout: a pidfd
-            // becomes readable when its process exits, which the kill already under way ensures.
-            let r = unsafe { libc::poll(&mut p, 1, -1) };
-            if r > 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                return;
-            }
-        }
-    }
-    if std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
-        return; // gone already (and reaped by whoever adopted it)
-    }
-    // No pidfds here: watch /proc instead.
-    loop {
-        let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Ok(s) => s,
-            Err(_) => return,
-        };
-        let state = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next())
-            .unwrap_or("Z");
-        if state == "Z" || state == "X" {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// Describes a raw wait status as `(signal, exit code)`.
-pub(crate) fn decode_status(status: i32) -> (Option<i32>, Option<i32>) {
-    if libc::WIFSIGNALED(status) {
-        (Some(libc::WTERMSIG(status)), None)
-    } else if libc::WIFEXITED(status) {
-        (None, Some(libc::WEXITSTATUS(status)))
-    } else {
-        (None, None)
     }
 }

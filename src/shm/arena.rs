@@ -1,6 +1,6 @@
 //! FIFO arenas for variable-size payloads.
 //!
-//! Each worker slot has two arenas in the pool's shared segment: the *argument* arena, written by
+//! Each worker seat has two arenas in the pool's shared segment: the *argument* arena, written by
 //! the parent and read by the worker, and the *result* arena, written by the worker and read by the
 //! parent. Payloads are freed in the order they were allocated (a worker runs its tasks in ring
 //! order), so an arena is a ring of bytes described by two monotonically increasing positions:

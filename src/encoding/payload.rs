@@ -16,10 +16,10 @@ use serde::de::DeserializeOwned;
 ///
 /// ```
 /// #[derive(serde::Serialize, serde::Deserialize)]
-/// struct Job { name: String, weights: Vec<f64> }
+/// struct Order { name: String, weights: Vec<f64> }
 ///
 /// let pool = shmpool::Pool::new(1)?;
-/// let total = pool.apply(|j: Job| j.weights.iter().sum::<f64>(), Job { name: "a".into(), weights: vec![1.5, 2.5] })?;
+/// let total = pool.apply(|j: Order| j.weights.iter().sum::<f64>(), Order { name: "a".into(), weights: vec![1.5, 2.5] })?;
 /// assert_eq!(total, 4.0);
 /// # Ok::<(), shmpool::Error>(())
 /// ```
@@ -127,10 +127,10 @@ fn byte_vector<T: 'static>(b: &[u8]) -> T {
 pub(crate) fn byte_vector_from<T: 'static>(v: Vec<u8>) -> T {
     let mut out: Option<T> = None;
     let any: &mut dyn std::any::Any = &mut out;
-    if let Some(slot) = any.downcast_mut::<Option<Vec<u8>>>() {
-        *slot = Some(v);
-    } else if let Some(slot) = any.downcast_mut::<Option<Box<[u8]>>>() {
-        *slot = Some(v.into_boxed_slice());
+    if let Some(dst) = any.downcast_mut::<Option<Vec<u8>>>() {
+        *dst = Some(v);
+    } else if let Some(dst) = any.downcast_mut::<Option<Box<[u8]>>>() {
+        *dst = Some(v.into_boxed_slice());
     }
     out.expect("byte_vector_from is only called for byte-vector types")
 }
@@ -201,7 +201,7 @@ pub(crate) fn is_plain_number<T: 'static>() -> bool {
 /// Appends a sequence of items in the chunk wire format: the raw bytes of the slice when `T` is
 /// a primitive number (one `memcpy`; this is what makes `map` over numbers fast), postcard
 /// otherwise. Both sides of a chunk are monomorphized for the same `T`, so they agree.
-pub(crate) fn encode_seq<T: Serialize + 'static>(
+pub(crate) fn encode_list<T: Serialize + 'static>(
     items: &[T],
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
@@ -226,13 +226,13 @@ pub(crate) fn encode_seq<T: Serialize + 'static>(
     }
     let taken = std::mem::take(out);
     *out = postcard::to_extend(items, taken)
-        .map_err(|e| crate::ser_probe::serialize_error(&e, items))?;
+        .map_err(|e| crate::encoding::ser_probe::serialize_error(&e, items))?;
     Ok(())
 }
 
-/// Appends every item of `items` like [`encode_seq`] (the same bytes as for a slice of them),
+/// Appends every item of `items` like [`encode_list`] (the same bytes as for a slice of them),
 /// without collecting primitive numbers into a `Vec` first; returns how many items there were.
-pub(crate) fn encode_seq_from<T: Serialize + 'static>(
+pub(crate) fn encode_list_from<T: Serialize + 'static>(
     items: impl Iterator<Item = T>,
     out: &mut Vec<u8>,
 ) -> Result<usize, String> {
@@ -250,12 +250,12 @@ pub(crate) fn encode_seq_from<T: Serialize + 'static>(
         return Ok(n);
     }
     let items: Vec<T> = items.collect();
-    encode_seq(&items, out)?;
+    encode_list(&items, out)?;
     Ok(items.len())
 }
 
-/// Decodes what [`encode_seq`] wrote (the whole of `bytes`).
-pub(crate) fn decode_seq<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<Vec<T>, String> {
+/// Decodes what [`encode_list`] wrote (the whole of `bytes`).
+pub(crate) fn decode_list<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<Vec<T>, String> {
     if is_plain_number::<T>() {
         let n = plain_count::<T>(bytes)?;
         let mut v: Vec<T> = Vec::with_capacity(n);
@@ -301,9 +301,9 @@ fn plain_count<T>(bytes: &[u8]) -> Result<usize, String> {
     Ok(bytes.len() / size)
 }
 
-/// Calls `f` with each item of what [`encode_seq`] wrote, in order. Primitive numbers are read
+/// Calls `f` with each item of what [`encode_list`] wrote, in order. Primitive numbers are read
 /// in place (no `Vec` of them is made: a worker walks the argument arena directly).
-pub(crate) fn for_each_in_seq<T: DeserializeOwned + 'static>(
+pub(crate) fn for_each_in_list<T: DeserializeOwned + 'static>(
     bytes: &[u8],
     mut f: impl FnMut(T),
 ) -> Result<(), String> {
@@ -316,9 +316,14 @@ pub(crate) fn for_each_in_seq<T: DeserializeOwned + 'static>(
         }
         return Ok(());
     }
-    decode_seq::<T>(bytes)?.into_iter().for_each(f);
+    decode_list::<T>(bytes)?.into_iter().for_each(f);
     Ok(())
 }
+
+/// What a chunk trampoline ships back: the results of the items that returned, in item order,
+/// and `(index, panic message)` for each item that panicked. Kept flat (not one `Result` per
+/// item) so that the common all-good chunk encodes and decodes as a bare `Vec<R>`.
+pub(crate) type ChunkOut<R> = (Vec<R>, Vec<(u32, String)>);
 
 /// Writes a chunk's results in the format of [`encode_chunk_out`] as they are produced: a
 /// primitive number goes straight into `out` (no `Vec<R>` in between), other types are held and
@@ -372,7 +377,7 @@ impl<'a, R: Serialize + 'static> ChunkOutWriter<'a, R> {
             failures,
         } = self;
         if !plain {
-            encode_seq(&held, out)?;
+            encode_list(&held, out)?;
         }
         let len = (out.len() - 8) as u64;
         out[..8].copy_from_slice(&len.to_le_bytes());
@@ -382,7 +387,7 @@ impl<'a, R: Serialize + 'static> ChunkOutWriter<'a, R> {
     }
 }
 
-/// A chunk's results in the wire format: `[len of values: u64 LE][values (encode_seq)]
+/// A chunk's results in the wire format: `[len of values: u64 LE][values (encode_list)]
 /// [postcard failures]`.
 #[cfg(test)]
 pub(crate) fn encode_chunk_out<R: Serialize + Clone + 'static>(
@@ -404,7 +409,7 @@ pub(crate) fn encode_chunk_out<R: Serialize + Clone + 'static>(
 /// Decodes what [`encode_chunk_out`] wrote.
 pub(crate) fn decode_chunk_out<R: DeserializeOwned + 'static>(
     bytes: &[u8],
-) -> Result<crate::task::ChunkOut<R>, String> {
+) -> Result<ChunkOut<R>, String> {
     let Some((len, rest)) = bytes.split_first_chunk::<8>() else {
         return Err("chunk result shorter than its header".into());
     };
@@ -413,7 +418,7 @@ pub(crate) fn decode_chunk_out<R: DeserializeOwned + 'static>(
         .ok()
         .filter(|&l| l <= rest.len())
         .ok_or("chunk result length out of range")?;
-    let values = decode_seq(&rest[..len])?;
+    let values = decode_list(&rest[..len])?;
     let failures = postcard::from_bytes(&rest[len..]).map_err(|e| e.to_string())?;
     Ok((values, failures))
 }
@@ -428,16 +433,16 @@ mod tests {
         v: Vec<T>,
     ) {
         let mut bytes = Vec::new();
-        encode_seq(&v, &mut bytes).unwrap();
-        assert_eq!(decode_seq::<T>(&bytes).unwrap(), v);
+        encode_list(&v, &mut bytes).unwrap();
+        assert_eq!(decode_list::<T>(&bytes).unwrap(), v);
         let mut streamed = Vec::new();
         assert_eq!(
-            encode_seq_from(v.iter().cloned(), &mut streamed),
+            encode_list_from(v.iter().cloned(), &mut streamed),
             Ok(v.len())
         );
         assert_eq!(streamed, bytes);
         let mut walked = Vec::new();
-        for_each_in_seq::<T>(&bytes, |x| walked.push(x)).unwrap();
+        for_each_in_list::<T>(&bytes, |x| walked.push(x)).unwrap();
         assert_eq!(walked, v);
         let failures = vec![(3u32, "boom".to_string())];
         let out = encode_chunk_out(&v, &failures).unwrap();
@@ -459,15 +464,15 @@ mod tests {
     #[test]
     fn numbers_cross_as_their_raw_bytes() {
         let mut bytes = Vec::new();
-        encode_seq(&[1u32, 2], &mut bytes).unwrap();
+        encode_list(&[1u32, 2], &mut bytes).unwrap();
         assert_eq!(bytes, [1, 0, 0, 0, 2, 0, 0, 0]);
-        assert!(decode_seq::<u32>(&bytes[..7]).is_err());
-        assert!(for_each_in_seq::<u32>(&bytes[..7], |_| panic!("no item")).is_err());
+        assert!(decode_list::<u32>(&bytes[..7]).is_err());
+        assert!(for_each_in_list::<u32>(&bytes[..7], |_| panic!("no item")).is_err());
         // Read in place from any alignment.
         let mut shifted = vec![0u8];
-        encode_seq(&[u64::MAX - 1, 5], &mut shifted).unwrap();
+        encode_list(&[u64::MAX - 1, 5], &mut shifted).unwrap();
         let mut walked = Vec::new();
-        for_each_in_seq::<u64>(&shifted[1..], |x| walked.push(x)).unwrap();
+        for_each_in_list::<u64>(&shifted[1..], |x| walked.push(x)).unwrap();
         assert_eq!(walked, [u64::MAX - 1, 5]);
     }
 
@@ -484,17 +489,17 @@ mod tests {
             assert_eq!(postcard::from_bytes::<Vec<u8>>(&fast).unwrap(), v);
             // Sequences of them too (map's chunks).
             let items = vec![v.clone(), Vec::new(), v[..len / 2].to_vec()];
-            let mut seq = Vec::new();
-            encode_seq(&items, &mut seq).unwrap();
-            assert_eq!(seq, postcard::to_allocvec(&items).unwrap());
-            assert_eq!(decode_seq::<Vec<u8>>(&seq).unwrap(), items);
+            let mut list = Vec::new();
+            encode_list(&items, &mut list).unwrap();
+            assert_eq!(list, postcard::to_allocvec(&items).unwrap());
+            assert_eq!(decode_list::<Vec<u8>>(&list).unwrap(), items);
         }
         assert!(read_byte_payload::<String>(&[0]).is_none());
         // Lies about lengths are errors, never reads past the end or huge allocations.
         assert!(read_byte_payload::<Vec<u8>>(&[5, 1, 2]).unwrap().is_err());
         assert!(read_byte_payload::<Vec<u8>>(&[0xff; 11]).unwrap().is_err());
         assert!(read_byte_payload::<Vec<u8>>(&[0x80]).unwrap().is_err());
-        assert!(decode_seq::<Vec<u8>>(&[0xff, 0xff, 0xff, 0x7f, 0]).is_err());
+        assert!(decode_list::<Vec<u8>>(&[0xff, 0xff, 0xff, 0x7f, 0]).is_err());
         round_trip(vec![vec![1u8, 2], vec![], vec![3]]);
     }
 

@@ -1,16 +1,16 @@
 //! Payloads larger than the arenas: each travels in a memfd segment of its own, passed over the
-//! slot's segment channel (`SCM_RIGHTS`) and read in place by the other side.
+//! seat's segment channel (`SCM_RIGHTS`) and read in place by the other side.
 //!
 //! # Arguments (parent → worker)
 //!
 //! An encoded argument larger than the argument arena is written into a fresh memfd (a byte
-//! vector straight from its own buffer, so the parent copies its bytes once) and sealed. The job
+//! vector straight from its own buffer, so the parent copies its bytes once) and sealed. The task
 //! carries the segment as a [`SegmentShare`] (so `ADD id` reaches the worker before the task) and
 //! its arena payload is only `[id: u64 LE][len: u64 LE]`; the descriptor has
 //! [`FLAG_ARG_SEGMENT`]. The worker checks the seals and opens the segment ([`Sealed`]): a byte
 //! vector is read from the file straight into the task's `Vec` (`pread`), anything else is
 //! decoded from a read-only mapping. It closes the segment once its result is published (off the
-//! result's path), and the parent closes its own fd after the job's completion has run, so the
+//! result's path), and the parent closes its own fd after the task's completion has run, so the
 //! memory is freed then, without the caller waiting for it.
 //!
 //! # Results (worker → parent)
@@ -37,7 +37,7 @@
 //! ~150 ms for 300 MiB in a VM) and freeing it returns them one by one (~60 ms); reading it
 //! through a mapping would add one page-table entry per page on both sides. `pread` avoids the
 //! mapping (the kernel copies through its own direct map) and writes into a `Vec` that asked for
-//! huge pages ([`crate::payload::bytes_with_capacity`]). Measured figures: BENCHMARKS.md,
+//! huge pages ([`crate::encoding::payload::bytes_with_capacity`]). Measured figures: BENCHMARKS.md,
 //! "Payloads larger than the arena".
 //!
 //! Memory: the segment's pages are the payload's only copy in flight; they are freed when the
@@ -56,8 +56,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::sys::memfd::{MFdFlags, memfd_create};
 
-use crate::channel::SegmentShare;
 use crate::error::{Error, Result};
+use crate::shm::channel::SegmentShare;
 
 /// Descriptor flag (task): the arena payload is `[segment id][len]`, the argument is in that
 /// segment.
@@ -141,14 +141,14 @@ impl Sealed {
 
     /// Makes a `T` from the payload when `T` is a byte vector, reading it from the file into a
     /// fresh vector (one copy, no mapping); `None` for any other `T`. The same format and the
-    /// same checks as [`crate::payload::read_byte_payload`] over [`bytes`](Self::bytes).
+    /// same checks as [`crate::encoding::payload::read_byte_payload`] over [`bytes`](Self::bytes).
     pub(crate) fn read_byte_payload<T: 'static>(&self) -> Option<std::result::Result<T, String>> {
-        if !crate::payload::is_byte_payload::<T>() {
+        if !crate::encoding::payload::is_byte_payload::<T>() {
             return None;
         }
         Some(
             self.read_byte_string()
-                .map(crate::payload::byte_vector_from::<T>),
+                .map(crate::encoding::payload::byte_vector_from::<T>),
         )
     }
 
@@ -156,14 +156,14 @@ impl Sealed {
     fn read_byte_string(&self) -> std::result::Result<Vec<u8>, String> {
         let len = self.map.len();
         // The length from the mapping: one page faulted in.
-        let (n, used) = crate::payload::read_varint(&self.map[..len.min(10)])?;
+        let (n, used) = crate::encoding::payload::read_varint(&self.map[..len.min(10)])?;
         if n > len - used {
             return Err(format!(
                 "byte string of {n} bytes, but only {} remain",
                 len - used
             ));
         }
-        let mut v = crate::payload::bytes_with_capacity(n);
+        let mut v = crate::encoding::payload::bytes_with_capacity(n);
         pread_exact(&self.fd, &mut v, n, used as u64)?;
         Ok(v)
     }
@@ -210,10 +210,10 @@ fn pread_exact(
     Ok(())
 }
 
-/// A job argument too large for the arena: its segment, and the small payload that names it.
+/// A task argument too large for the arena: its segment, and the small payload that names it.
 pub(crate) fn argument(head: &[u8], bytes: &[u8]) -> Result<(Vec<u8>, SegmentShare)> {
     let fd = make_segment(head, bytes).map_err(|e| Error::os("memfd (large argument)", e))?;
-    let id = crate::bulk::next_id();
+    let id = crate::shm::segment::next_id();
     let len = (head.len() + bytes.len()) as u64;
     let mut payload = Vec::with_capacity(16);
     payload.extend_from_slice(&id.to_le_bytes());
@@ -228,7 +228,7 @@ pub(crate) fn argument(head: &[u8], bytes: &[u8]) -> Result<(Vec<u8>, SegmentSha
 }
 
 /// Worker side: opens the argument a [`FLAG_ARG_SEGMENT`] payload names. The caller drops it
-/// and calls [`crate::channel::forget_local`] once the result is out.
+/// and calls [`crate::shm::channel::forget_local`] once the result is out.
 pub(crate) fn resolve_argument(payload: &[u8]) -> std::result::Result<(u64, Sealed), String> {
     let (Some(id), Some(len)) = (
         payload
@@ -240,7 +240,7 @@ pub(crate) fn resolve_argument(payload: &[u8]) -> std::result::Result<(u64, Seal
     ) else {
         return Err("large-argument record shorter than 16 bytes".into());
     };
-    let fd = crate::channel::resolve(id).map_err(|e| e.to_string())?;
+    let fd = crate::shm::channel::resolve(id).map_err(|e| e.to_string())?;
     let len = usize::try_from(len).map_err(|_| "argument length out of range".to_string())?;
     Ok((id, Sealed::open(fd, len)?))
 }
@@ -278,7 +278,7 @@ mod tests {
     /// A byte vector as `write_bytes` encodes it, in a sealed segment.
     fn byte_segment(v: &[u8], trailing: &[u8]) -> (Sealed, usize) {
         let mut prefix = [0u8; 10];
-        let n = crate::payload::varint(v.len() as u64, &mut prefix);
+        let n = crate::encoding::payload::varint(v.len() as u64, &mut prefix);
         let mut body = v.to_vec();
         body.extend_from_slice(trailing);
         let len = n + body.len();
@@ -309,7 +309,7 @@ mod tests {
             let back: Vec<u8> = seg.read_byte_payload().unwrap().unwrap();
             assert!(back == v, "len {len}");
             // The same bytes as the decoder that reads the mapping makes.
-            let mapped: Vec<u8> = crate::payload::read_byte_payload(seg.bytes())
+            let mapped: Vec<u8> = crate::encoding::payload::read_byte_payload(seg.bytes())
                 .unwrap()
                 .unwrap();
             assert!(mapped == back, "len {len}");
@@ -344,7 +344,7 @@ mod tests {
         assert!(seg.read_byte_payload::<Vec<u8>>().unwrap().is_err());
         // A huge claimed length is refused before anything is allocated for it.
         let mut prefix = [0u8; 10];
-        let n = crate::payload::varint(u64::MAX >> 1, &mut prefix);
+        let n = crate::encoding::payload::varint(u64::MAX >> 1, &mut prefix);
         let seg = Sealed::open(make_segment(&prefix[..n], b"x").unwrap(), n + 1).unwrap();
         assert!(seg.read_byte_payload::<Vec<u8>>().unwrap().is_err());
     }

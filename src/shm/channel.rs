@@ -1,8 +1,8 @@
-//! Passing segment file descriptors to workers (`SCM_RIGHTS` over a per-slot socket pair).
+//! Passing segment file descriptors to workers (`SCM_RIGHTS` over a per-seat socket pair).
 //!
 //! Segments made after the pool forked (a `SharedVec`, a mapped file, a reader's buffers) reach a
-//! worker as file descriptors. Every slot has a `SOCK_SEQPACKET` socket pair made before the fork
-//! server is forked: the parent keeps one end, every worker of the slot inherits the other.
+//! worker as file descriptors. Every seat has a `SOCK_SEQPACKET` socket pair made before the fork
+//! server is forked: the parent keeps one end, every worker of the seat inherits the other.
 //!
 //! # Protocol
 //!
@@ -12,9 +12,9 @@
 //! * `FORGET id` carries none: segment `id` is gone in the parent; close your copy.
 //!
 //! The parent sends `ADD` for a segment the first time it dispatches a task that needs it to that
-//! slot, *before* pushing the task's descriptor; so when the worker meets an id it does not know,
+//! seat, *before* pushing the task's descriptor; so when the worker meets an id it does not know,
 //! the message is already in its socket and a blocking receive cannot wait forever. The parent
-//! sends `FORGET` for segments that were dropped, piggybacked on the next dispatch to that slot,
+//! sends `FORGET` for segments that were dropped, piggybacked on the next dispatch to that seat,
 //! and the worker drains its socket (non-blocking) before each bulk task, so it holds at most the
 //! segments still alive plus those dropped since its last bulk task. A replacement worker inherits
 //! whatever its predecessor left unread, which is harmless: `ADD` of a known id replaces it,
@@ -39,7 +39,7 @@ const OP_FORGET: u64 = 2;
 /// Worker → parent: the fd is the sealed segment holding task `id`'s result (`bigpayload`).
 const OP_RESULT: u64 = 3;
 
-/// Makes the socket pair of one slot: `(parent end, worker end)`, both `CLOEXEC`.
+/// Makes the socket pair of one seat: `(parent end, worker end)`, both `CLOEXEC`.
 pub(crate) fn pair() -> Result<(OwnedFd, OwnedFd)> {
     socketpair(
         nix::sys::socket::AddressFamily::Unix,
@@ -92,7 +92,7 @@ pub(crate) fn send_forget(sock: RawFd, id: u64) -> Result<()> {
     Ok(())
 }
 
-/// The worker's end of its slot's socket, set once right after fork.
+/// The worker's end of its seat's socket, set once right after fork.
 static CHANNEL: AtomicI32 = AtomicI32::new(-1);
 
 /// The worker's segments by id.
@@ -115,12 +115,12 @@ const FD_DROPPED: &str = "recvmsg (fd dropped: MSG_CTRUNC)";
 /// but the parent has recorded the segment as sent and never sends it again: the next task over
 /// that segment would block in `recvmsg` for ever, waiting for it. Only a replacement (a fresh fd
 /// table, which the parent assumes holds nothing) agrees with the parent again, so the worker
-/// exits with [`EXIT_FD_DROPPED`](crate::worker::EXIT_FD_DROPPED): the running task fails with
+/// exits with [`EXIT_FD_DROPPED`](crate::unwind::EXIT_FD_DROPPED): the running task fails with
 /// `WorkerDied`, and the next one is served.
 fn worker_receive(sock: RawFd, block: bool) -> Result<Option<(u64, u64, Option<OwnedFd>)>> {
     match receive(sock, block) {
         Err(Error::Os { op, .. }) if op == FD_DROPPED => {
-            crate::worker::exit_now(crate::worker::EXIT_FD_DROPPED, true)
+            crate::unwind::exit_now(crate::unwind::EXIT_FD_DROPPED, true)
         }
         other => other,
     }
@@ -294,14 +294,14 @@ pub(crate) fn receive_result(
     }
 }
 
-/// A segment as a job hands it to the dispatcher: its id and its (shared) fd.
+/// A segment as a task hands it to the dispatcher: its id and its (shared) fd.
 #[derive(Debug, Clone)]
 pub(crate) struct SegmentShare {
     pub(crate) id: u64,
     pub(crate) fd: std::sync::Arc<OwnedFd>,
 }
 
-/// Parent side: which segments each slot's worker holds.
+/// Parent side: which segments each seat's worker holds.
 #[derive(Debug, Default)]
 pub(crate) struct SentSegments {
     held: HashMap<u64, std::sync::Weak<OwnedFd>>,
@@ -330,9 +330,9 @@ impl SentSegments {
             }
         }
         for s in needed {
-            if let std::collections::hash_map::Entry::Vacant(slot) = self.held.entry(s.id) {
+            if let std::collections::hash_map::Entry::Vacant(vacant) = self.held.entry(s.id) {
                 send_add(sock, s.id, s.fd.as_raw_fd())?;
-                slot.insert(std::sync::Arc::downgrade(&s.fd));
+                vacant.insert(std::sync::Arc::downgrade(&s.fd));
             }
         }
         Ok(())
