@@ -411,8 +411,13 @@ thread_local! {
     static CHUNK_SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// Largest chunk buffer a worker keeps between chunks.
-const MAX_KEPT_SCRATCH: usize = 1 << 20;
+/// Largest buffer a process keeps between results (a worker's chunk buffer, the parent's copy of
+/// a result) when its arenas hold `arena_cap` bytes: an eighth of the arena, at least 1 MiB (8 MiB
+/// with the default arenas). Below 1 MiB, `map` over 1 MiB byte vectors (a chunk of one item is
+/// just over 1 MiB) allocated both buffers afresh for every item, with a page fault per 4 KiB.
+pub(crate) fn kept_scratch(arena_cap: usize) -> usize {
+    (arena_cap / 8).max(1 << 20)
+}
 
 /// Runs `g` over a chunk's encoded items (read in place) and ships the results.
 fn run_chunk<A, R>(arg: &[u8], sink: &mut ResultSink<'_>, g: impl Fn(A) -> R) -> CallOutcome
@@ -429,7 +434,7 @@ where
     // `out` is cleared before its next use.
     let outcome = catch_unwind(AssertUnwindSafe(|| run_chunk_into(arg, sink, g, &mut out)))
         .unwrap_or_else(|p| CallOutcome::Panicked(task_panic(&*p)));
-    if out.capacity() <= MAX_KEPT_SCRATCH {
+    if out.capacity() <= kept_scratch(sink.cap) {
         CHUNK_SCRATCH.set(out);
     }
     outcome

@@ -27,6 +27,10 @@ pub(crate) struct CollectorRole {
     /// Our own copy of each seat's `result_freed`: the shared word can be scribbled on by its
     /// worker, so we never read it back, and restore it from here before a replacement starts.
     freed: Vec<u64>,
+    /// A result's private copy, reused between results (kept up to `task::kept_scratch`): one
+    /// per pool, not per thread, so a caller that helped collect keeps no memory of it. The
+    /// role's mutex is held while a completion runs, so no nested use can share it.
+    scratch: Vec<u8>,
 }
 
 impl CollectorRole {
@@ -39,6 +43,7 @@ impl CollectorRole {
                 .collect(),
             respawning: vec![false; ctl.seats()],
             freed: vec![0; ctl.seats()],
+            scratch: Vec::new(),
         }
     }
 
@@ -81,7 +86,7 @@ pub(crate) fn poll_once(inner: &Inner, c: &mut CollectorRole) -> bool {
             match consumer.pop() {
                 Ok(Some(d)) => {
                     progressed = true;
-                    on_result(inner, s, d, &mut c.freed[s]);
+                    on_result(inner, s, d, &mut c.freed[s], &mut c.scratch);
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -204,7 +209,7 @@ pub(crate) fn finished(inner: &Inner, count: usize) {
 }
 
 /// Handles one result of seat `s`; `freed` is our copy of the seat's `result_freed`.
-fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64) {
+fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64, scratch: &mut Vec<u8>) {
     let ctl = &inner.ctl;
     let cap = ctl.arena_cap();
     let _arg_segments: Vec<crate::shm::channel::SegmentShare>;
@@ -256,7 +261,7 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64) {
     // Shared memory is input from another process: copy the result out first, then decode the
     // copy. The worker (buggy, or scribbling through a stray pointer) could otherwise change bytes
     // under the decoder. The copy is also what lets us give the region back before decoding.
-    let mut buf = take_scratch();
+    let mut buf = std::mem::take(scratch);
     buf.clear();
     buf.reserve(len);
     // SAFETY: `offset + len <= cap` was checked above, so the source lies in seat `s`'s result
@@ -289,12 +294,12 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64) {
             // Our own fd limit: that task fails; its worker is fine and stays.
             Err(NoResultSegment::Dropped(e)) => {
                 complete(done, TaskResult::Err(e));
-                put_scratch(buf);
+                put_scratch(scratch, buf, cap);
                 finished(inner, 1);
                 return;
             }
             Err(NoResultSegment::Worker(detail)) => {
-                put_scratch(buf);
+                put_scratch(scratch, buf, cap);
                 fail_corrupted(inner, s, done, detail);
                 return;
             }
@@ -321,7 +326,7 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64) {
             detail: String::from_utf8_lossy(bytes).into_owned(),
         }),
         status => {
-            put_scratch(buf);
+            put_scratch(scratch, buf, cap);
             fail_corrupted(
                 inner,
                 s,
@@ -332,7 +337,7 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64) {
         }
     };
     complete(done, r);
-    put_scratch(buf);
+    put_scratch(scratch, buf, cap);
     finished(inner, 1);
 }
 
@@ -371,20 +376,10 @@ fn complete(done: Completion, r: TaskResult<'_>) {
     crate::unwind::guard("a task's completion", move || done(r));
 }
 
-thread_local! {
-    /// A result's private copy, reused between results on the same thread.
-    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-/// The scratch buffer (taken out, so a nested use gets a fresh one rather than sharing it).
-fn take_scratch() -> Vec<u8> {
-    SCRATCH.with(std::cell::Cell::take)
-}
-
-/// Gives the scratch buffer back, unless it grew past 1 MiB (a one-off big result).
-fn put_scratch(buf: Vec<u8>) {
-    if buf.capacity() <= 1 << 20 {
-        SCRATCH.with(|c| c.set(buf));
+/// Gives the scratch buffer back, unless it grew past what we keep (a one-off big result).
+fn put_scratch(scratch: &mut Vec<u8>, buf: Vec<u8>, arena_cap: usize) {
+    if buf.capacity() <= crate::encoding::task::kept_scratch(arena_cap) {
+        *scratch = buf;
     }
 }
 
@@ -671,4 +666,26 @@ fn server_gone(inner: &Inner, status: i32) {
     let g = lock(inner);
     inner.idle.notify_all();
     drop(g);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_result_copy_of_a_one_mib_item_is_kept_and_a_one_off_big_one_is_not() {
+        let cap = crate::DEFAULT_ARENA_SIZE;
+        let mut scratch = Vec::new();
+        // A chunk of one 1 MiB byte vector: 1 MiB plus its lengths and header. Kept, so the next
+        // such result is copied into warm memory instead of freshly faulted pages.
+        put_scratch(&mut scratch, Vec::with_capacity((1 << 20) + 16), cap);
+        assert!(scratch.capacity() > 1 << 20);
+        // A result bigger than an eighth of the arena is a one-off: its memory goes back.
+        put_scratch(&mut scratch, Vec::with_capacity(cap / 8 + 1), cap);
+        assert!(scratch.capacity() <= cap / 8);
+        // Small arenas keep at least 1 MiB.
+        let mut small = Vec::new();
+        put_scratch(&mut small, Vec::with_capacity(1 << 20), 1 << 16);
+        assert_eq!(small.capacity(), 1 << 20);
+    }
 }
