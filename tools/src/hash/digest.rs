@@ -208,6 +208,13 @@ impl Opener {
     /// does not apply or fails (the caller then opens the full path).
     fn open_relative(&mut self, path: &[u8]) -> Option<File> {
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // A path the kernel refuses whole (PATH_MAX counts the NUL) must fail here too, with the
+        // plain open's `File name too long`, though its directory and name are each short
+        // enough for `openat`: else a small file at such a path would be hashed while a big one
+        // (mapped by its full path), `sha256sum` and `b3sum` all fail on it.
+        if path.len() >= libc::PATH_MAX as usize {
+            return None;
+        }
         let slash = path.iter().rposition(|&c| c == b'/')?;
         let (dir, name) = (&path[..slash], &path[slash + 1..]);
         // NAME_MAX is 255: a longer name fails anyway, the plain way, with its error.
@@ -639,6 +646,35 @@ mod tests {
         std::fs::create_dir(root.join("a/b")).unwrap();
         std::fs::write(root.join("a/b/one"), b"new").unwrap();
         assert_eq!(read(&mut Opener::new(), "a/b/one").unwrap(), "new");
+        // A path longer than PATH_MAX whose directory is not: the plain open's error, not the
+        // file (a big file at that path, mapped by its full path, could not be hashed either).
+        let level = "d".repeat(250);
+        let mut deep = root.join("a");
+        while deep.as_os_str().len() + 1 + level.len() <= 3900 {
+            deep.push(&level);
+        }
+        // The directory's path is 3,900 bytes, the file's 4,151: past PATH_MAX (4,096).
+        deep.push("e".repeat(3900 - deep.as_os_str().len() - 1));
+        std::fs::create_dir_all(&deep).unwrap();
+        let name = "f".repeat(250);
+        let dir = std::ffi::CString::new(deep.as_os_str().as_encoded_bytes()).unwrap();
+        let cname = std::ffi::CString::new(name.as_str()).unwrap();
+        // SAFETY: both strings are NUL-terminated and outlive the calls; the descriptors are
+        // closed here and used by nothing else.
+        unsafe {
+            let dfd = libc::open(dir.as_ptr(), libc::O_PATH | libc::O_DIRECTORY);
+            assert!(dfd >= 0);
+            let fd = libc::openat(dfd, cname.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
+            assert!(fd >= 0);
+            libc::close(fd);
+            libc::close(dfd);
+        }
+        let long = [deep.as_os_str().as_encoded_bytes(), b"/", name.as_bytes()].concat();
+        assert!(long.len() >= libc::PATH_MAX as usize);
+        assert_eq!(
+            Opener::new().open(&long).unwrap_err().raw_os_error(),
+            Some(libc::ENAMETOOLONG)
+        );
         // An absolute path in the root directory, and a name without a directory.
         assert!(Opener::new().open(b"/").is_ok());
         assert_eq!(
