@@ -303,11 +303,26 @@ pub(crate) fn hash_mapped(algo: Algo, path: &[u8], buf: &mut [u8]) -> io::Result
         None => return hash_file(algo, path, None, buf),
     };
     let mut h = Hasher::new(algo);
-    for window in map.chunks(MAP_WINDOW) {
-        h.update(window);
-        release(window);
-    }
+    in_windows(&map, 0..map.len(), |window| h.update(window));
     Ok(h.finish())
+}
+
+/// Gives `map[range]` to `f` a window at a time, each window ending at a multiple of
+/// [`MAP_WINDOW`] from the start of the mapping (or at `range.end`), and releases each window's
+/// pages once `f` has read them. `map` is a whole read-only file mapping; `range` lies inside it.
+fn in_windows(map: &[u8], range: std::ops::Range<usize>, mut f: impl FnMut(&[u8])) {
+    debug_assert!(range.start <= range.end && range.end <= map.len());
+    let mut at = range.start;
+    while at < range.end {
+        let end = (at / MAP_WINDOW + 1)
+            .saturating_mul(MAP_WINDOW)
+            .min(range.end);
+        f(&map[at..end]);
+        // From the window's MAP_WINDOW boundary, which is page-aligned (the mapping is): pages
+        // before `at` that it drops are faulted back in if anything reads them again.
+        release(&map[at / MAP_WINDOW * MAP_WINDOW..end]);
+        at = end;
+    }
 }
 
 /// Bytes of a mapped file hashed between two [`release`]s: a worker's resident memory stays
@@ -319,7 +334,7 @@ const MAP_WINDOW: usize = 4 << 20;
 /// window is read again, the pages are faulted back in from the file.
 fn release(window: &[u8]) {
     // SAFETY: `window` lies inside a live read-only MAP_SHARED file mapping and starts on a page
-    // boundary (the mapping does, and windows are multiples of MAP_WINDOW from it). On such a
+    // boundary (the mapping does, and windows start at multiples of MAP_WINDOW from it). On such a
     // mapping MADV_DONTNEED only unmaps the pages; the memory stays valid and reads the same
     // file bytes. A failure (it cannot fail on a valid range) would only leave pages resident.
     unsafe {
@@ -369,12 +384,16 @@ pub(crate) fn blake3_subtree(
     h.set_input_offset(offset);
     if let Some(map) = map(path)? {
         let end = offset.checked_add(len).ok_or_else(changed)?;
-        let piece = usize::try_from(offset)
+        let range = usize::try_from(offset)
             .ok()
             .zip(usize::try_from(end).ok())
-            .and_then(|(a, b)| map.get(a..b))
+            .filter(|&(a, b)| map.get(a..b).is_some())
             .ok_or_else(changed)?;
-        h.update(piece);
+        // In windows: a piece of a very big file is bigger than `BLAKE3_PIECE`
+        // (`engine::blake3_piece`), and the worker's resident memory stays within a window.
+        in_windows(&map, range.0..range.1, |window| {
+            h.update(window);
+        });
         return Ok(h.finalize_non_root());
     }
     let f = File::open(os_path(path))?;
@@ -569,6 +588,29 @@ mod tests {
                 );
             }
         }
+        // Pieces bigger than a mapping window, and pieces starting between window boundaries
+        // (a very big file's pieces are bigger than `BLAKE3_PIECE`, see `engine::blake3_piece`).
+        let input = data((9 << 20) + 5);
+        std::fs::write(&path, &input).unwrap();
+        for piece in [1u64 << 20, 3 << 20, 8 << 20] {
+            let cvs: Vec<_> = plan(input.len() as u64, piece)
+                .into_iter()
+                .map(|(o, l)| blake3_subtree(&p, o, l, &mut buf).unwrap())
+                .collect();
+            assert_eq!(
+                merge(input.len() as u64, piece, &cvs).unwrap(),
+                *blake3::hash(&input).as_bytes(),
+                "piece {piece}"
+            );
+        }
+        let mut opener = Opener::new();
+        assert_eq!(
+            hash_small(Algo::Sha256, &mut opener, &p, u64::MAX, &mut buf).unwrap(),
+            Small::Digest(
+                hash_mapped(Algo::Sha256, &p, &mut buf).unwrap(),
+                input.len() as u64
+            )
+        );
         // A piece past the end of the file: the file changed.
         std::fs::write(&path, data(2048)).unwrap();
         let e = blake3_subtree(&p, 2048, 1024, &mut buf).unwrap_err();

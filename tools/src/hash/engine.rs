@@ -16,7 +16,10 @@
 //!   the small files instead of ending the run alone;
 //! - the **pieces of a big BLAKE3 file**: its tree is cut into aligned subtrees of at most
 //!   [`BLAKE3_PIECE`] bytes (`digest::plan`), each hashed in whichever worker is free; the parent
-//!   merges the 32-byte chaining values (`digest::merge`), giving b3sum's digest.
+//!   merges the 32-byte chaining values (`digest::merge`), giving b3sum's digest. A file of more
+//!   than [`MAX_PIECES`] such pieces (4 GiB) gets bigger pieces ([`blake3_piece`]): the parent
+//!   holds a few dozen bytes per piece, and a sparse file of some TiB (or PiB, on tmpfs) must not
+//!   make it hold millions of them.
 //!
 //! Results come back on the pool's callback thread, through a channel, to the parent, which
 //! marks the slots done and emits the finished prefix of the window in order (or each result as
@@ -56,6 +59,8 @@ const CHUNK_FILES: usize = 1024;
 const TASKS_PER_WORKER: usize = 4;
 /// Largest BLAKE3 subtree hashed as one task; files above it are split.
 pub(crate) const BLAKE3_PIECE: u64 = 4 << 20;
+/// Most pieces of [`BLAKE3_PIECE`] bytes a file is cut into; past that the pieces grow.
+pub(crate) const MAX_PIECES: u64 = 1024;
 /// Smallest file hashed through a mapping, alone in its task.
 pub(crate) const MAP_MIN: u64 = 256 << 10;
 /// Sources taken from the walk per turn of the loop.
@@ -244,6 +249,13 @@ pub(crate) fn run_task(task: Task) -> Reply {
     reply
 }
 
+/// The largest piece a BLAKE3 file of `size` bytes is cut into: [`BLAKE3_PIECE`], or for a file
+/// of more than [`MAX_PIECES`] of those, the power of two that keeps it to about that many
+/// (`digest::plan` then makes at most `MAX_PIECES` full pieces and a few smaller ones at the end).
+pub(crate) fn blake3_piece(size: u64) -> u64 {
+    BLAKE3_PIECE.max(size.div_ceil(MAX_PIECES).next_power_of_two())
+}
+
 /// What a slot is waiting for.
 #[derive(Debug)]
 enum State {
@@ -251,9 +263,10 @@ enum State {
     Waiting,
     /// Sent (or queued to be sent first, for a big file).
     Sent,
-    /// A big BLAKE3 file in pieces: one chaining value per leaf of `digest::plan`.
+    /// A big BLAKE3 file in pieces: one chaining value per leaf of `digest::plan(total, piece)`.
     Split {
         total: u64,
+        piece: u64,
         cvs: Vec<Option<ChainingValue>>,
         left: usize,
         error: Option<String>,
@@ -466,7 +479,8 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
     /// task, or, for BLAKE3 above one piece, as its pieces. Returns the slot's new state.
     fn place_big(&mut self, seq: u64, size: u64) -> State {
         if self.opts.algo == Algo::Blake3 && size > BLAKE3_PIECE {
-            let leaves = digest::plan(size, BLAKE3_PIECE);
+            let piece = blake3_piece(size);
+            let leaves = digest::plan(size, piece);
             for (leaf, &(offset, len)) in leaves.iter().enumerate() {
                 self.urgent.push_back(Work::Part {
                     seq,
@@ -477,6 +491,7 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
             }
             State::Split {
                 total: size,
+                piece,
                 cvs: vec![None; leaves.len()],
                 left: leaves.len(),
                 error: None,
@@ -673,7 +688,8 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
             match work {
                 Work::Whole(seq) | Work::Big(seq) => match result {
                     Answer::Done(bytes) => {
-                        self.bytes_done += bytes;
+                        // Only counted (for the progress line): a lying reply must not overflow.
+                        self.bytes_done = self.bytes_done.saturating_add(bytes);
                         let d = next_digest(self.opts.algo.digest_len());
                         let outcome = match Digest::new(d) {
                             Some(d) => Outcome::Digest(d),
@@ -682,6 +698,12 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                         self.finish(seq, outcome)?;
                     }
                     Answer::Failed(e) => self.finish(seq, Outcome::Failed(e))?,
+                    // A file sent alone is hashed whatever its size (the task says so): handing it
+                    // back is a broken reply, and sending it again would never end.
+                    Answer::Big(_) if matches!(work, Work::Big(_)) => self.finish(
+                        seq,
+                        Outcome::Failed("internal error: a file sent alone handed back".into()),
+                    )?,
                     Answer::Big(size) => {
                         // Handed back unhashed: now its size is known, send it alone.
                         let state = self.place_big(seq, size);
@@ -706,6 +728,7 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                     let slot = self.slot(seq);
                     let State::Split {
                         total,
+                        piece,
                         cvs,
                         left,
                         error,
@@ -730,7 +753,7 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                             Some(e) => Outcome::Failed(e),
                             None => {
                                 let cvs: Vec<_> = cvs.iter().flatten().copied().collect();
-                                match digest::merge(*total, BLAKE3_PIECE, &cvs) {
+                                match digest::merge(*total, *piece, &cvs) {
                                     Some(h) => Outcome::Digest(
                                         Digest::new(&h).expect("BLAKE3 digests are 32 bytes"),
                                     ),
@@ -795,5 +818,211 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
         }
         self.base += 1;
         self.next_small = self.next_small.max(self.base);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::{Cell, RefCell};
+
+    use super::*;
+
+    /// Runs each task at once in this process (`run_task`), after `tamper` has had a look at
+    /// the task and may have rewritten its reply; counts the tasks.
+    struct Inline {
+        tamper: fn(&Task, Reply) -> Reply,
+        tasks: Cell<usize>,
+        /// Jobs of the tasks started, by kind: whole files, BLAKE3 pieces.
+        wholes: Cell<usize>,
+        parts: Cell<usize>,
+        replies: RefCell<VecDeque<Msg>>,
+    }
+
+    impl Inline {
+        fn new(tamper: fn(&Task, Reply) -> Reply) -> Inline {
+            Inline {
+                tamper,
+                tasks: Cell::new(0),
+                wholes: Cell::new(0),
+                parts: Cell::new(0),
+                replies: RefCell::new(VecDeque::new()),
+            }
+        }
+    }
+
+    impl Workers for Inline {
+        fn processes(&self) -> usize {
+            2
+        }
+
+        fn start(&self, id: u64, task: Task, _reply: mpsc::Sender<Msg>) -> anyhow::Result<()> {
+            self.tasks.set(self.tasks.get() + 1);
+            // A run that sends without end (or far too many pieces) fails here, not by hanging.
+            assert!(
+                self.tasks.get() < 10_000,
+                "more tasks than any test here needs"
+            );
+            for job in &task.jobs {
+                let n = match job {
+                    Job::Whole { .. } => &self.wholes,
+                    Job::Part { .. } => &self.parts,
+                };
+                n.set(n.get() + 1);
+            }
+            // Pieces are not hashed (the test's big file is sparse, and huge): answered as a
+            // worker answers for a file that shrank.
+            let reply = if task.jobs.iter().all(|j| matches!(j, Job::Part { .. })) {
+                Reply {
+                    answers: vec![Answer::Failed("not hashed".into()); task.jobs.len()],
+                    digests: Vec::new(),
+                }
+            } else {
+                let tamper = self.tamper;
+                let copy = Task {
+                    algo: task.algo,
+                    big_from: task.big_from,
+                    jobs: Vec::new(),
+                    paths: Vec::new(),
+                };
+                let reply = run_task(task);
+                tamper(&copy, reply)
+            };
+            self.replies.borrow_mut().push_back((id, Ok(reply)));
+            Ok(())
+        }
+
+        fn wait(&self, _rx: &mpsc::Receiver<Msg>, _timeout: Duration) -> Option<Msg> {
+            self.replies.borrow_mut().pop_front()
+        }
+    }
+
+    /// Collects the outcomes, in order.
+    #[derive(Default)]
+    struct Collect(Vec<(Vec<u8>, Outcome)>);
+
+    impl Sink<()> for &mut Collect {
+        fn done(&mut self, item: Item<()>, outcome: Outcome) -> io::Result<()> {
+            let path = match item.source {
+                Source::File { path, .. } | Source::Failed { path, .. } => path,
+                Source::Stdin | Source::Marker => b"-".to_vec(),
+            };
+            self.0.push((path, outcome));
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn hash(workers: &Inline, algo: Algo, paths: &[&std::path::Path]) -> Vec<(Vec<u8>, Outcome)> {
+        let mut out = Collect::default();
+        let items = paths.iter().map(|p| Item {
+            source: Source::File {
+                path: p.as_os_str().as_encoded_bytes().to_vec(),
+                size: None,
+            },
+            tag: (),
+        });
+        let opts = Options {
+            algo,
+            ordered: true,
+            progress: None,
+        };
+        let finish = run(workers, opts, items, &mut out, &|| false).unwrap();
+        assert_eq!(finish, Finish::Completed);
+        out.0
+    }
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("shmpool-engine-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_huge_blake3_file_is_cut_into_a_bounded_number_of_pieces() {
+        let d = tmp("huge");
+        let big = d.join("sparse");
+        // 1 TiB, sparse: 262,144 pieces of 4 MiB; the parent would hold ~20 MB for them (and for
+        // a PiB on tmpfs, more than the machine has).
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        let small = d.join("small");
+        std::fs::write(&small, b"abc").unwrap();
+        let w = Inline::new(|_, r| r);
+        let got = hash(&w, Algo::Blake3, &[&big, &small]);
+        let pieces = w.parts.get() as u64;
+        assert!(
+            pieces > MAX_PIECES / 2 && pieces <= MAX_PIECES + 64,
+            "{pieces} pieces"
+        );
+        assert_eq!(got[0].1, Outcome::Failed("not hashed".into()));
+        assert_eq!(
+            got[1].1,
+            Outcome::Digest(Digest::new(blake3::hash(b"abc").as_bytes()).unwrap())
+        );
+        // Every size gets a power-of-two piece, BLAKE3_PIECE up to MAX_PIECES of them, and
+        // never more than about MAX_PIECES pieces.
+        for size in [
+            BLAKE3_PIECE + 1,
+            MAX_PIECES * BLAKE3_PIECE,
+            MAX_PIECES * BLAKE3_PIECE + 1,
+            1 << 50,
+            u64::MAX / 2,
+        ] {
+            let piece = blake3_piece(size);
+            assert!(piece.is_power_of_two() && piece >= BLAKE3_PIECE && piece < size);
+            assert!(size.div_ceil(piece) <= MAX_PIECES, "size {size}");
+        }
+        assert_eq!(blake3_piece(MAX_PIECES * BLAKE3_PIECE), BLAKE3_PIECE);
+        assert_eq!(
+            blake3_piece(MAX_PIECES * BLAKE3_PIECE + 1),
+            2 * BLAKE3_PIECE
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_file_sent_alone_and_handed_back_fails_instead_of_being_sent_again() {
+        let d = tmp("handback");
+        let big = d.join("big");
+        std::fs::write(&big, vec![7u8; (MAP_MIN + 1) as usize]).unwrap();
+        let small = d.join("small");
+        std::fs::write(&small, b"abc").unwrap();
+        // A broken worker: a file sent alone (the task says hash it whatever its size) comes
+        // back unhashed as big, with a byte count that would overflow the progress total.
+        let w = Inline::new(|task, reply| {
+            if task.big_from == u64::MAX {
+                Reply {
+                    answers: vec![Answer::Big(u64::MAX)],
+                    digests: Vec::new(),
+                }
+            } else {
+                Reply {
+                    answers: reply
+                        .answers
+                        .into_iter()
+                        .map(|a| match a {
+                            Answer::Done(_) => Answer::Done(u64::MAX),
+                            a => a,
+                        })
+                        .collect(),
+                    digests: reply.digests,
+                }
+            }
+        });
+        for algo in [Algo::Sha256, Algo::Blake3] {
+            let got = hash(&w, algo, &[&big, &small, &small]);
+            assert_eq!(
+                got[0].1,
+                Outcome::Failed("internal error: a file sent alone handed back".into())
+            );
+            assert!(matches!(got[1].1, Outcome::Digest(_)), "{:?}", got[1]);
+            assert_eq!(got[2].1, got[1].1);
+        }
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }
