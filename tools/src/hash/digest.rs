@@ -13,7 +13,8 @@
 //! skipped; files that say 0 bytes, as in /proc, are read until a `read` returns 0). A file of
 //! at least `engine::MAP_MIN` (256 KiB) — which the scheduler sends alone in its task — and
 //! every piece of a split BLAKE3 file are hashed through a [`shmpool::MappedFile`] opened in the
-//! worker, which saves the kernel's copy into the buffer. On this (virtual) machine that copy is
+//! worker, which saves the kernel's copy into the buffer (a file that `mmap` refuses is read, as
+//! `sha256sum` reads it). On this (virtual) machine that copy is
 //! slow (~1.8 GB/s): `perf record` of a run over the toolchain tree put a quarter (SHA-256) to a
 //! third (BLAKE3) of all CPU time in `_copy_to_iter`, and mapping cut the run's CPU time by
 //! 15–20%. For SHA-512 the copy was still 19% of the CPU time, and mapping cut the system time
@@ -298,7 +299,7 @@ fn hash_open(algo: Algo, f: &mut File, size: Option<u64>, buf: &mut [u8]) -> io:
 /// Hashes the file at `path` through a mapping (see the module docs for why this is sound
 /// enough, and what a file changing underneath costs).
 pub(crate) fn hash_mapped(algo: Algo, path: &[u8], buf: &mut [u8]) -> io::Result<Digest> {
-    let map = match map(path)? {
+    let map = match map(path) {
         Some(map) => map,
         None => return hash_file(algo, path, None, buf),
     };
@@ -346,26 +347,21 @@ fn release(window: &[u8]) {
     }
 }
 
-/// Maps the file at `path`; `None` when it is not a regular file or is empty (read it instead).
-fn map(path: &[u8]) -> io::Result<Option<shmpool::MappedFile>> {
+/// Maps the file at `path`; `None` when that fails or the file is empty: the caller then reads
+/// it, as `sha256sum` would.
+///
+/// Any failure, not only "not a regular file": files that `read` serves but `mmap` refuses
+/// exist (`/sys/kernel/btf/vmlinux`, 5 MB: `Permission denied`; anything past the 128 TiB of
+/// address space, as a sparse file on tmpfs can be: `Cannot allocate memory`). A path that
+/// cannot be opened at all fails again in the read, which reports the error as a plain open
+/// does.
+fn map(path: &[u8]) -> Option<shmpool::MappedFile> {
     // SAFETY: the file may change while mapped; the module docs say what that costs (a wrong
     // digest, or SIGBUS killing this worker, which the pool reports) and why it is accepted.
     match unsafe { shmpool::MappedFile::open(os_path(path)) } {
-        Ok(m) if m.is_empty() => Ok(None),
-        Ok(m) => Ok(Some(m)),
-        Err(shmpool::Error::InvalidArgument { .. }) => Ok(None),
-        Err(e) => Err(io_error(e)),
-    }
-}
-
-/// The OS error inside a pool error (for its `No such file or directory` reason).
-fn io_error(e: shmpool::Error) -> io::Error {
-    match std::error::Error::source(&e).and_then(|s| s.downcast_ref::<io::Error>()) {
-        Some(io) => io.raw_os_error().map_or_else(
-            || io::Error::other(e.to_string()),
-            io::Error::from_raw_os_error,
-        ),
-        None => io::Error::other(e.to_string()),
+        Ok(m) if m.is_empty() => None,
+        Ok(m) => Some(m),
+        Err(_) => None,
     }
 }
 
@@ -382,7 +378,7 @@ pub(crate) fn blake3_subtree(
     let changed = || io::Error::other("file changed while hashing");
     let mut h = blake3::Hasher::new();
     h.set_input_offset(offset);
-    if let Some(map) = map(path)? {
+    if let Some(map) = map(path) {
         let end = offset.checked_add(len).ok_or_else(changed)?;
         let range = usize::try_from(offset)
             .ok()
@@ -618,6 +614,26 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let e = hash_mapped(Algo::Sha256, &p, &mut buf).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn a_file_mmap_refuses_is_read_instead() {
+        // 200 TiB, sparse, on tmpfs (which takes files that big): past the 128 TiB of address
+        // space, so `mmap` fails (`Cannot allocate memory`), where `read` serves it.
+        let path = std::path::Path::new("/dev/shm")
+            .join(format!("shmpool-digest-huge-{}", std::process::id()));
+        let total = 200u64 << 40;
+        File::create(&path).unwrap().set_len(total).unwrap();
+        let p = path.as_os_str().as_encoded_bytes().to_vec();
+        let mut buf = vec![0u8; 4096];
+        // Its last BLAKE3 chunk (a whole subtree on its own), all zeros.
+        let offset = total - blake3::CHUNK_LEN as u64;
+        let mut h = blake3::Hasher::new();
+        h.set_input_offset(offset);
+        h.update(&[0; blake3::CHUNK_LEN]);
+        let got = blake3_subtree(&p, offset, blake3::CHUNK_LEN as u64, &mut buf);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(got.unwrap(), h.finalize_non_root());
     }
 
     #[test]
