@@ -452,6 +452,31 @@ fn standard_input_is_hashed_without_a_path_and_as_dash() {
 }
 
 #[test]
+fn a_manifest_line_for_dash_checks_standard_input() {
+    let d = small_tree("check-stdin");
+    let manifest = d.join("manifest");
+    let a = d.join("a");
+    let mut m = b"98ea6e4f216f2fb4b69fff9b3a44842c38686ca685f3f55dc48c5d3fb1107be4  -\n".to_vec();
+    m.extend_from_slice(&reference("sha256sum", std::slice::from_ref(&a)));
+    fs::write(&manifest, &m).unwrap();
+    let mut child = shmpool()
+        .args([os("hash"), os("-c"), manifest.as_os_str()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hi\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("-: OK\n{}: OK\n", a.display())
+    );
+    fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
 fn bad_options_are_usage_errors_with_exit_code_2() {
     for args in [
         vec!["hash", "-a", "md5"],

@@ -565,11 +565,17 @@ impl Iterator for Manifests {
                     match manifest::parse_line(line, self.algo) {
                         Some(entry) => {
                             cur.good += 1;
-                            return Some(Item {
-                                source: Source::File {
+                            // A line for `-` checks standard input, as sha*sum and b3sum do.
+                            let source = if entry.path == b"-" {
+                                Source::Stdin
+                            } else {
+                                Source::File {
                                     path: entry.path,
                                     size: None,
-                                },
+                                }
+                            };
+                            return Some(Item {
+                                source,
                                 tag: CheckTag::Line(entry.expected),
                             });
                         }
