@@ -7,13 +7,14 @@
 //! The walk is lazy like the seed's generator over `os.walk`: paths are produced only as the
 //! pool's window asks for more. A file that cannot be opened gives `None` (the seed's
 //! `except IOError: return None`) and is left out of the map. The seed prints the raw digest
-//! bytes; this twin prints them as hex, and prints the map in path order.
+//! bytes; this twin prints them as hex, and prints the map in path order, then the number of
+//! files hashed:
 //!
 //! ```text
-//! 文件目录： /work/main/src/arena.rs
+//! 文件目录： /path/to/shmpool/src/README.md
 //! SHA512摘要值： 3f1c...
 //! ...
-//! 16
+//! 52
 //! ```
 
 use std::collections::BTreeMap;

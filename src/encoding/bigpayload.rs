@@ -25,7 +25,7 @@
 //! make the segment immutable (no worker can change or shrink it under the decoder, so no
 //! private copy is needed and no SIGBUS is possible), which is what lets a 300 MiB result skip
 //! the copy-out every arena result gets. A missing message, missing seals or a short segment is
-//! [`Error::WorkerCorrupted`](crate::Error::WorkerCorrupted).
+//! [`Error::WorkerCorrupted`].
 //!
 //! # Cost
 //!

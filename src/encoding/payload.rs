@@ -325,7 +325,8 @@ pub(crate) fn for_each_in_list<T: DeserializeOwned + 'static>(
 /// item) so that the common all-good chunk encodes and decodes as a bare `Vec<R>`.
 pub(crate) type ChunkOut<R> = (Vec<R>, Vec<(u32, String)>);
 
-/// Writes a chunk's results in the format of [`encode_chunk_out`] as they are produced: a
+/// Writes a chunk's results in the chunk wire format (`[len of values: u64 LE][values
+/// (encode_list)][postcard failures]`, read by [`decode_chunk_out`]) as they are produced: a
 /// primitive number goes straight into `out` (no `Vec<R>` in between), other types are held and
 /// encoded together by [`finish`](ChunkOutWriter::finish).
 pub(crate) struct ChunkOutWriter<'a, R> {
@@ -406,7 +407,7 @@ pub(crate) fn encode_chunk_out<R: Serialize + Clone + 'static>(
     Ok(out)
 }
 
-/// Decodes what [`encode_chunk_out`] wrote.
+/// Decodes what a [`ChunkOutWriter`] wrote (the test helper `encode_chunk_out` writes the same).
 pub(crate) fn decode_chunk_out<R: DeserializeOwned + 'static>(
     bytes: &[u8],
 ) -> Result<ChunkOut<R>, String> {

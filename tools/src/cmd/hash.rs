@@ -1,4 +1,4 @@
-//! `shmpool hash`: the command line to a [`hash::Config`](crate::hash::Config), Ctrl-C to a
+//! `shmpool hash`: the command line to a [`hash::Config`], Ctrl-C to a
 //! flag, the run to an exit status. The engine is `crate::hash`.
 
 use std::os::unix::ffi::OsStrExt;
