@@ -7,7 +7,7 @@
 //!
 //! For each fault: a fresh 2-worker pool, warmed up; then the faulty task. "answer" is the time
 //! until the faulty task's `get` returns (its error); "serving" the time from the fault until a
-//! new task on the replaced worker's slot has returned.
+//! new task on the replaced worker's seat has returned.
 
 use std::error::Error;
 use std::process::{Command, Stdio};
@@ -83,7 +83,7 @@ fn task_fault(name: &str, builder: shmpool::PoolBuilder, fault: impl Fn(&Pool) -
     let t = Instant::now();
     let what = fault(&pool);
     let answer = t.elapsed();
-    // Serving again: the replaced slot (if any) has a new worker that answered a task.
+    // Serving again: the replaced seat (if any) has a new worker that answered a task.
     let serving = loop {
         let pids = pool.worker_pids();
         if pids.iter().all(|&p| p != 0) && pool.map_chunked(|x: u64| x, 0..2u64, 1).is_ok() {
@@ -160,7 +160,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         while p.worker_pids()[0] == pid {
             std::thread::yield_now();
         }
-        "nothing (no task was running); the slot is refilled".into()
+        "nothing (no task was running); the seat is refilled".into()
     });
     task_fault("SIGINT (Ctrl-C) to a busy worker", b(), |p| {
         let r = p.apply_async(

@@ -74,7 +74,7 @@ fn current_worker_is_none_in_the_parent_and_names_the_worker_in_a_task() {
         assert_eq!(pid, real_pid);
         assert_eq!(
             pids[index], pid,
-            "slot {index} runs pid {pid}, pool says {pids:?}"
+            "seat {index} runs pid {pid}, pool says {pids:?}"
         );
         assert!(
             name.starts_with("PoolWorker-") && name["PoolWorker-".len()..].parse::<u64>().is_ok(),

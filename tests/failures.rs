@@ -30,7 +30,7 @@ fn die_by(sig: i32) -> u32 {
 }
 
 /// Submits `killer` plus many ordinary tasks, checks the killer's error and that every other task
-/// succeeds and the slot gets a new worker.
+/// succeeds and the seat gets a new worker.
 fn death_is_reported_and_survived<F>(killer: F, signal: i32, name: &str)
 where
     F: Fn(()) -> u32 + Copy + Send + 'static,
@@ -68,13 +68,13 @@ where
     for (i, h) in early.into_iter().chain(late).enumerate() {
         assert_eq!(h.get().unwrap(), 2 * i as u64, "task {i}");
     }
-    // The slot gets a replacement and the pool keeps serving.
+    // The seat gets a replacement and the pool keeps serving.
     assert!(
         common::eventually(Duration::from_secs(30), || {
             let p = pool.worker_pids()[worker];
             p != 0 && p != dead_pid
         }),
-        "slot {worker} was not replaced: {:?}",
+        "seat {worker} was not replaced: {:?}",
         pool.worker_pids()
     );
     assert_eq!(pool.worker_pids()[1 - worker], before[1 - worker]);
@@ -155,7 +155,7 @@ fn a_worker_killed_from_outside_while_idle_is_replaced() {
             let p = pool.worker_pids()[0];
             p != 0 && p != before[0]
         }),
-        "slot 0 was not replaced"
+        "seat 0 was not replaced"
     );
     assert_eq!(pool.map(double, 0..1000).unwrap()[999], 1998);
     let pids: Vec<u32> = pool.map_chunked(pid, vec![(); 20], 1).unwrap();

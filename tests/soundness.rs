@@ -34,7 +34,7 @@ fn absurd_builder_sizes_are_errors_not_mappings_too_small() {
         .build()
         .unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
-    // The per-slot words alone overflow (this one segfaulted inside `build` in release).
+    // The per-seat words alone overflow (this one segfaulted inside `build` in release).
     let e = Pool::builder().processes(1 << 57).build().unwrap_err();
     assert_eq!(
         e.to_string(),
