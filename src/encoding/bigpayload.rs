@@ -7,11 +7,11 @@
 //! vector straight from its own buffer, so the parent copies its bytes once) and sealed. The task
 //! carries the segment as a [`SegmentShare`] (so `ADD id` reaches the worker before the task) and
 //! its arena payload is only `[id: u64 LE][len: u64 LE]`; the descriptor has
-//! [`FLAG_ARG_SEGMENT`]. The worker checks the seals and opens the segment ([`Sealed`]): a byte
-//! vector is read from the file straight into the task's `Vec` (`pread`), anything else is
-//! decoded from a read-only mapping. It closes the segment once its result is published (off the
-//! result's path), and the parent closes its own fd after the task's completion has run, so the
-//! memory is freed then, without the caller waiting for it.
+//! [`FLAG_ARG_SEGMENT`]. The worker checks the seals, maps the segment read-only ([`Sealed`]) and
+//! decodes from the mapping. It unmaps and closes it once its result is published (off the
+//! result's path), and the parent closes its own fd after the task's completion has run (outside
+//! the dispatch lock), so the memory is freed then, without the caller or other submissions
+//! waiting for it.
 //!
 //! # Results (worker → parent)
 //!
@@ -20,8 +20,7 @@
 //! same socket pair as `RESULT task_id` (before the result descriptor is published, so it is
 //! there when the parent looks). The descriptor has [`FLAG_RESULT_SEGMENT`] and its length in
 //! `reserved`; nothing is placed in the arena. The parent takes the message without blocking,
-//! checks the seals and the size, and decodes the segment where it is: a byte vector read from
-//! the file into the result's `Vec` (`pread`), anything else from a read-only mapping. The seals
+//! checks the seals and the size, maps the segment read-only and decodes it in place. The seals
 //! make the segment immutable (no worker can change or shrink it under the decoder, so no
 //! private copy is needed and no SIGBUS is possible), which is what lets a 300 MiB result skip
 //! the copy-out every arena result gets. A missing message, missing seals or a short segment is
@@ -30,15 +29,13 @@
 //! # Cost
 //!
 //! A round trip of a byte vector copies it four times: into the argument's segment (`write(2)`
-//! from the caller's buffer), into the worker's `Vec` (`pread`), into the result's segment, into
-//! the parent's `Vec` (`pread`). Copying is cheap (~15 GB/s here); what costs is memory that is
-//! new to a process. Shmem gets no huge pages unless `shmem_enabled` allows them (it is `never`
-//! on most machines), so filling a segment allocates one 4 KiB page at a time (~0.5 µs each,
-//! ~150 ms for 300 MiB in a VM) and freeing it returns them one by one (~60 ms); reading it
-//! through a mapping would add one page-table entry per page on both sides. `pread` avoids the
-//! mapping (the kernel copies through its own direct map) and writes into a `Vec` that asked for
-//! huge pages ([`crate::encoding::payload::bytes_with_capacity`]). Measured figures: BENCHMARKS.md,
-//! "Payloads larger than the arena".
+//! from the caller's buffer), into the worker's `Vec`, into the result's segment, into the
+//! parent's `Vec`. The copying itself is cheap; what costs is memory that is new to a process.
+//! Shmem gets no huge pages unless `shmem_enabled` allows them (it is `never` on most machines),
+//! so filling a segment allocates one 4 KiB page at a time, and freeing it returns them one by
+//! one; the decoded `Vec`s ask for huge pages ([`crate::encoding::payload::bytes_with_capacity`]).
+//! Closing a segment is therefore kept off the result's path. Figures: BENCHMARKS.md, "Payloads
+//! larger than the arena".
 //!
 //! Memory: the segment's pages are the payload's only copy in flight; they are freed when the
 //! last process unmaps and closes it (the worker right after sending, the parent after
@@ -96,23 +93,19 @@ pub(crate) fn make_segment(head: &[u8], bytes: &[u8]) -> std::io::Result<OwnedFd
 /// A sealed payload segment another process made, checked and mapped: the argument of a task
 /// (in the worker) or its result (in the parent).
 ///
-/// Two ways to read it: [`bytes`](Self::bytes), a read-only mapping that a decoder reads in place
-/// (faulted in as it is read: shmem fault-around maps 16 pages per fault), and
-/// [`read_byte_payload`](Self::read_byte_payload), which copies a byte vector straight from the
-/// file into a fresh `Vec` with `pread(2)` and never touches the mapping. The second is the fast
-/// path for the values that are big in practice: the kernel copies from the page cache through
-/// its own mapping, so there are no page-table entries to set up and tear down for 76,800
-/// 4 KiB pages (shmem gets no huge pages here), and the destination gets huge pages.
+/// Read through [`bytes`](Self::bytes), a read-only mapping decoded in place. (Reading a byte
+/// vector with `pread(2)` instead, which needs no page tables for the segment, was measured as no
+/// faster: BENCHMARKS.md, "Payloads larger than the arena".) The fd is closed with the mapping.
 #[derive(Debug)]
 pub(crate) struct Sealed {
-    fd: OwnedFd,
+    _fd: OwnedFd,
     map: memmap2::Mmap,
 }
 
 impl Sealed {
     /// Checks that `fd` is sealed against writes and shrinking and holds at least `len` bytes,
-    /// then maps its first `len` bytes read-only. What [`bytes`](Self::bytes) and
-    /// [`read_byte_payload`](Self::read_byte_payload) read can then never change.
+    /// then maps its first `len` bytes read-only. What [`bytes`](Self::bytes) reads can then
+    /// never change.
     pub(crate) fn open(fd: OwnedFd, len: usize) -> std::result::Result<Sealed, String> {
         // SAFETY: fcntl(F_GET_SEALS) only reads the seals of an fd we own.
         let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
@@ -128,86 +121,17 @@ impl Sealed {
         // SAFETY: the memfd is sealed against writes, shrinking and growing (checked above, and
         // the seals can only be added, never removed), so the mapped bytes cannot change and no
         // page can disappear under us (no SIGBUS); the mapping is read-only and `len <= size`.
-        // Not populated: a byte vector is read with `pread` and never touches the mapping.
-        let map = unsafe { memmap2::MmapOptions::new().len(len).map(&fd) }
+        // `populate`: every byte is about to be read, so the page tables are filled in one call
+        // instead of one fault per 16 pages (shmem's fault-around).
+        let map = unsafe { memmap2::MmapOptions::new().len(len).populate().map(&fd) }
             .map_err(|e| format!("mapping the payload segment: {e}"))?;
-        Ok(Sealed { fd, map })
+        Ok(Sealed { _fd: fd, map })
     }
 
     /// The payload, mapped.
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.map
     }
-
-    /// Makes a `T` from the payload when `T` is a byte vector, reading it from the file into a
-    /// fresh vector (one copy, no mapping); `None` for any other `T`. The same format and the
-    /// same checks as [`crate::encoding::payload::read_byte_payload`] over [`bytes`](Self::bytes).
-    pub(crate) fn read_byte_payload<T: 'static>(&self) -> Option<std::result::Result<T, String>> {
-        if !crate::encoding::payload::is_byte_payload::<T>() {
-            return None;
-        }
-        Some(
-            self.read_byte_string()
-                .map(crate::encoding::payload::byte_vector_from::<T>),
-        )
-    }
-
-    /// The byte string (varint length, then the bytes) at the start of the payload.
-    fn read_byte_string(&self) -> std::result::Result<Vec<u8>, String> {
-        let len = self.map.len();
-        // The length from the mapping: one page faulted in.
-        let (n, used) = crate::encoding::payload::read_varint(&self.map[..len.min(10)])?;
-        if n > len - used {
-            return Err(format!(
-                "byte string of {n} bytes, but only {} remain",
-                len - used
-            ));
-        }
-        let mut v = crate::encoding::payload::bytes_with_capacity(n);
-        pread_exact(&self.fd, &mut v, n, used as u64)?;
-        Ok(v)
-    }
-}
-
-/// Appends `n` bytes read from `fd` at `offset` to `v`, which has room for them, without
-/// initializing them first; an error if the file ends before.
-fn pread_exact(
-    fd: &OwnedFd,
-    v: &mut Vec<u8>,
-    n: usize,
-    offset: u64,
-) -> std::result::Result<(), String> {
-    debug_assert!(v.capacity() - v.len() >= n);
-    let mut done = 0;
-    while done < n {
-        let spare = &mut v.spare_capacity_mut()[..n - done];
-        let at = offset + done as u64;
-        // SAFETY: pread writes at most `spare.len()` bytes into `spare`, which is memory of `v`
-        // that we own (uninitialized bytes may be written); `fd` is an open file of ours.
-        let got = unsafe {
-            libc::pread(
-                fd.as_raw_fd(),
-                spare.as_mut_ptr().cast(),
-                spare.len(),
-                at as libc::off_t,
-            )
-        };
-        match got {
-            0 => return Err(format!("payload segment ended at byte {at}")),
-            g if g > 0 => {
-                // SAFETY: pread initialized the first `g <= spare.len()` spare bytes.
-                unsafe { v.set_len(v.len() + g as usize) };
-                done += g as usize;
-            }
-            _ => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(format!("reading the payload segment: {e}"));
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 /// A task argument too large for the arena: its segment, and the small payload that names it.
@@ -288,8 +212,13 @@ mod tests {
         )
     }
 
+    /// A byte vector decoded from a segment's mapping.
+    fn read<T: 'static>(seg: &Sealed) -> std::result::Result<T, String> {
+        crate::encoding::payload::read_byte_payload::<T>(seg.bytes()).expect("a byte vector")
+    }
+
     #[test]
-    fn byte_vectors_are_read_from_the_file_whole_at_every_size() {
+    fn byte_vectors_are_read_whole_at_every_size() {
         // Around page boundaries (the prefix shifts the bytes off page alignment), the huge-page
         // threshold and a varint length that takes three bytes.
         for len in [
@@ -306,46 +235,38 @@ mod tests {
         ] {
             let v: Vec<u8> = (0..len).map(|i| (i * 13 + len) as u8).collect();
             let (seg, _) = byte_segment(&v, &[]);
-            let back: Vec<u8> = seg.read_byte_payload().unwrap().unwrap();
+            let back: Vec<u8> = read(&seg).unwrap();
             assert!(back == v, "len {len}");
-            // The same bytes as the decoder that reads the mapping makes.
-            let mapped: Vec<u8> = crate::encoding::payload::read_byte_payload(seg.bytes())
-                .unwrap()
-                .unwrap();
-            assert!(mapped == back, "len {len}");
-            let boxed: Box<[u8]> = seg.read_byte_payload().unwrap().unwrap();
+            let boxed: Box<[u8]> = read(&seg).unwrap();
             assert!(*boxed == v[..], "len {len}");
         }
         // An empty vector is one byte (its length).
         let (seg, _) = byte_segment(&[], &[]);
-        assert_eq!(seg.read_byte_payload::<Vec<u8>>().unwrap().unwrap(), b"");
+        assert_eq!(read::<Vec<u8>>(&seg).unwrap(), b"");
         // Bytes after the string are ignored, as postcard ignores them.
         let (seg, _) = byte_segment(b"abc", b"zz");
-        assert_eq!(seg.read_byte_payload::<Vec<u8>>().unwrap().unwrap(), b"abc");
-        // Any other type is not read here.
-        assert!(seg.read_byte_payload::<String>().is_none());
-        assert!(seg.read_byte_payload::<Vec<u16>>().is_none());
+        assert_eq!(read::<Vec<u8>>(&seg).unwrap(), b"abc");
     }
 
     #[test]
     fn a_length_that_lies_is_an_error_not_a_read_past_the_end() {
         // Claims 10 bytes, holds 3.
         let seg = Sealed::open(make_segment(&[10], b"abc").unwrap(), 4).unwrap();
-        let e = seg.read_byte_payload::<Vec<u8>>().unwrap().unwrap_err();
+        let e = read::<Vec<u8>>(&seg).unwrap_err();
         assert!(e.contains("only 3 remain"), "{e}");
         // The announced length, not the file's, bounds the read: a segment longer than announced
         // does not let the string run past it.
         let seg = Sealed::open(make_segment(&[5], b"abcde").unwrap(), 4).unwrap();
-        assert!(seg.read_byte_payload::<Vec<u8>>().unwrap().is_err());
+        assert!(read::<Vec<u8>>(&seg).is_err());
         // A length varint that never ends, or overflows.
         let seg = Sealed::open(make_segment(&[0x80; 3], b"").unwrap(), 3).unwrap();
-        assert!(seg.read_byte_payload::<Vec<u8>>().unwrap().is_err());
+        assert!(read::<Vec<u8>>(&seg).is_err());
         let seg = Sealed::open(make_segment(&[0xff; 12], b"").unwrap(), 12).unwrap();
-        assert!(seg.read_byte_payload::<Vec<u8>>().unwrap().is_err());
+        assert!(read::<Vec<u8>>(&seg).is_err());
         // A huge claimed length is refused before anything is allocated for it.
         let mut prefix = [0u8; 10];
         let n = crate::encoding::payload::varint(u64::MAX >> 1, &mut prefix);
         let seg = Sealed::open(make_segment(&prefix[..n], b"x").unwrap(), n + 1).unwrap();
-        assert!(seg.read_byte_payload::<Vec<u8>>().unwrap().is_err());
+        assert!(read::<Vec<u8>>(&seg).is_err());
     }
 }

@@ -46,7 +46,7 @@ pub(crate) fn byte_payload<T: 'static>(v: &T) -> Option<&[u8]> {
 }
 
 /// Whether `T` is a byte vector that [`read_byte_payload`] can make.
-pub(crate) fn is_byte_payload<T: 'static>() -> bool {
+fn is_byte_payload<T: 'static>() -> bool {
     use std::any::TypeId;
     let t = TypeId::of::<T>();
     t == TypeId::of::<Vec<u8>>() || t == TypeId::of::<Box<[u8]>>()
@@ -77,7 +77,7 @@ pub(crate) fn varint(mut v: u64, buf: &mut [u8; 10]) -> usize {
 }
 
 /// Reads a LEB128 varint `usize` from the front of `bytes`: `(value, bytes used)`.
-pub(crate) fn read_varint(bytes: &[u8]) -> Result<(usize, usize), String> {
+fn read_varint(bytes: &[u8]) -> Result<(usize, usize), String> {
     let mut v: u64 = 0;
     for (i, &b) in bytes.iter().enumerate().take(10) {
         let bits = u64::from(b & 0x7f);
@@ -124,7 +124,7 @@ fn byte_vector<T: 'static>(b: &[u8]) -> T {
 }
 
 /// `v` as a `T` (`Vec<u8>` or `Box<[u8]>`, checked by the caller).
-pub(crate) fn byte_vector_from<T: 'static>(v: Vec<u8>) -> T {
+fn byte_vector_from<T: 'static>(v: Vec<u8>) -> T {
     let mut out: Option<T> = None;
     let any: &mut dyn std::any::Any = &mut out;
     if let Some(dst) = any.downcast_mut::<Option<Vec<u8>>>() {

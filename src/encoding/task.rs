@@ -56,9 +56,6 @@ pub(crate) struct ResultSink<'a> {
     /// A result too large for the arena, written to a sealed segment instead (`bigpayload`):
     /// the segment and its length, for the worker loop to send with the result.
     big: Option<(std::os::fd::OwnedFd, u64)>,
-    /// The call's argument when it came in a segment of its own (`bigpayload`): the trampoline
-    /// reads a byte vector straight from it instead of from the mapping it is given.
-    arg_segment: Option<&'a crate::encoding::bigpayload::Sealed>,
 }
 
 impl std::fmt::Debug for ResultSink<'_> {
@@ -90,13 +87,7 @@ impl<'a> ResultSink<'a> {
             freed,
             keep_waiting,
             big: None,
-            arg_segment: None,
         }
-    }
-
-    /// Records that this call's argument is `segment` (the trampoline is given its mapping).
-    pub(crate) fn set_arg_segment(&mut self, segment: &'a crate::encoding::bigpayload::Sealed) {
-        self.arg_segment = Some(segment);
     }
 
     /// Takes the large-result segment the last `put` made, if it made one.
@@ -332,17 +323,8 @@ pub(crate) fn note_decode_detail(detail: &str) {
     DECODE_DETAIL.with(|d| *d.borrow_mut() = Some(detail.to_owned()));
 }
 
-/// Decodes an argument: from `segment` when it is a byte vector that came in a segment of its own
-/// (read from the file, not the mapping `arg`), otherwise from `arg`.
-fn decode<A: DeserializeOwned + 'static>(
-    arg: &[u8],
-    segment: Option<&crate::encoding::bigpayload::Sealed>,
-) -> Result<A, CallOutcome> {
-    let fast = match segment {
-        Some(seg) => seg.read_byte_payload::<A>(),
-        None => crate::encoding::payload::read_byte_payload::<A>(arg),
-    };
-    if let Some(a) = fast {
+fn decode<A: DeserializeOwned + 'static>(arg: &[u8]) -> Result<A, CallOutcome> {
+    if let Some(a) = crate::encoding::payload::read_byte_payload::<A>(arg) {
         return a.map_err(|e| CallOutcome::Failed(format!("cannot decode the argument: {e}")));
     }
     DECODE_DETAIL.with(|d| d.borrow_mut().take());
@@ -389,8 +371,7 @@ where
     let f: F = unsafe { conjure() };
     // The user's `Deserialize` and `Serialize` are task code too: a panic in either fails this
     // task, as a panic of `f` does, and never reaches the worker loop (which exits on one).
-    let segment = sink.arg_segment;
-    let a: A = match catch_unwind(AssertUnwindSafe(|| decode(arg, segment))) {
+    let a: A = match catch_unwind(AssertUnwindSafe(|| decode(arg))) {
         Ok(Ok(a)) => a,
         Ok(Err(o)) => return o,
         Err(p) => return CallOutcome::Panicked(task_panic(&*p)),

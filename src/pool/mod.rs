@@ -1434,12 +1434,10 @@ fn clone_ok<'a>(r: &TaskResult<'a>) -> TaskResult<'a> {
             bytes,
             worker,
             elapsed_ns,
-            segment,
         } => TaskResult::Ok {
             bytes,
             worker: *worker,
             elapsed_ns: *elapsed_ns,
-            segment: *segment,
         },
         TaskResult::Err(e) => TaskResult::Err(e.clone()),
     }
@@ -1454,19 +1452,12 @@ fn encode_arg<A: serde::Serialize + 'static>(arg: &A, cap: usize) -> Result<disp
 pub(crate) fn decode_result<R: DeserializeOwned + 'static>(r: TaskResult<'_>) -> Result<R> {
     match r {
         // The user's `Deserialize` runs here, on a pool thread: a panic fails this result only.
-        TaskResult::Ok { bytes, segment, .. } => {
-            crate::unwind::catch("decoding the result", || {
-                // A byte vector in a segment of its own is read from the file (`bigpayload`).
-                let fast = match segment {
-                    Some(seg) => seg.read_byte_payload::<R>(),
-                    None => crate::encoding::payload::read_byte_payload::<R>(bytes),
-                };
-                match fast {
-                    Some(r) => r.map_err(Error::codec),
-                    None => postcard::from_bytes(bytes).map_err(Error::codec),
-                }
-            })
-        }
+        TaskResult::Ok { bytes, .. } => crate::unwind::catch("decoding the result", || {
+            match crate::encoding::payload::read_byte_payload::<R>(bytes) {
+                Some(r) => r.map_err(Error::codec),
+                None => postcard::from_bytes(bytes).map_err(Error::codec),
+            }
+        }),
         TaskResult::Err(e) => Err(e),
     }
 }

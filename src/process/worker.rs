@@ -340,7 +340,6 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
                     unsafe { call(arg, &mut sink) }
                 }
                 Some(Ok((_, seg))) => {
-                    sink.set_arg_segment(seg);
                     // SAFETY: as above; the segment holds the argument the parent encoded.
                     unsafe { call(seg.bytes(), &mut sink) }
                 }

@@ -316,7 +316,6 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64, scrat
             bytes,
             worker: s,
             elapsed_ns: d.elapsed_ns,
-            segment: big.as_ref(),
         },
         STATUS_PANICKED => TaskResult::Err(crate::encoding::task::panicked(
             s,

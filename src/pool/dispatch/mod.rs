@@ -72,9 +72,6 @@ pub(crate) enum TaskResult<'a> {
         worker: usize,
         /// Time the worker spent in the task.
         elapsed_ns: u64,
-        /// The segment `bytes` maps, when the result came in one of its own (`bigpayload`): a
-        /// byte vector is read from its file instead of from the mapping.
-        segment: Option<&'a crate::encoding::bigpayload::Sealed>,
     },
     /// The task failed.
     Err(Error),
