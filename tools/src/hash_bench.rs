@@ -9,6 +9,10 @@
 //! the user + system time of the command and all its children (`getrusage(RUSAGE_CHILDREN)`).
 //! Before timing, the tree is read once (warm cache) and `shmpool hash`'s SHA-256 lines are
 //! checked against `sha256sum`'s.
+//!
+//! Two floors are printed: issue 9's (its single-core rates and per-file cost, constants), and
+//! one measured here on this tree: the CPU time of the plainest single-threaded loop (open,
+//! read, hash, close every file) divided by the workers.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,6 +22,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use crate::cli::HashBenchArgs;
+use crate::hash::Algo;
 use crate::hash::walk::{Source, Walk};
 
 /// The Python seed program, built into the binary and written to the output directory.
@@ -113,7 +118,8 @@ pub(crate) fn run(a: &HashBenchArgs) -> Result<ExitCode> {
         bail!("{dir_s} is not a directory");
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let (files, bytes) = count(&dir);
+    let (paths, bytes) = count(&dir);
+    let files = paths.len() as u64;
     let exe = std::env::current_exe().context("locating the shmpool binary")?;
     let exe = quote(&exe.to_string_lossy());
     let d = quote(&dir_s);
@@ -251,6 +257,33 @@ pub(crate) fn run(a: &HashBenchArgs) -> Result<ExitCode> {
             )?;
         }
     }
+    writeln!(
+        out,
+        "measured floor = CPU of one thread of this process opening, reading (256 KiB buffer), \
+         hashing and closing every file, no pool, / {j}:"
+    )?;
+    for (algo, name) in [
+        (Algo::Sha512, "sha512"),
+        (Algo::Sha256, "sha256"),
+        (Algo::Blake3, "blake3"),
+    ] {
+        let Some(i) = c.iter().position(|k| k.algo == name) else {
+            continue;
+        };
+        let one = measured_floor(&paths, algo);
+        let floor = one / j as f64;
+        writeln!(
+            out,
+            "  {name}: one core {one:.2} s CPU ({:.0} MB/s, {:.1} us/file all in); floor {floor:.2} s; \
+             shmpool {:.2} s = {:.2} x floor; CPU {:.2} s = {:.2} x the loop's CPU",
+            bytes as f64 / one / 1e6,
+            one / files as f64 * 1e6,
+            med[i],
+            med[i] / floor,
+            cpu[i],
+            cpu[i] / one
+        )?;
+    }
     writeln!(out, "CSV: {}", csv_path.display())?;
     Ok(ExitCode::SUCCESS)
 }
@@ -264,21 +297,51 @@ fn load_average() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// Regular files and their bytes under `dir`, as `shmpool hash` walks it.
-fn count(dir: &Path) -> (u64, u64) {
+/// Regular files under `dir` as `shmpool hash` walks it, and their bytes.
+fn count(dir: &Path) -> (Vec<Vec<u8>>, u64) {
     use std::os::unix::ffi::OsStrExt;
-    let mut files = 0;
+    let mut paths = Vec::new();
     let mut bytes = 0;
     for s in Walk::new(vec![dir.as_os_str().as_bytes().to_vec()], false) {
         if let Source::File { path, size } = s {
-            files += 1;
             // The walk does not stat what it meets (the workers do): stat here.
             bytes += size.unwrap_or_else(|| {
                 std::fs::metadata(crate::hash::digest::os_path(&path)).map_or(0, |m| m.len())
             });
+            paths.push(path);
         }
     }
-    (files, bytes)
+    (paths, bytes)
+}
+
+/// CPU seconds (user + system) used so far by the calling thread.
+fn thread_cpu() -> f64 {
+    // SAFETY: getrusage writes one `rusage` into the zeroed value we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_THREAD is a valid `who` on Linux.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// The measured single-core floor: CPU seconds of the plainest loop on one thread of this
+/// process, with no pool and no output: open each file, read it to its end through one
+/// reused 256 KiB buffer into the hasher, close it. That is the issue's "bytes / single-core
+/// rate + files x per-file cost" measured on this tree and machine, in CPU time (so other load
+/// disturbs it less than wall time). Best of two passes (the first may still warm the cache).
+fn measured_floor(paths: &[Vec<u8>], algo: Algo) -> f64 {
+    let mut buf = vec![0u8; crate::hash::digest::READ_BUF];
+    let mut best = f64::INFINITY;
+    for _ in 0..2 {
+        let t = thread_cpu();
+        for p in paths {
+            if let Ok(mut f) = std::fs::File::open(crate::hash::digest::os_path(p)) {
+                let _ = crate::hash::digest::hash_reader(algo, &mut f, &mut buf);
+            }
+        }
+        best = best.min(thread_cpu() - t);
+    }
+    best
 }
 
 /// Reads the whole tree once (warming the cache) and compares `shmpool hash`'s SHA-256 lines
