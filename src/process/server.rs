@@ -25,6 +25,16 @@
 //! This was found, not imagined: under `cargo test`, a test whose callback panicked in the parent
 //! while another test built a pool left that pool's workers deadlocked in their first panic.
 //!
+//! # Payloads of other pools
+//!
+//! The fork copies every fd and mapping the parent has at that instant, among them the sealed
+//! segments of large payloads (`bigpayload`) that other pools of the same program have in flight:
+//! an argument queued for a worker, a result being decoded. Sealed, they cannot be truncated,
+//! so a copy held here (and in every worker forked from here) would keep the whole payload
+//! allocated for as long as this pool lives. The server closes and unmaps them first
+//! ([`drop_inherited_payloads`]), recognizing them by their memfd name ([`PAYLOAD_MEMFD`]).
+//! Other fds stay: a task may rely on files the program opened before building the pool.
+//!
 //! # Requests (parent → server), all in shared memory
 //!
 //! * `spawn_req = 1` (Release, SYNC: server-request): fork a worker for this seat. The server
@@ -206,6 +216,7 @@ fn server_main(ctx: &ServerCtx<'_>, parent: i32) -> ! {
         // used by this process; closing our copies leaves the parent's open.
         unsafe { libc::close(fd) };
     }
+    drop_inherited_payloads();
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };
     let ctl = ctx.ctl;
@@ -294,6 +305,58 @@ fn server_main(ctx: &ServerCtx<'_>, parent: i32) -> ! {
 }
 
 /// Reaps every exited child and reports it in its seat.
+/// The name `/proc` shows for a large payload's memfd (`bigpayload::make_segment` names it
+/// `shmpool-payload`; a unit test below checks the two agree).
+const PAYLOAD_MEMFD: &str = "/memfd:shmpool-payload";
+
+/// In the fork server, right after the fork: closes every inherited fd of a large payload's
+/// segment and unmaps every inherited mapping of one (see "Payloads of other pools"). Another
+/// pool's, or this program's, threads use them in the parent; none exists in this copy.
+///
+/// Reads `/proc/self`; without it (not mounted), nothing is dropped and the copies live as long as
+/// this pool (memory, not correctness). Allocates, as the server does anyway (glibc resets its
+/// malloc locks in the child of a fork).
+fn drop_inherited_payloads() {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // The directory's own fd is closed by now: its entry no longer resolves and is skipped.
+    for fd in fds {
+        if std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .is_ok_and(|l| l.to_string_lossy().starts_with(PAYLOAD_MEMFD))
+        {
+            // SAFETY: an fd this process inherited and never uses (a payload segment of the
+            // parent's); closing our copy leaves the parent's open.
+            unsafe { libc::close(fd) };
+        }
+    }
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(path)) = (f.next(), f.nth(4)) else {
+            continue;
+        };
+        if !path.starts_with(PAYLOAD_MEMFD) {
+            continue;
+        }
+        let Some((Ok(start), Ok(end))) = range
+            .split_once('-')
+            .map(|(a, b)| (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)))
+        else {
+            continue;
+        };
+        // SAFETY: the range is a whole mapping of a payload segment as the kernel lists it; in
+        // this process only the parent's copy of a `Sealed` (a decode in another of its threads,
+        // which do not exist here) refers to it, and that copy is never used or dropped here
+        // (the server leaves only through `_exit`).
+        unsafe { libc::munmap(start as *mut libc::c_void, end - start) };
+    }
+}
+
 fn reap(ctl: &Control, pids: &mut [i32]) {
     loop {
         let mut status: libc::c_int = 0;
@@ -314,5 +377,22 @@ fn reap(ctl: &Control, pids: &mut [i32]) {
         // Release, SYNC: seat-exit — pairs with the collector's Acquire load of `exited`.
         seat.exited.store(1, Ordering::Release);
         ctl.header().collector.notify();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_payload_memfd_name_is_the_one_bigpayload_gives_its_segments() {
+        use std::os::fd::AsRawFd;
+        let fd = crate::encoding::bigpayload::make_segment(b"", b"x").unwrap();
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+        assert!(
+            link.to_string_lossy().starts_with(PAYLOAD_MEMFD),
+            "{}",
+            link.display()
+        );
     }
 }
