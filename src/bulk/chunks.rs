@@ -25,7 +25,11 @@ pub(super) fn chunk_task(
     segments: Vec<SegmentShare>,
     done: Completion,
 ) -> Result<PendingTask> {
-    let mut task = PendingTask::new(encode(arg, pool.arena_cap())?, call, done);
+    let mut task = PendingTask::new(
+        encode(arg, pool.arena_cap(), pool.spare_args())?,
+        call,
+        done,
+    );
     task.segments = segments;
     Ok(task)
 }

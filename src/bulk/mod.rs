@@ -527,6 +527,7 @@ fn share_of<I: BulkInput + ?Sized>(input: &I) -> Option<SegmentShare> {
     input.segment().map(|(id, fd)| SegmentShare {
         id,
         fd: Arc::clone(fd),
+        keep: None,
     })
 }
 

@@ -3,15 +3,49 @@
 //!
 //! # Arguments (parent → worker)
 //!
-//! An encoded argument larger than the argument arena is written into a fresh memfd (a byte
-//! vector straight from its own buffer, so the parent copies its bytes once) and sealed. The task
-//! carries the segment as a [`SegmentShare`] (so `ADD id` reaches the worker before the task) and
-//! its arena payload is only `[id: u64 LE][len: u64 LE]`; the descriptor has
-//! [`FLAG_ARG_SEGMENT`]. The worker checks the seals, maps the segment read-only ([`Sealed`]) and
-//! decodes from the mapping. It unmaps and closes it once its result is published (off the
-//! result's path), and the parent closes its own fd after the task's completion has run (outside
-//! the dispatch lock), so the memory is freed then, without the caller or other submissions
-//! waiting for it.
+//! An encoded argument larger than the argument arena is written into a memfd of its own (a
+//! byte vector straight from its own buffer, so the parent copies its bytes once) with
+//! `pwrite(2)`. The task carries the segment as a [`SegmentShare`] (so `ADD id` reaches the
+//! worker before the task) and its arena payload is only `[id: u64 LE][len: u64 LE]`; the
+//! descriptor has [`FLAG_ARG_SEGMENT`]. The worker maps the segment's first `len` bytes
+//! read-only ([`ArgumentMap`]) and decodes from the mapping. It unmaps and closes it once its
+//! result is published (off the result's path).
+//!
+//! ## Reuse
+//!
+//! Filling a fresh shmem segment allocates it one 4 KiB page at a time and closing it frees them
+//! one by one; for 300 MiB that is most of a round trip's time (see "Cost"). So argument segments
+//! are not sealed and not freed after use: each pool keeps its finished ones as spares
+//! ([`SpareArgs`]) and writes the next large argument into one, whose pages already exist.
+//!
+//! * **When a segment is free again.** A task's segment goes back to the spares when the last
+//!   [`SegmentShare`] naming it is dropped (its [`Lent`] guard's `Drop`): the parent drops it when
+//!   the task's result has arrived, or when the task failed because its worker is dead (a
+//!   death is reported after the worker was reaped, so its mapping is gone), or when the task
+//!   was never dispatched. A task that is retried keeps its share. The worker decodes the whole
+//!   argument inside the task's trampoline, *before* it publishes the result, and never reads the
+//!   mapping again: so once the result has arrived no worker reads the segment, even though the
+//!   worker unmaps it a little later. (A process the task itself forked inherits the mapping;
+//!   it must not read it after the task returned — it would see a later argument.)
+//! * **Read-only in the worker.** The worker is sent a read-only descriptor (the memfd
+//!   reopened through `/proc/self/fd` with `O_RDONLY`), so a task cannot `write(2)` to the segment
+//!   nor map it writable, and cannot seal it (the memfd is made without `MFD_ALLOW_SEALING`), so
+//!   it cannot change what a later task receives by accident. This is not a security boundary:
+//!   a worker can reopen its own `/proc/self/fd/N` read-write (the memfd's inode is the pool
+//!   owner's, mode 0777) — but a worker can also write the pool's shared arenas, so nothing is
+//!   lost. Without `/proc` the worker gets a duplicate of the writable descriptor instead.
+//!   (Sealing with `F_SEAL_FUTURE_WRITE` is no use here: it forbids the parent's own later
+//!   writes too, and seals are permanent.)
+//! * **Bounded.** At most [`MAX_SPARES`] spares, together at most 16 arena sizes (1 GiB with the
+//!   default 64 MiB arenas); a finished segment that does not fit is closed. Spares are kept
+//!   until reused or until the pool is dropped, so after one 300 MiB call a pool holds 300 MiB of
+//!   shmem until it is dropped. They are anonymous memfds (`memfd:shmpool-arg`): nothing
+//!   outlives the last process that holds them. Trap: a fork server of *another* pool created
+//!   while this one holds a spare inherits its fd (fork keeps `CLOEXEC` fds), so the memory is
+//!   only freed when both pools are gone.
+//! * A spare is never shrunk (a reused one may be larger than the argument: the worker reads
+//!   only the `len` the payload announces; the bytes past it are an earlier argument's) and is
+//!   grown with `ftruncate` when the argument is larger.
 //!
 //! # Results (worker → parent)
 //!
@@ -28,18 +62,18 @@
 //!
 //! # Cost
 //!
-//! A round trip of a byte vector copies it four times: into the argument's segment (`write(2)`
-//! from the caller's buffer), into the worker's `Vec`, into the result's segment, into the
-//! parent's `Vec`. The copying itself is cheap; what costs is memory that is new to a process.
+//! A round trip of a byte vector copies it four times: into the argument's segment (`pwrite(2)`
+//! from the caller's buffer; a spare's pages already exist, see "Reuse"), into the worker's
+//! `Vec`, into the result's segment, into the parent's `Vec`. The copying itself is cheap; what costs is memory that is new to a process.
 //! Shmem gets no huge pages unless `shmem_enabled` allows them (it is `never` on most machines),
 //! so filling a segment allocates one 4 KiB page at a time, and freeing it returns them one by
 //! one; the decoded `Vec`s ask for huge pages ([`crate::encoding::payload::bytes_with_capacity`]).
 //! Closing a segment is therefore kept off the result's path. Figures: BENCHMARKS.md, "Payloads
 //! larger than the arena".
 //!
-//! Memory: the segment's pages are the payload's only copy in flight; they are freed when the
-//! last process unmaps and closes it (the worker right after sending, the parent after
-//! decoding and running the completion). Under a small `RLIMIT_MEMLOCK` or without `/dev/shm`, memfds still work (they are
+//! Memory: a result segment's pages are the payload's only copy in flight; they are freed when
+//! the last process unmaps and closes it (the worker right after sending, the parent after
+//! decoding and running the completion). Argument segments are kept as spares (see "Reuse"). Under a small `RLIMIT_MEMLOCK` or without `/dev/shm`, memfds still work (they are
 //! not locked memory and need no file system), but the machine's RAM and swap bound the size.
 //!
 //! Trap: a memfd is a file, so `RLIMIT_FSIZE` applies to it. Sizing one past that limit raises
@@ -50,6 +84,8 @@
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex, Weak};
 
 use nix::sys::memfd::{MFdFlags, memfd_create};
 
@@ -65,7 +101,7 @@ pub(crate) const FLAG_RESULT_SEGMENT: u32 = 2;
 
 const SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
 
-/// Writes `head ++ bytes` into a fresh sealed memfd.
+/// Writes `head ++ bytes` into a fresh sealed memfd (a result's segment).
 pub(crate) fn make_segment(head: &[u8], bytes: &[u8]) -> std::io::Result<OwnedFd> {
     let fd = memfd_create(
         "shmpool-payload",
@@ -90,8 +126,7 @@ pub(crate) fn make_segment(head: &[u8], bytes: &[u8]) -> std::io::Result<OwnedFd
     Ok(OwnedFd::from(file))
 }
 
-/// A sealed payload segment another process made, checked and mapped: the argument of a task
-/// (in the worker) or its result (in the parent).
+/// A sealed payload segment a worker made, checked and mapped: a task's result, in the parent.
 ///
 /// Read through [`bytes`](Self::bytes), a read-only mapping decoded in place. (Reading a byte
 /// vector with `pread(2)` instead, which needs no page tables for the segment, was measured as no
@@ -134,26 +169,175 @@ impl Sealed {
     }
 }
 
-/// A task argument too large for the arena: its segment, and the small payload that names it.
-pub(crate) fn argument(head: &[u8], bytes: &[u8]) -> Result<(Vec<u8>, SegmentShare)> {
-    let fd = make_segment(head, bytes).map_err(|e| Error::os("memfd (large argument)", e))?;
-    let id = crate::shm::segment::next_id();
+/// Most spare argument segments a pool keeps (see "Reuse").
+pub(crate) const MAX_SPARES: usize = 2;
+
+/// A pool's spare argument segments (see "Reuse"): writable memfds no task uses any more.
+#[derive(Debug)]
+pub(crate) struct SpareArgs {
+    /// Most bytes the spares may hold together: 16 arena sizes.
+    max_bytes: u64,
+    /// `(segment, its size)`; at most [`MAX_SPARES`], sizes summing to at most `max_bytes`.
+    spares: Mutex<Vec<(std::fs::File, u64)>>,
+}
+
+impl SpareArgs {
+    /// Spares for a pool whose arenas hold `arena_cap` bytes.
+    pub(crate) fn new(arena_cap: usize) -> Arc<SpareArgs> {
+        Arc::new(SpareArgs {
+            max_bytes: (arena_cap as u64).saturating_mul(16),
+            spares: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(std::fs::File, u64)>> {
+        self.spares.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The smallest spare that holds `len` bytes, or else the largest one (to be grown).
+    fn take(&self, len: u64) -> Option<(std::fs::File, u64)> {
+        let mut spares = self.lock();
+        let pick = spares
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, size))| *size >= len)
+            .min_by_key(|(_, (_, size))| *size)
+            .or_else(|| spares.iter().enumerate().max_by_key(|(_, (_, size))| *size))
+            .map(|(i, _)| i)?;
+        Some(spares.swap_remove(pick))
+    }
+
+    /// Keeps a finished segment if the bounds allow; otherwise it is closed (after the lock).
+    fn give_back(&self, file: std::fs::File, size: u64) {
+        let mut spares = self.lock();
+        let held: u64 = spares.iter().map(|(_, s)| s).sum();
+        if spares.len() < MAX_SPARES && held.saturating_add(size) <= self.max_bytes {
+            spares.push((file, size));
+            return;
+        }
+        drop(spares);
+        drop(file);
+    }
+
+    /// How many spares are kept and their bytes (tests).
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> (usize, u64) {
+        let spares = self.lock();
+        (spares.len(), spares.iter().map(|(_, s)| s).sum())
+    }
+}
+
+/// The writable side of an argument segment lent to a task; dropped with the last
+/// [`SegmentShare`] of the task (its `keep`), it gives the segment back to the pool's spares.
+#[derive(Debug)]
+struct Lent {
+    file: Option<std::fs::File>,
+    size: u64,
+    spares: Weak<SpareArgs>,
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        // The pool is gone (`upgrade` fails): the segment is simply closed.
+        if let (Some(file), Some(spares)) = (self.file.take(), self.spares.upgrade()) {
+            spares.give_back(file, self.size);
+        }
+    }
+}
+
+/// A read-only descriptor of the memfd `file` (see "Reuse"); a duplicate of `file` itself if
+/// `/proc` cannot reopen it.
+fn read_only(file: &std::fs::File) -> std::io::Result<OwnedFd> {
+    match std::fs::File::open(format!("/proc/self/fd/{}", file.as_raw_fd())) {
+        Ok(ro) => Ok(OwnedFd::from(ro)),
+        Err(_) => Ok(OwnedFd::from(file.try_clone()?)),
+    }
+}
+
+/// A task argument too large for the arena: its segment (a spare of `spares` when one is left,
+/// see "Reuse"), and the small payload that names it.
+pub(crate) fn argument(
+    head: &[u8],
+    bytes: &[u8],
+    spares: &Arc<SpareArgs>,
+) -> Result<(Vec<u8>, SegmentShare)> {
     let len = (head.len() + bytes.len()) as u64;
+    let os = |e| Error::os("memfd (large argument)", e);
+    let (file, size) = match spares.take(len) {
+        Some((file, size)) if size >= len => (file, size),
+        Some((file, _)) => {
+            file.set_len(len).map_err(os)?;
+            (file, len)
+        }
+        None => {
+            // No MFD_ALLOW_SEALING: nobody (a worker least of all) can seal it against the
+            // parent's next write.
+            let fd =
+                memfd_create("shmpool-arg", MFdFlags::MFD_CLOEXEC).map_err(|e| os(e.into()))?;
+            let file = std::fs::File::from(fd);
+            file.set_len(len).map_err(os)?;
+            (file, len)
+        }
+    };
+    // A failed write drops `file`: a segment in an unknown state is closed, not kept.
+    file.write_all_at(head, 0).map_err(os)?;
+    file.write_all_at(bytes, head.len() as u64).map_err(os)?;
+    let ro = read_only(&file).map_err(os)?;
+    let id = crate::shm::segment::next_id();
     let mut payload = Vec::with_capacity(16);
     payload.extend_from_slice(&id.to_le_bytes());
     payload.extend_from_slice(&len.to_le_bytes());
+    let lent = Lent {
+        file: Some(file),
+        size,
+        spares: Arc::downgrade(spares),
+    };
     Ok((
         payload,
         SegmentShare {
             id,
-            fd: std::sync::Arc::new(fd),
+            fd: Arc::new(ro),
+            keep: Some(Arc::new(lent)),
         },
     ))
 }
 
+/// A task's argument segment, mapped read-only in the worker.
+#[derive(Debug)]
+pub(crate) struct ArgumentMap {
+    _fd: OwnedFd,
+    map: memmap2::Mmap,
+}
+
+impl ArgumentMap {
+    /// Checks that `fd` holds at least `len` bytes and maps the first `len` read-only.
+    fn open(fd: OwnedFd, len: usize) -> std::result::Result<ArgumentMap, String> {
+        let size = nix::sys::stat::fstat(fd.as_fd())
+            .map_err(|e| format!("fstat of the argument segment: {e}"))?
+            .st_size;
+        if usize::try_from(size).map_or(true, |s| s < len) || len == 0 {
+            return Err(format!("argument segment of {size} bytes, {len} announced"));
+        }
+        // SAFETY: the parent made this memfd and is the only process holding it writable (ours
+        // is read-only, see "Reuse"); it neither writes nor shrinks it until this task's result
+        // has arrived, and this worker reads the mapping only before publishing that result. So
+        // the mapped bytes do not change while we read them, and `len <= size` (checked above)
+        // means no page under the mapping can be missing (no SIGBUS). Read-only mapping.
+        // `populate`: every byte is about to be read, so the page tables are filled in one call.
+        let map = unsafe { memmap2::MmapOptions::new().len(len).populate().map(&fd) }
+            .map_err(|e| format!("mapping the argument segment: {e}"))?;
+        Ok(ArgumentMap { _fd: fd, map })
+    }
+
+    /// The argument, mapped.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+}
+
 /// Worker side: opens the argument a [`FLAG_ARG_SEGMENT`] payload names. The caller drops it
 /// and calls [`crate::shm::channel::forget_local`] once the result is out.
-pub(crate) fn resolve_argument(payload: &[u8]) -> std::result::Result<(u64, Sealed), String> {
+pub(crate) fn resolve_argument(payload: &[u8]) -> std::result::Result<(u64, ArgumentMap), String> {
     let (Some(id), Some(len)) = (
         payload
             .get(..8)
@@ -166,7 +350,7 @@ pub(crate) fn resolve_argument(payload: &[u8]) -> std::result::Result<(u64, Seal
     };
     let fd = crate::shm::channel::resolve(id).map_err(|e| e.to_string())?;
     let len = usize::try_from(len).map_err(|_| "argument length out of range".to_string())?;
-    Ok((id, Sealed::open(fd, len)?))
+    Ok((id, ArgumentMap::open(fd, len)?))
 }
 
 #[cfg(test)]
@@ -197,6 +381,61 @@ mod tests {
             .write_all(&[4, 1, 2, 3, 4])
             .unwrap();
         assert!(Sealed::open(raw, 5).unwrap_err().contains("not sealed"));
+    }
+
+    /// What a spare argument segment holds, read back through its read-only fd.
+    fn contents(share: &SegmentShare, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        let f = std::fs::File::from(share.fd.try_clone().unwrap());
+        f.read_exact_at(&mut out, 0).unwrap();
+        out
+    }
+
+    #[test]
+    fn argument_segments_are_reused_within_their_bounds() {
+        use std::os::unix::fs::FileExt;
+        // Arena of 1 KiB: the spares hold at most 16 KiB, in at most two segments.
+        let spares = SpareArgs::new(1024);
+        let (_, a) = argument(b"h", &[1u8; 9999], &spares).unwrap();
+        let a_ino = nix::sys::stat::fstat(a.fd.as_fd()).unwrap().st_ino;
+        // The worker's fd is read-only.
+        let ro = std::fs::File::from(a.fd.try_clone().unwrap());
+        assert!(ro.write_at(b"x", 0).is_err());
+        assert_eq!(spares.held(), (0, 0), "in use, not spare");
+        drop(a);
+        assert_eq!(
+            spares.held(),
+            (1, 10_000),
+            "given back when no task holds it"
+        );
+        // Reused (same memfd), larger than the new argument, which is all that changes.
+        let (payload, b) = argument(b"", &[2u8; 100], &spares).unwrap();
+        assert_eq!(nix::sys::stat::fstat(b.fd.as_fd()).unwrap().st_ino, a_ino);
+        assert_eq!(payload[8..16], 100u64.to_le_bytes());
+        assert_eq!(contents(&b, 101), [&[2u8; 100][..], &[1]].concat());
+        assert_eq!(spares.held(), (0, 0));
+        // A second one while the first is in use is fresh; grown when reused for more.
+        let (_, c) = argument(b"", &[3u8; 5000], &spares).unwrap();
+        drop((b, c));
+        assert_eq!(spares.held(), (2, 15_000));
+        let (_, d) = argument(b"", &[4u8; 12_000], &spares).unwrap();
+        let (_, e) = argument(b"", &[5u8; 10], &spares).unwrap();
+        assert_eq!(contents(&d, 12_000), vec![4u8; 12_000]);
+        assert_eq!(spares.held(), (0, 0));
+        // Over the bound: 12 000 + 10 000 > 16 KiB, so only the first back stays.
+        drop(d);
+        drop(e);
+        assert_eq!(spares.held(), (1, 12_000));
+        // A third finished segment is closed: at most two.
+        let (_, f) = argument(b"", &[6u8; 100], &spares).unwrap();
+        let (_, g) = argument(b"", &[6u8; 100], &spares).unwrap();
+        let (_, h) = argument(b"", &[6u8; 100], &spares).unwrap();
+        drop((f, g, h));
+        assert_eq!(spares.held().0, 2);
+        // The pool (its `SpareArgs`) gone first: a segment in use is closed when its task ends.
+        let (_, i) = argument(b"", &[7u8; 100], &spares).unwrap();
+        drop(spares);
+        drop(i);
     }
 
     /// A byte vector as `write_bytes` encodes it, in a sealed segment.

@@ -91,7 +91,9 @@ fn feed<A: Payload, R: Payload>(inner: &Arc<Inner>, driver: &Shared<A, R>) {
             // The user's `Serialize` runs here, often on a pool thread (a chunk's completion
             // feeds the next): a panic fails this `map` only.
             let chunk = &d.items[first..end];
-            match crate::unwind::catch("encoding the items", || encode_items(chunk, cap)) {
+            match crate::unwind::catch("encoding the items", || {
+                encode_items(chunk, cap, &inner.spare_args)
+            }) {
                 Ok(payload) => {
                     let done = completion(
                         Arc::downgrade(inner),

@@ -69,6 +69,8 @@ pub(crate) struct Inner {
     initializer: Option<Arc<dyn Fn() + Send + Sync>>,
     max_tasks: Option<u64>,
     processes: usize,
+    /// Finished large-argument segments kept for reuse (`bigpayload`, "Reuse").
+    pub(crate) spare_args: Arc<crate::encoding::bigpayload::SpareArgs>,
 }
 
 /// A pool of forked worker processes (Python's `multiprocessing.Pool`).
@@ -349,6 +351,7 @@ impl PoolBuilder {
         dispatch.task_timeout = self.task_timeout;
         dispatch.retries = self.retries;
         let inner = Arc::new(Inner {
+            spare_args: crate::encoding::bigpayload::SpareArgs::new(ctl.arena_cap()),
             dispatch: Mutex::new(dispatch),
             channels,
             collector_role: Mutex::new(CollectorRole::new(&ctl)),
@@ -537,6 +540,11 @@ impl Pool {
         self.inner.ctl.arena_cap()
     }
 
+    /// The pool's spare large-argument segments (`bigpayload`, "Reuse").
+    pub(crate) fn spare_args(&self) -> &Arc<crate::encoding::bigpayload::SpareArgs> {
+        &self.inner.spare_args
+    }
+
     /// Accepts tasks (all or none) and feeds the workers.
     pub(crate) fn submit(&self, tasks: Vec<PendingTask>) -> Result<()> {
         self.inner.submit(tasks, false)
@@ -588,13 +596,14 @@ impl Pool {
         let cell = ResultCell::new(Some(self.helper()));
         let out = Arc::clone(&cell);
         let done: Completion = Box::new(move |r| out.set(decode_result::<R>(r)));
-        let submitted = encode_arg(&arg, self.arena_cap()).and_then(|payload| {
-            self.submit(vec![PendingTask::new(
-                payload,
-                call_one::<F, A, R> as CallFn as usize,
-                done,
-            )])
-        });
+        let submitted =
+            encode_arg(&arg, self.arena_cap(), &self.inner.spare_args).and_then(|payload| {
+                self.submit(vec![PendingTask::new(
+                    payload,
+                    call_one::<F, A, R> as CallFn as usize,
+                    done,
+                )])
+            });
         match submitted {
             Ok(()) => Ok(AsyncResult::from_cell(cell)),
             Err(e) => Err(SubmitError::new(e, arg)),
@@ -644,11 +653,13 @@ impl Pool {
         let cell = ResultCell::new(Some(self.helper()));
         let out = Arc::clone(&cell);
         let done: Completion = Box::new(move |r| out.set(decode_result::<R>(r)));
-        let submitted = encode_arg(&arg, self.arena_cap()).and_then(|payload| {
-            let mut task = PendingTask::new(payload, call_one::<F, A, R> as CallFn as usize, done);
-            task.timeout = Some(limit);
-            self.submit(vec![task])
-        });
+        let submitted =
+            encode_arg(&arg, self.arena_cap(), &self.inner.spare_args).and_then(|payload| {
+                let mut task =
+                    PendingTask::new(payload, call_one::<F, A, R> as CallFn as usize, done);
+                task.timeout = Some(limit);
+                self.submit(vec![task])
+            });
         match submitted {
             Ok(()) => Ok(AsyncResult::from_cell(cell)),
             Err(e) => Err(SubmitError::new(e, arg)),
@@ -726,7 +737,7 @@ impl Pool {
     {
         let _ = f;
         assert_task_fn::<F>();
-        let payload = match encode_arg(&arg, self.arena_cap()) {
+        let payload = match encode_arg(&arg, self.arena_cap(), &self.inner.spare_args) {
             Ok(p) => p,
             Err(e) => return Err(SubmitError::new(e, arg)),
         };
@@ -1147,7 +1158,7 @@ impl Pool {
             });
             // The user's `Serialize` may panic: this call fails, as `map`'s does.
             let payload = crate::unwind::catch("encoding the items", || {
-                encode_items(chunk, self.arena_cap())
+                encode_items(chunk, self.arena_cap(), &self.inner.spare_args)
             })?;
             tasks.push(PendingTask::new(payload, call, done));
         }
@@ -1445,8 +1456,12 @@ fn clone_ok<'a>(r: &TaskResult<'a>) -> TaskResult<'a> {
 
 /// Encodes a task's argument; a panic of its `Serialize` is an error like the ones it returns
 /// (the caller gets its argument back in the `SubmitError`), as it is for `map` and `imap`.
-fn encode_arg<A: serde::Serialize + 'static>(arg: &A, cap: usize) -> Result<dispatch::EncodedArg> {
-    crate::unwind::catch("encoding the argument", || encode(arg, cap))
+fn encode_arg<A: serde::Serialize + 'static>(
+    arg: &A,
+    cap: usize,
+    spares: &Arc<crate::encoding::bigpayload::SpareArgs>,
+) -> Result<dispatch::EncodedArg> {
+    crate::unwind::catch("encoding the argument", || encode(arg, cap, spares))
 }
 
 pub(crate) fn decode_result<R: DeserializeOwned + 'static>(r: TaskResult<'_>) -> Result<R> {

@@ -299,6 +299,11 @@ pub(crate) fn receive_result(
 pub(crate) struct SegmentShare {
     pub(crate) id: u64,
     pub(crate) fd: std::sync::Arc<OwnedFd>,
+    /// Whatever must live exactly as long as the share's clones do: a large argument's
+    /// writable segment, whose `Drop` gives it back to the pool for reuse once no task holds it
+    /// (`bigpayload::SpareArgs`). `None` for every other segment.
+    #[allow(dead_code)] // held for its `Drop`, never read
+    pub(crate) keep: Option<std::sync::Arc<dyn std::fmt::Debug + Send + Sync>>,
 }
 
 /// Parent side: which segments each seat's worker holds.

@@ -114,6 +114,7 @@ impl Segment {
         SegmentShare {
             id: self.id(),
             fd: Arc::clone(self.fd()),
+            keep: None,
         }
     }
 

@@ -1,5 +1,8 @@
 //! A task's encoded argument, checked against the arena it must fit.
 
+use std::sync::Arc;
+
+use crate::encoding::bigpayload::SpareArgs;
 use crate::error::{Error, Result};
 use crate::shm::channel::SegmentShare;
 
@@ -8,10 +11,11 @@ use crate::shm::channel::SegmentShare;
 pub(crate) fn encode_items<T: serde::Serialize + 'static>(
     items: &[T],
     cap: usize,
+    spares: &Arc<SpareArgs>,
 ) -> Result<EncodedArg> {
     let mut bytes = Vec::with_capacity(std::mem::size_of_val(items).saturating_add(16).min(cap));
     crate::encoding::payload::encode_list(items, &mut bytes).map_err(Error::codec)?;
-    fits(bytes, cap)
+    fits(bytes, cap, spares)
 }
 
 /// An encoded task argument: its bytes for the arena, or, when they do not fit, the small record
@@ -42,9 +46,9 @@ impl From<Vec<u8>> for EncodedArg {
 }
 
 /// Encoded bytes as a task argument: in the arena if they fit, in a segment of their own if not.
-fn fits(bytes: Vec<u8>, cap: usize) -> Result<EncodedArg> {
+fn fits(bytes: Vec<u8>, cap: usize, spares: &Arc<SpareArgs>) -> Result<EncodedArg> {
     if bytes.len() > cap {
-        let (payload, share) = crate::encoding::bigpayload::argument(&[], &bytes)?;
+        let (payload, share) = crate::encoding::bigpayload::argument(&[], &bytes, spares)?;
         return Ok(EncodedArg {
             payload,
             segment: Some(share),
@@ -55,14 +59,19 @@ fn fits(bytes: Vec<u8>, cap: usize) -> Result<EncodedArg> {
 }
 
 /// Encodes a payload for a task, checking it fits the arena.
-pub(crate) fn encode<T: serde::Serialize + 'static>(value: &T, cap: usize) -> Result<EncodedArg> {
+/// An argument too large for the arena goes into a spare segment of `spares` if one is left.
+pub(crate) fn encode<T: serde::Serialize + 'static>(
+    value: &T,
+    cap: usize,
+    spares: &Arc<SpareArgs>,
+) -> Result<EncodedArg> {
     // A byte vector too large for the arena goes to its segment straight from its own buffer.
     if let Some(b) = crate::encoding::payload::byte_payload(value)
         && b.len() + 10 > cap
     {
         let mut prefix = [0u8; 10];
         let n = crate::encoding::payload::varint(b.len() as u64, &mut prefix);
-        let (payload, share) = crate::encoding::bigpayload::argument(&prefix[..n], b)?;
+        let (payload, share) = crate::encoding::bigpayload::argument(&prefix[..n], b, spares)?;
         return Ok(EncodedArg {
             payload,
             segment: Some(share),
@@ -74,5 +83,5 @@ pub(crate) fn encode<T: serde::Serialize + 'static>(value: &T, cap: usize) -> Re
     let hint = std::mem::size_of_val(value).saturating_add(16).min(cap);
     let bytes = crate::encoding::payload::encode_value(value, Vec::with_capacity(hint))
         .map_err(|e| Error::codec(crate::encoding::ser_probe::serialize_error(&e, value)))?;
-    fits(bytes, cap)
+    fits(bytes, cap, spares)
 }
