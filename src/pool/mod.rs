@@ -232,7 +232,11 @@ impl PoolBuilder {
     /// An argument or result larger than the arena still crosses: it travels in a shared segment
     /// of its own (a sealed memfd passed over the worker's socket, read where it is by the
     /// other side), which costs a `memfd_create`, an `mmap` and a few system calls more than the
-    /// arena. The same holds for a chunk of `map` items or results. Only [`Pool::imap`] and
+    /// arena. The pool keeps up to two finished argument segments, together at most 16 times
+    /// this size, and reuses them for later large arguments (filling fresh shared memory is
+    /// what a large payload costs most): after a large call, the pool holds that much memory
+    /// until the next one or until it is dropped. The same holds for a chunk of `map` items or
+    /// results. Only [`Pool::imap`] and
     /// [`Pool::imap_unordered`] items must fit the arena one by one
     /// ([`Error::PayloadTooLarge`] at that item's place).
     ///
