@@ -263,3 +263,28 @@ fn a_worker_killed_while_reading_a_reused_segment_harms_no_other_call() {
         "argument segments outlived the pool"
     );
 }
+
+#[test]
+fn a_pool_built_while_another_keeps_a_spare_does_not_hold_it() {
+    let _w = common::arm(120);
+    let _s = serial();
+    let first = Pool::builder()
+        .processes(1)
+        .arena_size(SMALL_ARENA)
+        .build()
+        .unwrap();
+    let v = bytes(3, SMALL_ARENA * 5);
+    assert!(first.apply(|v: Vec<u8>| v, v.clone()).unwrap() == v);
+    let (n, _) = arg_segments_once(|(n, _)| n == 1);
+    assert_eq!(n, 1, "the first pool keeps a spare");
+    // The second pool's fork server (and so its workers) came from a fork of this process
+    // while it held the spare's fd: they must not keep that memory alive.
+    let second = Pool::builder().processes(2).build().unwrap();
+    assert_eq!(second.apply(|x: u64| x * 2, 21).unwrap(), 42);
+    for p in second.worker_pids() {
+        assert_eq!(arg_segments(&p.to_string()).0, 0, "worker {p}");
+    }
+    drop(first);
+    assert_eq!(arg_segments("self").0, 0);
+    drop(second);
+}

@@ -40,9 +40,9 @@
 //!   default 64 MiB arenas); a finished segment that does not fit is closed. Spares are kept
 //!   until reused or until the pool is dropped, so after one 300 MiB call a pool holds 300 MiB of
 //!   shmem until it is dropped. They are anonymous memfds (`memfd:shmpool-arg`): nothing
-//!   outlives the last process that holds them. Trap: a fork server of *another* pool created
-//!   while this one holds a spare inherits its fd (fork keeps `CLOEXEC` fds), so the memory is
-//!   only freed when both pools are gone.
+//!   outlives the last process that holds them. The fork server of a pool built while another
+//!   holds spares inherits their fds (fork keeps `CLOEXEC` fds) and closes them by that name
+//!   (`process::server`, "Payloads of other pools"): keep the two names in step.
 //! * A spare is never shrunk (a reused one may be larger than the argument: the worker reads
 //!   only the `len` the payload announces; the bytes past it are an earlier argument's) and is
 //!   grown with `ftruncate` when the argument is larger.

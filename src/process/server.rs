@@ -309,6 +309,15 @@ fn server_main(ctx: &ServerCtx<'_>, parent: i32) -> ! {
 /// `shmpool-payload`; a unit test below checks the two agree).
 const PAYLOAD_MEMFD: &str = "/memfd:shmpool-payload";
 
+/// The name `/proc` shows for a large argument's memfd, which a pool keeps as a spare between
+/// calls (`bigpayload`, "Reuse"; named `shmpool-arg` there, checked by the same test).
+const ARG_MEMFD: &str = "/memfd:shmpool-arg";
+
+/// Whether `/proc` shows `link` for a large payload's segment (a result's or an argument's).
+fn is_payload(link: &str) -> bool {
+    link.starts_with(PAYLOAD_MEMFD) || link.starts_with(ARG_MEMFD)
+}
+
 /// In the fork server, right after the fork: closes every inherited fd of a large payload's
 /// segment and unmaps every inherited mapping of one (see "Payloads of other pools"). Another
 /// pool's, or this program's, threads use them in the parent; none exists in this copy.
@@ -327,7 +336,7 @@ fn drop_inherited_payloads() {
     // The directory's own fd is closed by now: its entry no longer resolves and is skipped.
     for fd in fds {
         if std::fs::read_link(format!("/proc/self/fd/{fd}"))
-            .is_ok_and(|l| l.to_string_lossy().starts_with(PAYLOAD_MEMFD))
+            .is_ok_and(|l| is_payload(&l.to_string_lossy()))
         {
             // SAFETY: an fd this process inherited and never uses (a payload segment of the
             // parent's); closing our copy leaves the parent's open.
@@ -340,7 +349,7 @@ fn drop_inherited_payloads() {
         let (Some(range), Some(path)) = (f.next(), f.nth(4)) else {
             continue;
         };
-        if !path.starts_with(PAYLOAD_MEMFD) {
+        if !is_payload(path) {
             continue;
         }
         let Some((Ok(start), Ok(end))) = range
@@ -394,5 +403,10 @@ mod tests {
             "{}",
             link.display()
         );
+        // An argument's segment (a spare between calls) is recognized too.
+        let spares = crate::encoding::bigpayload::SpareArgs::new(1);
+        let (_, share) = crate::encoding::bigpayload::argument(b"", b"xy", &spares).unwrap();
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", share.fd.as_raw_fd())).unwrap();
+        assert!(is_payload(&link.to_string_lossy()), "{}", link.display());
     }
 }
