@@ -382,7 +382,9 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
         );
         header.collector.notify();
         // Closed only now, off the path of the result: unmapping and closing a large argument
-        // takes a while, and the parent frees its memory anyway (it holds the other fd).
+        // takes a while, and the parent frees or keeps its memory anyway (it holds the other fd).
+        // Never read `seg` from here on: once the result is published the parent may write
+        // another task's argument into the same segment (`bigpayload`, "Reuse").
         if let Some(Ok((id, seg))) = big_arg {
             drop(seg);
             crate::shm::channel::forget_local(id);
