@@ -11,6 +11,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use shmpool::{Error, Pool};
 
+/// Held by every test of this file: they count this process's fds, which another test's pool
+/// running at the same time would change.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The smallest arena the builder takes: nearly every payload here is "big".
 const TINY_ARENA: usize = 4096;
 
@@ -76,6 +83,7 @@ fn assert_nothing_left(fds: usize, pids: &[u32]) {
 
 #[test]
 fn many_threads_submit_distinct_big_payloads_and_each_gets_its_own_bytes_back() {
+    let _serial = serial();
     let _w = common::arm(300);
     let fds = common::fd_count();
     let pool = Pool::builder()
@@ -118,6 +126,7 @@ fn many_threads_submit_distinct_big_payloads_and_each_gets_its_own_bytes_back() 
 
 #[test]
 fn terminate_from_another_thread_while_big_payloads_fly_leaves_nothing_behind() {
+    let _serial = serial();
     let _w = common::arm(300);
     let fds = common::fd_count();
     for round in 0..4u64 {
@@ -166,6 +175,7 @@ fn terminate_from_another_thread_while_big_payloads_fly_leaves_nothing_behind() 
 
 #[test]
 fn dropping_a_pool_with_big_payloads_in_flight_leaves_nothing_behind() {
+    let _serial = serial();
     let _w = common::arm(300);
     let fds = common::fd_count();
     for round in 0..4u64 {
@@ -271,6 +281,7 @@ fn write_then_die(a: (PathBuf, Vec<u8>)) -> DieWritingOut {
 
 #[test]
 fn a_worker_killed_while_it_holds_a_big_argument_or_writes_a_big_result_fails_only_that_task() {
+    let _serial = serial();
     let _w = common::arm(300);
     let fds = common::fd_count();
     let pool = Pool::builder()
@@ -330,6 +341,7 @@ fn a_worker_killed_while_it_holds_a_big_argument_or_writes_a_big_result_fails_on
 
 #[test]
 fn retries_give_the_replacement_the_same_big_argument() {
+    let _serial = serial();
     let _w = common::arm(300);
     let fds = common::fd_count();
     let pool = Pool::builder()
@@ -405,6 +417,7 @@ impl<'de> Deserialize<'de> for SlowOut {
 
 #[test]
 fn a_time_limit_that_fires_during_a_big_payload_fails_that_task_and_leaks_nothing() {
+    let _serial = serial();
     let _w = common::arm(300);
     let fds = common::fd_count();
     let pool = Pool::builder()
@@ -450,6 +463,7 @@ impl<'de> Deserialize<'de> for NoBigOnes {
 
 #[test]
 fn a_deserialize_that_panics_on_a_big_result_fails_that_call_and_the_pool_serves_on() {
+    let _serial = serial();
     let _w = common::arm(300);
     let fds = common::fd_count();
     let pool = Pool::builder()
@@ -496,6 +510,7 @@ struct Blob {
 
 #[test]
 fn sizes_at_the_boundaries_of_tiny_arenas_cross_byte_for_byte() {
+    let _serial = serial();
     let _w = common::arm(600);
     let fds = common::fd_count();
     for arena in [4096usize, 4097, 5000, 8191, 8192] {
@@ -559,6 +574,7 @@ fn sizes_at_the_boundaries_of_tiny_arenas_cross_byte_for_byte() {
 
 #[test]
 fn imap_items_and_results_bigger_than_the_arena() {
+    let _serial = serial();
     let _w = common::arm(300);
     let pool = Pool::builder()
         .processes(2)
@@ -610,6 +626,7 @@ fn rss(pid: &str) -> usize {
 
 #[test]
 fn map_over_one_mib_items_keeps_no_huge_buffers_after_a_big_one() {
+    let _serial = serial();
     if common::scenario().as_deref() != Some("rss") {
         // In a process of its own: other tests' allocations would blur the parent's figure.
         let _w = common::arm(300);
@@ -686,6 +703,7 @@ fn set_nofile(n: u64) {
 
 #[test]
 fn big_payloads_at_a_low_fd_limit_are_answers_not_hangs() {
+    let _serial = serial();
     if common::scenario().as_deref() == Some("nofile") {
         let _w = common::arm(200);
         set_nofile(64);
@@ -776,6 +794,7 @@ fn len_after_gate(a: (PathBuf, Vec<u8>)) -> usize {
 
 #[test]
 fn a_pool_built_while_another_has_big_payloads_in_flight_does_not_keep_them_alive() {
+    let _serial = serial();
     let _w = common::arm(300);
     let a = Pool::builder()
         .processes(1)
@@ -835,4 +854,138 @@ fn a_pool_built_while_another_has_big_payloads_in_flight_does_not_keep_them_aliv
         b.apply(|v: Vec<u8>| v.len(), vec![1u8; 1 << 20]).unwrap(),
         1 << 20
     );
+}
+
+#[test]
+fn big_payloads_through_workers_that_exit_after_every_task() {
+    let _serial = serial();
+    let _w = common::arm(300);
+    let fds = common::fd_count();
+    // Each worker exits after one task: the tasks queued behind it in its ring go to a
+    // replacement that has none of their segments and must be sent them again.
+    let pool = Pool::builder()
+        .processes(2)
+        .max_tasks_per_child(1)
+        .arena_size(TINY_ARENA)
+        .build()
+        .unwrap();
+    let handles: Vec<_> = (0..24u64)
+        .map(|i| {
+            (
+                i,
+                pool.apply_async(reverse_flip, pattern(i, 100_000 + (i as usize) * 7_001))
+                    .unwrap(),
+            )
+        })
+        .collect();
+    for (i, h) in handles {
+        assert!(
+            h.get().unwrap() == transform(&pattern(i, 100_000 + (i as usize) * 7_001)),
+            "task {i}"
+        );
+    }
+    // Chunks bigger than the arena, both ways.
+    let items: Vec<Vec<u8>> = (0..12u64).map(|i| pattern(i, 30_000)).collect();
+    let back = pool.map_chunked(reverse_flip, items.clone(), 3).unwrap();
+    assert!(back.iter().zip(&items).all(|(b, a)| *b == transform(a)));
+    assert!(no_payload_segments_left("self"));
+    drop(pool);
+    assert!(common::eventually(
+        Duration::from_secs(30),
+        || common::fd_count() == fds
+    ));
+}
+
+#[test]
+fn workers_killed_from_outside_at_random_while_big_payloads_stream() {
+    let _serial = serial();
+    let _w = common::arm(300);
+    let fds = common::fd_count();
+    let pool = Pool::builder()
+        .processes(2)
+        .arena_size(TINY_ARENA)
+        .build()
+        .unwrap();
+    let mut seen = pool.worker_pids();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (ok, died) = std::thread::scope(|s| {
+        let pool = &pool;
+        let stop = &stop;
+        let killer = s.spawn(move || {
+            let mut kills = 0;
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                std::thread::sleep(Duration::from_millis(3 + n % 11));
+                if let Some(&p) = pool.worker_pids().get((n % 2) as usize)
+                    && p != 0
+                {
+                    // SAFETY: kill(2) of a worker of this test's pool.
+                    if unsafe { libc::kill(p as i32, libc::SIGKILL) } == 0 {
+                        kills += 1;
+                    }
+                }
+            }
+            kills
+        });
+        let (mut ok, mut died) = (0, 0);
+        for round in 0..10u64 {
+            let hs: Vec<_> = (0..8u64)
+                .map(|i| {
+                    let seed = round * 10 + i;
+                    let len = 150_000 + (seed as usize * 9_973) % 900_000;
+                    (
+                        seed,
+                        len,
+                        pool.apply_async(reverse_flip, pattern(seed, len)).unwrap(),
+                    )
+                })
+                .collect();
+            for (seed, len, h) in hs {
+                match h.get() {
+                    Ok(b) => {
+                        assert!(b == transform(&pattern(seed, len)), "seed {seed}");
+                        ok += 1;
+                    }
+                    Err(Error::WorkerDied { .. }) => died += 1,
+                    Err(e) => panic!("seed {seed}: {e:?}"),
+                }
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let kills = killer.join().unwrap();
+        eprintln!("{ok} ok, {died} died, {kills} kills");
+        (ok, died)
+    });
+    assert_eq!(ok + died, 80);
+    // Serves on, exactly.
+    let v = pattern(99, 1 << 20);
+    assert!(pool.apply(reverse_flip, v.clone()).unwrap() == transform(&v));
+    for p in pool.worker_pids() {
+        assert!(no_payload_segments_left(&p.to_string()), "worker {p}");
+    }
+    assert!(no_payload_segments_left("self"));
+    seen.extend(pool.worker_pids());
+    drop(pool);
+    assert_nothing_left(fds, &seen);
+}
+
+#[test]
+fn a_per_call_time_limit_with_a_big_argument_fails_only_that_call() {
+    let _serial = serial();
+    let _w = common::arm(300);
+    let pool = Pool::builder()
+        .processes(1)
+        .arena_size(TINY_ARENA)
+        .build()
+        .unwrap();
+    let v = pattern(4, 2 << 20);
+    let slow = pool
+        .apply_async_timeout(stuck_after_reading, v.clone(), Duration::from_millis(200))
+        .unwrap();
+    // Queued behind it in the same worker's ring: run by the replacement, with its segment.
+    let next = pool.apply_async(reverse_flip, v.clone()).unwrap();
+    assert!(matches!(slow.get(), Err(Error::TaskTimedOut { .. })));
+    assert!(next.get().unwrap() == transform(&v));
+    assert!(no_payload_segments_left("self"));
 }
