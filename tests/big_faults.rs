@@ -907,14 +907,14 @@ fn workers_killed_from_outside_at_random_while_big_payloads_stream() {
         .build()
         .unwrap();
     let mut seen = pool.worker_pids();
-    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stop = std::sync::Mutex::new(false);
     let (ok, died) = std::thread::scope(|s| {
         let pool = &pool;
         let stop = &stop;
         let killer = s.spawn(move || {
             let mut kills = 0;
             let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            while !*stop.lock().unwrap() {
                 n += 1;
                 std::thread::sleep(Duration::from_millis(3 + n % 11));
                 if let Some(&p) = pool.worker_pids().get((n % 2) as usize)
@@ -952,7 +952,7 @@ fn workers_killed_from_outside_at_random_while_big_payloads_stream() {
                 }
             }
         }
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        *stop.lock().unwrap() = true;
         let kills = killer.join().unwrap();
         eprintln!("{ok} ok, {died} died, {kills} kills");
         (ok, died)
