@@ -141,6 +141,10 @@ fn a_pool_moved_to_another_thread_works_and_drops_there() {
     let r = pool.apply_async(mix, 5).unwrap();
     let out = std::thread::spawn(move || {
         let v = pool.map(mix, 0..10).unwrap();
+        // Drop terminates: the `apply_async` above may still be running on the other worker
+        // when `map` returns, so let it finish first (a terminated task is `PoolTerminated`).
+        pool.close();
+        pool.join().unwrap();
         drop(pool);
         v
     })

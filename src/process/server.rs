@@ -304,7 +304,6 @@ fn server_main(ctx: &ServerCtx<'_>, parent: i32) -> ! {
     }
 }
 
-/// Reaps every exited child and reports it in its seat.
 /// The name `/proc` shows for a large payload's memfd (`bigpayload::make_segment` names it
 /// `shmpool-payload`; a unit test below checks the two agree).
 const PAYLOAD_MEMFD: &str = "/memfd:shmpool-payload";
@@ -366,6 +365,7 @@ fn drop_inherited_payloads() {
     }
 }
 
+/// Reaps every exited child and reports it in its seat.
 fn reap(ctl: &Control, pids: &mut [i32]) {
     loop {
         let mut status: libc::c_int = 0;
