@@ -989,3 +989,103 @@ fn a_per_call_time_limit_with_a_big_argument_fails_only_that_call() {
     assert!(next.get().unwrap() == transform(&v));
     assert!(no_payload_segments_left("self"));
 }
+
+#[test]
+fn reused_argument_segments_carry_each_call_its_own_bytes_through_kills_and_retries() {
+    let _serial = serial();
+    let _w = common::arm(300);
+    let fds = common::fd_count();
+    // 256 KiB arenas: up to 4 MiB of spare argument segments, so most big arguments below are
+    // written into a segment an earlier call used (bigger or smaller than the new one).
+    let pool = Pool::builder()
+        .processes(2)
+        .retries(1)
+        .arena_size(256 * 1024)
+        .build()
+        .unwrap();
+    let mut seen = pool.worker_pids();
+    // A big one, then smaller ones into its (larger) segment: the bytes past each argument
+    // are an earlier call's and must never show.
+    for (seed, len) in [(1u64, 3 << 20), (2, 300_000), (3, 262_145), (4, 2 << 20)] {
+        let v = pattern(seed, len);
+        assert!(pool.apply(reverse_flip, v.clone()).unwrap() == transform(&v));
+        assert_eq!(pool.apply(|v: Vec<u8>| v.len(), v).unwrap(), len);
+    }
+    // The finished arguments' segments are kept (this test is about them).
+    assert!(
+        payload_or_arg_segments("self") > 0,
+        "no spare argument segment kept"
+    );
+    let stop = std::sync::Mutex::new(false);
+    std::thread::scope(|s| {
+        let pool = &pool;
+        let stop = &stop;
+        s.spawn(move || {
+            let mut n = 0u64;
+            while !*stop.lock().unwrap() {
+                n += 1;
+                std::thread::sleep(Duration::from_millis(40 + n % 37));
+                // (0 would be our whole process group.)
+                if let Some(&p) = pool.worker_pids().get((n % 2) as usize)
+                    && p != 0
+                {
+                    // SAFETY: kill(2) of a worker of this test's pool.
+                    unsafe { libc::kill(p as i32, libc::SIGKILL) };
+                }
+            }
+        });
+        let workers: Vec<_> = (0..4u64)
+            .map(|t| {
+                s.spawn(move || {
+                    let (mut ok, mut died) = (0, 0);
+                    for i in 0..12u64 {
+                        let seed = 1000 + t * 100 + i;
+                        let len = 270_000 + (seed as usize * 104_729) % (3 << 20);
+                        let h = pool.apply_async(reverse_flip, pattern(seed, len)).unwrap();
+                        match h.get() {
+                            Ok(b) => {
+                                assert!(b == transform(&pattern(seed, len)), "seed {seed}");
+                                ok += 1;
+                            }
+                            // Died twice (one retry).
+                            Err(Error::WorkerDied { .. }) => died += 1,
+                            Err(e) => panic!("seed {seed}: {e:?}"),
+                        }
+                    }
+                    (ok, died)
+                })
+            })
+            .collect();
+        let (ok, died) = workers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        *stop.lock().unwrap() = true;
+        assert_eq!(ok + died, 48);
+        eprintln!("{ok} ok, {died} died twice");
+    });
+    let v = pattern(5, 1 << 20);
+    assert!(pool.apply(reverse_flip, v.clone()).unwrap() == transform(&v));
+    seen.extend(pool.worker_pids());
+    drop(pool);
+    assert_nothing_left(fds, &seen);
+    assert!(common::eventually(Duration::from_secs(30), || {
+        payload_or_arg_segments("self") == 0
+    }));
+}
+
+/// Open fds of process `pid` that are payload or (spare) argument segments.
+fn payload_or_arg_segments(pid: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path()).is_ok_and(|l| {
+                        let l = l.to_string_lossy();
+                        l.contains("memfd:shmpool-payload") || l.contains("memfd:shmpool-arg")
+                    })
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
