@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: a watchdog that aborts a hung test, process and fd
+//! Helpers shared by the integration tests: a watchdog that aborts a hung test (after dumping what
+//! every thread of the test process and of its pool processes is blocked in), process and fd
 //! accounting through `/proc`, gates that hold a task until the test opens them, and a re-exec
 //! helper that runs a scenario in a child copy of the test binary.
 //!
@@ -39,9 +40,9 @@ pub(crate) fn arm(secs: u64) -> Watchdog {
                 let now = Instant::now();
                 if now >= deadline {
                     let msg = format!("\nwatchdog: test `{name}` hung for {secs} s; aborting\n");
-                    // SAFETY: writes `msg.len()` bytes from a live buffer to fd 2 (no lock, so a
-                    // stuck stderr lock elsewhere cannot stop the report).
-                    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+                    raw_stderr(&msg);
+                    dump_blocked_threads(DUMP_CAP);
+                    raw_stderr("watchdog: abort\n");
                     std::process::abort();
                 }
                 disarmed = cond
@@ -52,6 +53,173 @@ pub(crate) fn arm(secs: u64) -> Watchdog {
         })
         .expect("spawn the watchdog thread");
     Watchdog { state }
+}
+
+/// The longest the watchdog's dump of blocked threads may take before it aborts regardless.
+const DUMP_CAP: Duration = Duration::from_secs(10);
+/// The longest one `gdb` attach may take within [`DUMP_CAP`].
+const GDB_CAP: Duration = Duration::from_secs(4);
+
+/// Writes `s` to fd 2 with `write(2)` itself: no stderr lock, so a thread stuck holding that lock
+/// (or the test harness capturing output) cannot stop or swallow the report.
+pub(crate) fn raw_stderr(s: &str) {
+    let mut b = s.as_bytes();
+    while !b.is_empty() {
+        // SAFETY: writes at most `b.len()` bytes from a live buffer to fd 2.
+        let n = unsafe { libc::write(2, b.as_ptr().cast(), b.len()) };
+        if n <= 0 {
+            return;
+        }
+        b = &b[n as usize..];
+    }
+}
+
+/// Marker lines of the dump (tests/watchdog.rs looks for them).
+pub(crate) const DUMP_BEGIN: &str = "watchdog: dump of blocked threads";
+pub(crate) const DUMP_END: &str = "watchdog: end of dump";
+
+/// Writes to stderr what every thread of this process and of its descendants (the fork server
+/// `shmpool-server`, the workers `PoolWorker-N`) is blocked in: per thread its `comm`, `wchan`
+/// and, when readable (root), its kernel `stack`; then, if `gdb` is installed, `thread apply all
+/// bt` of each process. Runs on a helper thread and gives up after `cap` (the caller aborts
+/// then), each `gdb` is killed after [`GDB_CAP`]; never panics into the caller.
+pub(crate) fn dump_blocked_threads(cap: Duration) {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("watchdog-dump".into())
+        .spawn(move || {
+            let deadline = Instant::now() + cap;
+            let _ = std::panic::catch_unwind(|| dump_now(deadline));
+            let _ = tx.send(());
+        });
+    if spawned.is_ok() {
+        if rx.recv_timeout(cap + Duration::from_secs(1)).is_err() {
+            raw_stderr("watchdog: the dump did not finish in time\n");
+        }
+    } else {
+        raw_stderr("watchdog: could not start the dump thread\n");
+    }
+}
+
+/// This process and its descendants, parents before children (found by `PPid` in `/proc/*/stat`,
+/// which names the child of any thread of the parent).
+fn process_tree(root: u32) -> Vec<u32> {
+    let mut all: Vec<(u32, u32)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+                && let Some(pp) = ppid_of(pid)
+            {
+                all.push((pid, pp));
+            }
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() && out.len() < 256 {
+        let p = out[i];
+        out.extend(all.iter().filter(|&&(_, pp)| pp == p).map(|&(c, _)| c));
+        i += 1;
+    }
+    out
+}
+
+fn read_proc(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end().to_string())
+        .unwrap_or_else(|e| format!("<{e}>"))
+}
+
+fn dump_now(deadline: Instant) {
+    let me = std::process::id();
+    raw_stderr(&format!("{DUMP_BEGIN} (pid {me})\n"));
+    let tree = process_tree(me);
+    for &pid in &tree {
+        let stat = proc_stat(pid).map_or('?', |(st, _)| st);
+        raw_stderr(&format!(
+            "=== process {pid} `{}` state {stat}\n",
+            read_proc(&format!("/proc/{pid}/comm"))
+        ));
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let tid = t.file_name().to_string_lossy().into_owned();
+            let base = format!("/proc/{pid}/task/{tid}");
+            let mut line = format!(
+                "--- thread {tid} `{}` wchan={}\n",
+                read_proc(&format!("{base}/comm")),
+                read_proc(&format!("{base}/wchan"))
+            );
+            if let Ok(stack) = std::fs::read_to_string(format!("{base}/stack")) {
+                for l in stack.lines() {
+                    line.push_str("    ");
+                    line.push_str(l);
+                    line.push('\n');
+                }
+            }
+            raw_stderr(&line);
+        }
+    }
+    for &pid in &tree {
+        if Instant::now() >= deadline {
+            raw_stderr("watchdog: out of time for gdb\n");
+            break;
+        }
+        let cap = GDB_CAP.min(deadline.saturating_duration_since(Instant::now()));
+        gdb_backtraces(pid, cap);
+    }
+    raw_stderr(&format!("{DUMP_END}\n"));
+}
+
+/// `gdb -p pid -batch -ex "thread apply all bt"` with its output on our fd 2, under `timeout -s
+/// KILL`, and killed from here too after `cap`.
+fn gdb_backtraces(pid: u32, cap: Duration) {
+    use std::os::fd::AsFd;
+    let Ok(err) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return;
+    };
+    let Ok(out) = err.try_clone() else {
+        return;
+    };
+    raw_stderr(&format!("=== gdb backtraces of {pid}\n"));
+    // `timeout` is a process gdb does not stop: when gdb hangs attached to this very process
+    // (every thread of it stopped, the loop below too), it still gets killed, which detaches.
+    let secs = cap.as_secs().max(1).to_string();
+    let child = Command::new("timeout")
+        .args([
+            "-s",
+            "KILL",
+            &secs,
+            "gdb",
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-nx",
+            "-q",
+        ])
+        .args(["-ex", "set pagination off", "-ex", "thread apply all bt 40"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn();
+    let Ok(mut child) = child else {
+        raw_stderr("watchdog: gdb (or timeout) not available\n");
+        return;
+    };
+    let until = Instant::now() + cap;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return,
+            Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                raw_stderr(&format!("watchdog: gdb on {pid} timed out; killed\n"));
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+        }
+    }
 }
 
 impl Drop for Watchdog {
