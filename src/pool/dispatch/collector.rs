@@ -212,8 +212,7 @@ pub(crate) fn finished(inner: &Inner, count: usize) {
 fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64, scratch: &mut Vec<u8>) {
     let ctl = &inner.ctl;
     let cap = ctl.arena_cap();
-    let _arg_segments: Vec<crate::shm::channel::SegmentShare>;
-    let (done, woken, refused, sock) = {
+    let (done, woken, refused, sock, arg_segments) = {
         let mut g = lock(inner);
         if matches!(g.phase, Phase::Stopped) && g.inflight[s].is_empty() {
             // Terminated: the task was already failed. Free the space and move on.
@@ -234,10 +233,6 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64, scrat
         }
         let mut f = g.inflight[s].pop_front().expect("front exists");
         g.arenas[s].free_to(f.arg_end);
-        // Dropped at the end of this function, after the completion: closing the last fd of a
-        // large argument's segment frees its pages, which takes tens of ms for hundreds of MiB,
-        // and neither the lock nor the caller waiting for this result should wait for that.
-        _arg_segments = std::mem::take(&mut f.segments);
         let sample = (d.elapsed_ns as f64).max(1.0);
         let avg = g.avg_ns[s];
         g.avg_ns[s] = if avg <= 0.0 {
@@ -246,10 +241,18 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64, scrat
             0.8 * avg + 0.2 * sample
         };
         let woken = g.pump(ctl);
-        (f.done, woken, g.take_refused(), g.channels[s])
+        let segments = std::mem::take(&mut f.segments);
+        (f.done, woken, g.take_refused(), g.channels[s], segments)
     };
     wake(ctl, &woken);
     fail_refused(inner, refused);
+    // The task's shares of its segments go outside the lock (closing the last fd of a large
+    // argument's segment frees its pages, tens of ms for hundreds of MiB; a reused one only goes
+    // back to the pool's spares) but before the completion: once a call has returned, the pool
+    // holds no share of its inputs, so a `MappedFile` the caller drops next is seen dropped at
+    // the next dispatch, whose `FORGET` makes the worker close its fd (a share still held here
+    // when the caller dropped it left the worker holding the file until a later dispatch).
+    drop(arg_segments);
     let offset = d.offset as usize;
     let len = d.len as usize;
     // Our copy, not the shared word: the worker can write that one.
