@@ -220,15 +220,13 @@ pub(crate) const fn assert_task_fn<F>() {
 /// copying zero bytes of it is exactly what this does.
 pub(crate) unsafe fn conjure<F: Copy>() -> F {
     assert_task_fn::<F>();
-    // Every trampoline passes here before it runs user code.
-    capture_panic_locations();
     // SAFETY: `F` has no bytes, so the all-zero `F` is every `F`; per the contract this is a
     // bitwise copy of the parent's `F`, which `Copy` allows.
     unsafe { std::mem::zeroed::<F>() }
 }
 
 /// Where the last panic on this thread happened, and its backtrace if one was captured: written
-/// by the hook `capture_panic_locations` installs, taken by [`task_panic`].
+/// by the hook `install_panic_site_hook` installs, taken by [`task_panic`].
 struct PanicSite {
     location: Option<String>,
     backtrace: Option<String>,
@@ -238,32 +236,60 @@ thread_local! {
     static LAST_PANIC: std::cell::RefCell<Option<PanicSite>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Installs (once per process: a worker is a fork, so once per worker) a panic hook that notes
-/// each panic's location, and a backtrace when `RUST_BACKTRACE`/`RUST_LIB_BACKTRACE` ask for
-/// one, before handing over to the hook that was there (std's prints the usual message). The
-/// catch in the trampoline then ships them with the message ([`task_panic`]).
-fn capture_panic_locations() {
+thread_local! {
+    /// Whether this thread notes its panics' sites for [`task_panic`]: only a worker's task
+    /// thread does ([`record_panic_sites`]); elsewhere the hook only hands over.
+    static RECORD_SITES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes the calling thread (a worker's task loop) note the site of each of its panics.
+pub(crate) fn record_panic_sites() {
+    RECORD_SITES.with(|r| r.set(true));
+}
+
+/// Installs, once per process and in the parent, a panic hook that notes each panic's location
+/// (and a backtrace when `RUST_BACKTRACE`/`RUST_LIB_BACKTRACE` ask for one) on threads that
+/// [`record_panic_sites`], before handing over to the hook that was there (std's prints the
+/// usual message). The catch in the trampoline then ships them with the message
+/// ([`task_panic`]). Returns whether it installed the hook now (which also waited for every
+/// panic in progress, as `take_hook` does).
+///
+/// Called by `fork_server` just before it forks, never in a worker: a worker is a fork of a
+/// multi-threaded parent and must not take the panic hook's write lock, which another thread of
+/// the parent can hold (or hold for reading: a panic being printed, another pool's
+/// `fork_server`) at the instant of the fork, leaving it locked in the worker for ever. Workers
+/// installing this hook themselves, at their first task, hung that way: every worker of a pool
+/// blocked in `take_hook` before its first task (reproduced by `tests/fork_hooks.rs`).
+///
+/// A hook the program sets after its first pool replaces this one: tasks of pools built later
+/// still report their panics' messages, without the location.
+pub(crate) fn install_panic_site_hook() -> bool {
     static ONCE: std::sync::Once = std::sync::Once::new();
+    let mut installed = false;
     ONCE.call_once(|| {
+        installed = true;
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let site = PanicSite {
-                location: info.location().map(|l| l.to_string()),
-                backtrace: {
-                    let bt = std::backtrace::Backtrace::capture();
-                    (bt.status() == std::backtrace::BacktraceStatus::Captured)
-                        .then(|| bt.to_string())
-                },
-            };
             // `try_with`: a panic while this thread's locals are being destroyed records nothing.
-            let _ = LAST_PANIC.try_with(|p| {
-                if let Ok(mut p) = p.try_borrow_mut() {
-                    *p = Some(site);
-                }
-            });
+            if RECORD_SITES.try_with(std::cell::Cell::get).unwrap_or(false) {
+                let site = PanicSite {
+                    location: info.location().map(|l| l.to_string()),
+                    backtrace: {
+                        let bt = std::backtrace::Backtrace::capture();
+                        (bt.status() == std::backtrace::BacktraceStatus::Captured)
+                            .then(|| bt.to_string())
+                    },
+                };
+                let _ = LAST_PANIC.try_with(|p| {
+                    if let Ok(mut p) = p.try_borrow_mut() {
+                        *p = Some(site);
+                    }
+                });
+            }
             previous(info);
         }));
     });
+    installed
 }
 
 /// Marks the wire form of a task's panic (see [`task_panic`]).

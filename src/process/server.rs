@@ -20,7 +20,10 @@
 //! in the child forever. The server is forked once per pool, so `fork_server` makes the instant
 //! safe for the std locks that workers are sure to take: it waits for any panic being printed
 //! (the panic hook's lock and std's panic-output lock; a task's panic in a worker takes both) and
-//! holds stdout and stderr across the fork. What remains is documented in the crate docs: a lock
+//! holds stdout and stderr across the fork; builds of other pools wait (`FORK_LOCK`), and workers
+//! never take the hook's write lock (the hook they need is installed here, before the fork:
+//! `install_panic_site_hook`; workers that installed it at their first task all hung there when a
+//! fork caught another thread panicking). What remains is documented in the crate docs: a lock
 //! of the program's own (or a library's) held by another thread at the instant of the fork.
 //! This was found, not imagined: under `cargo test`, a test whose callback panicked in the parent
 //! while another test built a pool left that pool's workers deadlocked in their first panic.
@@ -91,6 +94,11 @@ extern "C" fn on_sigchld(_: libc::c_int) {
     }
 }
 
+/// Held by `fork_server` from its panic-hook quiesce until just after its fork (released in
+/// both processes), so that no other pool's `fork_server` holds the panic hook's lock at the
+/// instant of the fork.
+static FORK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Blocks SIGINT in the calling thread; returns the previous mask (see `fork_server`).
 fn block_sigint() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data, initialized by sigemptyset/sigaddset before use;
@@ -147,8 +155,16 @@ pub(crate) fn fork_server(ctx: &ServerCtx<'_>) -> Result<i32> {
     //    long as it prints (milliseconds with RUST_BACKTRACE). `take_hook` and `set_hook` need
     //    the hook's write lock, so doing both waits for every panic in progress to finish, and
     //    leaves the hook as it was.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(hook);
+    //
+    //    Builds of other pools are kept out of this instant too (`FORK_LOCK`): their `take_hook`
+    //    and `set_hook` hold the hook's write lock, which a fork caught held left every worker
+    //    of this pool blocked at its first panic. The hook workers need to note a panic's site is
+    //    installed here, in the parent, for the same reason (`install_panic_site_hook`).
+    let fork_guard = FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if !crate::encoding::task::install_panic_site_hook() {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(hook);
+    }
     // 2. stdout and stderr: held (and flushed) across the fork, so no other thread is mid-print
     //    and the children hold no copy of buffered output to print a second time.
     let out = std::io::stdout().lock();
@@ -170,6 +186,7 @@ pub(crate) fn fork_server(ctx: &ServerCtx<'_>) -> Result<i32> {
     // one, with the same std thread identity), so both release them here.
     drop(out);
     drop(err);
+    drop(fork_guard);
     if pid != 0 {
         restore_sigmask(&mask);
     }

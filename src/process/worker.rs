@@ -211,6 +211,9 @@ pub(crate) fn worker_main(ctx: WorkerCtx<'_>) -> ! {
 /// Initializer, then the task loop. Never returns.
 fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
     let _guard = ExitOnUnwind("a pool worker");
+    // The hook that notes a panic's site was installed in the parent before the fork (never
+    // here: see `install_panic_site_hook`); this thread runs the tasks, so it records.
+    crate::encoding::task::record_panic_sites();
 
     let ctl = ctx.ctl;
     let seat = ctl.seat(ctx.seat);
