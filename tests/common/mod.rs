@@ -58,7 +58,7 @@ pub(crate) fn arm(secs: u64) -> Watchdog {
 /// The longest the watchdog's dump of blocked threads may take before it aborts regardless.
 const DUMP_CAP: Duration = Duration::from_secs(10);
 /// The longest one `gdb` attach may take within [`DUMP_CAP`].
-const GDB_CAP: Duration = Duration::from_secs(4);
+const GDB_CAP: Duration = Duration::from_secs(3);
 
 /// Writes `s` to fd 2 with `write(2)` itself: no stderr lock, so a thread stuck holding that lock
 /// (or the test harness capturing output) cannot stop or swallow the report.
@@ -161,7 +161,9 @@ fn dump_now(deadline: Instant) {
             raw_stderr(&line);
         }
     }
-    for &pid in &tree {
+    // Workers and the server first, this process last: its many threads make its gdb the
+    // slowest, and a hung pool's story is usually in the workers.
+    for &pid in tree.iter().rev() {
         if Instant::now() >= deadline {
             raw_stderr("watchdog: out of time for gdb\n");
             break;
