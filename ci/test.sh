@@ -4,7 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
 # System packages: libssl-dev (the `openssl` crate, SHA-512 of `shmpool hash`) and b3sum (the
-# reference `shmpool hash -a blake3` is tested against). Installed only when missing.
+# reference `shmpool hash -a blake3` is tested against), and gdb (a test that hangs has its
+# watchdog print every thread's backtrace before it aborts; without gdb only /proc's view).
+# Installed only when missing; gdb is optional (a failed install does not stop the run).
 missing=()
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 dpkg -s pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
@@ -13,6 +15,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "== apt-get install ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! command -v gdb >/dev/null 2>&1; then
+    echo "== apt-get install gdb"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gdb >/dev/null 2>&1 ||
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gdb >/dev/null; } ||
+        echo "gdb not installed: a hung test's watchdog will show /proc's view only"
 fi
 # The `mpi` feature (issue 11) builds rsmpi over Debian's OpenMPI (bindgen needs libclang).
 if ! command -v mpirun >/dev/null 2>&1 || ! dpkg -s libopenmpi-dev libclang-dev >/dev/null 2>&1; then
