@@ -21,17 +21,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// The smallest arena the builder takes: nearly every payload here is "big".
 const TINY_ARENA: usize = 4096;
 
-/// `len` bytes that differ for every `seed` (xorshift).
+/// `len` bytes that differ for every `seed`.
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::noise(len, seed)
 }
 
 /// What the workers compute: the bytes reversed and flipped, so an echo of the wrong buffer or

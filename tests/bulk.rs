@@ -21,18 +21,7 @@ fn fnv_u64(items: &[u64]) -> u64 {
     fnv(bytemuck::cast_slice(items))
 }
 
-/// Deterministic pseudo-random bytes (xorshift).
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use common::noise;
 
 /// A temp file removed on drop.
 struct TempFile(PathBuf);

@@ -393,7 +393,6 @@ where
     R: Serialize + 'static,
 {
     // SAFETY: delegated to the caller (see # Safety): the parent held an `F` when it submitted.
-    // First, so that the panic hook that notes locations is in place for the `Deserialize` too.
     let f: F = unsafe { conjure() };
     // The user's `Deserialize` and `Serialize` are task code too: a panic in either fails this
     // task, as a panic of `f` does, and never reaches the worker loop (which exits on one).

@@ -427,3 +427,16 @@ pub(crate) fn no_core_dumps() {
     // always allowed.
     unsafe { libc::setrlimit(libc::RLIMIT_CORE, &lim) };
 }
+
+/// `n` deterministic pseudo-random bytes for `seed` (xorshift), different for every seed.
+pub(crate) fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
