@@ -47,6 +47,30 @@
 //!   only the `len` the payload announces; the bytes past it are an earlier argument's) and is
 //!   grown with `ftruncate` when the argument is larger.
 //!
+//! ## Reuse of byte vectors
+//!
+//! A round trip of a large `Vec<u8>` also fills two fresh vectors: the worker's decoded
+//! argument and the parent's decoded result (a few hundred ms for 300 MiB in a VM whose freed
+//! memory goes back to the host). So the decode of a byte vector (`Vec<u8>`, `Box<[u8]>`) goes
+//! into an allocation that process already owns and has finished with, when one suits
+//! ([`crate::encoding::payload::SpareBytes`]):
+//!
+//! * **Parent.** A call whose result is a byte vector lends its own argument's allocation to its
+//!   result, when the argument is a byte vector (it was written to the arena or its segment
+//!   before submission, so the pool owns it and nothing reads it any more;
+//!   [`crate::encoding::payload::CallSpare`]). What a result does not take becomes the pool's
+//!   spare, for a later result. A refused call gets its argument back unchanged.
+//! * **Worker.** A large byte-vector result, once written into the arena or its segment, is the
+//!   worker's spare; the worker decodes its next large byte-vector argument into it.
+//! * **Bounds.** One spare per pool and one per worker. Kept only with a capacity from an eighth
+//!   of the arena to 16 arena sizes (8 MiB to 1 GiB with the default 64 MiB arenas), reused only
+//!   for a vector of at least an eighth of the arena whose length is at least half the capacity:
+//!   a caller never receives a vector with more than twice its length in capacity (a fresh one
+//!   has exactly its length). So after a large byte-vector call the parent holds up to one such
+//!   allocation (the argument's, or the one its result did not take) and each worker up to one
+//!   (its last large result's) until reused or until the pool (the worker) is gone: with the
+//!   default arenas at most 1 GiB each. They are private heap memory, never shared.
+//!
 //! # Results (worker → parent)
 //!
 //! A result larger than the result arena is written into a fresh memfd the same way, **sealed**
@@ -64,7 +88,8 @@
 //!
 //! A round trip of a byte vector copies it four times: into the argument's segment (`pwrite(2)`
 //! from the caller's buffer; a spare's pages already exist, see "Reuse"), into the worker's
-//! `Vec`, into the result's segment, into the parent's `Vec`. The copying itself is cheap; what costs is memory that is new to a process.
+//! `Vec`, into the result's segment, into the parent's `Vec` (both `Vec`s reuse a spare when one
+//! suits, see "Reuse of byte vectors"). The copying itself is cheap; what costs is memory that is new to a process.
 //! Shmem gets no huge pages unless `shmem_enabled` allows them (it is `never` on most machines),
 //! so filling a segment allocates one 4 KiB page at a time, and freeing it returns them one by
 //! one; the decoded `Vec`s ask for huge pages ([`crate::encoding::payload::bytes_with_capacity`]).

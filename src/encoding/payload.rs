@@ -46,7 +46,7 @@ pub(crate) fn byte_payload<T: 'static>(v: &T) -> Option<&[u8]> {
 }
 
 /// Whether `T` is a byte vector that [`read_byte_payload`] can make.
-fn is_byte_payload<T: 'static>() -> bool {
+pub(crate) fn is_byte_payload<T: 'static>() -> bool {
     use std::any::TypeId;
     let t = TypeId::of::<T>();
     t == TypeId::of::<Vec<u8>>() || t == TypeId::of::<Box<[u8]>>()
@@ -133,6 +133,162 @@ fn byte_vector_from<T: 'static>(v: Vec<u8>) -> T {
         *dst = Some(v.into_boxed_slice());
     }
     out.expect("byte_vector_from is only called for byte-vector types")
+}
+
+/// One byte vector's allocation kept for reuse (`bigpayload`, "Reuse of byte vectors"): a
+/// vector the pool already owns and has finished with (a big `Vec<u8>` argument once it was
+/// written to its segment, in the parent; a big `Vec<u8>` result once it was shipped, in a
+/// worker), into which the next large byte vector is decoded instead of into fresh memory.
+///
+/// Bounds: one vector; kept only when its capacity is at least `min` (an eighth of the arena)
+/// and at most `max` (16 arena sizes); reused only for a length `len >= min` with
+/// `len <= capacity <= 2 * len`, so nobody receives a vector much larger than asked for.
+#[derive(Debug)]
+pub(crate) struct SpareBytes {
+    min: usize,
+    max: usize,
+    slot: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+impl SpareBytes {
+    /// The spare of a pool (or worker) whose arenas hold `arena_cap` bytes.
+    pub(crate) fn new(arena_cap: usize) -> SpareBytes {
+        SpareBytes {
+            min: (arena_cap / 8).max(1),
+            max: arena_cap.saturating_mul(16),
+            slot: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Vec<u8>>> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `v`'s allocation if `T` is a byte vector within the bounds (replacing the spare
+    /// held so far); any other value is simply dropped. The replaced vector is freed after the
+    /// lock.
+    pub(crate) fn keep<T: 'static>(&self, v: T) {
+        let Ok(bytes) = into_byte_vector(v) else {
+            return;
+        };
+        if !self.suits_keeping(&bytes) {
+            return;
+        }
+        let old = self.slot().replace(bytes);
+        drop(old);
+    }
+
+    /// Whether [`keep`](Self::keep) would keep `v`.
+    fn suits_keeping(&self, v: &Vec<u8>) -> bool {
+        (self.min..=self.max).contains(&v.capacity())
+    }
+
+    /// The spare, emptied, if it suits a vector of `len` bytes (see the bounds above); otherwise
+    /// it stays for a later vector it suits.
+    fn take_for(&self, len: usize) -> Option<Vec<u8>> {
+        if len < self.min {
+            return None;
+        }
+        let mut slot = self.slot();
+        if !slot
+            .as_ref()
+            .is_some_and(|v| v.capacity() >= len && v.capacity() <= len.saturating_mul(2))
+        {
+            return None;
+        }
+        let mut v = slot.take()?;
+        drop(slot);
+        v.clear();
+        Some(v)
+    }
+
+    /// Like [`read_byte_payload`], decoding into the spare when it suits the length.
+    pub(crate) fn read<T: 'static>(&self, bytes: &[u8]) -> Option<Result<T, String>> {
+        if !is_byte_payload::<T>() {
+            return None;
+        }
+        Some(
+            read_bytes(bytes).map(|(b, _)| match self.take_for(b.len()) {
+                Some(mut v) => {
+                    v.extend_from_slice(b);
+                    byte_vector_from(v)
+                }
+                None => byte_vector::<T>(b),
+            }),
+        )
+    }
+}
+
+/// `v` as a byte vector, or `v` back if `T` is not one.
+pub(crate) fn into_byte_vector<T: 'static>(v: T) -> Result<Vec<u8>, T> {
+    let mut v = Some(v);
+    let any: &mut dyn std::any::Any = &mut v;
+    if let Some(b) = any.downcast_mut::<Option<Vec<u8>>>() {
+        return Ok(b.take().expect("just set"));
+    }
+    if let Some(b) = any.downcast_mut::<Option<Box<[u8]>>>() {
+        return Ok(Vec::from(b.take().expect("just set")));
+    }
+    Err(v.expect("not taken"))
+}
+
+/// What one call whose result is a byte vector decodes into: its own argument's allocation
+/// when that was a large byte vector (lent until the result arrives), else the pool's spare
+/// (`bigpayload`, "Reuse of byte vectors"). Lending it to the call itself, rather than to the
+/// pool once the call is submitted, means the call's result always finds it, even when the
+/// result is decoded before `submit` returns. Whatever is left of it goes to the pool's spare.
+#[derive(Debug)]
+pub(crate) struct CallSpare {
+    pool: std::sync::Arc<SpareBytes>,
+    own: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+impl CallSpare {
+    /// A call's spare, lending it `arg`'s allocation if `arg` is a byte vector the pool's spare
+    /// may keep; otherwise `arg` is handed back.
+    pub(crate) fn lend<A: 'static>(
+        pool: &std::sync::Arc<SpareBytes>,
+        arg: A,
+    ) -> (std::sync::Arc<CallSpare>, Option<A>) {
+        let (own, back) = match into_byte_vector(arg) {
+            Ok(v) if pool.suits_keeping(&v) => (Some(v), None),
+            Ok(v) => (None, Some(byte_vector_from::<A>(v))),
+            Err(arg) => (None, Some(arg)),
+        };
+        let spare = CallSpare {
+            pool: std::sync::Arc::clone(pool),
+            own: std::sync::Mutex::new(own),
+        };
+        (std::sync::Arc::new(spare), back)
+    }
+
+    fn own(&self) -> Option<Vec<u8>> {
+        self.own.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// The lent argument back (the call was refused before any task ran); `None` if nothing
+    /// was lent.
+    pub(crate) fn take_back<A: 'static>(&self) -> Option<A> {
+        self.own().map(byte_vector_from::<A>)
+    }
+
+    /// Like [`read_byte_payload`], into the call's own allocation or the pool's spare when one
+    /// suits the length.
+    pub(crate) fn read<T: 'static>(&self, bytes: &[u8]) -> Option<Result<T, String>> {
+        if let Some(v) = self.own() {
+            self.pool.keep(v);
+        }
+        self.pool.read(bytes)
+    }
+}
+
+impl Drop for CallSpare {
+    fn drop(&mut self) {
+        // A call that failed, or whose result did not take its argument's allocation.
+        if let Some(v) = self.own() {
+            self.pool.keep(v);
+        }
+    }
 }
 
 /// Above this, a fresh byte vector asks for transparent huge pages (see
@@ -508,5 +664,58 @@ mod tests {
     fn a_broken_chunk_result_is_an_error_not_a_panic() {
         assert!(decode_chunk_out::<u64>(&[1, 2]).is_err());
         assert!(decode_chunk_out::<u64>(&[255, 0, 0, 0, 0, 0, 0, 0, 1]).is_err());
+    }
+
+    /// The spare's address and capacity, if one is kept.
+    fn spare_of(s: &SpareBytes) -> Option<(usize, usize)> {
+        s.slot()
+            .as_ref()
+            .map(|v| (v.as_ptr() as usize, v.capacity()))
+    }
+
+    #[test]
+    fn a_spare_byte_vector_is_reused_only_within_its_bounds() {
+        // Arena of 8 KiB: kept from 1 KiB to 128 KiB of capacity.
+        let spares = SpareBytes::new(8192);
+        let enc = |len: usize, seed: u8| encode_value(&vec![seed; len], Vec::new()).unwrap();
+        // Too small or too large to keep; other types are dropped.
+        spares.keep(vec![1u8; 1000]);
+        spares.keep(Vec::<u8>::with_capacity(128 * 1024 + 1));
+        spares.keep(String::from("x"));
+        assert_eq!(spare_of(&spares), None);
+        // Kept, then used for a length it suits: the same allocation comes back, filled.
+        let mut v = Vec::with_capacity(10_000);
+        v.extend_from_slice(&[9u8; 7000]);
+        let (ptr, cap) = (v.as_ptr() as usize, v.capacity());
+        spares.keep(v);
+        assert_eq!(spare_of(&spares), Some((ptr, cap)));
+        // Not for a vector it cannot hold, nor one less than half its size (a user must not get
+        // a capacity much larger than the length), nor one under the threshold: it stays.
+        for len in [10_001, 4999, 900] {
+            let back: Vec<u8> = spares.read(&enc(len, 1)).unwrap().unwrap();
+            assert_eq!((back.len(), back.capacity()), (len, len));
+            assert_eq!(spare_of(&spares), Some((ptr, cap)), "len {len}");
+        }
+        let back: Vec<u8> = spares.read(&enc(5000, 2)).unwrap().unwrap();
+        assert_eq!((back.as_ptr() as usize, back.capacity()), (ptr, cap));
+        assert_eq!(back, vec![2u8; 5000], "only the new bytes, none of the old");
+        assert_eq!(spare_of(&spares), None, "taken");
+        // A boxed slice keeps exactly its length (the spare is shrunk into it).
+        spares.keep(back);
+        let boxed: Box<[u8]> = spares.read(&enc(6000, 3)).unwrap().unwrap();
+        assert_eq!(&*boxed, &[3u8; 6000][..]);
+        // A newer vector replaces the spare; a boxed slice is kept too.
+        spares.keep(vec![0u8; 2000]);
+        spares.keep(vec![0u8; 3000].into_boxed_slice());
+        assert_eq!(spare_of(&spares).map(|s| s.1), Some(3000));
+        // A length that lies is an error, and the spare is left alone.
+        assert!(
+            spares
+                .read::<Vec<u8>>(&[0xb8, 0x17, 1, 2])
+                .unwrap()
+                .is_err()
+        );
+        assert_eq!(spare_of(&spares).map(|s| s.1), Some(3000));
+        assert!(spares.read::<String>(&enc(2000, 0)).is_none());
     }
 }

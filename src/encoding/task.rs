@@ -349,8 +349,27 @@ pub(crate) fn note_decode_detail(detail: &str) {
     DECODE_DETAIL.with(|d| *d.borrow_mut() = Some(detail.to_owned()));
 }
 
-fn decode<A: DeserializeOwned + 'static>(arg: &[u8]) -> Result<A, CallOutcome> {
-    if let Some(a) = crate::encoding::payload::read_byte_payload::<A>(arg) {
+thread_local! {
+    /// A worker's spare byte vector (`bigpayload`, "Reuse of byte vectors"): the allocation of
+    /// its last large `Vec<u8>` result once shipped, into which the next large byte-vector
+    /// argument is decoded. Made at the first task (sized from its arena); one per worker,
+    /// freed with the worker.
+    static WORKER_SPARE: std::cell::OnceCell<crate::encoding::payload::SpareBytes> =
+        const { std::cell::OnceCell::new() };
+}
+
+/// Runs `f` with this worker's spare byte vector, for arenas of `cap` bytes.
+fn with_spare<T>(cap: usize, f: impl FnOnce(&crate::encoding::payload::SpareBytes) -> T) -> T {
+    WORKER_SPARE.with(|s| f(s.get_or_init(|| crate::encoding::payload::SpareBytes::new(cap))))
+}
+
+fn decode<A: DeserializeOwned + 'static>(arg: &[u8], cap: usize) -> Result<A, CallOutcome> {
+    let fast = if crate::encoding::payload::is_byte_payload::<A>() {
+        with_spare(cap, |spare| spare.read::<A>(arg))
+    } else {
+        None
+    };
+    if let Some(a) = fast {
         return a.map_err(|e| CallOutcome::Failed(format!("cannot decode the argument: {e}")));
     }
     DECODE_DETAIL.with(|d| d.borrow_mut().take());
@@ -396,7 +415,8 @@ where
     let f: F = unsafe { conjure() };
     // The user's `Deserialize` and `Serialize` are task code too: a panic in either fails this
     // task, as a panic of `f` does, and never reaches the worker loop (which exits on one).
-    let a: A = match catch_unwind(AssertUnwindSafe(|| decode(arg))) {
+    let cap = sink.cap;
+    let a: A = match catch_unwind(AssertUnwindSafe(|| decode(arg, cap))) {
         Ok(Ok(a)) => a,
         Ok(Err(o)) => return o,
         Err(p) => return CallOutcome::Panicked(task_panic(&*p)),
@@ -404,8 +424,17 @@ where
     match catch_unwind(AssertUnwindSafe(move || f(a))) {
         // A panic part-way through `ship` leaves bytes in the free part of the arena only (the
         // sink advances once an encoding is complete), so the panic's report can go there.
-        Ok(r) => catch_unwind(AssertUnwindSafe(|| ship(sink, &r)))
-            .unwrap_or_else(|p| CallOutcome::Panicked(task_panic(&*p))),
+        Ok(r) => {
+            let outcome = catch_unwind(AssertUnwindSafe(|| ship(sink, &r)))
+                .unwrap_or_else(|p| CallOutcome::Panicked(task_panic(&*p)));
+            // A byte vector's bytes are in the arena or their segment now: its allocation is
+            // this worker's spare for the next large argument (`bigpayload`, "Reuse of byte
+            // vectors"). Any other `R` is dropped here, as before.
+            if crate::encoding::payload::is_byte_payload::<R>() {
+                with_spare(cap, |spare| spare.keep(r));
+            }
+            outcome
+        }
         Err(p) => CallOutcome::Panicked(task_panic(&*p)),
     }
 }

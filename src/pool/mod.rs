@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::encoding::payload::{ChunkOut, Payload, decode_chunk_out};
+use crate::encoding::payload::{CallSpare, ChunkOut, Payload, SpareBytes, decode_chunk_out};
 use crate::encoding::task::{
     CallFn, StarFn, assert_task_fn, call_chunk, call_one, call_star_chunk,
 };
@@ -71,6 +71,9 @@ pub(crate) struct Inner {
     processes: usize,
     /// Finished large-argument segments kept for reuse (`bigpayload`, "Reuse").
     pub(crate) spare_args: Arc<crate::encoding::bigpayload::SpareArgs>,
+    /// A large byte-vector argument's allocation, kept to decode the next large byte-vector
+    /// result into (`bigpayload`, "Reuse of byte vectors").
+    spare_bytes: Arc<SpareBytes>,
 }
 
 /// A pool of forked worker processes (Python's `multiprocessing.Pool`).
@@ -236,7 +239,11 @@ impl PoolBuilder {
     /// this size, and reuses them for later large arguments (filling fresh shared memory is
     /// what a large payload costs most): after a large call, the pool holds that much memory
     /// until the next one or until it is dropped. The same holds for a chunk of `map` items or
-    /// results. Only [`Pool::imap`] and
+    /// results. Likewise a byte vector (`Vec<u8>`, `Box<[u8]>`) of at least an eighth of this
+    /// size, passed to an `apply` call or returned by a task, is kept (one in the pool, one in
+    /// each worker, each at most 16 times this size) and the next large byte vector that
+    /// crosses is decoded into it instead of into fresh memory; a vector handed to you never has
+    /// more than twice its length in capacity. Only [`Pool::imap`] and
     /// [`Pool::imap_unordered`] items must fit the arena one by one
     /// ([`Error::PayloadTooLarge`] at that item's place).
     ///
@@ -356,6 +363,7 @@ impl PoolBuilder {
         dispatch.retries = self.retries;
         let inner = Arc::new(Inner {
             spare_args: crate::encoding::bigpayload::SpareArgs::new(ctl.arena_cap()),
+            spare_bytes: Arc::new(SpareBytes::new(ctl.arena_cap())),
             dispatch: Mutex::new(dispatch),
             channels,
             collector_role: Mutex::new(CollectorRole::new(&ctl)),
@@ -544,6 +552,33 @@ impl Pool {
         self.inner.ctl.arena_cap()
     }
 
+    /// What the result of a call with argument `arg` (already encoded) is decoded into, if `R`
+    /// is a byte vector (`bigpayload`, "Reuse of byte vectors"): `arg`'s own allocation if it
+    /// is a large byte vector (lent: [`Pool::arg_back`] returns it if the call is refused),
+    /// otherwise the pool's spare. `arg` comes back unless it was lent. A call whose result is
+    /// no byte vector captures nothing more.
+    fn lend_arg<A: 'static, R: 'static>(&self, arg: A) -> (Option<Arc<CallSpare>>, Option<A>) {
+        if !crate::encoding::payload::is_byte_payload::<R>() {
+            return (None, Some(arg));
+        }
+        let (spare, arg) = CallSpare::lend(&self.inner.spare_bytes, arg);
+        (Some(spare), arg)
+    }
+
+    /// After a call with argument `arg` was accepted: a large byte-vector argument not lent to
+    /// the call goes to the pool's spare (otherwise `arg` is dropped as before).
+    fn spend_arg<A: 'static>(&self, arg: Option<A>) {
+        if let Some(arg) = arg {
+            self.inner.spare_bytes.keep(arg);
+        }
+    }
+
+    /// A refused call's argument, given back whether or not it was lent.
+    fn arg_back<A: 'static>(arg: Option<A>, spare: Option<&CallSpare>) -> A {
+        arg.or_else(|| spare.and_then(CallSpare::take_back))
+            .expect("an argument not left with the caller was lent to the call")
+    }
+
     /// The pool's spare large-argument segments (`bigpayload`, "Reuse").
     pub(crate) fn spare_args(&self) -> &Arc<crate::encoding::bigpayload::SpareArgs> {
         &self.inner.spare_args
@@ -597,20 +632,23 @@ impl Pool {
     {
         let _ = f;
         assert_task_fn::<F>();
+        let payload = match encode_arg(&arg, self.arena_cap(), &self.inner.spare_args) {
+            Ok(p) => p,
+            Err(e) => return Err(SubmitError::new(e, arg)),
+        };
         let cell = ResultCell::new(Some(self.helper()));
         let out = Arc::clone(&cell);
-        let done: Completion = Box::new(move |r| out.set(decode_result::<R>(r)));
-        let submitted =
-            encode_arg(&arg, self.arena_cap(), &self.inner.spare_args).and_then(|payload| {
-                self.submit(vec![PendingTask::new(
-                    payload,
-                    call_one::<F, A, R> as CallFn as usize,
-                    done,
-                )])
-            });
-        match submitted {
-            Ok(()) => Ok(AsyncResult::from_cell(cell)),
-            Err(e) => Err(SubmitError::new(e, arg)),
+        let (spare, arg) = self.lend_arg::<A, R>(arg);
+        let in_done = spare.clone();
+        let done: Completion =
+            Box::new(move |r| out.set(decode_result_into::<R>(r, in_done.as_deref())));
+        let call = call_one::<F, A, R> as CallFn as usize;
+        match self.submit(vec![PendingTask::new(payload, call, done)]) {
+            Ok(()) => {
+                self.spend_arg(arg);
+                Ok(AsyncResult::from_cell(cell))
+            }
+            Err(e) => Err(SubmitError::new(e, Self::arg_back(arg, spare.as_deref()))),
         }
     }
 
@@ -654,19 +692,24 @@ impl Pool {
                 arg,
             ));
         }
+        let payload = match encode_arg(&arg, self.arena_cap(), &self.inner.spare_args) {
+            Ok(p) => p,
+            Err(e) => return Err(SubmitError::new(e, arg)),
+        };
         let cell = ResultCell::new(Some(self.helper()));
         let out = Arc::clone(&cell);
-        let done: Completion = Box::new(move |r| out.set(decode_result::<R>(r)));
-        let submitted =
-            encode_arg(&arg, self.arena_cap(), &self.inner.spare_args).and_then(|payload| {
-                let mut task =
-                    PendingTask::new(payload, call_one::<F, A, R> as CallFn as usize, done);
-                task.timeout = Some(limit);
-                self.submit(vec![task])
-            });
-        match submitted {
-            Ok(()) => Ok(AsyncResult::from_cell(cell)),
-            Err(e) => Err(SubmitError::new(e, arg)),
+        let (spare, arg) = self.lend_arg::<A, R>(arg);
+        let in_done = spare.clone();
+        let done: Completion =
+            Box::new(move |r| out.set(decode_result_into::<R>(r, in_done.as_deref())));
+        let mut task = PendingTask::new(payload, call_one::<F, A, R> as CallFn as usize, done);
+        task.timeout = Some(limit);
+        match self.submit(vec![task]) {
+            Ok(()) => {
+                self.spend_arg(arg);
+                Ok(AsyncResult::from_cell(cell))
+            }
+            Err(e) => Err(SubmitError::new(e, Self::arg_back(arg, spare.as_deref()))),
         }
     }
 
@@ -750,10 +793,12 @@ impl Pool {
         // Counted now, so `join` cannot miss a callback that is about to be queued; a refused
         // submission drops the completion and the promise with it.
         let promise = Promise::new(&self.inner.callbacks);
+        let (spare, arg) = self.lend_arg::<A, R>(arg);
+        let in_done = spare.clone();
         let done: Completion = Box::new(move |r| {
             // Decoded twice: one value for the callback, one for `get`.
             let for_callback = match &r {
-                TaskResult::Ok { .. } => decode_result::<R>(clone_ok(&r)),
+                TaskResult::Ok { .. } => decode_result_into::<R>(clone_ok(&r), in_done.as_deref()),
                 TaskResult::Err(e) => Err(e.clone()),
             };
             let publish = Publish::new(out, decode_result::<R>(r));
@@ -765,8 +810,11 @@ impl Pool {
         });
         let call = call_one::<F, A, R> as CallFn as usize;
         match self.submit(vec![PendingTask::new(payload, call, done)]) {
-            Ok(()) => Ok(AsyncResult::from_cell(cell)),
-            Err(e) => Err(SubmitError::new(e, arg)),
+            Ok(()) => {
+                self.spend_arg(arg);
+                Ok(AsyncResult::from_cell(cell))
+            }
+            Err(e) => Err(SubmitError::new(e, Self::arg_back(arg, spare.as_deref()))),
         }
     }
 
@@ -1469,10 +1517,23 @@ fn encode_arg<A: serde::Serialize + 'static>(
 }
 
 pub(crate) fn decode_result<R: DeserializeOwned + 'static>(r: TaskResult<'_>) -> Result<R> {
+    decode_result_into(r, None)
+}
+
+/// Like [`decode_result`]; a byte vector is decoded into `spare`'s vector when it suits
+/// (`bigpayload`, "Reuse of byte vectors").
+fn decode_result_into<R: DeserializeOwned + 'static>(
+    r: TaskResult<'_>,
+    spare: Option<&CallSpare>,
+) -> Result<R> {
     match r {
         // The user's `Deserialize` runs here, on a pool thread: a panic fails this result only.
         TaskResult::Ok { bytes, .. } => crate::unwind::catch("decoding the result", || {
-            match crate::encoding::payload::read_byte_payload::<R>(bytes) {
+            let fast = match spare {
+                Some(spare) => spare.read::<R>(bytes),
+                None => crate::encoding::payload::read_byte_payload::<R>(bytes),
+            };
+            match fast {
                 Some(r) => r.map_err(Error::codec),
                 None => postcard::from_bytes(bytes).map_err(Error::codec),
             }
