@@ -14,13 +14,17 @@
 //! at least `engine::MAP_MIN` (256 KiB) — which the scheduler sends alone in its task — and
 //! every piece of a split BLAKE3 file are hashed through a [`shmpool::MappedFile`] opened in the
 //! worker, which saves the kernel's copy into the buffer (a file that `mmap` refuses is read, as
-//! `sha256sum` reads it). On this (virtual) machine that copy is
+//! `sha256sum` reads it). On this (virtual) machine that copy was
 //! slow (~1.8 GB/s): `perf record` of a run over the toolchain tree put a quarter (SHA-256) to a
 //! third (BLAKE3) of all CPU time in `_copy_to_iter`, and mapping cut the run's CPU time by
 //! 15–20%. For SHA-512 the copy was still 19% of the CPU time, and mapping cut the system time
 //! of a run from 2.0–2.2 s to 1.5 s (three alternating runs each, `BENCHMARKS.md`); an earlier
 //! trial on a busier machine had seen no difference. Mapping from 64 or 128 KiB instead of 256
 //! KiB changed nothing measurable (BLAKE3, three alternating runs each).
+//!
+//! Most of that slowness was the buffer, not the copy: malloc put it 16 bytes into a page, and
+//! the kernel's copy into such a buffer is several times slower here than into a page-aligned
+//! one ([`ReadBuf`], which the workers now use: a run's system time fell by 25–30%).
 //!
 //! Small files are opened through an [`Opener`]: by name, relative to their directory's
 //! descriptor, which the next paths of the task reuse.
@@ -45,6 +49,43 @@ use super::Algo;
 /// Size of the read buffer a worker reuses for every file (reads of ≥ 64 KiB; large enough for
 /// BLAKE3's widest SIMD batch).
 pub(crate) const READ_BUF: usize = 256 << 10;
+
+/// Alignment of a [`ReadBuf`]: a page.
+const READ_ALIGN: usize = 4096;
+
+/// A read buffer of [`READ_BUF`] bytes that starts on a page boundary.
+///
+/// The kernel copies file data into it (`read`) with `rep movsb`, and on these machines (AMD EPYC,
+/// KVM) that copy is several times slower into a buffer that starts 16 bytes into a page, where
+/// malloc puts a large allocation (`mmap`'d chunk + its 16-byte header), than into a page-aligned
+/// one. Measured (one thread, `read` of every file of the toolchain tree into the buffer, BLAKE3):
+/// 2.0–2.1 CPU-s with the buffer at page offset 0, 3.45–3.57 s at offset 16, 2.2–2.5 s at 64 or
+/// 2,048; inside a pool worker the same loop took 3.1–3.7 s with the old `vec![0; READ_BUF]`
+/// (at offset 16) and 2.3 s with a buffer malloc happened to place elsewhere. `perf` put the
+/// difference all in `_copy_to_iter`, on one instruction.
+pub(crate) struct ReadBuf {
+    mem: Vec<u8>,
+    start: usize,
+}
+
+impl ReadBuf {
+    pub(crate) fn new() -> ReadBuf {
+        let mem = vec![0u8; READ_BUF + READ_ALIGN];
+        let start = (READ_ALIGN - mem.as_ptr() as usize % READ_ALIGN) % READ_ALIGN;
+        ReadBuf { mem, start }
+    }
+
+    /// The buffer: [`READ_BUF`] bytes, page-aligned.
+    pub(crate) fn get(&mut self) -> &mut [u8] {
+        &mut self.mem[self.start..self.start + READ_BUF]
+    }
+}
+
+impl std::fmt::Debug for ReadBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadBuf").finish_non_exhaustive()
+    }
+}
 
 /// A digest (or a BLAKE3 chaining value), held inline: no allocation per file.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -498,6 +539,20 @@ mod tests {
             })
             .collect();
         merge(input.len() as u64, piece, &cvs).unwrap()
+    }
+
+    #[test]
+    fn read_buffers_are_page_aligned_whatever_malloc_returns() {
+        // Allocations of every size around it shift where malloc puts the next one.
+        let mut keep = Vec::new();
+        for n in [1usize, 17, 4000, 70_000, 300_000] {
+            keep.push(vec![0u8; n]);
+            let mut b = ReadBuf::new();
+            let buf = b.get();
+            assert_eq!(buf.len(), READ_BUF);
+            assert_eq!(buf.as_ptr() as usize % READ_ALIGN, 0);
+            buf[READ_BUF - 1] = 1;
+        }
     }
 
     #[test]

@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use shmpool::Pool;
 
 use super::Algo;
-use super::digest::{self, Digest, Opener, READ_BUF, Small};
+use super::digest::{self, Digest, Opener, ReadBuf, Small};
 use super::walk::Source;
 
 /// Most sources held in the window (waiting, in flight, or done and not yet printed).
@@ -191,7 +191,7 @@ mod bytes {
 /// Runs in a worker: hashes every job of the task, with one read buffer per worker process.
 pub(crate) fn run_task(task: Task) -> Reply {
     thread_local! {
-        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_BUF]);
+        static BUF: std::cell::RefCell<ReadBuf> = std::cell::RefCell::new(ReadBuf::new());
     }
     let mut reply = Reply {
         answers: Vec::with_capacity(task.jobs.len()),
@@ -201,6 +201,7 @@ pub(crate) fn run_task(task: Task) -> Reply {
     let mut paths = &task.paths[..];
     BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
+        let buf = buf.get();
         for job in &task.jobs {
             let path_len = match *job {
                 Job::Whole { path_len, .. } | Job::Part { path_len, .. } => path_len as usize,
@@ -212,27 +213,27 @@ pub(crate) fn run_task(task: Task) -> Reply {
                 continue;
             };
             paths = &paths[path_len..];
-            let r =
-                match *job {
-                    Job::Whole { map: true, .. } => digest::hash_mapped(task.algo, path, &mut buf)
-                        .map(|d| {
-                            let n = std::fs::metadata(digest::os_path(path)).map_or(0, |m| m.len());
-                            (Some(d), Answer::Done(n))
-                        }),
-                    Job::Whole { map: false, .. } => {
-                        digest::hash_small(task.algo, &mut opener, path, task.big_from, &mut buf)
-                            .map(|s| match s {
-                                Small::Digest(d, n) => (Some(d), Answer::Done(n)),
-                                Small::Big(n) => (None, Answer::Big(n)),
-                            })
-                    }
-                    Job::Part { offset, len, .. } => {
-                        digest::blake3_subtree(path, offset, len, &mut buf).map(|cv| {
-                            let cv = Digest::new(&cv).expect("a chaining value is 32 bytes");
-                            (Some(cv), Answer::Done(len))
-                        })
-                    }
-                };
+            let r = match *job {
+                Job::Whole { map: true, .. } => {
+                    digest::hash_mapped(task.algo, path, buf).map(|d| {
+                        let n = std::fs::metadata(digest::os_path(path)).map_or(0, |m| m.len());
+                        (Some(d), Answer::Done(n))
+                    })
+                }
+                Job::Whole { map: false, .. } => {
+                    digest::hash_small(task.algo, &mut opener, path, task.big_from, buf).map(|s| {
+                        match s {
+                            Small::Digest(d, n) => (Some(d), Answer::Done(n)),
+                            Small::Big(n) => (None, Answer::Big(n)),
+                        }
+                    })
+                }
+                Job::Part { offset, len, .. } => digest::blake3_subtree(path, offset, len, buf)
+                    .map(|cv| {
+                        let cv = Digest::new(&cv).expect("a chaining value is 32 bytes");
+                        (Some(cv), Answer::Done(len))
+                    }),
+            };
             match r {
                 Ok((d, answer)) => {
                     if let Some(d) = d {
@@ -363,7 +364,7 @@ struct Engine<'a, T, S: Sink<T>> {
     rx: mpsc::Receiver<Msg>,
     files_done: u64,
     bytes_done: u64,
-    stdin_buf: Vec<u8>,
+    stdin_buf: Option<ReadBuf>,
 }
 
 /// Hashes every source of `items` in `pool`, giving each result to `sink`.
@@ -396,7 +397,7 @@ pub(crate) fn run<T, S: Sink<T>>(
         rx,
         files_done: 0,
         bytes_done: 0,
-        stdin_buf: Vec::new(),
+        stdin_buf: None,
     };
     e.run(items)
 }
@@ -533,11 +534,9 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
 
     /// Hashes standard input here in the parent (it cannot be reopened by a worker).
     fn hash_stdin(&mut self) -> Outcome {
-        if self.stdin_buf.is_empty() {
-            self.stdin_buf = vec![0; READ_BUF];
-        }
+        let buf = self.stdin_buf.get_or_insert_with(ReadBuf::new).get();
         let mut stdin = io::stdin().lock();
-        match digest::hash_reader(self.opts.algo, &mut stdin, &mut self.stdin_buf) {
+        match digest::hash_reader(self.opts.algo, &mut stdin, buf) {
             Ok(d) => Outcome::Digest(d),
             Err(e) => Outcome::Failed(super::format::reason(&e)),
         }

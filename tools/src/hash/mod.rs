@@ -215,10 +215,10 @@ fn stdin_only(
     items: impl Iterator<Item = Item<()>>,
     mut sink: HashSink,
 ) -> anyhow::Result<u8> {
-    let mut buf = vec![0; digest::READ_BUF];
+    let mut buf = digest::ReadBuf::new();
     for item in items {
         let mut stdin = io::stdin().lock();
-        let outcome = match digest::hash_reader(cfg.algo, &mut stdin, &mut buf) {
+        let outcome = match digest::hash_reader(cfg.algo, &mut stdin, buf.get()) {
             Ok(d) => Outcome::Digest(d),
             Err(e) => Outcome::Failed(format::reason(&e)),
         };
