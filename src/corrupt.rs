@@ -52,8 +52,10 @@ pub(crate) enum Scribble {
         /// The length the descriptor announces (the true encoded length is `bytes` plus its
         /// varint).
         announced: u64,
-        /// Whether to seal the memfd.
+        /// Whether to seal the memfd (fully, or only against shrinking when `reused`).
         sealed: bool,
+        /// Announce it as the worker's reused result segment (`FLAG_RESULT_REUSED`).
+        reused: bool,
     },
     /// Writes `count` pseudo-random 8-byte values (from `seed`) at pseudo-random places of the
     /// seat's two rings and its result arena.
@@ -129,10 +131,32 @@ pub(crate) unsafe fn scribble(what: Scribble) -> bool {
             bytes,
             announced,
             sealed,
+            reused,
         } => {
             let mut encoded = Vec::new();
             crate::encoding::payload::write_bytes(&vec![7u8; bytes], &mut encoded);
-            let fd = if sealed {
+            let fd = if reused {
+                let fd = nix::sys::memfd::memfd_create(
+                    "shmpool-result",
+                    nix::sys::memfd::MFdFlags::MFD_CLOEXEC
+                        | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
+                )
+                .expect("memfd");
+                let mut file = std::fs::File::from(fd);
+                std::io::Write::write_all(&mut file, &encoded).expect("write");
+                if sealed {
+                    // SAFETY: fcntl(F_ADD_SEALS) on the memfd just made.
+                    let rc = unsafe {
+                        libc::fcntl(
+                            std::os::fd::AsRawFd::as_raw_fd(&file),
+                            libc::F_ADD_SEALS,
+                            libc::F_SEAL_SHRINK,
+                        )
+                    };
+                    assert_eq!(rc, 0);
+                }
+                std::os::fd::OwnedFd::from(file)
+            } else if sealed {
                 crate::encoding::bigpayload::make_segment(&[], &encoded).expect("memfd")
             } else {
                 let fd = nix::sys::memfd::memfd_create(
@@ -153,7 +177,12 @@ pub(crate) unsafe fn scribble(what: Scribble) -> bool {
             let d = Descriptor {
                 task_id,
                 arena_end: seat.result_freed.load(crate::sync::Ordering::Acquire),
-                flags: crate::encoding::bigpayload::FLAG_RESULT_SEGMENT,
+                flags: if reused {
+                    crate::encoding::bigpayload::FLAG_RESULT_SEGMENT
+                        | crate::encoding::bigpayload::FLAG_RESULT_REUSED
+                } else {
+                    crate::encoding::bigpayload::FLAG_RESULT_SEGMENT
+                },
                 reserved: announced,
                 ..Descriptor::default()
             };
@@ -332,8 +361,13 @@ mod tests {
     /// then the worker exits (as one at its `max_tasks` does), so the next task goes to its
     /// replacement whether or not the parent took the result.
     fn segment_result(case: (usize, i64, bool)) -> Vec<u8> {
+        forged_segment_result((case.0, case.1, case.2, false))
+    }
+
+    /// As [`segment_result`], `(bytes, announced extra, sealed, reused)`.
+    fn forged_segment_result(case: (usize, i64, bool, bool)) -> Vec<u8> {
         common::no_core_dumps();
-        let (bytes, extra, sealed) = case;
+        let (bytes, extra, sealed, reused) = case;
         let encoded = bytes + crate::encoding::payload::varint(bytes as u64, &mut [0; 10]);
         // SAFETY: the point of the test: this worker publishes a result of its own making.
         unsafe {
@@ -341,6 +375,7 @@ mod tests {
                 bytes,
                 announced: (encoded as i64 + extra) as u64,
                 sealed,
+                reused,
             }));
             // SAFETY: _exit ends this worker process at once; nothing of it is needed again.
             libc::_exit(0)
@@ -379,6 +414,61 @@ mod tests {
             Err(Error::Codec { .. })
         ));
         // The refused ones cost their workers; the pool serves on.
+        assert_eq!(pool.apply(double, 4).unwrap(), 8);
+        assert!(!pool.worker_pids().contains(&first));
+        pool.close();
+        pool.join().unwrap();
+    }
+
+    #[test]
+    fn a_reused_result_segment_that_can_shrink_or_lies_about_lengths_is_refused() {
+        let _w = common::arm(120);
+        let pool = Pool::new(1).unwrap();
+        let first = pool.worker_pids()[0];
+        let corrupted = |e: Error, what: &str| match e {
+            Error::WorkerCorrupted { worker: 0, detail } => {
+                assert!(detail.contains(what), "{detail}")
+            }
+            other => panic!("expected WorkerCorrupted, got {other:?}"),
+        };
+        // Sealed against shrinking and as long as announced: copied out whole, twice (the
+        // second from a segment of another inode: mapped anew).
+        for _ in 0..2 {
+            let v = pool
+                .apply(forged_segment_result, (5000, 0, true, true))
+                .unwrap();
+            assert!(v.len() == 5000 && v.iter().all(|&b| b == 7));
+        }
+        // A result type that is not a byte vector (the same bytes are a `String`'s encoding)
+        // gets a private copy, decoded as usual.
+        let u: String = pool
+            .apply(
+                |c: (usize, i64, bool, bool)| -> String {
+                    forged_segment_result(c);
+                    unreachable!("the forger exits")
+                },
+                (300, 0, true, true),
+            )
+            .unwrap();
+        assert_eq!(u, "\u{7}".repeat(300));
+        // Not sealed against shrinking: the worker could take pages away under our copy.
+        corrupted(
+            pool.apply(forged_segment_result, (5000, 0, false, true))
+                .unwrap_err(),
+            "can shrink",
+        );
+        // Announced longer than the segment.
+        corrupted(
+            pool.apply(forged_segment_result, (5000, 1, true, true))
+                .unwrap_err(),
+            "announced",
+        );
+        // Announced shorter than the byte string's own length: a codec error, no read past
+        // the announced end.
+        match pool.apply(forged_segment_result, (5000, -1, true, true)) {
+            Err(Error::Codec { detail }) => assert!(detail.contains("only"), "{detail}"),
+            other => panic!("expected a codec error, got {other:?}"),
+        }
         assert_eq!(pool.apply(double, 4).unwrap(), 8);
         assert!(!pool.worker_pids().contains(&first));
         pool.close();

@@ -15,6 +15,13 @@ use shmpool::{Error, Pool};
 /// 64 KiB arenas: vectors from 8 KiB (an eighth) are reused, up to 1 MiB (16 arenas).
 const ARENA: usize = 64 * 1024;
 
+/// Held by every test of this file: some count this process's fds and mappings, which another
+/// test's pool running at the same time would change.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn pool(processes: usize) -> Pool {
     Pool::builder()
         .processes(processes)
@@ -40,6 +47,7 @@ fn flip(v: Vec<u8>) -> Vec<u8> {
 
 #[test]
 fn the_parent_decodes_a_big_result_into_the_arguments_allocation() {
+    let _serial = serial();
     let _w = common::arm(120);
     let p = pool(1);
     // In the arena (40 KiB) and in a segment of its own (300 KiB).
@@ -82,6 +90,7 @@ fn the_parent_decodes_a_big_result_into_the_arguments_allocation() {
 
 #[test]
 fn a_worker_decodes_a_big_argument_into_its_last_results_allocation() {
+    let _serial = serial();
     let _w = common::arm(120);
     let p = pool(1);
     for len in [20 * 1024, 200 * 1024] {
@@ -121,6 +130,7 @@ fn a_worker_decodes_a_big_argument_into_its_last_results_allocation() {
 /// own bytes and no capacity over twice its length, whichever spare it was decoded into.
 #[test]
 fn reuse_never_mixes_up_bytes_across_sizes() {
+    let _serial = serial();
     let _w = common::arm(300);
     let p = pool(2);
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
@@ -161,6 +171,7 @@ fn reuse_never_mixes_up_bytes_across_sizes() {
 
 #[test]
 fn threads_submitting_big_vectors_at_once_each_get_their_own_bytes() {
+    let _serial = serial();
     let _w = common::arm(300);
     let p = pool(2);
     std::thread::scope(|s| {
@@ -201,6 +212,7 @@ impl<'de> Deserialize<'de> for Touchy {
 
 #[test]
 fn panics_between_big_round_trips_leave_the_spares_sound() {
+    let _serial = serial();
     let _w = common::arm(300);
     let p = pool(1);
     for i in 0..6u64 {
@@ -243,4 +255,136 @@ fn panics_between_big_round_trips_leave_the_spares_sound() {
     assert!(back == flip(bytes));
     drop(p);
     std::thread::sleep(Duration::from_millis(1));
+}
+
+/// `(inode, size)` of every reused result segment (`memfd:shmpool-result`) process `pid` has
+/// open, and the inodes of those it has mapped.
+fn result_segments(pid: u32) -> (Vec<u64>, Vec<u64>) {
+    use std::os::unix::fs::MetadataExt;
+    let mut open = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        if std::fs::read_link(e.path())
+            .is_ok_and(|l| l.to_string_lossy().contains("memfd:shmpool-result"))
+            && let Ok(m) = std::fs::metadata(e.path())
+        {
+            open.push(m.ino());
+        }
+    }
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let mapped = maps
+        .lines()
+        .filter(|l| l.contains("memfd:shmpool-result"))
+        .filter_map(|l| l.split_whitespace().nth(4)?.parse().ok())
+        .collect();
+    (open, mapped)
+}
+
+#[test]
+fn a_worker_writes_its_big_results_into_one_segment_the_parent_keeps_mapped() {
+    let _serial = serial();
+    let _w = common::arm(120);
+    let p = pool(1);
+    let worker = p.worker_pids()[0];
+    let me = std::process::id();
+    let mut seen = None;
+    // Sizes that grow and shrink: the segment grows once and is never made anew.
+    for (i, len) in [300_000usize, 200_000, 500_000, 100_000, 500_000]
+        .into_iter()
+        .enumerate()
+    {
+        let bytes = common::noise(len, i as u64 + 40);
+        let back = p.apply(flip, bytes.clone()).unwrap();
+        assert!(back == flip(bytes), "round trip {i}");
+        let (open, _) = result_segments(worker);
+        assert_eq!(
+            open.len(),
+            1,
+            "one reused result segment in the worker: {open:?}"
+        );
+        assert_eq!(
+            *seen.get_or_insert(open[0]),
+            open[0],
+            "the same one every time"
+        );
+        // The parent keeps it mapped (no fd), and only it.
+        let (fds, mapped) = result_segments(me);
+        assert!(fds.is_empty(), "{fds:?}");
+        assert_eq!(mapped, [open[0]]);
+    }
+    // A worker that dies with the segment mapped in the parent: the mapping goes with it, the
+    // replacement makes its own, and results stay right.
+    let e = p
+        .apply(
+            |v: Vec<u8>| -> Vec<u8> {
+                if v.len() > 1 {
+                    std::process::abort();
+                }
+                v
+            },
+            common::noise(200_000, 1),
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::WorkerDied { .. }), "{e}");
+    let bytes = common::noise(250_000, 2);
+    assert!(p.apply(flip, bytes.clone()).unwrap() == flip(bytes));
+    let (_, mapped) = result_segments(me);
+    assert_eq!(mapped.len(), 1, "only the replacement's: {mapped:?}");
+    assert_ne!(Some(mapped[0]), seen);
+    drop(p);
+    let (fds, mapped) = result_segments(me);
+    assert!(fds.is_empty() && mapped.is_empty(), "{fds:?} {mapped:?}");
+}
+
+/// Workers killed while big results stream through their reused segments (one being copied
+/// out by the parent, the next being written, or one in a fresh segment because the last is
+/// still busy): every other result is whole and nothing is left behind.
+#[test]
+fn workers_killed_around_their_reused_result_segments_lose_only_their_task() {
+    let _serial = serial();
+    let _w = common::arm(300);
+    let fds = common::fd_count();
+    let p = pool(2);
+    let mut pids = p.worker_pids();
+    for round in 0..6u64 {
+        let inputs: Vec<Vec<u8>> = (0..8)
+            .map(|k| common::noise(150_000 + k * 20_000, round * 100 + k as u64))
+            .collect();
+        let results: Vec<_> = inputs
+            .iter()
+            .map(|v| p.apply_async(flip, v.clone()).unwrap())
+            .collect();
+        // Kill one worker mid-stream.
+        let victims = p.worker_pids();
+        common::kill(victims[(round % 2) as usize], libc::SIGKILL);
+        let mut ok = 0;
+        for (v, r) in inputs.iter().zip(results) {
+            match r.get() {
+                Ok(back) => {
+                    assert!(back == flip(v.clone()), "round {round}");
+                    ok += 1;
+                }
+                Err(Error::WorkerDied { .. }) => {}
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+        assert!(ok >= 1, "round {round}: the other worker answered");
+        pids.extend(p.worker_pids());
+    }
+    drop(p);
+    assert!(
+        common::eventually(Duration::from_secs(30), || common::fd_count() == fds),
+        "fds: {} now, {fds} before",
+        common::fd_count()
+    );
+    let (open, mapped) = result_segments(std::process::id());
+    assert!(open.is_empty() && mapped.is_empty(), "{open:?} {mapped:?}");
+    for pid in pids {
+        assert!(
+            common::eventually(Duration::from_secs(30), || !common::exists(pid)),
+            "process {pid} outlived its pool"
+        );
+    }
 }

@@ -73,7 +73,8 @@
 //!
 //! # Results (worker → parent)
 //!
-//! A result larger than the result arena is written into a fresh memfd the same way, **sealed**
+//! A result larger than the result arena (other than a byte vector, see "Reused result segments"
+//! below) is written into a fresh memfd the same way, **sealed**
 //! (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL`) and sent to the parent over the
 //! same socket pair as `RESULT task_id` (before the result descriptor is published, so it is
 //! there when the parent looks). The descriptor has [`FLAG_RESULT_SEGMENT`] and its length in
@@ -84,21 +85,56 @@
 //! the copy-out every arena result gets. A missing message, missing seals or a short segment is
 //! [`Error::WorkerCorrupted`].
 //!
+//! ## Reused result segments
+//!
+//! A fresh sealed segment per result means filling 300 MiB of new shmem pages for every large
+//! result (and freeing them after). So a large **byte-vector** result of `apply`-style calls
+//! (written by `call_one`'s `ship`) goes instead to a segment each worker keeps and rewrites
+//! ([`write_reusable`], named `memfd:shmpool-result`):
+//!
+//! * **Sealed `F_SEAL_SHRINK` only.** The worker must write it again, so it cannot be sealed
+//!   against writes; it can grow (`ftruncate`) but never shrink, so the parent's mapping of its
+//!   first `size` bytes stays backed: no SIGBUS whatever the worker does. The parent checks the
+//!   seal on every result ([`ResultMap::open`]).
+//! * **Copied out, never decoded in place.** The worker may write the bytes while the parent
+//!   reads them (a bug, or a task that scribbles). The parent reads the segment only through
+//!   [`SharedBytes::copy_to`] (a raw mapping, no `&[u8]` over it): for a byte vector, the length
+//!   prefix is copied out and read once, checked against the announced length (itself checked
+//!   against the segment's size), and the bytes are copied straight into the result's `Vec` —
+//!   that copy is the decode. A result of any other type (only a lying worker sends one) is
+//!   copied into a private buffer first and decoded from there; so is a status message.
+//! * **Handshake.** `SeatCtl::result_segment_busy`: the worker writes a result into its segment
+//!   only when the word is 0 (Acquire), and sets it to 1 before publishing the result; the
+//!   parent stores 0 (Release, SYNC: result-segment-free) once the task's completion, which
+//!   copies the result out, has returned. If it is still 1, the worker never waits: that result
+//!   goes to a fresh sealed segment as before. A worker that scribbles on the word only loses
+//!   its own results' integrity (it can write its segment anyway); the parent never reads it.
+//! * **The parent's mapping** of each seat's segment is kept between results (re-made when the
+//!   worker sends a different segment, by inode, or one larger than the mapping), held by the
+//!   collector role; its fd is closed right after mapping. It is dropped when the seat's worker
+//!   dies (before a replacement starts, which makes its own segment and finds the word 0) and
+//!   with the pool. The fork server drops inherited mappings of it by name, like the others
+//!   (`process::server`, "Payloads of other pools").
+//! * **Memory.** Each worker keeps one segment as large as its largest byte-vector result so far
+//!   (bounded by what its tasks return), mapped in the parent, until the worker exits or the
+//!   pool is dropped.
+//!
 //! # Cost
 //!
 //! A round trip of a byte vector copies it four times: into the argument's segment (`pwrite(2)`
 //! from the caller's buffer; a spare's pages already exist, see "Reuse"), into the worker's
 //! `Vec`, into the result's segment, into the parent's `Vec` (both `Vec`s reuse a spare when one
-//! suits, see "Reuse of byte vectors"). The copying itself is cheap; what costs is memory that is new to a process.
+//! suits, see "Reuse of byte vectors", and so does the result's segment, see "Reused result
+//! segments"). The copying itself is cheap; what costs is memory that is new to a process.
 //! Shmem gets no huge pages unless `shmem_enabled` allows them (it is `never` on most machines),
 //! so filling a segment allocates one 4 KiB page at a time, and freeing it returns them one by
 //! one; the decoded `Vec`s ask for huge pages ([`crate::encoding::payload::bytes_with_capacity`]).
 //! Closing a segment is therefore kept off the result's path. Figures: BENCHMARKS.md, "Payloads
 //! larger than the arena".
 //!
-//! Memory: a result segment's pages are the payload's only copy in flight; they are freed when
-//! the last process unmaps and closes it (the worker right after sending, the parent after
-//! decoding and running the completion). Argument segments are kept as spares (see "Reuse"). Under a small `RLIMIT_MEMLOCK` or without `/dev/shm`, memfds still work (they are
+//! Memory: a sealed result segment's pages are the payload's only copy in flight; they are
+//! freed when the last process unmaps and closes it (the worker right after sending, the parent
+//! after decoding and running the completion). A reused one lives as long as its worker. Argument segments are kept as spares (see "Reuse"). Under a small `RLIMIT_MEMLOCK` or without `/dev/shm`, memfds still work (they are
 //! not locked memory and need no file system), but the machine's RAM and swap bound the size.
 //!
 //! Trap: a memfd is a file, so `RLIMIT_FSIZE` applies to it. Sizing one past that limit raises
@@ -124,7 +160,174 @@ pub(crate) const FLAG_ARG_SEGMENT: u32 = 1;
 /// in `reserved`.
 pub(crate) const FLAG_RESULT_SEGMENT: u32 = 2;
 
+/// Descriptor flag (result, with [`FLAG_RESULT_SEGMENT`]): the segment is the worker's reusable
+/// one ("Reused result segments"), sealed against shrinking only: the parent copies out of it.
+pub(crate) const FLAG_RESULT_REUSED: u32 = 4;
+
 const SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+
+thread_local! {
+    /// A worker's reusable result segment ("Reused result segments"), made at its first large
+    /// byte-vector result and closed with the worker.
+    static RESULT_SEGMENT: std::cell::RefCell<Option<std::fs::File>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Worker side: writes `head ++ bytes` into this worker's reusable result segment (made, and
+/// sealed against shrinking, on first use; grown when too small) and returns a descriptor of it
+/// to send. Call only when the parent has marked the segment free (`result_segment_busy`). A
+/// failure closes the segment (a fresh one is made next time).
+pub(crate) fn write_reusable(head: &[u8], bytes: &[u8]) -> std::io::Result<OwnedFd> {
+    RESULT_SEGMENT.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let file = match slot.take() {
+            Some(f) => f,
+            None => {
+                let fd = memfd_create(
+                    "shmpool-result",
+                    MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+                )?;
+                // SAFETY: fcntl(F_ADD_SEALS) on the memfd just made. Only F_SEAL_SHRINK: we
+                // write it again for later results, and may grow it.
+                let rc =
+                    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+                if rc != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                std::fs::File::from(fd)
+            }
+        };
+        let n = (head.len() + bytes.len()) as u64;
+        if file.metadata()?.len() < n {
+            file.set_len(n)?;
+        }
+        file.write_all_at(head, 0)?;
+        file.write_all_at(bytes, head.len() as u64)?;
+        let send = OwnedFd::from(file.try_clone()?);
+        *slot = Some(file);
+        Ok(send)
+    })
+}
+
+/// Bytes in a mapping another process may write while we read them (a reused result segment):
+/// never handed out as a `&[u8]`, only copied out ("Reused result segments").
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SharedBytes<'a> {
+    ptr: *const u8,
+    len: usize,
+    _map: std::marker::PhantomData<&'a [u8]>,
+}
+
+// SAFETY: a read-only view of shared memory, only read through `copy_to`; the mapping it points
+// into outlives `'a` and may be read from any thread.
+unsafe impl Send for SharedBytes<'_> {}
+// SAFETY: as above; `copy_to` takes `&self` and only reads.
+unsafe impl Sync for SharedBytes<'_> {}
+
+impl SharedBytes<'_> {
+    /// How many bytes there are.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Copies `dst.len()` bytes from `offset` into `dst`; `None` if they are not all there.
+    pub(crate) fn copy_to(
+        &self,
+        offset: usize,
+        dst: &mut [std::mem::MaybeUninit<u8>],
+    ) -> Option<()> {
+        if offset
+            .checked_add(dst.len())
+            .is_none_or(|end| end > self.len)
+        {
+            return None;
+        }
+        // SAFETY: `offset + dst.len() <= len` (checked above), so the source lies in the mapping
+        // (`ResultMap::bytes` made `ptr..ptr+len` from it, and the segment cannot shrink under
+        // it: F_SEAL_SHRINK, checked when mapped, so no SIGBUS). A worker writing those bytes at
+        // the same time can only make us copy garbage, which the decoder then validates: a
+        // byte copy is valid for any bytes. `dst` is private memory, so the ranges cannot
+        // overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.add(offset),
+                dst.as_mut_ptr().cast::<u8>(),
+                dst.len(),
+            );
+        }
+        Some(())
+    }
+
+    /// All the bytes, copied into a fresh private vector.
+    pub(crate) fn copy_all(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len);
+        self.copy_to(0, &mut v.spare_capacity_mut()[..self.len])
+            .expect("the whole range is there");
+        // SAFETY: `copy_to` initialized the first `len` bytes.
+        unsafe { v.set_len(self.len) };
+        v
+    }
+}
+
+/// The parent's mapping of one seat's reused result segment, kept between results (re-made when
+/// the worker sends another segment or a larger one). Dropped when the seat's worker dies.
+#[derive(Debug)]
+pub(crate) struct ResultMap {
+    dev: u64,
+    ino: u64,
+    map: memmap2::MmapRaw,
+}
+
+impl ResultMap {
+    /// Takes the segment `fd` a worker sent with a [`FLAG_RESULT_REUSED`] result of `len`
+    /// bytes: checks it cannot shrink and holds `len` bytes, and maps it (or reuses `kept`, the
+    /// seat's mapping of the same segment if it covers `len`). The fd is closed either way.
+    pub(crate) fn open<'m>(
+        kept: &'m mut Option<ResultMap>,
+        fd: OwnedFd,
+        len: usize,
+    ) -> std::result::Result<SharedBytes<'m>, String> {
+        // SAFETY: fcntl(F_GET_SEALS) only reads the seals of an fd we own.
+        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(format!("result segment can shrink (seals {seals:#x})"));
+        }
+        let st = nix::sys::stat::fstat(fd.as_fd())
+            .map_err(|e| format!("fstat of the result segment: {e}"))?;
+        let size = usize::try_from(st.st_size).unwrap_or(0);
+        if size < len || len == 0 {
+            return Err(format!(
+                "result segment of {} bytes, {len} announced",
+                st.st_size
+            ));
+        }
+        let (dev, ino) = (st.st_dev as u64, st.st_ino as u64);
+        if !kept
+            .as_ref()
+            .is_some_and(|k| (k.dev, k.ino) == (dev, ino) && k.map.len() >= len)
+        {
+            // The old mapping first: its memory can go before the new one is filled in.
+            *kept = None;
+            // A raw read-only shared mapping (no `&[u8]` over it: its worker may write the
+            // bytes while we read, so it is only read through `SharedBytes::copy_to`) of `size`
+            // bytes of a memfd sealed against shrinking (checked above; seals are never
+            // removed), so every mapped page stays backed (no SIGBUS). `populate`: the pages
+            // exist, so their page tables are filled in one call.
+            let map = memmap2::MmapOptions::new()
+                .len(size)
+                .populate()
+                .map_raw_read_only(&fd)
+                .map_err(|e| format!("mapping the result segment: {e}"))?;
+            *kept = Some(ResultMap { dev, ino, map });
+        }
+        let k = kept.as_ref().expect("set above");
+        Ok(SharedBytes {
+            ptr: k.map.as_ptr(),
+            len,
+            _map: std::marker::PhantomData,
+        })
+    }
+}
 
 /// Writes `head ++ bytes` into a fresh sealed memfd (a result's segment).
 pub(crate) fn make_segment(head: &[u8], bytes: &[u8]) -> std::io::Result<OwnedFd> {

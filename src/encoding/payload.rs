@@ -282,6 +282,57 @@ impl CallSpare {
     }
 }
 
+impl CallSpare {
+    /// A vector with room for `len` bytes: the call's own allocation or the pool's spare when
+    /// one suits, else a fresh one.
+    fn vec_for(&self, len: usize) -> Vec<u8> {
+        if let Some(v) = self.own() {
+            self.pool.keep(v);
+        }
+        self.pool
+            .take_for(len)
+            .unwrap_or_else(|| bytes_with_capacity(len))
+    }
+
+    /// Makes a `T` when `T` is a byte vector (`None` for any other `T`) from bytes another
+    /// process may write while we read them (a reused result segment): the length prefix is
+    /// copied out and read once, checked against the bytes there, then the bytes are copied
+    /// straight into the vector (into `spare`'s when it suits), which is the whole decode.
+    pub(crate) fn read_shared<T: 'static>(
+        spare: Option<&CallSpare>,
+        src: &crate::encoding::bigpayload::SharedBytes<'_>,
+    ) -> Option<Result<T, String>> {
+        if !is_byte_payload::<T>() {
+            return None;
+        }
+        let mut prefix = [std::mem::MaybeUninit::<u8>::uninit(); 10];
+        let n = src.len().min(10);
+        src.copy_to(0, &mut prefix[..n]).expect("within the bytes");
+        // SAFETY: `copy_to` initialized the first `n` bytes of `prefix`.
+        let prefix: &[u8] = unsafe { std::slice::from_raw_parts(prefix.as_ptr().cast::<u8>(), n) };
+        Some((|| {
+            let (len, used) = read_varint(prefix)?;
+            if len > src.len() - used {
+                return Err(format!(
+                    "byte string of {len} bytes, but only {} remain",
+                    src.len() - used
+                ));
+            }
+            let mut v = match spare {
+                Some(spare) => spare.vec_for(len),
+                None => bytes_with_capacity(len),
+            };
+            v.clear();
+            v.reserve_exact(len);
+            src.copy_to(used, &mut v.spare_capacity_mut()[..len])
+                .expect("checked above");
+            // SAFETY: `copy_to` initialized the first `len` bytes of the spare capacity.
+            unsafe { v.set_len(len) };
+            Ok(byte_vector_from::<T>(v))
+        })())
+    }
+}
+
 impl Drop for CallSpare {
     fn drop(&mut self) {
         // A call that failed, or whose result did not take its argument's allocation.

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::encoding::payload::{ChunkOutWriter, for_each_in_list};
 use crate::shm::arena::{Placement, free_region, plan};
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::unwind::panic_message;
 
 /// Where an encoded result landed in the result arena.
@@ -53,9 +53,13 @@ pub(crate) struct ResultSink<'a> {
     freed: &'a AtomicU64,
     /// Called while waiting for the parent to free space; returns false to give up.
     keep_waiting: &'a dyn Fn() -> bool,
-    /// A result too large for the arena, written to a sealed segment instead (`bigpayload`):
-    /// the segment and its length, for the worker loop to send with the result.
-    big: Option<(std::os::fd::OwnedFd, u64)>,
+    /// A result too large for the arena, written to a segment instead (`bigpayload`): the
+    /// segment, its length and whether it is the worker's reused one, for the worker loop to
+    /// send with the result.
+    big: Option<(std::os::fd::OwnedFd, u64, bool)>,
+    /// The seat's `result_segment_busy`, when a large byte-vector result may go to the worker's
+    /// reused segment (`bigpayload`, "Reused result segments").
+    segment_busy: Option<&'a AtomicU32>,
 }
 
 impl std::fmt::Debug for ResultSink<'_> {
@@ -87,12 +91,46 @@ impl<'a> ResultSink<'a> {
             freed,
             keep_waiting,
             big: None,
+            segment_busy: None,
         }
     }
 
-    /// Takes the large-result segment the last `put` made, if it made one.
-    pub(crate) fn take_big(&mut self) -> Option<(std::os::fd::OwnedFd, u64)> {
+    /// Lets a large byte-vector result go to this worker's reused result segment when `busy`
+    /// (the seat's `result_segment_busy`) says the parent is done with it.
+    pub(crate) fn reuse_segments(&mut self, busy: &'a AtomicU32) {
+        self.segment_busy = Some(busy);
+    }
+
+    /// Takes the large-result segment the last `put` made, if it made one: the segment, its
+    /// length, and whether it is the worker's reused one.
+    pub(crate) fn take_big(&mut self) -> Option<(std::os::fd::OwnedFd, u64, bool)> {
         self.big.take()
+    }
+
+    /// Like [`put_parts`](Self::put_parts) for a byte vector: one too large for the arena goes
+    /// to the worker's reused result segment if the parent has finished copying the last result
+    /// out of it, otherwise to a fresh sealed one (never waits).
+    pub(crate) fn put_byte_parts(&mut self, head: &[u8], bytes: &[u8]) -> Result<Encoded, String> {
+        let n = head.len() + bytes.len();
+        if n > self.cap
+            && let Some(busy) = self.segment_busy
+            // Acquire, SYNC: result-segment-free — the parent's Release store of 0 after it
+            // copied our last result out: its reads of the segment happen before we rewrite it.
+            && busy.load(Ordering::Acquire) == 0
+            && let Ok(fd) = crate::encoding::bigpayload::write_reusable(head, bytes)
+        {
+            // Relaxed, SYNC: result-segment-free — no partner of its own: the parent's store of
+            // 0 for this result comes after it read the descriptor, which the ring's Release
+            // publish orders after this store.
+            busy.store(1, Ordering::Relaxed);
+            self.big = Some((fd, n as u64, true));
+            return Ok(Encoded {
+                offset: 0,
+                len: 0,
+                end: *self.head,
+            });
+        }
+        self.put_parts(head, bytes)
     }
 
     fn freed(&self) -> u64 {
@@ -155,7 +193,7 @@ impl<'a> ResultSink<'a> {
         if n > self.cap {
             let fd = crate::encoding::bigpayload::make_segment(head, bytes)
                 .map_err(|e| format!("cannot make a segment for a result of {n} bytes: {e}"))?;
-            self.big = Some((fd, n as u64));
+            self.big = Some((fd, n as u64, false));
             return Ok(Encoded {
                 offset: 0,
                 len: 0,
@@ -389,7 +427,7 @@ fn ship<R: Serialize + 'static>(sink: &mut ResultSink<'_>, r: &R) -> CallOutcome
         Some(b) => {
             let mut prefix = [0u8; 10];
             let n = crate::encoding::payload::varint(b.len() as u64, &mut prefix);
-            sink.put_parts(&prefix[..n], b)
+            sink.put_byte_parts(&prefix[..n], b)
         }
         None => sink.put(r),
     };

@@ -243,7 +243,9 @@ impl PoolBuilder {
     /// size, passed to an `apply` call or returned by a task, is kept (one in the pool, one in
     /// each worker, each at most 16 times this size) and the next large byte vector that
     /// crosses is decoded into it instead of into fresh memory; a vector handed to you never has
-    /// more than twice its length in capacity. Only [`Pool::imap`] and
+    /// more than twice its length in capacity. And each worker writes its large byte-vector
+    /// results into one shared segment it keeps (as large as its largest such result), which
+    /// the pool keeps mapped until that worker exits. Only [`Pool::imap`] and
     /// [`Pool::imap_unordered`] items must fit the arena one by one
     /// ([`Error::PayloadTooLarge`] at that item's place).
     ///
@@ -643,7 +645,9 @@ impl Pool {
         let done: Completion =
             Box::new(move |r| out.set(decode_result_into::<R>(r, in_done.as_deref())));
         let call = call_one::<F, A, R> as CallFn as usize;
-        match self.submit(vec![PendingTask::new(payload, call, done)]) {
+        let mut task = PendingTask::new(payload, call, done);
+        task.reads_shared = crate::encoding::payload::is_byte_payload::<R>();
+        match self.submit(vec![task]) {
             Ok(()) => {
                 self.spend_arg(arg);
                 Ok(AsyncResult::from_cell(cell))
@@ -704,6 +708,7 @@ impl Pool {
             Box::new(move |r| out.set(decode_result_into::<R>(r, in_done.as_deref())));
         let mut task = PendingTask::new(payload, call_one::<F, A, R> as CallFn as usize, done);
         task.timeout = Some(limit);
+        task.reads_shared = crate::encoding::payload::is_byte_payload::<R>();
         match self.submit(vec![task]) {
             Ok(()) => {
                 self.spend_arg(arg);
@@ -809,7 +814,9 @@ impl Pool {
             }));
         });
         let call = call_one::<F, A, R> as CallFn as usize;
-        match self.submit(vec![PendingTask::new(payload, call, done)]) {
+        let mut task = PendingTask::new(payload, call, done);
+        task.reads_shared = crate::encoding::payload::is_byte_payload::<R>();
+        match self.submit(vec![task]) {
             Ok(()) => {
                 self.spend_arg(arg);
                 Ok(AsyncResult::from_cell(cell))
@@ -1495,10 +1502,12 @@ fn clone_ok<'a>(r: &TaskResult<'a>) -> TaskResult<'a> {
     match r {
         TaskResult::Ok {
             bytes,
+            shared,
             worker,
             elapsed_ns,
         } => TaskResult::Ok {
             bytes,
+            shared: *shared,
             worker: *worker,
             elapsed_ns: *elapsed_ns,
         },
@@ -1528,6 +1537,20 @@ fn decode_result_into<R: DeserializeOwned + 'static>(
 ) -> Result<R> {
     match r {
         // The user's `Deserialize` runs here, on a pool thread: a panic fails this result only.
+        TaskResult::Ok {
+            bytes,
+            shared: Some(shared),
+            ..
+        } => crate::unwind::catch("decoding the result", || {
+            // In the worker's reused result segment: copied out, never read in place.
+            match CallSpare::read_shared::<R>(spare, &shared) {
+                Some(r) => r.map_err(Error::codec),
+                None => {
+                    debug_assert!(bytes.is_empty());
+                    postcard::from_bytes(&shared.copy_all()).map_err(Error::codec)
+                }
+            }
+        }),
         TaskResult::Ok { bytes, .. } => crate::unwind::catch("decoding the result", || {
             let fast = match spare {
                 Some(spare) => spare.read::<R>(bytes),

@@ -35,7 +35,9 @@
 //! an argument queued for a worker, a result being decoded. Sealed, they cannot be truncated,
 //! so a copy held here (and in every worker forked from here) would keep the whole payload
 //! allocated for as long as this pool lives. The server closes and unmaps them first
-//! ([`drop_inherited_payloads`]), recognizing them by their memfd name ([`PAYLOAD_MEMFD`]).
+//! ([`drop_inherited_payloads`]), recognizing them by their memfd names ([`PAYLOAD_MEMFD`],
+//! [`ARG_MEMFD`], [`RESULT_MEMFD`]: a parent keeps its mapping of each worker's reused result
+//! segment between results).
 //! Other fds stay: a task may rely on files the program opened before building the pool.
 //!
 //! # Requests (parent → server), all in shared memory
@@ -329,9 +331,14 @@ const PAYLOAD_MEMFD: &str = "/memfd:shmpool-payload";
 /// calls (`bigpayload`, "Reuse"; named `shmpool-arg` there, checked by the same test).
 const ARG_MEMFD: &str = "/memfd:shmpool-arg";
 
+/// The name `/proc` shows for a worker's reused result segment, which the parent keeps mapped
+/// per seat (`bigpayload`, "Reused result segments"; named `shmpool-result` there, checked by
+/// the same test).
+const RESULT_MEMFD: &str = "/memfd:shmpool-result";
+
 /// Whether `/proc` shows `link` for a large payload's segment (a result's or an argument's).
 fn is_payload(link: &str) -> bool {
-    link.starts_with(PAYLOAD_MEMFD) || link.starts_with(ARG_MEMFD)
+    link.starts_with(PAYLOAD_MEMFD) || link.starts_with(ARG_MEMFD) || link.starts_with(RESULT_MEMFD)
 }
 
 /// In the fork server, right after the fork: closes every inherited fd of a large payload's
@@ -376,7 +383,7 @@ fn drop_inherited_payloads() {
         };
         // SAFETY: the range is a whole mapping of a payload segment as the kernel lists it; in
         // this process only the parent's copy of a `Sealed` (a decode in another of its threads,
-        // which do not exist here) refers to it, and that copy is never used or dropped here
+        // which do not exist here) or of a `ResultMap` (the collector role's) refers to it, and that copy is never used or dropped here
         // (the server leaves only through `_exit`).
         unsafe { libc::munmap(start as *mut libc::c_void, end - start) };
     }
@@ -424,6 +431,11 @@ mod tests {
         let spares = crate::encoding::bigpayload::SpareArgs::new(1);
         let (_, share) = crate::encoding::bigpayload::argument(b"", b"xy", &spares).unwrap();
         let link = std::fs::read_link(format!("/proc/self/fd/{}", share.fd.as_raw_fd())).unwrap();
+        assert!(is_payload(&link.to_string_lossy()), "{}", link.display());
+        // A worker's reused result segment too (its parent's mapping of one is what a fork
+        // server of another pool would inherit).
+        let fd = crate::encoding::bigpayload::write_reusable(b"", b"xy").unwrap();
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
         assert!(is_payload(&link.to_string_lossy()), "{}", link.display());
     }
 }

@@ -10,7 +10,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering as StdOrdering};
 use std::time::{Duration, Instant};
 
-use crate::encoding::bigpayload::{FLAG_ARG_SEGMENT, FLAG_RESULT_SEGMENT, resolve_argument};
+use crate::encoding::bigpayload::{
+    FLAG_ARG_SEGMENT, FLAG_RESULT_REUSED, FLAG_RESULT_SEGMENT, resolve_argument,
+};
 use crate::encoding::task::{CallFn, CallOutcome, ResultSink};
 use crate::shm::control::{Control, RUNNING};
 use crate::shm::ring::{Consumer, Descriptor, Producer, STATUS_ERROR, STATUS_OK, STATUS_PANICKED};
@@ -337,6 +339,7 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
                     &keep_waiting,
                 )
             };
+            sink.reuse_segments(&seat.result_segment_busy);
             let outcome = match &big_arg {
                 None => {
                     // SAFETY: the argument was encoded by the parent for this very trampoline.
@@ -355,9 +358,9 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
             };
             // A result too large for the arena: its segment goes to the parent before the
             // descriptor that announces it (see `bigpayload`).
-            if let Some((fd, n)) = sink.take_big() {
+            if let Some((fd, n, reused)) = sink.take_big() {
                 match crate::shm::channel::send_result(d.task_id, &fd) {
-                    Ok(()) => big_result = Some(n),
+                    Ok(()) => big_result = Some((n, reused)),
                     Err(e) => {
                         let m = format!("cannot send the result's segment: {e}");
                         r = message(&mut sink, STATUS_ERROR, &m);
@@ -405,7 +408,7 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
 fn push_result(
     results: &mut Producer,
     task_id: u64,
-    result: (u32, crate::encoding::task::Encoded, Option<u64>),
+    result: (u32, crate::encoding::task::Encoded, Option<(u64, bool)>),
     elapsed_ns: u64,
     parent_alive: &dyn Fn() -> bool,
 ) {
@@ -418,12 +421,12 @@ fn push_result(
         arena_end: enc.end,
         elapsed_ns,
         status,
-        flags: if big.is_some() {
-            FLAG_RESULT_SEGMENT
-        } else {
-            0
+        flags: match big {
+            Some((_, true)) => FLAG_RESULT_SEGMENT | FLAG_RESULT_REUSED,
+            Some((_, false)) => FLAG_RESULT_SEGMENT,
+            None => 0,
         },
-        reserved: big.unwrap_or(0),
+        reserved: big.map_or(0, |(n, _)| n),
     };
     loop {
         match results.push(rd) {

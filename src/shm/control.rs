@@ -68,6 +68,11 @@ pub(crate) struct SeatCtl {
     /// Written by the worker before it arms the limit's timer; read by the parent after the
     /// worker's death (ordered by seat-exit) to tell the timer's SIGKILL from another one.
     pub(crate) task_started_ns: AtomicU64,
+    /// 1 while the parent may still copy the last large result out of this seat's worker's
+    /// reused result segment (`bigpayload`, "Reused result segments"): the worker sets it when
+    /// it writes a result there, the parent clears it once done (and before a replacement
+    /// starts). The worker rewrites the segment only when it reads 0.
+    pub(crate) result_segment_busy: AtomicU32,
 }
 
 impl SeatCtl {
@@ -86,6 +91,7 @@ impl SeatCtl {
             exit_pid: AtomicU32::new(0),
             init_error_len: AtomicU32::new(0),
             task_started_ns: AtomicU64::new(0),
+            result_segment_busy: AtomicU32::new(0),
         }
     }
 }

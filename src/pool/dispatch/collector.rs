@@ -31,6 +31,9 @@ pub(crate) struct CollectorRole {
     /// per pool, not per thread, so a caller that helped collect keeps no memory of it. The
     /// role's mutex is held while a completion runs, so no nested use can share it.
     scratch: Vec<u8>,
+    /// Each seat's mapping of its worker's reused result segment (`bigpayload`, "Reused result
+    /// segments"), kept between results; dropped when the seat's worker dies.
+    result_maps: Vec<Option<crate::encoding::bigpayload::ResultMap>>,
 }
 
 impl CollectorRole {
@@ -44,6 +47,7 @@ impl CollectorRole {
             respawning: vec![false; ctl.seats()],
             freed: vec![0; ctl.seats()],
             scratch: Vec::new(),
+            result_maps: (0..ctl.seats()).map(|_| None).collect(),
         }
     }
 
@@ -59,6 +63,11 @@ impl CollectorRole {
         self.consumers[s] = unsafe { Consumer::attach(&seat.results) };
         // Release, SYNC: result-free — the replacement's Acquire load at its start.
         seat.result_freed.store(self.freed[s], Ordering::Release);
+        // The dead worker's reused result segment: our mapping goes (its last reference), and
+        // the replacement, which makes its own, starts with the word clear. Relaxed: the
+        // replacement is forked after this (the spawn request's Release store orders it).
+        self.result_maps[s] = None;
+        seat.result_segment_busy.store(0, Ordering::Relaxed);
     }
 
     /// True if a result or a death is waiting.
@@ -86,7 +95,11 @@ pub(crate) fn poll_once(inner: &Inner, c: &mut CollectorRole) -> bool {
             match consumer.pop() {
                 Ok(Some(d)) => {
                     progressed = true;
-                    on_result(inner, s, d, &mut c.freed[s], &mut c.scratch);
+                    let seat = SeatState {
+                        freed: &mut c.freed[s],
+                        result_map: &mut c.result_maps[s],
+                    };
+                    on_result(inner, s, d, seat, &mut c.scratch);
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -208,11 +221,23 @@ pub(crate) fn finished(inner: &Inner, count: usize) {
     }
 }
 
-/// Handles one result of seat `s`; `freed` is our copy of the seat's `result_freed`.
-fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64, scratch: &mut Vec<u8>) {
+/// What the collector role keeps of one seat, for [`on_result`].
+struct SeatState<'a> {
+    /// Our copy of the seat's `result_freed`.
+    freed: &'a mut u64,
+    /// Our mapping of the seat's reused result segment.
+    result_map: &'a mut Option<crate::encoding::bigpayload::ResultMap>,
+}
+
+/// Handles one result of seat `s`.
+fn on_result(inner: &Inner, s: usize, d: Descriptor, seat: SeatState<'_>, scratch: &mut Vec<u8>) {
     let ctl = &inner.ctl;
     let cap = ctl.arena_cap();
-    let (done, woken, refused, sock, arg_segments) = {
+    let SeatState {
+        freed: freed_copy,
+        result_map,
+    } = seat;
+    let (done, woken, refused, sock, arg_segments, reads_shared) = {
         let mut g = lock(inner);
         if matches!(g.phase, Phase::Stopped) && g.inflight[s].is_empty() {
             // Terminated: the task was already failed. Free the space and move on.
@@ -242,7 +267,14 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64, scrat
         };
         let woken = g.pump(ctl);
         let segments = std::mem::take(&mut f.segments);
-        (f.done, woken, g.take_refused(), g.channels[s], segments)
+        (
+            f.done,
+            woken,
+            g.take_refused(),
+            g.channels[s],
+            segments,
+            f.reads_shared,
+        )
     };
     wake(ctl, &woken);
     fail_refused(inner, refused);
@@ -281,21 +313,39 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64, scrat
     ctl.seat(s)
         .result_freed
         .store(d.arena_end, Ordering::Release);
-    // A result too large for the arena arrived in a sealed segment of its own (`bigpayload`):
-    // decoded where it is, no private copy (the seals make it immutable). Closed at the end of
-    // this function, after the completion (freeing its pages takes a while).
-    let big = if d.flags & crate::encoding::bigpayload::FLAG_RESULT_SEGMENT != 0 {
+    // A result too large for the arena arrived in a segment of its own (`bigpayload`). A sealed
+    // one is decoded where it is, no private copy (the seals make it immutable); it is closed
+    // at the end of this function, after the completion (freeing its pages takes a while). The
+    // worker's reused one ("Reused result segments") can still be written by the worker: it is
+    // only copied out of, by the completion itself if the task said it does (a byte vector:
+    // the copy into its `Vec` is the decode), else here into a private copy.
+    let flags = d.flags;
+    let big = if flags & crate::encoding::bigpayload::FLAG_RESULT_SEGMENT != 0 {
         use crate::shm::channel::NoResultSegment;
+        let reused = flags & crate::encoding::bigpayload::FLAG_RESULT_REUSED != 0;
         let mapped = usize::try_from(d.reserved)
             .map_err(|_| NoResultSegment::Worker("result segment length out of range".into()))
             .and_then(|len| {
                 let fd = crate::shm::channel::receive_result(sock, d.task_id)?;
-                crate::encoding::bigpayload::Sealed::open(fd, len).map_err(NoResultSegment::Worker)
+                if reused {
+                    crate::encoding::bigpayload::ResultMap::open(result_map, fd, len)
+                        .map(BigResult::Shared)
+                        .map_err(NoResultSegment::Worker)
+                } else {
+                    crate::encoding::bigpayload::Sealed::open(fd, len)
+                        .map(BigResult::Sealed)
+                        .map_err(NoResultSegment::Worker)
+                }
             });
         match mapped {
             Ok(m) => Some(m),
-            // Our own fd limit: that task fails; its worker is fine and stays.
+            // Our own fd limit: that task fails; its worker is fine and stays (and may rewrite
+            // its reused segment: we read nothing of it).
             Err(NoResultSegment::Dropped(e)) => {
+                if flags & crate::encoding::bigpayload::FLAG_RESULT_REUSED != 0 {
+                    // Release, SYNC: result-segment-free.
+                    ctl.seat(s).result_segment_busy.store(0, Ordering::Release);
+                }
                 complete(done, TaskResult::Err(e));
                 put_scratch(scratch, buf, cap);
                 finished(inner, 1);
@@ -310,13 +360,27 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64, scrat
     } else {
         None
     };
-    let bytes = match &big {
-        Some(m) => m.bytes(),
-        None => &buf[..],
+    // Only an `Ok` result of a task that reads shared bytes itself gets them; every other one
+    // a private copy (a lying worker's status messages included).
+    let mut shared = None;
+    let mut private = None;
+    if let Some(BigResult::Shared(b)) = &big {
+        if reads_shared && d.status == STATUS_OK {
+            shared = Some(*b);
+        } else {
+            private = Some(b.copy_all());
+        }
+    }
+    let bytes = match (&big, &private) {
+        (_, Some(p)) => &p[..],
+        (Some(BigResult::Sealed(m)), _) => m.bytes(),
+        (Some(BigResult::Shared(_)), None) => &[][..],
+        (None, _) => &buf[..],
     };
     let r = match d.status {
         STATUS_OK => TaskResult::Ok {
             bytes,
+            shared,
             worker: s,
             elapsed_ns: d.elapsed_ns,
         },
@@ -339,8 +403,21 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, freed_copy: &mut u64, scrat
         }
     };
     complete(done, r);
+    if matches!(big, Some(BigResult::Shared(_))) {
+        // Release, SYNC: result-segment-free — the completion has copied the result out; the
+        // worker's Acquire load before it rewrites the segment.
+        ctl.seat(s).result_segment_busy.store(0, Ordering::Release);
+    }
     put_scratch(scratch, buf, cap);
     finished(inner, 1);
+}
+
+/// A result that came in a segment of its own.
+enum BigResult<'m> {
+    /// Sealed: immutable, decoded in place.
+    Sealed(crate::encoding::bigpayload::Sealed),
+    /// The worker's reused segment: only copied out of.
+    Shared(crate::encoding::bigpayload::SharedBytes<'m>),
 }
 
 /// Checks a result's place as its worker described it; `Some(why)` if it breaks the arena's
@@ -535,6 +612,7 @@ fn on_death(inner: &Inner, s: usize) -> bool {
                     timeout: f.timeout,
                     attempts: f.attempts + 1,
                     arg_in_segment: f.arg_in_segment,
+                    reads_shared: f.reads_shared,
                 };
                 let (woken, refused) = {
                     let mut g = lock(inner);

@@ -66,8 +66,12 @@ const COLLECTOR_SPIN: Duration = Duration::from_micros(50);
 pub(crate) enum TaskResult<'a> {
     /// The encoded result, straight from the result arena.
     Ok {
-        /// Encoded bytes.
+        /// Encoded bytes (empty when `shared` holds them).
         bytes: &'a [u8],
+        /// The encoded bytes still in the worker's reused result segment, which it may write:
+        /// only for a task that said it copies them out itself (`PendingTask::reads_shared`;
+        /// `bigpayload`, "Reused result segments"). Every other completion gets `bytes`.
+        shared: Option<crate::encoding::bigpayload::SharedBytes<'a>>,
         /// Worker seat that ran the task.
         worker: usize,
         /// Time the worker spent in the task.
@@ -106,6 +110,9 @@ pub(crate) struct PendingTask {
     attempts: u32,
     /// The argument is in `segments[0]`; `payload` only names it (`bigpayload`).
     arg_in_segment: bool,
+    /// The completion reads a result in a reused result segment through
+    /// [`TaskResult::Ok`]'s `shared` (copying it out itself) instead of a private copy.
+    pub(crate) reads_shared: bool,
 }
 
 impl PendingTask {
@@ -119,6 +126,7 @@ impl PendingTask {
             segments: arg.segment.into_iter().collect(),
             timeout: None,
             attempts: 0,
+            reads_shared: false,
         }
     }
 }
@@ -139,6 +147,7 @@ struct InFlight {
     call: usize,
     attempts: u32,
     arg_in_segment: bool,
+    reads_shared: bool,
 }
 
 /// Lifecycle of the pool.
@@ -342,6 +351,7 @@ impl Dispatch {
                 call: task.call,
                 attempts: task.attempts,
                 arg_in_segment: task.arg_in_segment,
+                reads_shared: task.reads_shared,
             });
             if !woken.contains(&s) {
                 woken.push(s);
