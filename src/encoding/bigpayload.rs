@@ -109,8 +109,10 @@
 //!   copies the result out, has returned. If it is still 1, the worker never waits: that result
 //!   goes to a fresh sealed segment as before. A worker that scribbles on the word only loses
 //!   its own results' integrity (it can write its segment anyway); the parent never reads it.
-//! * **The parent's mapping** of each seat's segment is kept between results (re-made when the
-//!   worker sends a different segment, by inode, or one larger than the mapping), held by the
+//! * **The parent's mapping** of each seat's segment covers the announced result only, never the
+//!   segment's whole size (a worker can grow it at will, and mapping a hole with `populate`
+//!   allocates it: `tests/result_segments.rs`). It is kept between results (re-made when the
+//!   worker sends a different segment, by inode, or a result larger than the mapping), held by the
 //!   collector role; its fd is closed right after mapping. It is dropped when the seat's worker
 //!   dies (before a replacement starts, which makes its own segment and finds the word 0) and
 //!   with the pool. The fork server drops inherited mappings of it by name, like the others
@@ -309,12 +311,14 @@ impl ResultMap {
             // The old mapping first: its memory can go before the new one is filled in.
             *kept = None;
             // A raw read-only shared mapping (no `&[u8]` over it: its worker may write the
-            // bytes while we read, so it is only read through `SharedBytes::copy_to`) of `size`
-            // bytes of a memfd sealed against shrinking (checked above; seals are never
-            // removed), so every mapped page stays backed (no SIGBUS). `populate`: the pages
-            // exist, so their page tables are filled in one call.
+            // bytes while we read, so it is only read through `SharedBytes::copy_to`) of the
+            // first `len <= size` bytes of a memfd sealed against shrinking (checked above;
+            // seals are never removed), so every mapped page stays backed (no SIGBUS).
+            // `populate`: the worker wrote those pages, so their page tables are filled in one
+            // call. Only `len`, never `size`: the worker can grow the segment as it likes
+            // (`ftruncate` leaves a hole), and populating a hole of shmem allocates its pages.
             let map = memmap2::MmapOptions::new()
-                .len(size)
+                .len(len)
                 .populate()
                 .map_raw_read_only(&fd)
                 .map_err(|e| format!("mapping the result segment: {e}"))?;
