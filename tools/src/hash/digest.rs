@@ -10,9 +10,10 @@
 //!
 //! A file is read into the worker's reused buffer (one `read` for most: a short read that
 //! completes the size `fstat` gave is its end, so the usual extra `read` that returns 0 is
-//! skipped; files that say 0 bytes, as in /proc, are read until a `read` returns 0). A file of
-//! at least `engine::MAP_MIN` (256 KiB) — which the scheduler sends alone in its task — and
-//! every piece of a split BLAKE3 file are hashed through a [`shmpool::MappedFile`] opened in the
+//! skipped; files that say 0 bytes, as in /proc, are read until a `read` returns 0). For SHA-2
+//! a file of at least `engine::MAP_MIN` (256 KiB) — which the scheduler sends alone in its
+//! task — and for BLAKE3 every piece of a split file (files up to one piece, 4 MiB, are read:
+//! see `engine::Engine::maps`) are hashed through a [`shmpool::MappedFile`] opened in the
 //! worker, which saves the kernel's copy into the buffer (a file that `mmap` refuses is read, as
 //! `sha256sum` reads it). On this (virtual) machine that copy was
 //! slow (~1.8 GB/s): `perf record` of a run over the toolchain tree put a quarter (SHA-256) to a
