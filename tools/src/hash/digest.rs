@@ -12,10 +12,12 @@
 //! completes the size `fstat` gave is its end, so the usual extra `read` that returns 0 is
 //! skipped; files that say 0 bytes, as in /proc, are read until a `read` returns 0). For SHA-2
 //! a file of at least `engine::MAP_MIN` (256 KiB) — which the scheduler sends alone in its
-//! task — and for BLAKE3 every piece of a split file (files up to one piece, 4 MiB, are read:
-//! see `engine::Engine::maps`) are hashed through a [`shmpool::MappedFile`] opened in the
-//! worker, which saves the kernel's copy into the buffer (a file that `mmap` refuses is read, as
-//! `sha256sum` reads it). On this (virtual) machine that copy was
+//! task — is hashed through a [`shmpool::MappedFile`] opened in the worker, which saves the
+//! kernel's copy into the buffer (a file that `mmap` refuses is read, as `sha256sum` reads it).
+//! BLAKE3 maps nothing: files up to one piece (4 MiB) are read like small ones (see
+//! `engine::Engine::maps`), the pieces of bigger ones with `pread` ([`blake3_subtree`]); with
+//! the page-aligned buffer below, that took less CPU than mapping. On this (virtual) machine
+//! the copy was
 //! slow (~1.8 GB/s): `perf record` of a run over the toolchain tree put a quarter (SHA-256) to a
 //! third (BLAKE3) of all CPU time in `_copy_to_iter`, and mapping cut the run's CPU time by
 //! 15–20%. For SHA-512 the copy was still 19% of the CPU time, and mapping cut the system time
@@ -420,20 +422,9 @@ pub(crate) fn blake3_subtree(
     let changed = || io::Error::other("file changed while hashing");
     let mut h = blake3::Hasher::new();
     h.set_input_offset(offset);
-    if let Some(map) = map(path) {
-        let end = offset.checked_add(len).ok_or_else(changed)?;
-        let range = usize::try_from(offset)
-            .ok()
-            .zip(usize::try_from(end).ok())
-            .filter(|&(a, b)| map.get(a..b).is_some())
-            .ok_or_else(changed)?;
-        // In windows: a piece of a very big file is bigger than `BLAKE3_PIECE`
-        // (`engine::blake3_piece`), and the worker's resident memory stays within a window.
-        in_windows(&map, range.0..range.1, |window| {
-            h.update(window);
-        });
-        return Ok(h.finalize_non_root());
-    }
+    // Read, not mapped: with the page-aligned buffer, reading the pieces took less CPU than
+    // mapping them (16 alternating runs over the toolchain tree, 14 better, median 2.03 vs
+    // 2.10 s): the mapping's page faults and its unmapping cost more than the copy.
     let f = File::open(os_path(path))?;
     let mut done = 0u64;
     while done < len {

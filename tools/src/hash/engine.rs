@@ -465,10 +465,11 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
 
     /// Whether a whole file of `size` bytes is hashed through a mapping (alone in its task):
     /// from [`MAP_MIN`] bytes for SHA-2; never for BLAKE3, whose files up to [`BLAKE3_PIECE`]
-    /// are read like small ones (and bigger ones split, each piece mapped). Measured with the
-    /// page-aligned read buffer (`digest::ReadBuf`), CPU of a run over the toolchain tree, four
-    /// alternating runs each: BLAKE3 2.43 s reading files up to 4 MiB against 2.60 s mapping
-    /// them from 256 KiB; SHA-256 and SHA-512 the same either way (3.07 / 3.11 s, 5.7 / 5.8 s).
+    /// are read like small ones (bigger ones are split, each piece read: `digest::blake3_subtree`).
+    /// Measured with the page-aligned read buffer (`digest::ReadBuf`), CPU of a run over the
+    /// toolchain tree, four alternating runs each: BLAKE3 2.43 s reading files up to 4 MiB
+    /// against 2.60 s mapping them from 256 KiB; SHA-256 and SHA-512 the same either way
+    /// (3.07 / 3.11 s, 5.7 / 5.8 s).
     fn maps(&self, size: u64) -> bool {
         self.opts.algo != Algo::Blake3 && size >= MAP_MIN
     }
