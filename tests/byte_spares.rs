@@ -314,6 +314,21 @@ fn a_worker_writes_its_big_results_into_one_segment_the_parent_keeps_mapped() {
         assert!(fds.is_empty(), "{fds:?}");
         assert_eq!(mapped, [open[0]]);
     }
+    // A result over 16 arena sizes goes to a fresh sealed segment: the kept one does not grow.
+    let size = |ino: u64| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::read_dir(format!("/proc/{worker}/fd"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::metadata(e.path()).ok())
+            .find(|m| m.ino() == ino)
+            .map(|m| m.len())
+    };
+    let before = size(seen.unwrap());
+    let huge = common::noise(16 * ARENA + 100, 9);
+    assert!(p.apply(flip, huge.clone()).unwrap() == flip(huge));
+    assert_eq!(size(seen.unwrap()), before);
+    assert!(before.is_some_and(|b| b < 16 * ARENA as u64));
     // A worker that dies with the segment mapped in the parent: the mapping goes with it, the
     // replacement makes its own, and results stay right.
     let e = p

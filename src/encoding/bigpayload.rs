@@ -117,9 +117,9 @@
 //!   dies (before a replacement starts, which makes its own segment and finds the word 0) and
 //!   with the pool. The fork server drops inherited mappings of it by name, like the others
 //!   (`process::server`, "Payloads of other pools").
-//! * **Memory.** Each worker keeps one segment as large as its largest byte-vector result so far
-//!   (bounded by what its tasks return), mapped in the parent, until the worker exits or the
-//!   pool is dropped.
+//! * **Memory.** Each worker keeps one segment as large as its largest byte-vector result so far,
+//!   at most 16 arena sizes (1 GiB with the default arenas: a larger result takes a fresh
+//!   sealed segment), mapped in the parent, until the worker exits or the pool is dropped.
 //!
 //! # Cost
 //!

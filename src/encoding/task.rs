@@ -107,12 +107,15 @@ impl<'a> ResultSink<'a> {
         self.big.take()
     }
 
-    /// Like [`put_parts`](Self::put_parts) for a byte vector: one too large for the arena goes
-    /// to the worker's reused result segment if the parent has finished copying the last result
-    /// out of it, otherwise to a fresh sealed one (never waits).
+    /// Like [`put_parts`](Self::put_parts) for a byte vector: one too large for the arena (and
+    /// at most 16 arena sizes) goes to the worker's reused result segment if the parent has
+    /// finished copying the last result out of it, otherwise to a fresh sealed one (never
+    /// waits).
     pub(crate) fn put_byte_parts(&mut self, head: &[u8], bytes: &[u8]) -> Result<Encoded, String> {
         let n = head.len() + bytes.len();
+        // Bounded like the spares: at most 16 arena sizes kept per worker.
         if n > self.cap
+            && n <= self.cap.saturating_mul(16)
             && let Some(busy) = self.segment_busy
             // Acquire, SYNC: result-segment-free — the parent's Release store of 0 after it
             // copied our last result out: its reads of the segment happen before we rewrite it.

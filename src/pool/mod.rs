@@ -244,8 +244,8 @@ impl PoolBuilder {
     /// each worker, each at most 16 times this size) and the next large byte vector that
     /// crosses is decoded into it instead of into fresh memory; a vector handed to you never has
     /// more than twice its length in capacity. And each worker writes its large byte-vector
-    /// results into one shared segment it keeps (as large as its largest such result), which
-    /// the pool keeps mapped until that worker exits. Only [`Pool::imap`] and
+    /// results into one shared segment it keeps (as large as its largest such result, at most
+    /// 16 times this size), which the pool keeps mapped until that worker exits. Only [`Pool::imap`] and
     /// [`Pool::imap_unordered`] items must fit the arena one by one
     /// ([`Error::PayloadTooLarge`] at that item's place).
     ///
