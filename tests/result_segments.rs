@@ -266,3 +266,214 @@ fn a_task_that_replaces_its_result_segment_cannot_hurt_the_parent() {
     }
     let _ = first;
 }
+
+/// Many threads at once on one pool: `apply`, `apply_async` (some dropped unread),
+/// callbacks, `map` and `starmap` of big byte vectors; every result is its own bytes.
+#[test]
+fn every_way_of_calling_at_once_gets_its_own_bytes() {
+    let _serial = serial();
+    let _w = common::arm(600);
+    let p = pool(3);
+    let key = |t: u64, i: u64| t << 32 | i;
+    std::thread::scope(|s| {
+        for t in 0..6u64 {
+            let p = &p;
+            s.spawn(move || {
+                for i in 0..12u64 {
+                    let len = 9_000 + ((t * 7919 + i * 104_729) % 300_000) as usize;
+                    let bytes = common::noise(len, key(t, i));
+                    match (t + i) % 5 {
+                        0 => {
+                            let back = p
+                                .apply(flip, with_capacity(&bytes, len + i as usize))
+                                .unwrap();
+                            assert!(back == flip(bytes), "apply {t}.{i}");
+                        }
+                        1 => {
+                            let dropped = p.apply_async(flip, bytes.clone()).unwrap();
+                            let kept = p.apply_async(flip, bytes.clone()).unwrap();
+                            drop(dropped);
+                            assert!(kept.get().unwrap() == flip(bytes), "async {t}.{i}");
+                        }
+                        2 => {
+                            let (tx, rx) = std::sync::mpsc::channel();
+                            let r = p
+                                .apply_async_with_callback(flip, bytes.clone(), move |r| {
+                                    tx.send(r.unwrap()).unwrap();
+                                })
+                                .unwrap();
+                            let want = flip(bytes);
+                            assert!(r.get().unwrap() == want, "get {t}.{i}");
+                            assert!(rx.recv().unwrap() == want, "callback {t}.{i}");
+                        }
+                        3 => {
+                            let items: Vec<Vec<u8>> = (0..4)
+                                .map(|k| common::noise(len / (k + 1), key(t, i) + k as u64))
+                                .collect();
+                            let back = p.map(flip, items.clone()).unwrap();
+                            for (a, b) in items.into_iter().zip(back) {
+                                assert!(b == flip(a), "map {t}.{i}");
+                            }
+                        }
+                        _ => {
+                            let items: Vec<(Vec<u8>, u8)> =
+                                (0..3).map(|k| (bytes.clone(), k)).collect();
+                            let back = p
+                                .starmap(
+                                    |v: Vec<u8>, k: u8| {
+                                        v.iter().map(|b| b ^ k).collect::<Vec<u8>>()
+                                    },
+                                    items,
+                                )
+                                .unwrap();
+                            for (k, b) in back.into_iter().enumerate() {
+                                assert!(
+                                    b.iter().zip(&bytes).all(|(x, y)| *x == y ^ k as u8)
+                                        && b.len() == len,
+                                    "starmap {t}.{i}"
+                                );
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    p.close();
+    p.join().unwrap();
+}
+
+/// Big results racing a per-call time limit (tasks that take about as long as the limit): a
+/// call either times out or gets its own bytes, and the replacements serve on.
+#[test]
+fn big_results_racing_their_time_limit_are_whole_or_timed_out() {
+    let _serial = serial();
+    let _w = common::arm(600);
+    let p = pool(2);
+    let mut timed_out = 0;
+    for i in 0..30u64 {
+        let len = 100_000 + (i as usize % 7) * 90_000;
+        let spin_ms = 5 + (i * 37) % 40;
+        let rs: Vec<_> = (0..2u64)
+            .map(|k| {
+                let r = p
+                    .apply_async_timeout(
+                        |(n, seed, ms): (usize, u64, u64)| {
+                            let v = common::noise(n, seed);
+                            let until =
+                                std::time::Instant::now() + std::time::Duration::from_millis(ms);
+                            while std::time::Instant::now() < until {
+                                std::hint::spin_loop();
+                            }
+                            v
+                        },
+                        (len, i * 2 + k, spin_ms),
+                        std::time::Duration::from_millis(25),
+                    )
+                    .unwrap();
+                (k, r)
+            })
+            .collect();
+        for (k, r) in rs {
+            match r.get() {
+                Ok(v) => assert!(v == common::noise(len, i * 2 + k), "call {i}.{k}"),
+                Err(Error::TaskTimedOut { .. }) => timed_out += 1,
+                Err(e) => panic!("call {i}.{k}: {e}"),
+            }
+        }
+        let bytes = common::noise(len, 1000 + i);
+        assert!(
+            p.apply(flip, bytes.clone()).unwrap() == flip(bytes),
+            "after {i}"
+        );
+    }
+    assert!(timed_out > 0, "no call ran into its limit");
+}
+
+/// Fifty big round trips of one size: the parent's and the worker's memory stay flat (the
+/// spares and the reused segment are reused, nothing accumulates).
+#[test]
+fn fifty_big_round_trips_do_not_grow_memory() {
+    let _serial = serial();
+    let _w = common::arm(600);
+    let p = pool(1);
+    let worker = p.worker_pids()[0];
+    let rss = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("VmRSS:"))
+            .find_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap()
+    };
+    let len = 900_000;
+    let bytes = common::noise(len, 77);
+    let want = flip(bytes.clone());
+    let mut arg = bytes.clone();
+    let mut base = (0, 0);
+    for i in 0..50 {
+        let back = p.apply(flip, arg).unwrap();
+        assert!(back == want, "trip {i}");
+        assert!(back.capacity() <= 2 * len);
+        arg = flip(back);
+        if i == 9 {
+            base = (rss(std::process::id()), rss(worker));
+        }
+    }
+    let now = (rss(std::process::id()), rss(worker));
+    // A few sizes of slack (the allocator keeps what it likes), far less than 40 trips' worth.
+    let slack = 8 * len as u64 / 1024;
+    assert!(
+        now.0 <= base.0 + slack,
+        "parent RSS {} kB -> {} kB",
+        base.0,
+        now.0
+    );
+    assert!(
+        now.1 <= base.1 + slack,
+        "worker RSS {} kB -> {} kB",
+        base.1,
+        now.1
+    );
+}
+
+/// Workers that exit after every task (`max_tasks_per_child(1)`) while big results stream:
+/// every result is whole, and no segment, mapping, fd or process outlives the pool.
+#[test]
+fn workers_that_exit_after_each_big_result_leave_nothing_behind() {
+    let _serial = serial();
+    let _w = common::arm(300);
+    let fds = common::fd_count();
+    let p = Pool::builder()
+        .processes(2)
+        .arena_size(ARENA)
+        .max_tasks_per_child(1)
+        .build()
+        .unwrap();
+    let mut pids = p.worker_pids();
+    let rs: Vec<_> = (0..16u64)
+        .map(|i| {
+            let bytes = common::noise(100_000 + i as usize * 10_000, i);
+            (bytes.clone(), p.apply_async(flip, bytes).unwrap())
+        })
+        .collect();
+    for (i, (bytes, r)) in rs.into_iter().enumerate() {
+        assert!(r.get().unwrap() == flip(bytes), "call {i}");
+        pids.extend(p.worker_pids());
+    }
+    drop(p);
+    assert!(
+        common::eventually(std::time::Duration::from_secs(30), || common::fd_count()
+            == fds),
+        "fds: {} now, {fds} before",
+        common::fd_count()
+    );
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    assert!(!maps.contains("shmpool-result"), "{maps}");
+    for pid in pids {
+        assert!(
+            common::eventually(std::time::Duration::from_secs(30), || !common::exists(pid)),
+            "process {pid} outlived its pool"
+        );
+    }
+}
