@@ -477,3 +477,74 @@ fn workers_that_exit_after_each_big_result_leave_nothing_behind() {
         );
     }
 }
+
+/// A task that leaves a thread behind in its worker, rewriting and growing the worker's reused
+/// result segment without pause (bogus length prefixes included) while the parent copies results
+/// out of it: the parent never crashes, never hangs, never hands out a vector longer than the
+/// segment or with more than twice its length in capacity; killing that worker ends it.
+#[test]
+fn a_thread_scribbling_on_the_result_segment_while_the_parent_copies_cannot_hurt_it() {
+    let _serial = serial();
+    let _w = common::arm(300);
+    let p = pool(1);
+    assert!(p.apply(|n: usize| vec![1u8; n], 400_000).unwrap() == vec![1u8; 400_000]);
+    p.apply(
+        |_: ()| {
+            let path = std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| {
+                    std::fs::read_link(p)
+                        .is_ok_and(|l| l.to_string_lossy().contains("shmpool-result"))
+                })
+                .unwrap();
+            let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            std::thread::spawn(move || {
+                use std::os::unix::fs::FileExt;
+                let mut x = 0x1234_5678_9abc_def1u64;
+                let mut size = 400_000u64;
+                loop {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let at = x % size;
+                    // Length prefixes that lie (a varint of up to 2^63), and garbage.
+                    let _ =
+                        f.write_all_at(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f], 0);
+                    let _ = f.write_all_at(&x.to_le_bytes(), at);
+                    if x.is_multiple_of(97) {
+                        size += 4096;
+                        let _ = f.set_len(size);
+                    }
+                    if x.is_multiple_of(89) {
+                        let _ = f.set_len(4096);
+                    }
+                }
+            });
+        },
+        (),
+    )
+    .unwrap();
+    for i in 0..40u64 {
+        let len = 100_000 + (i as usize % 5) * 60_000;
+        match p.apply(|n: usize| vec![7u8; n], len) {
+            Ok(v) => assert!(
+                v.len() <= 1 << 24 && v.capacity() <= 2 * v.len().max(1),
+                "{} bytes in {}",
+                v.len(),
+                v.capacity()
+            ),
+            Err(Error::Codec { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    common::kill(p.worker_pids()[0], libc::SIGKILL);
+    assert!(common::eventually(
+        std::time::Duration::from_secs(30),
+        || {
+            p.apply(|n: usize| vec![9u8; n], 300_000)
+                .is_ok_and(|v| v == vec![9u8; 300_000])
+        }
+    ));
+}
