@@ -2,7 +2,12 @@
 //! that caught the panic hook's lock held (a panic being printed, another pool's build) must not
 //! leave the workers blocked on it. Workers used to install their panic-site hook at their first
 //! task (`take_hook`, the hook's write lock): every worker of such a pool hung there, and the
-//! call waited for ever. In a file of its own: it sets the process's panic hook.
+//! call waited for ever. The same builds start and end collector threads all the time, so a
+//! fork also catches std's thread registry lock held (taken as any thread starts or ends): every
+//! thread that starts in such a server hung, each worker's `PoolWorker-N` among them, in about
+//! 1 run in 6, until the server checked that a thread can start and was forked again when not
+//! (`process::server`, "Locks across the fork"). In a file of its own: it sets the process's
+//! panic hook.
 
 mod common;
 

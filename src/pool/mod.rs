@@ -23,7 +23,7 @@ use crate::encoding::task::{
 use crate::error::{Error, Result, SubmitError};
 use crate::pool::result::{AsyncResult, Helper, ResultCell};
 use crate::process::exit::reap_server;
-use crate::process::server::{ServerCtx, fork_server};
+use crate::process::server::{ServerCtx, start_server};
 use crate::shm::channel;
 use crate::shm::control::{Control, GRACEFUL, TERMINATE};
 use crate::sync::{AtomicU32, Ordering};
@@ -420,7 +420,7 @@ fn collector_thread(
         initializer: inner.initializer.as_deref(),
         max_tasks: inner.max_tasks,
     };
-    let server = match fork_server(&ctx) {
+    let server = match start_server(&ctx) {
         Ok(pid) => pid,
         Err(e) => {
             let _ = ready.send(Err(e));

@@ -28,6 +28,17 @@
 //! This was found, not imagined: under `cargo test`, a test whose callback panicked in the parent
 //! while another test built a pool left that pool's workers deadlocked in their first panic.
 //!
+//! One std lock cannot be quiesced that way: the registry of thread stacks that std's
+//! stack-overflow handler reads (`thread_info`), which every std thread takes as it starts and as
+//! it ends. A fork that catches any thread of the parent starting or ending (the program's own,
+//! or another pool's collector) leaves it held in the server for good, and then every thread
+//! that starts there blocks forever: each worker's `PoolWorker-N` thread, and any thread a task
+//! spawns. So the server first starts a probe thread ([`threads_can_start`]). If the probe runs,
+//! the lock is free, and stays free (the server has no other thread). If it blocks, the server
+//! reports `SERVER_REFORK` and exits, and the parent forks it again ([`start_server`]): the other
+//! thread held the lock for microseconds. `tests/fork_hooks.rs` caught this: 1 run in 6 hung
+//! with every worker's thread in `thread_info::set_current_info`.
+//!
 //! # Payloads of other pools
 //!
 //! The fork copies every fd and mapping the parent has at that instant, among them the sealed
@@ -68,8 +79,11 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering as StdOrdering};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::process::exit::reap_server;
 use crate::process::worker::{WorkerCtx, die_with_parent, set_process_name, worker_main};
-use crate::shm::control::{Control, RUNNING, TERMINATE};
+use crate::shm::control::{
+    Control, RUNNING, SERVER_REFORK, SERVER_SERVING, SERVER_STARTING, TERMINATE,
+};
 use crate::shm::wake::WakeWord;
 use crate::sync::Ordering;
 use crate::unwind::{ExitOnUnwind, exit_now};
@@ -147,8 +161,117 @@ pub(crate) struct ServerCtx<'a> {
 
 /// Forks the fork server from the calling thread; returns its pid.
 ///
+/// How many times [`start_server`] forks a server that cannot start threads before it gives up.
+const SERVER_FORKS: usize = 16;
+
+/// Forks the fork server ([`fork_server`]) and waits until it reports that threads can start in
+/// it; forks it again when they cannot (see "Locks across the fork"). Returns the server's pid.
+///
+/// Must be called from the thread that lives as long as the pool, as [`fork_server`].
+pub(crate) fn start_server(ctx: &ServerCtx<'_>) -> Result<i32> {
+    let header = ctx.ctl.header();
+    // Acquire, SYNC: server-state — pairs with the server's Release store in `server_main`.
+    let state = || header.server_state.load(Ordering::Acquire);
+    for _ in 0..SERVER_FORKS {
+        // Relaxed: no server of this pool runs now, and the fork hands this to the child.
+        header
+            .server_state
+            .store(SERVER_STARTING, Ordering::Relaxed);
+        let pid = fork_server(ctx)?;
+        loop {
+            match state() {
+                SERVER_SERVING => return Ok(pid),
+                SERVER_STARTING => {}
+                _ => break,
+            }
+            // The report wakes us; the 100 ms slices only notice a server that died before it
+            // could report (killed from outside), which no futex wake announces.
+            if reap_server(pid, false).is_some() {
+                return Err(Error::PoolBroken {
+                    detail: "the fork server died while starting".into(),
+                });
+            }
+            header
+                .collector
+                .wait_until(Duration::ZERO, Some(Duration::from_millis(100)), || {
+                    state() != SERVER_STARTING
+                });
+        }
+        // It exits right after its report.
+        let _ = reap_server(pid, true);
+    }
+    Err(Error::PoolBroken {
+        detail: format!(
+            "no thread could start in the fork server in {SERVER_FORKS} forks: each caught \
+             std's thread registry lock held by another thread of this process"
+        ),
+    })
+}
+
+/// Whether a std thread can start in this process (the fork server, right after its fork):
+/// whether the fork caught std's thread registry lock held (see "Locks across the fork").
+///
+/// A probe thread either runs, or blocks in a futex wait that nothing can end: this process
+/// has no other thread that could release the lock. Its state is read from
+/// `/proc/self/task/<tid>/syscall`; two readings 2 ms apart in a futex call say blocked (one
+/// could catch the probe waking us). Where `/proc` cannot tell, a probe that has not run
+/// within 2 s counts as blocked: the cost of a wrong answer is one more fork.
+fn threads_can_start() -> bool {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let probe = std::thread::Builder::new()
+        .name("shmpool-probe".into())
+        .spawn(move || {
+            let _ = tx.send(());
+        });
+    let Ok(probe) = probe else {
+        // No thread at all (RLIMIT_NPROC, memory): workers run their loop on the forked thread.
+        return true;
+    };
+    let slice = Duration::from_millis(2);
+    let mut waited = Duration::ZERO;
+    let mut in_futex_before = false;
+    loop {
+        match rx.recv_timeout(slice) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            // It ran (or, unable to send, ended): the lock was free, and is again once it ends.
+            _ => {
+                let _ = probe.join();
+                return true;
+            }
+        }
+        waited += slice;
+        match probe_in_futex() {
+            Some(true) if in_futex_before => return false,
+            Some(now) => in_futex_before = now,
+            None if waited > Duration::from_secs(2) => return false,
+            None => {}
+        }
+    }
+}
+
+/// Whether the other thread of this process (the probe) is in a `futex` call; `None` if
+/// `/proc` cannot tell.
+fn probe_in_futex() -> Option<bool> {
+    // SAFETY: gettid has no preconditions.
+    let me = unsafe { libc::syscall(libc::SYS_gettid) };
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let tid = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i64>().ok());
+        let Some(tid) = tid.filter(|&t| t != me) else {
+            continue;
+        };
+        let call = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).ok()?;
+        let nr = call.split_whitespace().next()?.parse::<i64>().ok();
+        return Some(nr == Some(libc::SYS_futex));
+    }
+    // The probe is gone: it ran.
+    Some(false)
+}
+
 /// Must be called from the thread that lives as long as the pool (the parent-death signal
-/// follows the forking *thread*).
+/// follows the forking *thread*). Use [`start_server`], which checks the forked server.
 pub(crate) fn fork_server(ctx: &ServerCtx<'_>) -> Result<i32> {
     // Quiesce the std locks a fork could catch held by another thread of the parent; the child
     // would inherit them locked forever (see "Locks across the fork" below).
@@ -240,6 +363,17 @@ fn server_main(ctx: &ServerCtx<'_>, parent: i32) -> ! {
     let me = unsafe { libc::getpid() };
     let ctl = ctx.ctl;
     let header = ctl.header();
+    let state = if threads_can_start() {
+        SERVER_SERVING
+    } else {
+        SERVER_REFORK
+    };
+    // Release, SYNC: server-state — pairs with `start_server`'s Acquire load.
+    header.server_state.store(state, Ordering::Release);
+    header.collector.notify();
+    if state == SERVER_REFORK {
+        exit_now(0, false);
+    }
     let n = ctl.seats();
     let mut pids = vec![0i32; n];
     loop {

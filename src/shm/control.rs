@@ -34,7 +34,19 @@ pub(crate) struct PoolHeader {
     /// Set to 1 by the server right before it `_exit`s after a shutdown, with a wake of the
     /// collector, which then reaps it with a blocking `waitpid` (the exit itself wakes no futex).
     pub(crate) server_exiting: AtomicU32,
+    /// The fork server's start: `SERVER_STARTING` until it has checked that threads can start
+    /// in it, then `SERVER_SERVING` or `SERVER_REFORK` (it exits; the parent forks it again).
+    /// Written by the server, reset by the parent before each fork. See `process::server`,
+    /// "Locks across the fork".
+    pub(crate) server_state: AtomicU32,
 }
+
+/// [`PoolHeader::server_state`]: the server has not reported yet.
+pub(crate) const SERVER_STARTING: u32 = 0;
+/// [`PoolHeader::server_state`]: the server serves.
+pub(crate) const SERVER_SERVING: u32 = 1;
+/// [`PoolHeader::server_state`]: the fork caught a std lock held; the server exits.
+pub(crate) const SERVER_REFORK: u32 = 2;
 
 /// One worker seat's shared state.
 #[repr(C)]
@@ -197,6 +209,7 @@ impl Control {
                 shutdown: CachePadded::new(AtomicU32::new(RUNNING)),
                 spawned: AtomicU64::new(0),
                 server_exiting: AtomicU32::new(0),
+                server_state: AtomicU32::new(SERVER_STARTING),
             });
             for i in 0..seats {
                 base.as_ptr()
