@@ -548,3 +548,66 @@ fn a_thread_scribbling_on_the_result_segment_while_the_parent_copies_cannot_hurt
         }
     ));
 }
+
+/// The fork servers of this process's pools.
+fn fork_servers() -> Vec<u32> {
+    common::children()
+        .into_iter()
+        .filter(|&p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "shmpool-server")
+        })
+        .collect()
+}
+
+/// Dirty memory (private and shared) of process `pid`, in kB.
+fn dirty_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("Private_Dirty:") || l.starts_with("Shared_Dirty:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A pool's spare byte vector (a big argument the caller gave up, kept for a later result) is
+/// private heap memory: a pool built while it is kept must not inherit it into its fork server,
+/// which would hold it (copy-on-write) as long as that pool lives, even once the first pool is
+/// gone.
+#[test]
+fn a_pool_built_later_does_not_inherit_another_pools_spare_vector() {
+    let _serial = serial();
+    let _w = common::arm(120);
+    const BIG: usize = 12 << 20;
+    let mut dirty = Vec::new();
+    for keep in [false, true] {
+        // 1 MiB arenas: byte vectors up to 16 MiB are kept.
+        let a = Pool::builder()
+            .processes(1)
+            .arena_size(1 << 20)
+            .build()
+            .unwrap();
+        let len = if keep { BIG } else { 100 };
+        // The argument is not taken by the result (a number): the pool keeps it as its spare.
+        assert_eq!(a.apply(|v: Vec<u8>| v.len(), vec![1u8; len]).unwrap(), len);
+        let before = fork_servers();
+        let b = Pool::new(1).unwrap();
+        let server: Vec<u32> = fork_servers()
+            .into_iter()
+            .filter(|p| !before.contains(p))
+            .collect();
+        assert_eq!(server.len(), 1, "{server:?}");
+        dirty.push(dirty_kb(server[0]));
+        // The first pool still works, and its next big result is right.
+        let bytes = common::noise(BIG, 3);
+        assert!(a.apply(flip, bytes.clone()).unwrap() == flip(bytes));
+        drop(a);
+        drop(b);
+    }
+    assert!(
+        dirty[1] < dirty[0] + (BIG / 1024 / 2) as u64,
+        "the new pool's fork server holds {} kB, {} kB without a spare in the other pool",
+        dirty[1],
+        dirty[0]
+    );
+}

@@ -70,6 +70,14 @@
 //!   allocation (the argument's, or the one its result did not take) and each worker up to one
 //!   (its last large result's) until reused or until the pool (the worker) is gone: with the
 //!   default arenas at most 1 GiB each. They are private heap memory, never shared.
+//! * **Forks.** Being private heap, a pool's spare would be inherited (copy-on-write) by the
+//!   fork server of any pool built later, and held there for that pool's whole life, even after
+//!   its own pool was dropped (and every page copied when its pool reused it). So forking a fork
+//!   server first drops every pool's spare, pages given back to the kernel (the allocator would
+//!   keep them dirty), and no spare is kept until the fork is done
+//!   ([`crate::encoding::payload::spares_dropped_for_fork`]). Building a pool costs the others
+//!   their spare; a call's argument lent to its own result is the caller's data in flight and
+//!   stays.
 //!
 //! # Results (worker → parent)
 //!

@@ -166,7 +166,7 @@ impl SpareBytes {
 
     /// Keeps `v`'s allocation if `T` is a byte vector within the bounds (replacing the spare
     /// held so far); any other value is simply dropped. The replaced vector is freed after the
-    /// lock.
+    /// lock. While a fork server is being forked ([`spares_dropped_for_fork`]) nothing is kept.
     pub(crate) fn keep<T: 'static>(&self, v: T) {
         let Ok(bytes) = into_byte_vector(v) else {
             return;
@@ -174,7 +174,15 @@ impl SpareBytes {
         if !self.suits_keeping(&bytes) {
             return;
         }
+        // Held while the spare goes in, so a fork cannot start between this check and the
+        // insertion (the fork holds it across `fork`, having emptied every pool's spare).
+        let registry = match POOL_SPARES.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
         let old = self.slot().replace(bytes);
+        drop(registry);
         drop(old);
     }
 
@@ -217,6 +225,53 @@ impl SpareBytes {
             }),
         )
     }
+}
+
+/// Every pool's spare byte vector (`Pool`'s `spare_bytes`), so that a fork server about to be
+/// forked for another pool can drop them first ([`spares_dropped_for_fork`]).
+static POOL_SPARES: std::sync::Mutex<Vec<std::sync::Weak<SpareBytes>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Registers a pool's spare (see [`spares_dropped_for_fork`]).
+pub(crate) fn register_pool_spare(spare: &std::sync::Arc<SpareBytes>) {
+    let mut all = POOL_SPARES.lock().unwrap_or_else(|e| e.into_inner());
+    all.retain(|w| w.strong_count() > 0);
+    all.push(std::sync::Arc::downgrade(spare));
+}
+
+/// Empties every pool's spare byte vector (freeing them) and keeps them empty until the
+/// returned guard is dropped: held across the fork of a fork server. A spare is private heap
+/// memory: one inherited by another pool's fork server (and its workers) would stay allocated
+/// there, copy-on-write, for that pool's whole life, even after its own pool reused it (each
+/// page then copied on the write) or was dropped: up to 16 arena sizes per pool
+/// (`bigpayload`, "Reuse of byte vectors"; `tests/result_segments.rs`).
+pub(crate) fn spares_dropped_for_fork()
+-> std::sync::MutexGuard<'static, Vec<std::sync::Weak<SpareBytes>>> {
+    let all = POOL_SPARES.lock().unwrap_or_else(|e| e.into_inner());
+    for spare in all.iter().filter_map(std::sync::Weak::upgrade) {
+        if let Some(v) = spare.slot().take() {
+            discard_pages(v);
+        }
+    }
+    all
+}
+
+/// Frees `v`, giving its whole pages back to the kernel first: the allocator may keep a freed
+/// block (dirty) for later allocations rather than unmap it, and a fork would then copy it
+/// all the same.
+fn discard_pages(v: Vec<u8>) {
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let start = (v.as_ptr() as usize).next_multiple_of(page);
+    let end = (v.as_ptr() as usize + v.capacity()) & !(page - 1);
+    if end > start {
+        // SAFETY: `start..end` lies inside `v`'s allocation (aligned inward, so no allocator
+        // metadata around it), which we own alone and free right after: its contents are never
+        // read again. MADV_DONTNEED on private anonymous memory only drops the pages (a later
+        // touch, by the allocator's next user, sees zeros, valid for any use of fresh memory).
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
+    drop(v);
 }
 
 /// `v` as a byte vector, or `v` back if `T` is not one.

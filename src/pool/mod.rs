@@ -365,7 +365,11 @@ impl PoolBuilder {
         dispatch.retries = self.retries;
         let inner = Arc::new(Inner {
             spare_args: crate::encoding::bigpayload::SpareArgs::new(ctl.arena_cap()),
-            spare_bytes: Arc::new(SpareBytes::new(ctl.arena_cap())),
+            spare_bytes: {
+                let spare = Arc::new(SpareBytes::new(ctl.arena_cap()));
+                crate::encoding::payload::register_pool_spare(&spare);
+                spare
+            },
             dispatch: Mutex::new(dispatch),
             channels,
             collector_role: Mutex::new(CollectorRole::new(&ctl)),

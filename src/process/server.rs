@@ -286,6 +286,10 @@ pub(crate) fn fork_server(ctx: &ServerCtx<'_>) -> Result<i32> {
     //    of this pool blocked at its first panic. The hook workers need to note a panic's site is
     //    installed here, in the parent, for the same reason (`install_panic_site_hook`).
     let fork_guard = FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // Other pools' spare byte vectors (private heap, `bigpayload`, "Reuse of byte vectors") are
+    // freed first and none is kept until after the fork: the server and its workers would
+    // otherwise hold a copy-on-write share of each for this pool's whole life.
+    let spares_guard = crate::encoding::payload::spares_dropped_for_fork();
     if !crate::encoding::task::install_panic_site_hook() {
         let hook = std::panic::take_hook();
         std::panic::set_hook(hook);
@@ -311,6 +315,7 @@ pub(crate) fn fork_server(ctx: &ServerCtx<'_>) -> Result<i32> {
     // one, with the same std thread identity), so both release them here.
     drop(out);
     drop(err);
+    drop(spares_guard);
     drop(fork_guard);
     if pid != 0 {
         restore_sigmask(&mask);
