@@ -249,7 +249,15 @@ pub(crate) fn spares_dropped_for_fork()
 -> std::sync::MutexGuard<'static, Vec<std::sync::Weak<SpareBytes>>> {
     let all = POOL_SPARES.lock().unwrap_or_else(|e| e.into_inner());
     for spare in all.iter().filter_map(std::sync::Weak::upgrade) {
-        if let Some(v) = spare.slot().take() {
+        // `try_lock`: never wait on a slot here (a copy of this process made by a fork, a
+        // worker building a pool of its own, could hold a slot locked for good). A slot that
+        // is busy is being taken by a result (`take_for`; `keep` waits for this guard).
+        let v = match spare.slot.try_lock() {
+            Ok(mut slot) => slot.take(),
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().take(),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        if let Some(v) = v {
             discard_pages(v);
         }
     }

@@ -289,7 +289,7 @@ pub(crate) fn fork_server(ctx: &ServerCtx<'_>) -> Result<i32> {
     // Other pools' spare byte vectors (private heap, `bigpayload`, "Reuse of byte vectors") are
     // freed first and none is kept until after the fork: the server and its workers would
     // otherwise hold a copy-on-write share of each for this pool's whole life.
-    let spares_guard = crate::encoding::payload::spares_dropped_for_fork();
+    let mut spares_guard = crate::encoding::payload::spares_dropped_for_fork();
     if !crate::encoding::task::install_panic_site_hook() {
         let hook = std::panic::take_hook();
         std::panic::set_hook(hook);
@@ -313,6 +313,11 @@ pub(crate) fn fork_server(ctx: &ServerCtx<'_>) -> Result<i32> {
     let pid = unsafe { libc::fork() };
     // In both processes this thread holds the two locks (the child's thread is a copy of this
     // one, with the same std thread identity), so both release them here.
+    if pid == 0 {
+        // The server's copy of the registry names the parent's pools, not its own: a pool built
+        // in a worker (forked from here) must not touch their copies.
+        spares_guard.clear();
+    }
     drop(out);
     drop(err);
     drop(spares_guard);
