@@ -90,7 +90,10 @@
 //!   initializer.
 //! * **Locks held by other parent threads at the moment of the fork stay locked in the worker.**
 //!   The pool takes care of std's: it forks only once no thread is printing a panic, and holds
-//!   stdout and stderr across the fork. A lock of your program's own (or a library's) that
+//!   stdout and stderr across the fork; std's registry of thread stacks, taken by every thread
+//!   as it starts and ends, cannot be held that way, so the fork server first checks that a
+//!   thread can start in it and is forked again when not. (Building a pool also drops the
+//!   other pools' spare byte vectors, so that its fork server does not keep a copy of them.) A lock of your program's own (or a library's) that
 //!   another thread holds at that instant would stay held in every worker: build pools early,
 //!   or from a quiet moment, in heavily threaded programs.
 //! * **The forked side allocates** (the fork server and the workers build their names, threads

@@ -76,7 +76,7 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering as StdOrdering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::process::exit::reap_server;
@@ -159,10 +159,16 @@ pub(crate) struct ServerCtx<'a> {
     pub(crate) max_tasks: Option<u64>,
 }
 
-/// Forks the fork server from the calling thread; returns its pid.
-///
 /// How many times [`start_server`] forks a server that cannot start threads before it gives up.
 const SERVER_FORKS: usize = 16;
+
+/// How long [`threads_can_start`] waits for its probe at most; then it answers no.
+const PROBE_WITHIN: Duration = Duration::from_secs(2);
+
+/// How long [`start_server`] waits for a server's report; then it kills it and forks again. The
+/// report comes within [`PROBE_WITHIN`] plus scheduling; this bound only ends a server that
+/// cannot run at all (stopped).
+const SERVER_REPORT_WITHIN: Duration = Duration::from_secs(10);
 
 /// Forks the fork server ([`fork_server`]) and waits until it reports that threads can start in
 /// it; forks it again when they cannot (see "Locks across the fork"). Returns the server's pid.
@@ -178,6 +184,7 @@ pub(crate) fn start_server(ctx: &ServerCtx<'_>) -> Result<i32> {
             .server_state
             .store(SERVER_STARTING, Ordering::Relaxed);
         let pid = fork_server(ctx)?;
+        let deadline = Instant::now() + SERVER_REPORT_WITHIN;
         loop {
             match state() {
                 SERVER_SERVING => return Ok(pid),
@@ -185,11 +192,17 @@ pub(crate) fn start_server(ctx: &ServerCtx<'_>) -> Result<i32> {
                 _ => break,
             }
             // The report wakes us; the 100 ms slices only notice a server that died before it
-            // could report (killed from outside), which no futex wake announces.
+            // could report (killed from outside), which no futex wake announces, or one that
+            // cannot report (stopped): that one is killed and forked again.
             if reap_server(pid, false).is_some() {
                 return Err(Error::PoolBroken {
                     detail: "the fork server died while starting".into(),
                 });
+            }
+            if Instant::now() > deadline {
+                // SAFETY: `pid` is our own unreaped child, so the pid cannot have been reused.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                break;
             }
             header
                 .collector
@@ -214,8 +227,9 @@ pub(crate) fn start_server(ctx: &ServerCtx<'_>) -> Result<i32> {
 /// A probe thread either runs, or blocks in a futex wait that nothing can end: this process
 /// has no other thread that could release the lock. Its state is read from
 /// `/proc/self/task/<tid>/syscall`; two readings 2 ms apart in a futex call say blocked (one
-/// could catch the probe waking us). Where `/proc` cannot tell, a probe that has not run
-/// within 2 s counts as blocked: the cost of a wrong answer is one more fork.
+/// could catch the probe waking us). A probe that has not run within [`PROBE_WITHIN`] counts as
+/// blocked whatever `/proc` says (blocked otherwise, or `/proc` cannot tell): the cost of a
+/// wrong answer is one more fork, never a hang.
 fn threads_can_start() -> bool {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let probe = std::thread::Builder::new()
@@ -240,10 +254,12 @@ fn threads_can_start() -> bool {
             }
         }
         waited += slice;
+        if waited > PROBE_WITHIN {
+            return false;
+        }
         match probe_in_futex() {
             Some(true) if in_futex_before => return false,
             Some(now) => in_futex_before = now,
-            None if waited > Duration::from_secs(2) => return false,
             None => {}
         }
     }
@@ -270,6 +286,8 @@ fn probe_in_futex() -> Option<bool> {
     Some(false)
 }
 
+/// Forks the fork server from the calling thread; returns its pid.
+///
 /// Must be called from the thread that lives as long as the pool (the parent-death signal
 /// follows the forking *thread*). Use [`start_server`], which checks the forked server.
 pub(crate) fn fork_server(ctx: &ServerCtx<'_>) -> Result<i32> {
@@ -311,7 +329,7 @@ pub(crate) fn fork_server(ctx: &ServerCtx<'_>) -> Result<i32> {
     // (the initializer, tasks), which runs later in the workers; see the crate docs' fork-safety
     // section for what that code may rely on. The parent side continues normally.
     let pid = unsafe { libc::fork() };
-    // In both processes this thread holds the two locks (the child's thread is a copy of this
+    // In both processes this thread holds the guards taken above (the child's thread is a copy of this
     // one, with the same std thread identity), so both release them here.
     if pid == 0 {
         // The server's copy of the registry names the parent's pools, not its own: a pool built
