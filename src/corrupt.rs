@@ -473,6 +473,19 @@ mod tests {
         assert!(!pool.worker_pids().contains(&first));
         pool.close();
         pool.join().unwrap();
+        // Longer than a worker ever writes to its reused segment (16 arenas): refused before
+        // the parent maps it, whatever the segment was grown to.
+        let pool = Pool::builder()
+            .processes(1)
+            .arena_size(1 << 16)
+            .build()
+            .unwrap();
+        corrupted(
+            pool.apply(forged_segment_result, (17 << 16, 0, true, true))
+                .unwrap_err(),
+            "at most",
+        );
+        assert_eq!(pool.apply(double, 4).unwrap(), 8);
     }
 
     fn random(seed: u64) -> u64 {

@@ -183,6 +183,11 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+/// What the pool keeps for reuse is bounded in arena sizes: the spare argument segments
+/// together, each spare byte vector, and each worker's reused result segment hold at most this
+/// many arena sizes (1 GiB with the default 64 MiB arenas).
+pub(crate) const REUSE_MAX_ARENAS: usize = 16;
+
 /// Worker side: writes `head ++ bytes` into this worker's reusable result segment (made, and
 /// sealed against shrinking, on first use; grown when too small) and returns a descriptor of it
 /// to send. Call only when the parent has marked the segment free (`result_segment_busy`). A
@@ -425,7 +430,7 @@ impl SpareArgs {
     /// Spares for a pool whose arenas hold `arena_cap` bytes.
     pub(crate) fn new(arena_cap: usize) -> Arc<SpareArgs> {
         Arc::new(SpareArgs {
-            max_bytes: (arena_cap as u64).saturating_mul(16),
+            max_bytes: (arena_cap as u64).saturating_mul(REUSE_MAX_ARENAS as u64),
             spares: Mutex::new(Vec::new()),
         })
     }

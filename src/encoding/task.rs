@@ -113,9 +113,9 @@ impl<'a> ResultSink<'a> {
     /// waits).
     pub(crate) fn put_byte_parts(&mut self, head: &[u8], bytes: &[u8]) -> Result<Encoded, String> {
         let n = head.len() + bytes.len();
-        // Bounded like the spares: at most 16 arena sizes kept per worker.
+        // Bounded like the spares (the parent refuses a larger announced length).
         if n > self.cap
-            && n <= self.cap.saturating_mul(16)
+            && n <= self.cap.saturating_mul(crate::encoding::bigpayload::REUSE_MAX_ARENAS)
             && let Some(busy) = self.segment_busy
             // Acquire, SYNC: result-segment-free — the parent's Release store of 0 after it
             // copied our last result out: its reads of the segment happen before we rewrite it.

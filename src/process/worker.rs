@@ -362,6 +362,12 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
                 match crate::shm::channel::send_result(d.task_id, &fd) {
                     Ok(()) => big_result = Some((n, reused)),
                     Err(e) => {
+                        if reused {
+                            // Relaxed, SYNC: result-segment-free — no partner: the parent never
+                            // learns of this result, so it will not clear the flag; we do,
+                            // and our own next write follows in program order.
+                            seat.result_segment_busy.store(0, Ordering::Relaxed);
+                        }
                         let m = format!("cannot send the result's segment: {e}");
                         r = message(&mut sink, STATUS_ERROR, &m);
                     }

@@ -327,6 +327,14 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, seat: SeatState<'_>, scratc
             .map_err(|_| NoResultSegment::Worker("result segment length out of range".into()))
             .and_then(|len| {
                 let fd = crate::shm::channel::receive_result(sock, d.task_id)?;
+                // A worker writes no more than this into its reused segment; a larger length
+                // would have us map (and populate) whatever the segment was grown to.
+                let bound = cap.saturating_mul(crate::encoding::bigpayload::REUSE_MAX_ARENAS);
+                if reused && len > bound {
+                    return Err(NoResultSegment::Worker(format!(
+                        "reused result segment: {len} bytes announced, at most {bound} written"
+                    )));
+                }
                 if reused {
                     crate::encoding::bigpayload::ResultMap::open(result_map, fd, len)
                         .map(BigResult::Shared)
