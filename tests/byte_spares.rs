@@ -190,7 +190,9 @@ fn threads_submitting_big_vectors_at_once_each_get_their_own_bytes() {
                     for (k, r) in results {
                         let back = r.get().unwrap();
                         assert!(back == flip(bytes.clone()), "thread {t} call {i}.{k}");
-                        assert!(back.capacity() <= 2 * len);
+                        // Each call's result lands in that call's own argument allocation,
+                        // whatever the other threads' calls do with the pool's spare.
+                        assert_eq!(back.capacity(), len + k * 1000, "thread {t} call {i}.{k}");
                     }
                 }
             });

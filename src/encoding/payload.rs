@@ -155,7 +155,7 @@ impl SpareBytes {
     pub(crate) fn new(arena_cap: usize) -> SpareBytes {
         SpareBytes {
             min: (arena_cap / 8).max(1),
-            max: arena_cap.saturating_mul(16),
+            max: arena_cap.saturating_mul(crate::encoding::bigpayload::REUSE_MAX_ARENAS),
             slot: std::sync::Mutex::new(None),
         }
     }
@@ -191,6 +191,11 @@ impl SpareBytes {
         (self.min..=self.max).contains(&v.capacity())
     }
 
+    /// Whether `v`'s allocation may receive a vector of `len` bytes (see the bounds above).
+    fn suits_reuse(&self, v: &Vec<u8>, len: usize) -> bool {
+        len >= self.min && v.capacity() >= len && v.capacity() <= len.saturating_mul(2)
+    }
+
     /// The spare, emptied, if it suits a vector of `len` bytes (see the bounds above); otherwise
     /// it stays for a later vector it suits.
     fn take_for(&self, len: usize) -> Option<Vec<u8>> {
@@ -198,10 +203,7 @@ impl SpareBytes {
             return None;
         }
         let mut slot = self.slot();
-        if !slot
-            .as_ref()
-            .is_some_and(|v| v.capacity() >= len && v.capacity() <= len.saturating_mul(2))
-        {
+        if !slot.as_ref().is_some_and(|v| self.suits_reuse(v, len)) {
             return None;
         }
         let mut v = slot.take()?;
@@ -251,7 +253,8 @@ pub(crate) fn spares_dropped_for_fork()
     for spare in all.iter().filter_map(std::sync::Weak::upgrade) {
         // `try_lock`: never wait on a slot here (a copy of this process made by a fork, a
         // worker building a pool of its own, could hold a slot locked for good). A slot that
-        // is busy is being taken by a result (`take_for`; `keep` waits for this guard).
+        // is busy is being taken by a result (`take_for`); `keep` keeps nothing while this guard
+        // is held (it gives up on the registry's lock instead of waiting).
         let v = match spare.slot.try_lock() {
             Ok(mut slot) => slot.take(),
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().take(),
@@ -338,18 +341,28 @@ impl CallSpare {
     /// Like [`read_byte_payload`], into the call's own allocation or the pool's spare when one
     /// suits the length.
     pub(crate) fn read<T: 'static>(&self, bytes: &[u8]) -> Option<Result<T, String>> {
-        if let Some(v) = self.own() {
-            self.pool.keep(v);
+        if !is_byte_payload::<T>() {
+            return None;
         }
-        self.pool.read(bytes)
+        Some(read_bytes(bytes).map(|(b, _)| {
+            let mut v = self.vec_for(b.len());
+            v.extend_from_slice(b);
+            byte_vector_from(v)
+        }))
     }
 }
 
 impl CallSpare {
-    /// A vector with room for `len` bytes: the call's own allocation or the pool's spare when
-    /// one suits, else a fresh one.
+    /// An empty vector with room for `len` bytes: the call's own allocation when it suits
+    /// (taken straight from the call, so no other call can take it first), else the pool's
+    /// spare when that suits, else a fresh one. An own allocation that does not suit goes to
+    /// the pool's spare.
     fn vec_for(&self, len: usize) -> Vec<u8> {
-        if let Some(v) = self.own() {
+        if let Some(mut v) = self.own() {
+            if self.pool.suits_reuse(&v, len) {
+                v.clear();
+                return v;
+            }
             self.pool.keep(v);
         }
         self.pool
