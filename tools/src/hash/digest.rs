@@ -6,7 +6,7 @@
 //! through `sha2` (~1,550 MB/s with SHA-NI like the others, and the lowest cost per message),
 //! BLAKE3 through `blake3` (3.0 GB/s, one thread: the parallelism is the pool's).
 //!
-//! ## Small files are read, big files are mapped
+//! ## Files are read; SHA-2 maps big ones
 //!
 //! A file is read into the worker's reused buffer (one `read` for most: a short read that
 //! completes the size `fstat` gave is its end, so the usual extra `read` that returns 0 is
