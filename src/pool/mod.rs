@@ -638,23 +638,43 @@ impl Pool {
     {
         let _ = f;
         assert_task_fn::<F>();
+        let cell = ResultCell::new(Some(self.helper()));
+        let out = Arc::clone(&cell);
+        self.submit_one::<F, A, R>(arg, None, move |spare| {
+            Box::new(move |r| out.set(decode_result_into::<R>(r, spare.as_deref())))
+        })?;
+        Ok(AsyncResult::from_cell(cell))
+    }
+
+    /// Submits one task `f(arg)` (`call_one`), the common part of the `apply_async` forms: the
+    /// argument is encoded, a byte-vector argument is lent to a byte-vector result
+    /// (`bigpayload`, "Reuse of byte vectors"), and `done` makes the completion from that loan.
+    /// A refused call gets its argument back whole.
+    fn submit_one<F, A, R>(
+        &self,
+        arg: A,
+        timeout: Option<Duration>,
+        done: impl FnOnce(Option<Arc<CallSpare>>) -> Completion,
+    ) -> Result<(), SubmitError<A>>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Payload,
+        R: Payload,
+    {
         let payload = match encode_arg(&arg, self.arena_cap(), &self.inner.spare_args) {
             Ok(p) => p,
             Err(e) => return Err(SubmitError::new(e, arg)),
         };
-        let cell = ResultCell::new(Some(self.helper()));
-        let out = Arc::clone(&cell);
         let (spare, arg) = self.lend_arg::<A, R>(arg);
-        let in_done = spare.clone();
-        let done: Completion =
-            Box::new(move |r| out.set(decode_result_into::<R>(r, in_done.as_deref())));
-        let call = call_one::<F, A, R> as CallFn as usize;
-        let mut task = PendingTask::new(payload, call, done);
+        let done = done(spare.clone());
+        let mut task = PendingTask::new(payload, call_one::<F, A, R> as CallFn as usize, done);
+        task.timeout = timeout;
+        // The completion reads a big byte-vector result from its shared segment itself.
         task.reads_shared = crate::encoding::payload::is_byte_payload::<R>();
         match self.submit(vec![task]) {
             Ok(()) => {
                 self.spend_arg(arg);
-                Ok(AsyncResult::from_cell(cell))
+                Ok(())
             }
             Err(e) => Err(SubmitError::new(e, Self::arg_back(arg, spare.as_deref()))),
         }
@@ -700,26 +720,12 @@ impl Pool {
                 arg,
             ));
         }
-        let payload = match encode_arg(&arg, self.arena_cap(), &self.inner.spare_args) {
-            Ok(p) => p,
-            Err(e) => return Err(SubmitError::new(e, arg)),
-        };
         let cell = ResultCell::new(Some(self.helper()));
         let out = Arc::clone(&cell);
-        let (spare, arg) = self.lend_arg::<A, R>(arg);
-        let in_done = spare.clone();
-        let done: Completion =
-            Box::new(move |r| out.set(decode_result_into::<R>(r, in_done.as_deref())));
-        let mut task = PendingTask::new(payload, call_one::<F, A, R> as CallFn as usize, done);
-        task.timeout = Some(limit);
-        task.reads_shared = crate::encoding::payload::is_byte_payload::<R>();
-        match self.submit(vec![task]) {
-            Ok(()) => {
-                self.spend_arg(arg);
-                Ok(AsyncResult::from_cell(cell))
-            }
-            Err(e) => Err(SubmitError::new(e, Self::arg_back(arg, spare.as_deref()))),
-        }
+        self.submit_one::<F, A, R>(arg, Some(limit), move |spare| {
+            Box::new(move |r| out.set(decode_result_into::<R>(r, spare.as_deref())))
+        })?;
+        Ok(AsyncResult::from_cell(cell))
     }
 
     /// Runs `f(arg)` in a worker and waits for the result (Python's `apply`).
@@ -793,40 +799,30 @@ impl Pool {
     {
         let _ = f;
         assert_task_fn::<F>();
-        let payload = match encode_arg(&arg, self.arena_cap(), &self.inner.spare_args) {
-            Ok(p) => p,
-            Err(e) => return Err(SubmitError::new(e, arg)),
-        };
         let cell = ResultCell::new(Some(self.helper()));
         let out = Arc::downgrade(&cell);
-        // Counted now, so `join` cannot miss a callback that is about to be queued; a refused
-        // submission drops the completion and the promise with it.
-        let promise = Promise::new(&self.inner.callbacks);
-        let (spare, arg) = self.lend_arg::<A, R>(arg);
-        let in_done = spare.clone();
-        let done: Completion = Box::new(move |r| {
-            // Decoded twice: one value for the callback, one for `get`.
-            let for_callback = match &r {
-                TaskResult::Ok { .. } => decode_result_into::<R>(clone_ok(&r), in_done.as_deref()),
-                TaskResult::Err(e) => Err(e.clone()),
-            };
-            let publish = Publish::new(out, decode_result::<R>(r));
-            promise.run(Box::new(move || {
-                // Published when this returns (or unwinds): `get` sees the callback done.
-                let _publish = publish;
-                callback(for_callback);
-            }));
-        });
-        let call = call_one::<F, A, R> as CallFn as usize;
-        let mut task = PendingTask::new(payload, call, done);
-        task.reads_shared = crate::encoding::payload::is_byte_payload::<R>();
-        match self.submit(vec![task]) {
-            Ok(()) => {
-                self.spend_arg(arg);
-                Ok(AsyncResult::from_cell(cell))
-            }
-            Err(e) => Err(SubmitError::new(e, Self::arg_back(arg, spare.as_deref()))),
-        }
+        let callbacks = &self.inner.callbacks;
+        self.submit_one::<F, A, R>(arg, None, move |spare| {
+            // Counted now, so `join` cannot miss a callback that is about to be queued; a
+            // refused submission drops the completion and the promise with it.
+            let promise = Promise::new(callbacks);
+            Box::new(move |r| {
+                // Decoded twice: one value for the callback, one for `get`.
+                let for_callback = match &r {
+                    TaskResult::Ok { .. } => {
+                        decode_result_into::<R>(clone_ok(&r), spare.as_deref())
+                    }
+                    TaskResult::Err(e) => Err(e.clone()),
+                };
+                let publish = Publish::new(out, decode_result::<R>(r));
+                promise.run(Box::new(move || {
+                    // Published when this returns (or unwinds): `get` sees the callback done.
+                    let _publish = publish;
+                    callback(for_callback);
+                }));
+            })
+        })?;
+        Ok(AsyncResult::from_cell(cell))
     }
 
     /// Applies `f` to every item, in parallel, and returns the results in order (Python's
