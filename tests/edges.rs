@@ -95,10 +95,7 @@ fn a_timed_out_chunk_fails_the_map_and_is_not_retried() {
     let pool = Pool::builder()
         .processes(2)
         .retries(3)
-        // Every chunk runs under this limit, not only the one with item 7: a chunk of four
-        // appends that the machine starves past it fails the map before item 7 is reached
-        // (`sevens == 0`). 2 s failed once beside a release build; 5 s leaves room.
-        .task_timeout(Duration::from_secs(5))
+        .task_timeout(Duration::from_secs(2))
         .build()
         .unwrap();
     fn item(x: (u64, String)) -> u64 {
@@ -108,7 +105,9 @@ fn a_timed_out_chunk_fails_the_map_and_is_not_retried() {
             .create(true)
             .open(&x.1)
             .unwrap();
-        writeln!(f, "{}", x.0).unwrap();
+        // One `write` per line: `writeln!` makes two ("7", then "\n"), and the two workers'
+        // appends interleaved into lines such as "27" (no line "7": the test failed).
+        f.write_all(format!("{}\n", x.0).as_bytes()).unwrap();
         if x.0 == 7 {
             std::thread::sleep(Duration::from_secs(30));
         }
