@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use shmpool::{Error, Pool};
@@ -13,13 +12,6 @@ use shmpool::{Error, Pool};
 const SMALL_ARENA: usize = 64 * 1024;
 /// What a pool with `SMALL_ARENA` keeps at most: 16 arenas, in at most two segments.
 const SPARE_BYTES: u64 = 16 * SMALL_ARENA as u64;
-
-/// The tests of this file count fds of the whole process: one at a time.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// `(count, total bytes)` of the argument segments process `pid` holds open.
 fn arg_segments(pid: &str) -> (usize, u64) {
@@ -60,7 +52,7 @@ fn bytes(seed: usize, len: usize) -> Vec<u8> {
 #[test]
 fn concurrent_large_arguments_each_arrive_intact() {
     let _w = common::arm(180);
-    let _s = serial();
+    let _s = common::serial();
     let pool = Pool::builder()
         .processes(2)
         .arena_size(SMALL_ARENA)
@@ -109,7 +101,7 @@ fn concurrent_large_arguments_each_arrive_intact() {
 #[test]
 fn a_worker_holds_its_argument_segment_read_only() {
     let _w = common::arm(120);
-    let _s = serial();
+    let _s = common::serial();
     let pool = Pool::builder()
         .processes(1)
         .arena_size(SMALL_ARENA)
@@ -156,7 +148,7 @@ fn a_worker_holds_its_argument_segment_read_only() {
 #[test]
 fn the_spares_are_bounded_and_closed_with_the_pool() {
     let _w = common::arm(120);
-    let _s = serial();
+    let _s = common::serial();
     let before = arg_segments("self");
     assert_eq!(before.0, 0, "another pool's segments are open");
     let pool = Pool::builder()
@@ -212,7 +204,7 @@ fn the_spares_are_bounded_and_closed_with_the_pool() {
 #[test]
 fn a_worker_killed_while_reading_a_reused_segment_harms_no_other_call() {
     let _w = common::arm(180);
-    let _s = serial();
+    let _s = common::serial();
     let pool = Pool::builder()
         .processes(2)
         .arena_size(SMALL_ARENA)
@@ -267,7 +259,7 @@ fn a_worker_killed_while_reading_a_reused_segment_harms_no_other_call() {
 #[test]
 fn a_pool_built_while_another_keeps_a_spare_does_not_hold_it() {
     let _w = common::arm(120);
-    let _s = serial();
+    let _s = common::serial();
     let first = Pool::builder()
         .processes(1)
         .arena_size(SMALL_ARENA)

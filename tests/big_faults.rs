@@ -11,13 +11,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use shmpool::{Error, Pool};
 
-/// Held by every test of this file: they count this process's fds, which another test's pool
-/// running at the same time would change.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The smallest arena the builder takes: nearly every payload here is "big".
 const TINY_ARENA: usize = 4096;
 
@@ -75,7 +68,7 @@ fn assert_nothing_left(fds: usize, pids: &[u32]) {
 
 #[test]
 fn many_threads_submit_distinct_big_payloads_and_each_gets_its_own_bytes_back() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(300);
     let fds = common::fd_count();
     let pool = Pool::builder()
@@ -118,7 +111,7 @@ fn many_threads_submit_distinct_big_payloads_and_each_gets_its_own_bytes_back() 
 
 #[test]
 fn terminate_from_another_thread_while_big_payloads_fly_leaves_nothing_behind() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(300);
     let fds = common::fd_count();
     for round in 0..4u64 {
@@ -167,7 +160,7 @@ fn terminate_from_another_thread_while_big_payloads_fly_leaves_nothing_behind() 
 
 #[test]
 fn dropping_a_pool_with_big_payloads_in_flight_leaves_nothing_behind() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(300);
     let fds = common::fd_count();
     for round in 0..4u64 {
@@ -273,7 +266,7 @@ fn write_then_die(a: (PathBuf, Vec<u8>)) -> DieWritingOut {
 
 #[test]
 fn a_worker_killed_while_it_holds_a_big_argument_or_writes_a_big_result_fails_only_that_task() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(300);
     let fds = common::fd_count();
     let pool = Pool::builder()
@@ -333,7 +326,7 @@ fn a_worker_killed_while_it_holds_a_big_argument_or_writes_a_big_result_fails_on
 
 #[test]
 fn retries_give_the_replacement_the_same_big_argument() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(300);
     let fds = common::fd_count();
     let pool = Pool::builder()
@@ -409,7 +402,7 @@ impl<'de> Deserialize<'de> for SlowOut {
 
 #[test]
 fn a_time_limit_that_fires_during_a_big_payload_fails_that_task_and_leaks_nothing() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(300);
     let fds = common::fd_count();
     let pool = Pool::builder()
@@ -460,7 +453,7 @@ impl<'de> Deserialize<'de> for NoBigOnes {
 
 #[test]
 fn a_deserialize_that_panics_on_a_big_result_fails_that_call_and_the_pool_serves_on() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(300);
     let fds = common::fd_count();
     let pool = Pool::builder()
@@ -507,7 +500,7 @@ struct Blob {
 
 #[test]
 fn sizes_at_the_boundaries_of_tiny_arenas_cross_byte_for_byte() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(600);
     let fds = common::fd_count();
     for arena in [4096usize, 4097, 5000, 8191, 8192] {
@@ -571,7 +564,7 @@ fn sizes_at_the_boundaries_of_tiny_arenas_cross_byte_for_byte() {
 
 #[test]
 fn imap_items_and_results_bigger_than_the_arena() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(300);
     let pool = Pool::builder()
         .processes(2)
@@ -623,7 +616,7 @@ fn rss(pid: &str) -> usize {
 
 #[test]
 fn map_over_one_mib_items_keeps_no_huge_buffers_after_a_big_one() {
-    let _serial = serial();
+    let _serial = common::serial();
     if common::scenario().as_deref() != Some("rss") {
         // In a process of its own: other tests' allocations would blur the parent's figure.
         let _w = common::arm(300);
@@ -700,7 +693,7 @@ fn set_nofile(n: u64) {
 
 #[test]
 fn big_payloads_at_a_low_fd_limit_are_answers_not_hangs() {
-    let _serial = serial();
+    let _serial = common::serial();
     if common::scenario().as_deref() == Some("nofile") {
         let _w = common::arm(200);
         set_nofile(64);
@@ -791,7 +784,7 @@ fn len_after_gate(a: (PathBuf, Vec<u8>)) -> usize {
 
 #[test]
 fn a_pool_built_while_another_has_big_payloads_in_flight_does_not_keep_them_alive() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(300);
     let a = Pool::builder()
         .processes(1)
@@ -855,7 +848,7 @@ fn a_pool_built_while_another_has_big_payloads_in_flight_does_not_keep_them_aliv
 
 #[test]
 fn big_payloads_through_workers_that_exit_after_every_task() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(300);
     let fds = common::fd_count();
     // Each worker exits after one task: the tasks queued behind it in its ring go to a
@@ -895,7 +888,7 @@ fn big_payloads_through_workers_that_exit_after_every_task() {
 
 #[test]
 fn workers_killed_from_outside_at_random_while_big_payloads_stream() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(300);
     let fds = common::fd_count();
     let pool = Pool::builder()
@@ -969,7 +962,7 @@ fn workers_killed_from_outside_at_random_while_big_payloads_stream() {
 
 #[test]
 fn a_per_call_time_limit_with_a_big_argument_fails_only_that_call() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(300);
     let pool = Pool::builder()
         .processes(1)
@@ -989,7 +982,7 @@ fn a_per_call_time_limit_with_a_big_argument_fails_only_that_call() {
 
 #[test]
 fn reused_argument_segments_carry_each_call_its_own_bytes_through_kills_and_retries() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(300);
     let fds = common::fd_count();
     // 256 KiB arenas: up to 4 MiB of spare argument segments, so most big arguments below are

@@ -15,13 +15,6 @@ use shmpool::{Error, Pool};
 /// 64 KiB arenas: vectors from 8 KiB (an eighth) are reused, up to 1 MiB (16 arenas).
 const ARENA: usize = 64 * 1024;
 
-/// Held by every test of this file: some count this process's fds and mappings, which another
-/// test's pool running at the same time would change.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn pool(processes: usize) -> Pool {
     Pool::builder()
         .processes(processes)
@@ -30,45 +23,38 @@ fn pool(processes: usize) -> Pool {
         .unwrap()
 }
 
-/// `bytes` in a vector of capacity `cap` (a vector with a recognisable capacity).
-fn with_capacity(bytes: &[u8], cap: usize) -> Vec<u8> {
-    let mut v = Vec::with_capacity(cap);
-    v.extend_from_slice(bytes);
-    v
-}
-
 fn echo(v: Vec<u8>) -> Vec<u8> {
     v
 }
 
-fn flip(v: Vec<u8>) -> Vec<u8> {
-    v.iter().rev().map(|b| b ^ 0x5A).collect()
-}
-
 #[test]
 fn the_parent_decodes_a_big_result_into_the_arguments_allocation() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(120);
     let p = pool(1);
     // In the arena (40 KiB) and in a segment of its own (300 KiB).
     for len in [40 * 1024, 300 * 1024] {
         let bytes = common::noise(len, len as u64);
-        let back = p.apply(flip, with_capacity(&bytes, len + 999)).unwrap();
-        assert_eq!(back, flip(bytes.clone()));
+        let back = p
+            .apply(common::flip, common::with_capacity(&bytes, len + 999))
+            .unwrap();
+        assert_eq!(back, common::flip(bytes.clone()));
         assert_eq!(
             back.capacity(),
             len + 999,
             "the argument's allocation, reused (a fresh one would hold exactly {len})"
         );
         // A spare more than twice the result's length is not handed out: the result is fresh.
-        let back = p.apply(flip, with_capacity(&bytes, 2 * len + 1)).unwrap();
-        assert_eq!(back, flip(bytes.clone()));
+        let back = p
+            .apply(common::flip, common::with_capacity(&bytes, 2 * len + 1))
+            .unwrap();
+        assert_eq!(back, common::flip(bytes.clone()));
         assert_eq!(back.capacity(), len);
         // Nor for a small result (under an eighth of the arena).
         let small = p
             .apply(
                 |v: Vec<u8>| v[..100].to_vec(),
-                with_capacity(&bytes, len + 1),
+                common::with_capacity(&bytes, len + 1),
             )
             .unwrap();
         assert_eq!((small.len(), small.capacity()), (100, 100));
@@ -78,7 +64,7 @@ fn the_parent_decodes_a_big_result_into_the_arguments_allocation() {
     let bytes = common::noise(100_000, 7);
     let (tx, rx) = std::sync::mpsc::channel();
     let r = p
-        .apply_async_with_callback(echo, with_capacity(&bytes, 100_123), move |r| {
+        .apply_async_with_callback(echo, common::with_capacity(&bytes, 100_123), move |r| {
             tx.send(r.unwrap()).unwrap();
         })
         .unwrap();
@@ -90,7 +76,7 @@ fn the_parent_decodes_a_big_result_into_the_arguments_allocation() {
 
 #[test]
 fn a_worker_decodes_a_big_argument_into_its_last_results_allocation() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(120);
     let p = pool(1);
     for len in [20 * 1024, 200 * 1024] {
@@ -130,7 +116,7 @@ fn a_worker_decodes_a_big_argument_into_its_last_results_allocation() {
 /// own bytes and no capacity over twice its length, whichever spare it was decoded into.
 #[test]
 fn reuse_never_mixes_up_bytes_across_sizes() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(300);
     let p = pool(2);
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
@@ -150,16 +136,16 @@ fn reuse_never_mixes_up_bytes_across_sizes() {
         };
         let bytes = common::noise(len, i);
         let extra = (next() % (len as u64 + 2)) as usize;
-        let arg = with_capacity(&bytes, len + extra);
+        let arg = common::with_capacity(&bytes, len + extra);
         let back = if i % 3 == 0 {
             let b: Box<[u8]> = p
-                .apply(|v: Vec<u8>| flip(v).into_boxed_slice(), arg)
+                .apply(|v: Vec<u8>| common::flip(v).into_boxed_slice(), arg)
                 .unwrap();
             b.into_vec()
         } else {
-            p.apply(flip, arg).unwrap()
+            p.apply(common::flip, arg).unwrap()
         };
-        assert!(back == flip(bytes.clone()), "call {i}, {len} bytes");
+        assert!(back == common::flip(bytes.clone()), "call {i}, {len} bytes");
         assert!(
             back.capacity() <= (2 * len).max(len),
             "call {i}: {} bytes in a capacity of {}",
@@ -171,7 +157,7 @@ fn reuse_never_mixes_up_bytes_across_sizes() {
 
 #[test]
 fn threads_submitting_big_vectors_at_once_each_get_their_own_bytes() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(300);
     let p = pool(2);
     std::thread::scope(|s| {
@@ -183,13 +169,16 @@ fn threads_submitting_big_vectors_at_once_each_get_their_own_bytes() {
                     let bytes = common::noise(len, t << 32 | i);
                     let results: Vec<_> = (0..3)
                         .map(|k| {
-                            let arg = with_capacity(&bytes, len + k * 1000);
-                            (k, p.apply_async(flip, arg).unwrap())
+                            let arg = common::with_capacity(&bytes, len + k * 1000);
+                            (k, p.apply_async(common::flip, arg).unwrap())
                         })
                         .collect();
                     for (k, r) in results {
                         let back = r.get().unwrap();
-                        assert!(back == flip(bytes.clone()), "thread {t} call {i}.{k}");
+                        assert!(
+                            back == common::flip(bytes.clone()),
+                            "thread {t} call {i}.{k}"
+                        );
                         // Each call's result lands in that call's own argument allocation,
                         // whatever the other threads' calls do with the pool's spare.
                         assert_eq!(back.capacity(), len + k * 1000, "thread {t} call {i}.{k}");
@@ -214,13 +203,13 @@ impl<'de> Deserialize<'de> for Touchy {
 
 #[test]
 fn panics_between_big_round_trips_leave_the_spares_sound() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(300);
     let p = pool(1);
     for i in 0..6u64 {
         let len = 150_000 + i as usize * 10_000;
         let bytes = common::noise(len, i);
-        assert!(p.apply(flip, bytes.clone()).unwrap() == flip(bytes.clone()));
+        assert!(p.apply(common::flip, bytes.clone()).unwrap() == common::flip(bytes.clone()));
         // The task panics after decoding a big argument (into the worker's spare).
         let e = p
             .apply(
@@ -253,8 +242,8 @@ fn panics_between_big_round_trips_leave_the_spares_sound() {
         )
         .unwrap_err();
     assert!(matches!(e, Error::WorkerDied { .. }), "{e}");
-    let back = p.apply(flip, bytes.clone()).unwrap();
-    assert!(back == flip(bytes));
+    let back = p.apply(common::flip, bytes.clone()).unwrap();
+    assert!(back == common::flip(bytes));
     drop(p);
     std::thread::sleep(Duration::from_millis(1));
 }
@@ -286,7 +275,7 @@ fn result_segments(pid: u32) -> (Vec<u64>, Vec<u64>) {
 
 #[test]
 fn a_worker_writes_its_big_results_into_one_segment_the_parent_keeps_mapped() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(120);
     let p = pool(1);
     let worker = p.worker_pids()[0];
@@ -298,8 +287,8 @@ fn a_worker_writes_its_big_results_into_one_segment_the_parent_keeps_mapped() {
         .enumerate()
     {
         let bytes = common::noise(len, i as u64 + 40);
-        let back = p.apply(flip, bytes.clone()).unwrap();
-        assert!(back == flip(bytes), "round trip {i}");
+        let back = p.apply(common::flip, bytes.clone()).unwrap();
+        assert!(back == common::flip(bytes), "round trip {i}");
         let (open, _) = result_segments(worker);
         assert_eq!(
             open.len(),
@@ -328,7 +317,7 @@ fn a_worker_writes_its_big_results_into_one_segment_the_parent_keeps_mapped() {
     };
     let before = size(seen.unwrap());
     let huge = common::noise(16 * ARENA + 100, 9);
-    assert!(p.apply(flip, huge.clone()).unwrap() == flip(huge));
+    assert!(p.apply(common::flip, huge.clone()).unwrap() == common::flip(huge));
     assert_eq!(size(seen.unwrap()), before);
     assert!(before.is_some_and(|b| b < 16 * ARENA as u64));
     // A worker that dies with the segment mapped in the parent: the mapping goes with it, the
@@ -346,7 +335,7 @@ fn a_worker_writes_its_big_results_into_one_segment_the_parent_keeps_mapped() {
         .unwrap_err();
     assert!(matches!(e, Error::WorkerDied { .. }), "{e}");
     let bytes = common::noise(250_000, 2);
-    assert!(p.apply(flip, bytes.clone()).unwrap() == flip(bytes));
+    assert!(p.apply(common::flip, bytes.clone()).unwrap() == common::flip(bytes));
     let (_, mapped) = result_segments(me);
     assert_eq!(mapped.len(), 1, "only the replacement's: {mapped:?}");
     assert_ne!(Some(mapped[0]), seen);
@@ -360,7 +349,7 @@ fn a_worker_writes_its_big_results_into_one_segment_the_parent_keeps_mapped() {
 /// still busy): every other result is whole and nothing is left behind.
 #[test]
 fn workers_killed_around_their_reused_result_segments_lose_only_their_task() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(300);
     let fds = common::fd_count();
     let p = pool(2);
@@ -371,7 +360,7 @@ fn workers_killed_around_their_reused_result_segments_lose_only_their_task() {
             .collect();
         let results: Vec<_> = inputs
             .iter()
-            .map(|v| p.apply_async(flip, v.clone()).unwrap())
+            .map(|v| p.apply_async(common::flip, v.clone()).unwrap())
             .collect();
         // Kill one worker mid-stream.
         let victims = p.worker_pids();
@@ -380,7 +369,7 @@ fn workers_killed_around_their_reused_result_segments_lose_only_their_task() {
         for (v, r) in inputs.iter().zip(results) {
             match r.get() {
                 Ok(back) => {
-                    assert!(back == flip(v.clone()), "round {round}");
+                    assert!(back == common::flip(v.clone()), "round {round}");
                     ok += 1;
                 }
                 Err(Error::WorkerDied { .. }) => {}

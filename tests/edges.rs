@@ -7,18 +7,10 @@
 
 mod common;
 
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use shmpool::{Error, Pool};
-
-/// Some tests count the process's fds, which every pool changes: the tests run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn sleep_ms(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
@@ -27,7 +19,7 @@ fn sleep_ms(ms: u64) -> u64 {
 
 #[test]
 fn a_one_nanosecond_limit_times_out_and_the_pool_serves_on() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(60);
     let pool = Pool::new(2).unwrap();
     for _ in 0..20 {
@@ -42,7 +34,7 @@ fn a_one_nanosecond_limit_times_out_and_the_pool_serves_on() {
 
 #[test]
 fn duration_max_limits_do_not_overflow_and_tasks_finish() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(60);
     let pool = Pool::builder()
         .processes(2)
@@ -71,7 +63,7 @@ fn duration_max_limits_do_not_overflow_and_tasks_finish() {
 
 #[test]
 fn a_zero_limit_is_refused() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(60);
     assert!(
         Pool::builder()
@@ -88,7 +80,7 @@ fn a_zero_limit_is_refused() {
 
 #[test]
 fn a_timed_out_chunk_fails_the_map_and_is_not_retried() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(90);
     let dir = std::env::temp_dir().join(format!("b10-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -126,7 +118,7 @@ fn a_timed_out_chunk_fails_the_map_and_is_not_retried() {
 
 #[test]
 fn retries_of_a_task_that_always_kills_its_worker_end_in_worker_died() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(90);
     let pool = Pool::builder().processes(2).retries(5).build().unwrap();
     fn die(_: ()) -> u8 {
@@ -141,7 +133,7 @@ fn retries_of_a_task_that_always_kills_its_worker_end_in_worker_died() {
 
 #[test]
 fn terminate_during_retries_resolves_every_result() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(90);
     for _ in 0..5 {
         let pool = Pool::builder().processes(2).retries(1000).build().unwrap();
@@ -162,7 +154,7 @@ fn terminate_during_retries_resolves_every_result() {
 
 #[test]
 fn timed_tasks_from_many_threads_each_get_their_own_answer() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(120);
     let pool = Pool::new(2).unwrap();
     std::thread::scope(|s| {
@@ -193,7 +185,7 @@ fn timed_tasks_from_many_threads_each_get_their_own_answer() {
 
 #[test]
 fn payloads_at_the_arena_size_plus_minus_one_cross_unchanged() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(120);
     let cap = 1 << 16;
     let pool = Pool::builder()
@@ -233,7 +225,7 @@ fn payloads_at_the_arena_size_plus_minus_one_cross_unchanged() {
 
 #[test]
 fn big_results_from_many_workers_at_once() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(120);
     let pool = Pool::builder()
         .processes(4)
@@ -253,7 +245,7 @@ fn big_results_from_many_workers_at_once() {
 
 #[test]
 fn big_payloads_through_killed_workers_leave_no_fd() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(120);
     let pool = Pool::builder()
         .processes(2)
@@ -307,7 +299,7 @@ fn big_payloads_through_killed_workers_leave_no_fd() {
 
 #[test]
 fn big_payloads_with_one_task_per_worker_leave_no_fd() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(120);
     let pool = Pool::builder()
         .processes(2)
@@ -355,7 +347,7 @@ impl<'de> Deserialize<'de> for Grumpy {
 
 #[test]
 fn a_deserialize_panicking_on_a_big_payload_is_an_error_not_a_leak() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(120);
     let pool = Pool::builder()
         .processes(2)
@@ -384,7 +376,7 @@ fn a_deserialize_panicking_on_a_big_payload_is_an_error_not_a_leak() {
 
 #[test]
 fn a_stopped_worker_is_still_killed_at_its_limit() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(60);
     let pool = Pool::new(1).unwrap();
     let pid = pool.worker_pids()[0];
@@ -412,7 +404,7 @@ fn a_stopped_worker_is_still_killed_at_its_limit() {
 
 #[test]
 fn sigint_to_workers_running_timed_tasks_loses_nothing() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(60);
     let pool = Pool::new(2).unwrap();
     let rs: Vec<_> = (0..6)
@@ -432,7 +424,7 @@ fn sigint_to_workers_running_timed_tasks_loses_nothing() {
 
 #[test]
 fn a_retried_task_gets_its_big_argument_again() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(120);
     let dir = std::env::temp_dir().join(format!("b10r-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -471,7 +463,7 @@ fn a_retried_task_gets_its_big_argument_again() {
 
 #[test]
 fn limits_that_end_while_a_big_result_is_sent_leave_no_fd() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(120);
     let pool = Pool::builder()
         .processes(2)

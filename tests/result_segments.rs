@@ -9,29 +9,12 @@ use shmpool::{Error, Pool};
 /// 64 KiB arenas: byte vectors from 8 KiB (an eighth) are kept, up to 1 MiB (16 arenas).
 const ARENA: usize = 64 * 1024;
 
-/// Held by every test of this file: some measure this process's memory, which another test's
-/// pool running at the same time would change.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn pool(processes: usize) -> Pool {
     Pool::builder()
         .processes(processes)
         .arena_size(ARENA)
         .build()
         .unwrap()
-}
-
-fn with_capacity(bytes: &[u8], cap: usize) -> Vec<u8> {
-    let mut v = Vec::with_capacity(cap);
-    v.extend_from_slice(bytes);
-    v
-}
-
-fn flip(v: Vec<u8>) -> Vec<u8> {
-    v.iter().rev().map(|b| b ^ 0x5A).collect()
 }
 
 /// A kB figure of this process's `/proc/self/status`.
@@ -72,7 +55,7 @@ fn resize_then_answer(case: (u64, usize, u64)) -> (bool, Vec<u8>) {
 /// task that shrinks it fails (sealed), and the parent never takes a SIGBUS.
 #[test]
 fn a_task_that_resizes_its_result_segment_costs_the_parent_nothing_and_breaks_nothing() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(300);
     let p = pool(1);
     // The worker makes its reused segment (100 KB), and the parent maps it.
@@ -83,8 +66,8 @@ fn a_task_that_resizes_its_result_segment_costs_the_parent_nothing_and_breaks_no
         .apply(|c: (u64, usize, u64)| resize_then_answer(c).0, (4096, 0, 0))
         .unwrap();
     assert!(!shrunk, "the reused result segment could shrink");
-    let back = p.apply(flip, common::noise(90_000, 2)).unwrap();
-    assert!(back == flip(common::noise(90_000, 2)));
+    let back = p.apply(common::flip, common::noise(90_000, 2)).unwrap();
+    assert!(back == common::flip(common::noise(90_000, 2)));
     // Grown to 256 MiB (sparse), then a result larger than the parent's mapping so far.
     let before = status_kb("RssShmem:");
     let got: Vec<u8> = p
@@ -106,7 +89,7 @@ fn a_task_that_resizes_its_result_segment_costs_the_parent_nothing_and_breaks_no
     // Later results through the same (large) segment are right.
     for i in 0..4u64 {
         let bytes = common::noise(150_000 + i as usize * 40_000, 10 + i);
-        assert!(p.apply(flip, bytes.clone()).unwrap() == flip(bytes));
+        assert!(p.apply(common::flip, bytes.clone()).unwrap() == common::flip(bytes));
     }
     drop(first);
 }
@@ -116,7 +99,7 @@ fn a_task_that_resizes_its_result_segment_costs_the_parent_nothing_and_breaks_no
 /// every result is its own, and no vector comes back with more than twice its length.
 #[test]
 fn sizes_around_every_bound_round_trip_whole() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(300);
     let p = pool(2);
     let e = ARENA / 8;
@@ -142,23 +125,26 @@ fn sizes_around_every_bound_round_trip_whole() {
     for (i, &len) in lens.iter().enumerate() {
         let bytes = common::noise(len, i as u64 + 1);
         for (k, cap) in [len, 2 * len, 2 * len + 1, len + 1].into_iter().enumerate() {
-            let arg = with_capacity(&bytes, cap);
+            let arg = common::with_capacity(&bytes, cap);
             let back = match k {
-                0 => p.apply(flip, arg).unwrap(),
+                0 => p.apply(common::flip, arg).unwrap(),
                 1 => p
-                    .apply(|v: Vec<u8>| flip(v).into_boxed_slice(), arg)
+                    .apply(|v: Vec<u8>| common::flip(v).into_boxed_slice(), arg)
                     .unwrap()
                     .into_vec(),
                 2 => {
                     let b: Box<[u8]> = p
-                        .apply(|b: Box<[u8]>| flip(b.into_vec()), arg.into_boxed_slice())
+                        .apply(
+                            |b: Box<[u8]>| common::flip(b.into_vec()),
+                            arg.into_boxed_slice(),
+                        )
                         .unwrap()
                         .into_boxed_slice();
                     b.into_vec()
                 }
-                _ => p.apply_async(flip, arg).unwrap().get().unwrap(),
+                _ => p.apply_async(common::flip, arg).unwrap().get().unwrap(),
             };
-            assert!(back == flip(bytes.clone()), "len {len}, case {k}");
+            assert!(back == common::flip(bytes.clone()), "len {len}, case {k}");
             assert!(
                 back.capacity() <= 2 * len,
                 "len {len}, case {k}: capacity {}",
@@ -182,16 +168,16 @@ fn sizes_around_every_bound_round_trip_whole() {
 /// A refused call gives its argument back intact: the same allocation, the same bytes.
 #[test]
 fn a_refused_big_call_gives_its_argument_back_intact() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(120);
     let p = pool(1);
     // A spare in the pool first.
     let bytes = common::noise(200_000, 5);
-    assert!(p.apply(flip, bytes.clone()).unwrap() == flip(bytes.clone()));
+    assert!(p.apply(common::flip, bytes.clone()).unwrap() == common::flip(bytes.clone()));
     p.close();
     for len in [20_000, 200_000, 2_000_000] {
         let bytes = common::noise(len, len as u64);
-        let arg = with_capacity(&bytes, len + 5);
+        let arg = common::with_capacity(&bytes, len + 5);
         let (ptr, cap) = (arg.as_ptr() as usize, arg.capacity());
         let check = |v: Vec<u8>, e: Error| {
             assert!(matches!(e, Error::PoolClosed), "{e}");
@@ -199,14 +185,14 @@ fn a_refused_big_call_gives_its_argument_back_intact() {
             assert!(v == bytes);
             v
         };
-        let r = p.apply_async(flip, arg).unwrap_err();
+        let r = p.apply_async(common::flip, arg).unwrap_err();
         let arg = check(r.value, r.error);
         let r = p
-            .apply_async_timeout(flip, arg, std::time::Duration::from_secs(9))
+            .apply_async_timeout(common::flip, arg, std::time::Duration::from_secs(9))
             .unwrap_err();
         let arg = check(r.value, r.error);
         let r = p
-            .apply_async_with_callback(flip, arg, |_| panic!("refused"))
+            .apply_async_with_callback(common::flip, arg, |_| panic!("refused"))
             .unwrap_err();
         let arg = check(r.value, r.error);
         let boxed = arg.into_boxed_slice();
@@ -223,7 +209,7 @@ fn a_refused_big_call_gives_its_argument_back_intact() {
 /// serves on and never mixes up results.
 #[test]
 fn a_task_that_replaces_its_result_segment_cannot_hurt_the_parent() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(300);
     let p = pool(1);
     let first = p.worker_pids()[0];
@@ -262,7 +248,7 @@ fn a_task_that_replaces_its_result_segment_cannot_hurt_the_parent() {
     }
     for i in 0..5u64 {
         let bytes = common::noise(120_000 + i as usize * 50_000, 20 + i);
-        assert!(p.apply(flip, bytes.clone()).unwrap() == flip(bytes));
+        assert!(p.apply(common::flip, bytes.clone()).unwrap() == common::flip(bytes));
     }
     let _ = first;
 }
@@ -271,7 +257,7 @@ fn a_task_that_replaces_its_result_segment_cannot_hurt_the_parent() {
 /// callbacks, `map` and `starmap` of big byte vectors; every result is its own bytes.
 #[test]
 fn every_way_of_calling_at_once_gets_its_own_bytes() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(600);
     let p = pool(3);
     let key = |t: u64, i: u64| t << 32 | i;
@@ -285,24 +271,27 @@ fn every_way_of_calling_at_once_gets_its_own_bytes() {
                     match (t + i) % 5 {
                         0 => {
                             let back = p
-                                .apply(flip, with_capacity(&bytes, len + i as usize))
+                                .apply(
+                                    common::flip,
+                                    common::with_capacity(&bytes, len + i as usize),
+                                )
                                 .unwrap();
-                            assert!(back == flip(bytes), "apply {t}.{i}");
+                            assert!(back == common::flip(bytes), "apply {t}.{i}");
                         }
                         1 => {
-                            let dropped = p.apply_async(flip, bytes.clone()).unwrap();
-                            let kept = p.apply_async(flip, bytes.clone()).unwrap();
+                            let dropped = p.apply_async(common::flip, bytes.clone()).unwrap();
+                            let kept = p.apply_async(common::flip, bytes.clone()).unwrap();
                             drop(dropped);
-                            assert!(kept.get().unwrap() == flip(bytes), "async {t}.{i}");
+                            assert!(kept.get().unwrap() == common::flip(bytes), "async {t}.{i}");
                         }
                         2 => {
                             let (tx, rx) = std::sync::mpsc::channel();
                             let r = p
-                                .apply_async_with_callback(flip, bytes.clone(), move |r| {
+                                .apply_async_with_callback(common::flip, bytes.clone(), move |r| {
                                     tx.send(r.unwrap()).unwrap();
                                 })
                                 .unwrap();
-                            let want = flip(bytes);
+                            let want = common::flip(bytes);
                             assert!(r.get().unwrap() == want, "get {t}.{i}");
                             assert!(rx.recv().unwrap() == want, "callback {t}.{i}");
                         }
@@ -310,9 +299,9 @@ fn every_way_of_calling_at_once_gets_its_own_bytes() {
                             let items: Vec<Vec<u8>> = (0..4)
                                 .map(|k| common::noise(len / (k + 1), key(t, i) + k as u64))
                                 .collect();
-                            let back = p.map(flip, items.clone()).unwrap();
+                            let back = p.map(common::flip, items.clone()).unwrap();
                             for (a, b) in items.into_iter().zip(back) {
-                                assert!(b == flip(a), "map {t}.{i}");
+                                assert!(b == common::flip(a), "map {t}.{i}");
                             }
                         }
                         _ => {
@@ -347,7 +336,7 @@ fn every_way_of_calling_at_once_gets_its_own_bytes() {
 /// call either times out or gets its own bytes, and the replacements serve on.
 #[test]
 fn big_results_racing_their_time_limit_are_whole_or_timed_out() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(600);
     let p = pool(2);
     let mut timed_out = 0;
@@ -383,7 +372,7 @@ fn big_results_racing_their_time_limit_are_whole_or_timed_out() {
         }
         let bytes = common::noise(len, 1000 + i);
         assert!(
-            p.apply(flip, bytes.clone()).unwrap() == flip(bytes),
+            p.apply(common::flip, bytes.clone()).unwrap() == common::flip(bytes),
             "after {i}"
         );
     }
@@ -394,7 +383,7 @@ fn big_results_racing_their_time_limit_are_whole_or_timed_out() {
 /// spares and the reused segment are reused, nothing accumulates).
 #[test]
 fn fifty_big_round_trips_do_not_grow_memory() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(600);
     let p = pool(1);
     let worker = p.worker_pids()[0];
@@ -408,14 +397,14 @@ fn fifty_big_round_trips_do_not_grow_memory() {
     };
     let len = 900_000;
     let bytes = common::noise(len, 77);
-    let want = flip(bytes.clone());
+    let want = common::flip(bytes.clone());
     let mut arg = bytes.clone();
     let mut base = (0, 0);
     for i in 0..50 {
-        let back = p.apply(flip, arg).unwrap();
+        let back = p.apply(common::flip, arg).unwrap();
         assert!(back == want, "trip {i}");
         assert!(back.capacity() <= 2 * len);
-        arg = flip(back);
+        arg = common::flip(back);
         if i == 9 {
             base = (rss(std::process::id()), rss(worker));
         }
@@ -441,7 +430,7 @@ fn fifty_big_round_trips_do_not_grow_memory() {
 /// every result is whole, and no segment, mapping, fd or process outlives the pool.
 #[test]
 fn workers_that_exit_after_each_big_result_leave_nothing_behind() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(300);
     let fds = common::fd_count();
     let p = Pool::builder()
@@ -454,11 +443,11 @@ fn workers_that_exit_after_each_big_result_leave_nothing_behind() {
     let rs: Vec<_> = (0..16u64)
         .map(|i| {
             let bytes = common::noise(100_000 + i as usize * 10_000, i);
-            (bytes.clone(), p.apply_async(flip, bytes).unwrap())
+            (bytes.clone(), p.apply_async(common::flip, bytes).unwrap())
         })
         .collect();
     for (i, (bytes, r)) in rs.into_iter().enumerate() {
-        assert!(r.get().unwrap() == flip(bytes), "call {i}");
+        assert!(r.get().unwrap() == common::flip(bytes), "call {i}");
         pids.extend(p.worker_pids());
     }
     drop(p);
@@ -484,7 +473,7 @@ fn workers_that_exit_after_each_big_result_leave_nothing_behind() {
 /// segment or with more than twice its length in capacity; killing that worker ends it.
 #[test]
 fn a_thread_scribbling_on_the_result_segment_while_the_parent_copies_cannot_hurt_it() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(300);
     let p = pool(1);
     assert!(p.apply(|n: usize| vec![1u8; n], 400_000).unwrap() == vec![1u8; 400_000]);
@@ -576,7 +565,7 @@ fn dirty_kb(pid: u32) -> u64 {
 /// gone.
 #[test]
 fn a_pool_built_later_does_not_inherit_another_pools_spare_vector() {
-    let _serial = serial();
+    let _serial = common::serial();
     let _w = common::arm(120);
     const BIG: usize = 12 << 20;
     let mut dirty = Vec::new();
@@ -600,7 +589,7 @@ fn a_pool_built_later_does_not_inherit_another_pools_spare_vector() {
         dirty.push(dirty_kb(server[0]));
         // The first pool still works, and its next big result is right.
         let bytes = common::noise(BIG, 3);
-        assert!(a.apply(flip, bytes.clone()).unwrap() == flip(bytes));
+        assert!(a.apply(common::flip, bytes.clone()).unwrap() == common::flip(bytes));
         drop(a);
         drop(b);
     }

@@ -2,7 +2,7 @@
 //! gone and reaped, the fd count is back where it was, `/dev/shm` is untouched, and a parent
 //! that dies takes its workers with it.
 //!
-//! The tests count process-wide resources, so they run one at a time (`SERIAL`).
+//! The tests count process-wide resources, so they run one at a time (`common::serial`).
 
 mod common;
 
@@ -10,16 +10,9 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use shmpool::{Error, Pool};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// What a pool may leak, taken before it is built.
 struct Snapshot {
@@ -83,7 +76,7 @@ fn blocked(p: PathBuf) -> u32 {
 
 #[test]
 fn drop_reaps_the_server_and_every_worker_and_closes_every_fd() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(60);
     let snap = Snapshot::take();
     let pool = Pool::new(3).unwrap();
@@ -96,7 +89,7 @@ fn drop_reaps_the_server_and_every_worker_and_closes_every_fd() {
 
 #[test]
 fn close_and_join_reap_everything() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(60);
     let snap = Snapshot::take();
     let pool = Pool::new(2).unwrap();
@@ -119,7 +112,7 @@ fn close_and_join_reap_everything() {
 
 #[test]
 fn terminate_with_running_tasks_reaps_everything() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(60);
     let snap = Snapshot::take();
     let gate = common::Gate::new(); // never opened
@@ -142,7 +135,7 @@ fn terminate_with_running_tasks_reaps_everything() {
 
 #[test]
 fn replaced_workers_are_reaped_too() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(60);
     let snap = Snapshot::take();
     let pool = Pool::builder()
@@ -183,7 +176,7 @@ fn replaced_workers_are_reaped_too() {
 
 #[test]
 fn a_pool_whose_initializer_failed_leaves_nothing() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(60);
     let snap = Snapshot::take();
     let pool = Pool::builder()
@@ -204,7 +197,7 @@ fn a_pool_whose_initializer_failed_leaves_nothing() {
 
 #[test]
 fn many_pools_in_a_row_leave_nothing() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(60);
     let snap = Snapshot::take();
     let mut all = BTreeSet::new();
@@ -222,7 +215,7 @@ fn many_pools_in_a_row_leave_nothing() {
 
 #[test]
 fn bad_arguments_leave_nothing() {
-    let _s = serial();
+    let _s = common::serial();
     let _w = common::arm(60);
     let snap = Snapshot::take();
     assert!(Pool::new(0).is_err());
@@ -317,7 +310,7 @@ fn parent_death_kills_the_server_and_idle_workers() {
     if common::scenario().as_deref() == Some("parent-death-idle") {
         parent_death_child(false);
     }
-    let _s = serial();
+    let _s = common::serial();
     parent_death(
         "parent_death_kills_the_server_and_idle_workers",
         "parent-death-idle",
@@ -329,6 +322,6 @@ fn parent_death_kills_busy_workers() {
     if common::scenario().as_deref() == Some("parent-death-busy") {
         parent_death_child(true);
     }
-    let _s = serial();
+    let _s = common::serial();
     parent_death("parent_death_kills_busy_workers", "parent-death-busy");
 }

@@ -440,3 +440,24 @@ pub(crate) fn noise(n: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Held by every test of a file whose tests must not overlap: they count this process's fds,
+/// mappings or memory, which another test's pool running at the same time would change. (One
+/// lock per test binary: each compiles this module on its own.)
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `bytes` in a vector of capacity `cap` (a vector with a recognisable capacity).
+pub(crate) fn with_capacity(bytes: &[u8], cap: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(cap);
+    v.extend_from_slice(bytes);
+    v
+}
+
+/// A byte vector's task that changes every byte and the order (so a result that is the
+/// argument unchanged, or another call's, shows).
+pub(crate) fn flip(v: Vec<u8>) -> Vec<u8> {
+    v.iter().rev().map(|b| b ^ 0x5A).collect()
+}
