@@ -14,6 +14,15 @@ use shmpool::{Error, Pool};
 /// The smallest arena the builder takes: nearly every payload here is "big".
 const TINY_ARENA: usize = 4096;
 
+/// A pool of `processes` workers with [`TINY_ARENA`]s.
+fn tiny_pool(processes: usize) -> Pool {
+    Pool::builder()
+        .processes(processes)
+        .arena_size(TINY_ARENA)
+        .build()
+        .unwrap()
+}
+
 /// `len` bytes that differ for every `seed`.
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     common::noise(len, seed)
@@ -115,11 +124,7 @@ fn terminate_from_another_thread_while_big_payloads_fly_leaves_nothing_behind() 
     let _w = common::arm(300);
     let fds = common::fd_count();
     for round in 0..4u64 {
-        let pool = Pool::builder()
-            .processes(2)
-            .arena_size(TINY_ARENA)
-            .build()
-            .unwrap();
+        let pool = tiny_pool(2);
         let pids = pool.worker_pids();
         std::thread::scope(|s| {
             for t in 0..3u64 {
@@ -164,11 +169,7 @@ fn dropping_a_pool_with_big_payloads_in_flight_leaves_nothing_behind() {
     let _w = common::arm(300);
     let fds = common::fd_count();
     for round in 0..4u64 {
-        let pool = Pool::builder()
-            .processes(2)
-            .arena_size(TINY_ARENA)
-            .build()
-            .unwrap();
+        let pool = tiny_pool(2);
         let pids = pool.worker_pids();
         let handles: Vec<_> = (0..12u64)
             .map(|i| {
@@ -269,11 +270,7 @@ fn a_worker_killed_while_it_holds_a_big_argument_or_writes_a_big_result_fails_on
     let _serial = common::serial();
     let _w = common::arm(300);
     let fds = common::fd_count();
-    let pool = Pool::builder()
-        .processes(2)
-        .arena_size(TINY_ARENA)
-        .build()
-        .unwrap();
+    let pool = tiny_pool(2);
     let mut pids = pool.worker_pids();
     let gate = common::Gate::new();
     let v = pattern(1, 3 << 20);
@@ -456,11 +453,7 @@ fn a_deserialize_that_panics_on_a_big_result_fails_that_call_and_the_pool_serves
     let _serial = common::serial();
     let _w = common::arm(300);
     let fds = common::fd_count();
-    let pool = Pool::builder()
-        .processes(2)
-        .arena_size(TINY_ARENA)
-        .build()
-        .unwrap();
+    let pool = tiny_pool(2);
     let pids = pool.worker_pids();
     for _ in 0..3 {
         let e = pool
@@ -697,11 +690,7 @@ fn big_payloads_at_a_low_fd_limit_are_answers_not_hangs() {
     if common::scenario().as_deref() == Some("nofile") {
         let _w = common::arm(200);
         set_nofile(64);
-        let pool = Pool::builder()
-            .processes(2)
-            .arena_size(TINY_ARENA)
-            .build()
-            .unwrap();
+        let pool = tiny_pool(2);
         let v = pattern(1, 300_000);
         // More big arguments in flight than there are fds: each is an answer (its bytes, or a
         // clear error from the submit or the result), never a hang.
@@ -786,11 +775,7 @@ fn len_after_gate(a: (PathBuf, Vec<u8>)) -> usize {
 fn a_pool_built_while_another_has_big_payloads_in_flight_does_not_keep_them_alive() {
     let _serial = common::serial();
     let _w = common::arm(300);
-    let a = Pool::builder()
-        .processes(1)
-        .arena_size(TINY_ARENA)
-        .build()
-        .unwrap();
+    let a = tiny_pool(1);
     // A's big argument is in flight (its segment open in this process) while B forks its
     // server and workers.
     let gate = common::Gate::new();
@@ -891,11 +876,7 @@ fn workers_killed_from_outside_at_random_while_big_payloads_stream() {
     let _serial = common::serial();
     let _w = common::arm(300);
     let fds = common::fd_count();
-    let pool = Pool::builder()
-        .processes(2)
-        .arena_size(TINY_ARENA)
-        .build()
-        .unwrap();
+    let pool = tiny_pool(2);
     let mut seen = pool.worker_pids();
     let stop = std::sync::Mutex::new(false);
     let (ok, died) = std::thread::scope(|s| {
@@ -964,11 +945,7 @@ fn workers_killed_from_outside_at_random_while_big_payloads_stream() {
 fn a_per_call_time_limit_with_a_big_argument_fails_only_that_call() {
     let _serial = common::serial();
     let _w = common::arm(300);
-    let pool = Pool::builder()
-        .processes(1)
-        .arena_size(TINY_ARENA)
-        .build()
-        .unwrap();
+    let pool = tiny_pool(1);
     let v = pattern(4, 2 << 20);
     let slow = pool
         .apply_async_timeout(stuck_after_reading, v.clone(), Duration::from_millis(200))
