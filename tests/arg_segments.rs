@@ -10,6 +10,24 @@ use std::time::Duration;
 use shmpool::{Error, Pool};
 
 const SMALL_ARENA: usize = 64 * 1024;
+
+/// A pool of `processes` workers with [`SMALL_ARENA`]s.
+fn small_pool(processes: usize) -> Pool {
+    Pool::builder()
+        .processes(processes)
+        .arena_size(SMALL_ARENA)
+        .build()
+        .unwrap()
+}
+
+/// Once a pool is dropped, this process holds none of its argument segments.
+fn assert_no_arg_segments_left() {
+    assert_eq!(
+        arg_segments("self").0,
+        0,
+        "argument segments outlived the pool"
+    );
+}
 /// What a pool with `SMALL_ARENA` keeps at most: 16 arenas, in at most two segments.
 const SPARE_BYTES: u64 = 16 * SMALL_ARENA as u64;
 
@@ -53,11 +71,7 @@ fn bytes(seed: usize, len: usize) -> Vec<u8> {
 fn concurrent_large_arguments_each_arrive_intact() {
     let _w = common::arm(180);
     let _s = common::serial();
-    let pool = Pool::builder()
-        .processes(2)
-        .arena_size(SMALL_ARENA)
-        .build()
-        .unwrap();
+    let pool = small_pool(2);
     // Rounds of many calls in flight at once, with distinct contents and sizes from larger to
     // smaller (a reused segment is then larger than the argument written into it) and back up
     // (grown). Every segment is reused many times while the other worker reads another one.
@@ -102,11 +116,7 @@ fn concurrent_large_arguments_each_arrive_intact() {
 fn a_worker_holds_its_argument_segment_read_only() {
     let _w = common::arm(120);
     let _s = common::serial();
-    let pool = Pool::builder()
-        .processes(1)
-        .arena_size(SMALL_ARENA)
-        .build()
-        .unwrap();
+    let pool = small_pool(1);
     // Run in the worker while it holds the argument's segment: every `shmpool-arg` fd it has
     // must be read-only, and writing through it must fail.
     let probe = |v: Vec<u8>| -> (usize, usize, usize) {
@@ -151,11 +161,7 @@ fn the_spares_are_bounded_and_closed_with_the_pool() {
     let _s = common::serial();
     let before = arg_segments("self");
     assert_eq!(before.0, 0, "another pool's segments are open");
-    let pool = Pool::builder()
-        .processes(2)
-        .arena_size(SMALL_ARENA)
-        .build()
-        .unwrap();
+    let pool = small_pool(2);
     let pids = pool.worker_pids();
     // One large call, then small ones: one spare, of that call's size, is kept.
     let big = bytes(1, 300_000);
@@ -194,22 +200,14 @@ fn the_spares_are_bounded_and_closed_with_the_pool() {
     }
     // Dropped with the pool: nothing left open.
     drop(pool);
-    assert_eq!(
-        arg_segments("self").0,
-        0,
-        "argument segments outlived the pool"
-    );
+    assert_no_arg_segments_left();
 }
 
 #[test]
 fn a_worker_killed_while_reading_a_reused_segment_harms_no_other_call() {
     let _w = common::arm(180);
     let _s = common::serial();
-    let pool = Pool::builder()
-        .processes(2)
-        .arena_size(SMALL_ARENA)
-        .build()
-        .unwrap();
+    let pool = small_pool(2);
     let len = SMALL_ARENA * 4;
     // A spare exists before the deaths.
     let v = bytes(0, len);
@@ -249,22 +247,14 @@ fn a_worker_killed_while_reading_a_reused_segment_harms_no_other_call() {
     let (n, b) = arg_segments_once(|(n, b)| n <= 2 && b <= SPARE_BYTES);
     assert!(n <= 2 && b <= SPARE_BYTES, "{n} segments, {b} bytes");
     drop(pool);
-    assert_eq!(
-        arg_segments("self").0,
-        0,
-        "argument segments outlived the pool"
-    );
+    assert_no_arg_segments_left();
 }
 
 #[test]
 fn a_pool_built_while_another_keeps_a_spare_does_not_hold_it() {
     let _w = common::arm(120);
     let _s = common::serial();
-    let first = Pool::builder()
-        .processes(1)
-        .arena_size(SMALL_ARENA)
-        .build()
-        .unwrap();
+    let first = small_pool(1);
     let v = bytes(3, SMALL_ARENA * 5);
     assert!(first.apply(|v: Vec<u8>| v, v.clone()).unwrap() == v);
     let (n, _) = arg_segments_once(|(n, _)| n == 1);
