@@ -137,6 +137,10 @@ pub(crate) struct HashBenchArgs {
     #[arg(long)]
     pub(crate) no_python: bool,
 
+    /// Run only `shmpool hash` (no other tool): its times against the floors
+    #[arg(long)]
+    pub(crate) shmpool_only: bool,
+
     /// Python interpreter for the seed program
     #[arg(long, value_name = "PATH", default_value = "python3")]
     pub(crate) python: PathBuf,

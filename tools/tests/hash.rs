@@ -593,6 +593,8 @@ fn bench_hash_times_every_contender_and_writes_a_csv() {
         "| xargs -P2 -n64 sha512sum | sha512 |",
         "| xargs b3sum (its own threads) | blake3 |",
         "sha512: floor ",
+        "sha512: 2-stream floor ",
+        "blake3: 2-stream floor ",
     ] {
         assert!(table.contains(row), "{row} missing from\n{table}");
     }
@@ -610,6 +612,24 @@ fn bench_hash_times_every_contender_and_writes_a_csv() {
         "{}",
         rows[1]
     );
+    // --shmpool-only: our three commands and the floors, no other tool.
+    let o = run(&[
+        os("bench"),
+        os("hash"),
+        root.as_os_str(),
+        os("--runs"),
+        os("1"),
+        os("--shmpool-only"),
+        os("--out"),
+        out.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("| shmpool hash -a blake3 -j 2 |"), "{table}");
+    assert!(table.contains("sha256: 2-stream floor "), "{table}");
+    assert!(!table.contains("xargs"), "{table}");
+    let csv = fs::read_to_string(out.join("hash.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
     fs::remove_dir_all(&root).unwrap();
 }
 
