@@ -344,7 +344,7 @@ fn count(dir: &Path) -> (Vec<Vec<u8>>, Vec<u64>, u64) {
     let mut paths = Vec::new();
     let mut sizes = Vec::new();
     for s in Walk::new(vec![dir.as_os_str().as_bytes().to_vec()], false) {
-        if let Source::File { path, size } = s {
+        if let Source::File { path, size, .. } = s {
             // The walk does not stat what it meets (the workers do): stat here.
             sizes.push(size.unwrap_or_else(|| {
                 std::fs::metadata(crate::hash::digest::os_path(&path)).map_or(0, |m| m.len())

@@ -29,6 +29,12 @@
 //! the kernel's copy into such a buffer is several times slower here than into a page-aligned
 //! one ([`ReadBuf`], which the workers now use: a run's system time fell by 25–30%).
 //!
+//! A path the walk saw as a regular file (or a worker's `fstat`, for a big file sent again) is
+//! opened with `O_NONBLOCK` and checked with `fstat` ([`open_regular`]): a FIFO or device put in
+//! its place after the walk fails with [`not_regular`] instead of blocking the worker in `open`
+//! for ever. Paths named on the command line or in a manifest are opened as `sha256sum` opens
+//! them, FIFOs included.
+//!
 //! Small files are opened through an [`Opener`]: by name, relative to their directory's
 //! descriptor, which the next paths of the task reuse.
 //!
@@ -178,6 +184,7 @@ pub(crate) fn hash_reader(algo: Algo, r: &mut impl Read, buf: &mut [u8]) -> io::
 /// Hashes the file at `path` (opened read-only, read to its end). `size`: its size when it is
 /// a regular file, so a short read that completes that size is its end (no extra `read`
 /// returning 0).
+#[cfg(test)]
 pub(crate) fn hash_file(
     algo: Algo,
     path: &[u8],
@@ -200,16 +207,25 @@ pub(crate) enum Small {
 /// Hashes the file at `path` unless it is a regular file of at least `big_from` bytes (the
 /// walk does not stat files: the worker learns the size from the open file, and hands a big
 /// one back so the parent can send it alone, mapped or split).
+///
+/// `known_regular`: the walk (or a `stat`) saw a regular file at `path` (see [`open_regular`]):
+/// it is opened without blocking and anything else found there now is refused ([`not_regular`]). Otherwise (a path
+/// named on the command line or in a manifest) it is opened and read whatever it is, as
+/// `sha256sum` does: a FIFO named there is read once a writer opens it.
 pub(crate) fn hash_small(
     algo: Algo,
     opener: &mut Opener,
     path: &[u8],
     big_from: u64,
+    known_regular: bool,
     buf: &mut [u8],
 ) -> io::Result<Small> {
-    let mut f = opener.open(path)?;
+    let mut f = opener.open_with(path, known_regular)?;
     let meta = f.metadata()?;
     let regular = meta.is_file();
+    if known_regular && !regular {
+        return Err(not_regular());
+    }
     if regular && meta.len() >= big_from {
         return Ok(Small::Big(meta.len()));
     }
@@ -242,16 +258,24 @@ impl Opener {
     }
 
     /// Opens `path` read-only.
+    #[cfg(test)]
     pub(crate) fn open(&mut self, path: &[u8]) -> io::Result<File> {
-        if let Some(f) = self.open_relative(path) {
-            return Ok(f);
-        }
-        File::open(os_path(path))
+        self.open_with(path, false)
     }
 
-    /// `openat` of the last component of `path` in its (cached) directory; `None` when that
-    /// does not apply or fails (the caller then opens the full path).
-    fn open_relative(&mut self, path: &[u8]) -> Option<File> {
+    /// Opens `path` read-only; `nonblock`: with `O_NONBLOCK` (see [`open_regular`]).
+    pub(crate) fn open_with(&mut self, path: &[u8], nonblock: bool) -> io::Result<File> {
+        let flags = if nonblock { libc::O_NONBLOCK } else { 0 };
+        if let Some(f) = self.open_relative(path, flags) {
+            return Ok(f);
+        }
+        open_path(path, flags)
+    }
+
+    /// `openat` of the last component of `path` in its (cached) directory, with `flags` added
+    /// to `O_RDONLY | O_CLOEXEC`; `None` when that does not apply or fails (the caller then
+    /// opens the full path).
+    fn open_relative(&mut self, path: &[u8], flags: libc::c_int) -> Option<File> {
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
         // A path the kernel refuses whole (PATH_MAX counts the NUL) must fail here too, with the
         // plain open's `File name too long`, though its directory and name are each short
@@ -300,7 +324,7 @@ impl Opener {
                 libc::openat(
                     dirfd,
                     cname.as_ptr().cast(),
-                    libc::O_RDONLY | libc::O_CLOEXEC,
+                    libc::O_RDONLY | libc::O_CLOEXEC | flags,
                 )
             };
             if fd >= 0 {
@@ -318,10 +342,11 @@ impl Opener {
 /// read that brings the total to exactly that size is taken as the end. Not any short read:
 /// files in /proc and /sys say 0 bytes and come in pieces, so they are read until a `read`
 /// returns 0, as coreutils reads everything.
+///
+/// A file opened with `O_NONBLOCK` ([`open_regular`]) that answers a read with `EAGAIN` (a
+/// regular file of /proc or /sys that waits for data, as `trace_pipe` does) is made blocking
+/// and read again.
 fn hash_open(algo: Algo, f: &mut File, size: Option<u64>, buf: &mut [u8]) -> io::Result<Digest> {
-    let Some(size) = size else {
-        return hash_reader(algo, f, buf);
-    };
     let mut h = Hasher::new(algo);
     let mut total = 0u64;
     loop {
@@ -330,22 +355,81 @@ fn hash_open(algo: Algo, f: &mut File, size: Option<u64>, buf: &mut [u8]) -> io:
             Ok(n) => {
                 h.update(&buf[..n]);
                 total += n as u64;
-                if n < buf.len() && total == size {
+                if n < buf.len() && Some(total) == size {
                     return Ok(h.finish());
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => make_blocking(f)?,
             Err(e) => return Err(e),
         }
     }
 }
 
+/// The error for a path that the walk (or a worker's `fstat`) saw as a regular file and that is
+/// something else now: a FIFO, a device, a directory put in its place.
+pub(crate) fn not_regular() -> io::Error {
+    io::Error::other("not a regular file any more (replaced during the run)")
+}
+
+/// Opens `path`, which the walk (or a worker's `fstat`) saw as a regular file, and checks that
+/// it still is one; returns it with its size.
+///
+/// The open is `O_NONBLOCK`: a FIFO put in the file's place after the walk would otherwise block
+/// the worker in `open` until some writer came, forever if none does (a device could too). Such
+/// an open returns at once, `fstat` tells, and the path fails with [`not_regular`]. The flag
+/// is left on: regular files ignore it for reads (ext4, tmpfs, NFS... read and wait for the
+/// disk all the same), except some in /proc and /sys that wait for data and then answer
+/// `EAGAIN`; the readers here ([`hash_open`], [`blake3_subtree`]) clear it when they meet
+/// that and read again. Clearing it on every file would be one more system call per file
+/// (`fcntl`), 117,772 of them over the toolchain tree.
+pub(crate) fn open_regular(path: &[u8]) -> io::Result<(File, u64)> {
+    let f = open_path(path, libc::O_NONBLOCK)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    Ok((f, meta.len()))
+}
+
+/// `open(path, O_RDONLY | O_CLOEXEC | flags)`.
+fn open_path(path: &[u8], flags: libc::c_int) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(os_path(path))
+}
+
+/// Clears `O_NONBLOCK` on `f` (see [`open_regular`]).
+fn make_blocking(f: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = f.as_raw_fd();
+    // SAFETY: `fd` is open (owned by `f`, borrowed for the call); F_GETFL reads its flags and
+    // touches no memory of ours.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above; F_SETFL only changes the descriptor's status flags.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Hashes the file at `path` through a mapping (see the module docs for why this is sound
 /// enough, and what a file changing underneath costs).
+///
+/// The file is one a worker's `fstat` (or the walk) saw as a regular file: it is opened with
+/// [`open_regular`] (a FIFO put in its place fails, it does not block), then mapped through
+/// `/proc/self/fd` (the same open file, not the path again); where that cannot be mapped, it
+/// is read through the descriptor.
 pub(crate) fn hash_mapped(algo: Algo, path: &[u8], buf: &mut [u8]) -> io::Result<Digest> {
-    let map = match map(path) {
+    let (mut f, size) = open_regular(path)?;
+    let map = match map(&fd_path(&f)) {
         Some(map) => map,
-        None => return hash_file(algo, path, None, buf),
+        None => return hash_open(algo, &mut f, Some(size), buf),
     };
     let mut h = Hasher::new(algo);
     in_windows(&map, 0..map.len(), |window| h.update(window));
@@ -425,7 +509,7 @@ pub(crate) fn blake3_subtree(
     // Read, not mapped: with the page-aligned buffer, reading the pieces took less CPU than
     // mapping them (16 alternating runs over the toolchain tree, 14 better, median 2.03 vs
     // 2.10 s): the mapping's page faults and its unmapping cost more than the copy.
-    let f = File::open(os_path(path))?;
+    let (f, _) = open_regular(path)?;
     let mut done = 0u64;
     while done < len {
         let want = usize::try_from((len - done).min(buf.len() as u64)).unwrap_or(buf.len());
@@ -436,6 +520,7 @@ pub(crate) fn blake3_subtree(
                 done += n as u64;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => make_blocking(&f)?,
             Err(e) => return Err(e),
         }
     }
@@ -494,6 +579,13 @@ pub(crate) fn merge(total: u64, piece: u64, cvs: &[ChainingValue]) -> Option<[u8
         return None;
     }
     Some(*hazmat::merge_subtrees_root(&l, &r, Mode::Hash).as_bytes())
+}
+
+/// `/proc/self/fd/N` for the descriptor of `f`: opening it opens the same file again (for a
+/// regular file), whatever its path is now.
+fn fd_path(f: &File) -> Vec<u8> {
+    use std::os::fd::AsRawFd;
+    format!("/proc/self/fd/{}", f.as_raw_fd()).into_bytes()
 }
 
 /// A path from its raw bytes.
@@ -612,11 +704,11 @@ mod tests {
                 assert_eq!(hash_mapped(algo, &p, &mut buf).unwrap(), want);
                 let mut opener = Opener::new();
                 assert_eq!(
-                    hash_small(algo, &mut opener, &p, len as u64 + 1, &mut buf).unwrap(),
+                    hash_small(algo, &mut opener, &p, len as u64 + 1, true, &mut buf).unwrap(),
                     Small::Digest(want, len as u64)
                 );
                 assert_eq!(
-                    hash_small(algo, &mut opener, &p, len as u64, &mut buf).unwrap(),
+                    hash_small(algo, &mut opener, &p, len as u64, true, &mut buf).unwrap(),
                     Small::Big(len as u64)
                 );
             }
@@ -648,7 +740,7 @@ mod tests {
         }
         let mut opener = Opener::new();
         assert_eq!(
-            hash_small(Algo::Sha256, &mut opener, &p, u64::MAX, &mut buf).unwrap(),
+            hash_small(Algo::Sha256, &mut opener, &p, u64::MAX, true, &mut buf).unwrap(),
             Small::Digest(
                 hash_mapped(Algo::Sha256, &p, &mut buf).unwrap(),
                 input.len() as u64
@@ -790,5 +882,110 @@ mod tests {
             Some(libc::ENOENT)
         );
         std::fs::remove_dir_all(&root).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod fifo_tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A FIFO at a fresh path; its path as bytes.
+    fn fifo(name: &str) -> (std::path::PathBuf, Vec<u8>) {
+        let path =
+            std::env::temp_dir().join(format!("shmpool-digest-fifo-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c` is a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let p = path.as_os_str().as_encoded_bytes().to_vec();
+        (path, p)
+    }
+
+    /// Runs `f` on another thread and returns its result; a call still blocked after 120 s (it
+    /// would block forever: nobody writes to the FIFO) fails the test instead of hanging it.
+    fn unblocked<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(120))
+            .expect("blocked opening or reading a FIFO")
+    }
+
+    #[test]
+    fn a_fifo_where_a_regular_file_was_fails_at_once_instead_of_blocking() {
+        let (path, p) = fifo("swapped");
+        let want = not_regular().to_string();
+        let q = p.clone();
+        let errors = unblocked(move || {
+            let mut buf = vec![0u8; 4096];
+            let mut opener = Opener::new();
+            [
+                hash_small(Algo::Sha256, &mut opener, &q, u64::MAX, true, &mut buf)
+                    .map(|_| ())
+                    .unwrap_err(),
+                hash_mapped(Algo::Sha512, &q, &mut buf)
+                    .map(|_| ())
+                    .unwrap_err(),
+                blake3_subtree(&q, 0, 8192, &mut buf)
+                    .map(|_| ())
+                    .unwrap_err(),
+            ]
+            .map(|e| e.to_string())
+        });
+        assert_eq!(errors, [want.clone(), want.clone(), want]);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_fifo_named_by_the_user_is_still_read_to_its_end() {
+        let (path, p) = fifo("named");
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                // Blocks until the reader below opens the FIFO.
+                let mut w = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+                std::io::Write::write_all(&mut w, b"abc").unwrap();
+            })
+        };
+        let got = unblocked(move || {
+            let mut buf = vec![0u8; 4096];
+            hash_small(
+                Algo::Sha256,
+                &mut Opener::new(),
+                &p,
+                u64::MAX,
+                false,
+                &mut buf,
+            )
+            .unwrap()
+        });
+        writer.join().unwrap();
+        let want = Digest::new(&sha2::Sha256::digest(b"abc")).unwrap();
+        assert_eq!(got, Small::Digest(want, 0));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_non_blocking_file_that_says_eagain_is_made_blocking_and_read() {
+        // A FIFO opened as `open_regular` opens files, with a writer that has written nothing
+        // yet: the first read says EAGAIN (as some /proc and /sys files do).
+        let (path, p) = fifo("eagain");
+        let reader = open_path(&p, libc::O_NONBLOCK).unwrap();
+        let mut writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let hashing = std::thread::spawn(move || {
+            let mut reader = reader;
+            let mut buf = vec![0u8; 4096];
+            hash_open(Algo::Blake3, &mut reader, None, &mut buf)
+        });
+        // Not a timing assertion: the pause only makes the reader meet the empty FIFO first.
+        std::thread::sleep(Duration::from_millis(200));
+        std::io::Write::write_all(&mut writer, b"late").unwrap();
+        drop(writer);
+        let got = unblocked(move || hashing.join().unwrap()).unwrap();
+        assert_eq!(got.as_slice(), blake3::hash(b"late").as_bytes());
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -124,8 +124,13 @@ pub(crate) struct Task {
 #[derive(Debug, Serialize, Deserialize)]
 enum Job {
     /// Hash the whole file; `map`: through a mapping (a file of at least `MAP_MIN` bytes,
-    /// alone in its task).
-    Whole { path_len: u32, map: bool },
+    /// alone in its task); `regular`: the walk or a stat saw a regular file there (see
+    /// `Source::File`).
+    Whole {
+        path_len: u32,
+        map: bool,
+        regular: bool,
+    },
     /// The chaining value of the BLAKE3 subtree `offset .. offset + len` of the file.
     Part {
         path_len: u32,
@@ -220,14 +225,15 @@ pub(crate) fn run_task(task: Task) -> Reply {
                         (Some(d), Answer::Done(n))
                     })
                 }
-                Job::Whole { map: false, .. } => {
-                    digest::hash_small(task.algo, &mut opener, path, task.big_from, buf).map(|s| {
-                        match s {
-                            Small::Digest(d, n) => (Some(d), Answer::Done(n)),
-                            Small::Big(n) => (None, Answer::Big(n)),
-                        }
-                    })
-                }
+                Job::Whole {
+                    map: false,
+                    regular,
+                    ..
+                } => digest::hash_small(task.algo, &mut opener, path, task.big_from, regular, buf)
+                    .map(|s| match s {
+                        Small::Digest(d, n) => (Some(d), Answer::Done(n)),
+                        Small::Big(n) => (None, Answer::Big(n)),
+                    }),
                 Job::Part { offset, len, .. } => digest::blake3_subtree(path, offset, len, buf)
                     .map(|cv| {
                         let cv = Digest::new(&cv).expect("a chaining value is 32 bytes");
@@ -519,7 +525,7 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
             Source::Failed { reason, .. } => State::Done(Outcome::Failed(reason.clone())),
             Source::Stdin => State::Done(self.hash_stdin()),
             Source::Marker => State::Done(Outcome::Marker),
-            Source::File { path, size } => {
+            Source::File { path, size, .. } => {
                 path_len = path.len();
                 self.path_bytes += path_len;
                 match *size {
@@ -555,14 +561,18 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
         &mut self.slots[(seq - self.base) as usize]
     }
 
-    /// Path and size of the file in slot `seq`.
-    fn file(&self, seq: u64) -> (&[u8], Option<u64>) {
+    /// Path, size and `regular` of the file in slot `seq`.
+    fn file(&self, seq: u64) -> (&[u8], Option<u64>, bool) {
         match self.slots[(seq - self.base) as usize]
             .item
             .as_ref()
             .map(|i| &i.source)
         {
-            Some(Source::File { path, size }) => (path, *size),
+            Some(Source::File {
+                path,
+                size,
+                regular,
+            }) => (path, *size, *regular),
             _ => unreachable!("only files are sent"),
         }
     }
@@ -602,7 +612,7 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                     let seq = match *w {
                         Work::Whole(seq) | Work::Big(seq) | Work::Part { seq, .. } => seq,
                     };
-                    let (path, size) = self.file(seq);
+                    let (path, size, regular) = self.file(seq);
                     // No path is 4 GiB long (the window holds 8 MiB of them); one cut to that
                     // would fail to open like any over-long path.
                     let path_len = u32::try_from(path.len()).unwrap_or(u32::MAX);
@@ -611,6 +621,8 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                         Work::Whole(_) | Work::Big(_) => Job::Whole {
                             path_len,
                             map: matches!(w, Work::Big(_)) && self.maps(size.unwrap_or(0)),
+                            // A big file's size came from a stat of a regular file.
+                            regular: regular || matches!(w, Work::Big(_)),
                         },
                         Work::Part { offset, len, .. } => Job::Part {
                             path_len,
@@ -927,6 +939,7 @@ mod tests {
             source: Source::File {
                 path: p.as_os_str().as_encoded_bytes().to_vec(),
                 size: None,
+                regular: true,
             },
             tag: (),
         });
@@ -1015,6 +1028,34 @@ mod tests {
         assert!(matches!(got[0].1, Outcome::Digest(_)), "{:?}", got[0]);
         // Handed back from the first task, then sent alone (mapped).
         assert_eq!((w.tasks.get(), w.wholes.get()), (2, 3));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_fifo_put_where_the_walk_saw_a_file_fails_and_the_run_goes_on() {
+        let d = tmp("fifo");
+        let fifo = d.join("was-a-file");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c` is a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let small = d.join("small");
+        std::fs::write(&small, b"abc").unwrap();
+        // The items say `regular` (as the walk says of what `getdents` calls a regular file):
+        // the worker must not block opening the FIFO (nobody will ever write to it).
+        let (tx, rx) = mpsc::channel();
+        let (f, s) = (fifo.clone(), small.clone());
+        std::thread::spawn(move || {
+            let w = Inline::new(|_, r| r);
+            let _ = tx.send(hash(&w, Algo::Sha256, &[&f, &s]));
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("a worker blocked opening a FIFO");
+        assert_eq!(got[0].1, Outcome::Failed(digest::not_regular().to_string()));
+        assert_eq!(
+            got[1].1,
+            Outcome::Digest(Digest::new(&<sha2::Sha256 as sha2::Digest>::digest(b"abc")).unwrap())
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -572,6 +572,7 @@ impl Iterator for Manifests {
                                 Source::File {
                                     path: entry.path,
                                     size: None,
+                                    regular: false,
                                 }
                             };
                             return Some(Item {

@@ -10,7 +10,9 @@
 //!   back to a directory being walked is reported as a loop, as `find -L` does); dangling ones
 //!   are skipped;
 //! - FIFOs, sockets and devices met while walking are skipped, never opened (opening a FIFO
-//!   would block). Named on the command line they are read, as `sha256sum` reads them.
+//!   would block); one put in a file's place after the walk fails in the worker, which opens
+//!   walked files without blocking (`digest::open_regular`). Named on the command line they are
+//!   read, as `sha256sum` reads them.
 //!
 //! One directory's listing is held at a time per level (sorting needs it whole); nothing else
 //! grows with the tree.
@@ -34,7 +36,15 @@ use super::format::reason;
 pub(crate) enum Source {
     /// A file to hash, with its size when it was stat'ed as a regular file (a path named on
     /// the command line, or a symlink followed); files met while walking are not stat'ed.
-    File { path: Vec<u8>, size: Option<u64> },
+    /// `regular`: the walk or a stat saw a regular file here, so the worker opens it without
+    /// blocking and refuses anything else found there by then (a FIFO put in its place must
+    /// not block it); else (a FIFO or device named on the command line, a manifest's path) it
+    /// is opened and read whatever it is, as `sha256sum` does.
+    File {
+        path: Vec<u8>,
+        size: Option<u64>,
+        regular: bool,
+    },
     /// Standard input (`-`, or no path at all).
     Stdin,
     /// An input that cannot be hashed (it does not exist, a directory cannot be listed, a loop).
@@ -238,6 +248,7 @@ impl Walk {
             Ok(m) => Some(Source::File {
                 path: arg,
                 size: m.is_file().then_some(m.len()),
+                regular: m.is_file(),
             }),
         }
     }
@@ -265,7 +276,11 @@ impl Walk {
             // No stat here: the worker learns the size from the open file (fstat, no path
             // lookup) and hands a big one back. Stat'ing in the walk cost ~1.7 µs a file in
             // the parent; without it a run's CPU time fell 3–5% (4 paired runs, busy machine).
-            return Some(Source::File { path, size: None });
+            return Some(Source::File {
+                path,
+                size: None,
+                regular: true,
+            });
         }
         if kind == Kind::Dir {
             let id = if self.follow {
@@ -290,6 +305,7 @@ impl Walk {
                 return Some(Source::File {
                     path,
                     size: Some(m.len()),
+                    regular: true,
                 });
             }
             if m.is_dir() {
