@@ -30,7 +30,9 @@ pub(crate) enum Command {
 /// with `\` or a newline escaped by their leading-backslash rule, other bytes raw). Directories
 /// are walked recursively (hidden files included, entries sorted by name; symlinks, FIFOs,
 /// sockets and devices met while walking are skipped); a symlink named on the command line is
-/// followed; no PATH, or `-`, reads standard input. Exit status: 0 if every file was hashed
+/// followed; no PATH, or `-`, reads standard input. A file that cannot be hashed is reported
+/// on stderr as `shmpool: PATH: REASON`, its name escaped as in the output lines. Exit status:
+/// 0 if every file was hashed
 /// (and, with --check, matched), 1 if any failed, 2 on a usage error, 130 on Ctrl-C.
 #[derive(Debug, Args)]
 pub(crate) struct HashArgs {

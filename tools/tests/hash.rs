@@ -412,6 +412,29 @@ fn a_missing_path_is_reported_and_everything_else_is_still_hashed() {
 }
 
 #[test]
+fn an_error_line_escapes_the_name_as_the_output_lines_do() {
+    let root = small_tree("hash-missing-odd");
+    let odd = root.join("no\nsuch\\file");
+    let o = run(&[os("hash"), odd.as_os_str()]);
+    assert_eq!(o.status.code(), Some(1));
+    // One line: the newline written `\n`, the backslash doubled, a `\` before the name.
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "shmpool: \\{}/no\\nsuch\\\\file: No such file or directory\n",
+            root.display()
+        )
+    );
+    // With -z, names are written raw everywhere.
+    let o = run(&[os("hash"), os("-z"), odd.as_os_str()]);
+    assert_eq!(
+        stderr(&o),
+        format!("shmpool: {}: No such file or directory\n", odd.display())
+    );
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
 fn standard_input_is_hashed_without_a_path_and_as_dash() {
     for args in [
         vec!["hash"],

@@ -12,6 +12,10 @@
 //! An escaped line starts with one `\` (before the hex, or before the path in check output).
 //! Names that are not UTF-8 are written as their raw bytes (coreutils does the same; b3sum
 //! would print U+FFFD, which could not be checked back). `-z` lines escape nothing.
+//!
+//! Error lines on stderr (`shmpool: NAME: REASON`) escape the name by the same rule as the
+//! run's output lines, with the leading `\` before the name: a name holding a newline would
+//! otherwise split one error over two lines.
 
 use super::Algo;
 
@@ -168,10 +172,18 @@ pub(crate) fn reason(e: &std::io::Error) -> String {
     }
 }
 
-/// Writes `shmpool: NAME: REASON\n` to `err` (the name as raw bytes, as coreutils does).
-pub(crate) fn push_error_line(out: &mut Vec<u8>, name: &[u8], reason: &str) {
+/// Appends `shmpool: NAME: REASON\n`, the name escaped as the output lines escape it (`esc`,
+/// the rule of the run's hash or check lines): a name that needs it is written `\` + escaped,
+/// as in a check line, so one error is one line whatever the name holds. Otherwise (and with
+/// `-z`, `Escape::None`) the name is its raw bytes.
+pub(crate) fn push_error_line(out: &mut Vec<u8>, name: &[u8], reason: &str, esc: Escape) {
     out.extend_from_slice(b"shmpool: ");
-    out.extend_from_slice(name);
+    if esc.needed(name) {
+        out.push(b'\\');
+        esc.push_escaped(out, name);
+    } else {
+        out.extend_from_slice(name);
+    }
     out.extend_from_slice(b": ");
     out.extend_from_slice(reason.as_bytes());
     out.push(b'\n');
@@ -274,6 +286,37 @@ mod tests {
         );
         assert_eq!(unescape(b"a\\tb"), None);
         assert_eq!(unescape(b"trailing\\"), None);
+    }
+
+    #[test]
+    fn error_lines_escape_names_as_the_output_lines_do() {
+        let err = |name: &[u8], esc| {
+            let mut v = Vec::new();
+            push_error_line(&mut v, name, "No such file or directory", esc);
+            v
+        };
+        let odd = b"a\\b\nc\rd";
+        assert_eq!(
+            err(odd, Escape::Coreutils),
+            b"shmpool: \\a\\\\b\\nc\\rd: No such file or directory\n"
+        );
+        assert_eq!(
+            err(odd, Escape::B3sum),
+            b"shmpool: \\a\\\\b\\nc\rd: No such file or directory\n"
+        );
+        // The check rule escapes only names with a newline; -z escapes nothing.
+        assert_eq!(
+            err(b"a\\b", Escape::CoreutilsCheck),
+            b"shmpool: a\\b: No such file or directory\n"
+        );
+        assert_eq!(
+            err(b"a\nb", Escape::None),
+            b"shmpool: a\nb: No such file or directory\n"
+        );
+        assert_eq!(
+            err(b"plain", Escape::Coreutils),
+            b"shmpool: plain: No such file or directory\n"
+        );
     }
 
     #[test]

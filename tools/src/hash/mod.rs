@@ -287,11 +287,12 @@ fn report(
     progress: &mut Progress,
     name: &[u8],
     reason: &str,
+    esc: Escape,
 ) -> io::Result<()> {
     out.flush()?;
     progress.clear()?;
     let mut line = Vec::new();
-    format::push_error_line(&mut line, name, reason);
+    format::push_error_line(&mut line, name, reason, esc);
     io::stderr().lock().write_all(&line)
 }
 
@@ -331,7 +332,7 @@ impl Sink<()> for HashSink {
             }
             Outcome::Failed(reason) => {
                 self.failed = true;
-                report(&mut self.out, &mut self.progress, name, &reason)
+                report(&mut self.out, &mut self.progress, name, &reason, self.esc)
             }
             Outcome::Marker => Ok(()),
         }
@@ -431,7 +432,7 @@ impl Sink<CheckTag> for CheckSink {
                     Outcome::Failed(reason) => {
                         self.unreadable += 1;
                         self.failed = true;
-                        report(&mut self.out, &mut self.progress, name, &reason)?;
+                        report(&mut self.out, &mut self.progress, name, &reason, self.esc)?;
                         if !self.status {
                             self.line(name, "FAILED open or read")?;
                         }
@@ -450,7 +451,13 @@ impl Sink<CheckTag> for CheckSink {
                 self.unreadable = 0;
                 if let Some(reason) = error {
                     self.failed = true;
-                    return report(&mut self.out, &mut self.progress, &manifest, &reason);
+                    return report(
+                        &mut self.out,
+                        &mut self.progress,
+                        &manifest,
+                        &reason,
+                        self.esc,
+                    );
                 }
                 if good == 0 {
                     self.failed = true;
@@ -459,6 +466,7 @@ impl Sink<CheckTag> for CheckSink {
                         &mut self.progress,
                         &manifest,
                         "no properly formatted checksum lines found",
+                        self.esc,
                     );
                 }
                 if !self.status {
