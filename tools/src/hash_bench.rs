@@ -14,7 +14,8 @@
 //! target's definition), one measured here on this tree: the CPU time of the plainest
 //! single-threaded loop (open, read, hash, close every file) divided by the workers, and the
 //! **`j`-stream floor** (the two-stream floor with the default `-j 2`): the same loop run by `j`
-//! threads at once, each taking the next files of one shared list, wall time. The second assumes that `j` streams run
+//! threads at once, each taking the next files of one shared list, wall time, measured in every
+//! round right after the commands, so each round's ratio compares runs made under the same load. The second assumes that `j` streams run
 //! `j` times as fast as one; on this VM two SHA-512 streams reach only 1.6–1.9x one stream
 //! (`openssl speed -evp sha512 -multi 2`), and the third floor measures what the cores give.
 
@@ -190,6 +191,16 @@ pub(crate) fn run(a: &HashBenchArgs) -> Result<ExitCode> {
     let mut walls = vec![Vec::new(); c.len()];
     let mut cpus = vec![Vec::new(); c.len()];
     let mut csv = String::from("round,command,algo,seconds,cpu_seconds,files,bytes\n");
+    // The j-stream floor of each algorithm, measured in every round right after the commands
+    // (paired: the load of the moment weighs on both), and each round's ratio of shmpool's
+    // time (and CPU) to it.
+    let algos = [
+        (Algo::Sha512, "sha512"),
+        (Algo::Sha256, "sha256"),
+        (Algo::Blake3, "blake3"),
+    ];
+    let order = parallel_order(&sizes);
+    let mut streams: Vec<Streams> = algos.iter().map(|_| Streams::default()).collect();
     for round in 1..=a.runs {
         for (i, k) in c.iter().enumerate() {
             let (w, cpu) = time(&k.shell)?;
@@ -203,6 +214,24 @@ pub(crate) fn run(a: &HashBenchArgs) -> Result<ExitCode> {
                 "{round},\"{}\",{},{w:.4},{cpu:.4},{files},{bytes}\n",
                 k.label, k.algo
             ));
+        }
+        for ((algo, name), st) in algos.iter().zip(&mut streams) {
+            let Some(i) = c.iter().position(|k| k.algo == *name) else {
+                continue;
+            };
+            let (w, cpu) = parallel_floor(&paths, &order, *algo, j);
+            let label = format!("{j}-stream floor");
+            eprintln!(
+                "  round {round}: {:<45} {w:7.2} s  (cpu {cpu:.2} s)",
+                format!("{label} {name}")
+            );
+            csv.push_str(&format!(
+                "{round},\"{label}\",{name},{w:.4},{cpu:.4},{files},{bytes}\n"
+            ));
+            st.wall.push(w);
+            st.cpu.push(cpu);
+            st.ratio.push(walls[i][walls[i].len() - 1] / w);
+            st.cpu_ratio.push(cpus[i][cpus[i].len() - 1] / cpu);
         }
     }
     let csv_path = a.out.join("hash.csv");
@@ -297,32 +326,30 @@ pub(crate) fn run(a: &HashBenchArgs) -> Result<ExitCode> {
     writeln!(
         out,
         "{j}-stream floor = wall time of the same loop run by {j} threads at once (files taken from one \
-         shared list, those of 256 KiB or more first, biggest first), best of two passes; \
-         scaling = one core's CPU / (that wall x {j}):"
+         shared list, those of 256 KiB or more first, biggest first), measured in every round right \
+         after the commands; medians of the rounds, and of each round's ratio:"
     )?;
-    for ((algo, name), one) in [
-        (Algo::Sha512, "sha512"),
-        (Algo::Sha256, "sha256"),
-        (Algo::Blake3, "blake3"),
-    ]
-    .into_iter()
-    .zip(ones)
-    {
-        let Some(i) = c.iter().position(|k| k.algo == name) else {
+    for (((_, name), st), one) in algos.iter().zip(&mut streams).zip(ones) {
+        let Some(i) = c.iter().position(|k| k.algo == *name) else {
             continue;
         };
-        let (wall, cpu_all) = parallel_floor(&paths, &sizes, algo, j);
+        let (wall, cpu_all) = (median(&mut st.wall), median(&mut st.cpu));
         writeln!(
             out,
-            "  {name}: {j}-stream floor {wall:.2} s (CPU {cpu_all:.2} s = {:.2} x one core's {one:.2} s; \
-             {j} streams = {:.2} x one); shmpool {:.2} s = {:.2} x {j}-stream floor; \
+            "  {name}: {j}-stream floor {wall:.2} s, CPU {cpu_all:.2} s ({j} streams = {:.2} x one core, \
+             CPU {:.2} x one core's); shmpool {:.2} s = {:.2} x {j}-stream floor (per round: {}); \
              CPU {:.2} s = {:.2} x the {j} streams' CPU",
-            cpu_all / one,
             one / wall,
+            cpu_all / one,
             med[i],
-            med[i] / wall,
+            median(&mut st.ratio.clone()),
+            st.ratio
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             cpu[i],
-            cpu[i] / cpu_all
+            median(&mut st.cpu_ratio),
         )?;
     }
     writeln!(out, "CSV: {}", csv_path.display())?;
@@ -406,60 +433,61 @@ const PARALLEL_BIG: u64 = 256 << 10;
 /// Files a thread of the `j`-stream floor takes from the shared list at a time.
 const PARALLEL_GRAB: usize = 16;
 
+/// One algorithm's `j`-stream floor, round by round.
+#[derive(Default)]
+struct Streams {
+    wall: Vec<f64>,
+    cpu: Vec<f64>,
+    /// shmpool's wall time / the floor's, in the same round.
+    ratio: Vec<f64>,
+    /// shmpool's CPU time / the floor's, in the same round.
+    cpu_ratio: Vec<f64>,
+}
+
 /// The `j`-stream floor: the loop of [`measured_floor`] run by `j` threads at once, each taking
-/// the next [`PARALLEL_GRAB`] files of one shared list ([`parallel_order`]) until none is left.
-/// Returns the wall seconds from the moment all threads are ready to the end of the last one,
-/// and the CPU seconds of all threads, of the faster of two passes.
+/// the next [`PARALLEL_GRAB`] files of one shared list (`order`, from [`parallel_order`])
+/// until none is left. Returns the wall seconds from the moment all threads are ready to the
+/// end of the last one, and the CPU seconds of all threads.
 ///
 /// This is what `j` cores give this loop when they run it together: on a VM whose virtual cores
 /// share physical ones, `j` streams of a hash can be much less than `j` times one stream.
-fn parallel_floor(paths: &[Vec<u8>], sizes: &[u64], algo: Algo, j: usize) -> (f64, f64) {
-    let order = parallel_order(sizes);
-    let mut best = (f64::INFINITY, 0.0);
-    for _ in 0..2 {
-        let next = std::sync::Mutex::new(0usize);
-        let start = std::sync::Barrier::new(j + 1);
-        let (wall, cpu) = std::thread::scope(|s| {
-            let threads: Vec<_> = (0..j)
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut buf = crate::hash::digest::ReadBuf::new();
-                        start.wait();
-                        let t = thread_cpu();
-                        loop {
-                            let from = {
-                                let mut n = next.lock().unwrap_or_else(|e| e.into_inner());
-                                let from = *n;
-                                *n += PARALLEL_GRAB;
-                                from
-                            };
-                            let Some(mine) =
-                                order.get(from..(from + PARALLEL_GRAB).min(order.len()))
-                            else {
-                                break;
-                            };
-                            for &i in mine {
-                                let p = crate::hash::digest::os_path(&paths[i]);
-                                if let Ok(mut f) = std::fs::File::open(p) {
-                                    let _ =
-                                        crate::hash::digest::hash_reader(algo, &mut f, buf.get());
-                                }
+fn parallel_floor(paths: &[Vec<u8>], order: &[usize], algo: Algo, j: usize) -> (f64, f64) {
+    let next = std::sync::Mutex::new(0usize);
+    let start = std::sync::Barrier::new(j + 1);
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..j)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut buf = crate::hash::digest::ReadBuf::new();
+                    start.wait();
+                    let t = thread_cpu();
+                    loop {
+                        let from = {
+                            let mut n = next.lock().unwrap_or_else(|e| e.into_inner());
+                            let from = *n;
+                            *n += PARALLEL_GRAB;
+                            from
+                        };
+                        let Some(mine) = order.get(from..(from + PARALLEL_GRAB).min(order.len()))
+                        else {
+                            break;
+                        };
+                        for &i in mine {
+                            let p = crate::hash::digest::os_path(&paths[i]);
+                            if let Ok(mut f) = std::fs::File::open(p) {
+                                let _ = crate::hash::digest::hash_reader(algo, &mut f, buf.get());
                             }
                         }
-                        thread_cpu() - t
-                    })
+                    }
+                    thread_cpu() - t
                 })
-                .collect();
-            start.wait();
-            let t = Instant::now();
-            let cpu: f64 = threads.into_iter().map(|h| h.join().unwrap_or(0.0)).sum();
-            (t.elapsed().as_secs_f64(), cpu)
-        });
-        if wall < best.0 {
-            best = (wall, cpu);
-        }
-    }
-    best
+            })
+            .collect();
+        start.wait();
+        let t = Instant::now();
+        let cpu: f64 = threads.into_iter().map(|h| h.join().unwrap_or(0.0)).sum();
+        (t.elapsed().as_secs_f64(), cpu)
+    })
 }
 
 /// Reads the whole tree once (warming the cache) and compares `shmpool hash`'s SHA-256 lines

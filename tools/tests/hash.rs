@@ -651,8 +651,10 @@ fn bench_hash_times_every_contender_and_writes_a_csv() {
     assert!(table.contains("| shmpool hash -a blake3 -j 2 |"), "{table}");
     assert!(table.contains("sha256: 2-stream floor "), "{table}");
     assert!(!table.contains("xargs"), "{table}");
+    // A header, then per round the three commands and the three 2-stream floors.
     let csv = fs::read_to_string(out.join("hash.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert_eq!(csv.lines().count(), 7, "{csv}");
+    assert!(csv.contains(",\"2-stream floor\",sha512,"), "{csv}");
     fs::remove_dir_all(&root).unwrap();
 }
 
