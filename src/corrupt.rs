@@ -56,6 +56,9 @@ pub(crate) enum Scribble {
         sealed: bool,
         /// Announce it as the worker's reused result segment (`FLAG_RESULT_REUSED`).
         reused: bool,
+        /// Write the encoding at offset 0, with no header, instead of where it belongs
+        /// (`bigpayload`, "Layout").
+        at_zero: bool,
     },
     /// Writes `count` pseudo-random 8-byte values (from `seed`) at pseudo-random places of the
     /// seat's two rings and its result arena.
@@ -132,42 +135,51 @@ pub(crate) unsafe fn scribble(what: Scribble) -> bool {
             announced,
             sealed,
             reused,
+            at_zero,
         } => {
             let mut encoded = Vec::new();
             crate::encoding::payload::write_bytes(&vec![7u8; bytes], &mut encoded);
-            let fd = if reused {
-                let fd = nix::sys::memfd::memfd_create(
-                    "shmpool-result",
-                    nix::sys::memfd::MFdFlags::MFD_CLOEXEC
-                        | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
-                )
-                .expect("memfd");
-                let mut file = std::fs::File::from(fd);
-                std::io::Write::write_all(&mut file, &encoded).expect("write");
-                if sealed {
-                    // SAFETY: fcntl(F_ADD_SEALS) on the memfd just made.
-                    let rc = unsafe {
-                        libc::fcntl(
-                            std::os::fd::AsRawFd::as_raw_fd(&file),
-                            libc::F_ADD_SEALS,
-                            libc::F_SEAL_SHRINK,
-                        )
-                    };
-                    assert_eq!(rc, 0);
-                }
-                std::os::fd::OwnedFd::from(file)
-            } else if sealed {
-                crate::encoding::bigpayload::make_segment(&[], &encoded).expect("memfd")
+            let fd = nix::sys::memfd::memfd_create(
+                if reused {
+                    "shmpool-result"
+                } else {
+                    "shmpool-payload"
+                },
+                nix::sys::memfd::MFdFlags::MFD_CLOEXEC
+                    | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
+            )
+            .expect("memfd");
+            let file = std::fs::File::from(fd);
+            let at = crate::encoding::bigpayload::ENCODING_AT;
+            file.set_len((at + encoded.len()) as u64).expect("size");
+            if at_zero {
+                // The encoding where it was before segments had a header, in a segment as
+                // large as the right layout needs.
+                std::os::unix::fs::FileExt::write_all_at(&file, &encoded, 0).expect("write");
             } else {
-                let fd = nix::sys::memfd::memfd_create(
-                    "shmpool-payload",
-                    nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
-                )
-                .expect("memfd");
-                let mut file = std::fs::File::from(fd);
-                std::io::Write::write_all(&mut file, &encoded).expect("write");
-                std::os::fd::OwnedFd::from(file)
-            };
+                crate::encoding::bigpayload::write_layout(&file, &[], &encoded).expect("write");
+                // The header agrees with the descriptor, as a worker that lies would make it:
+                // what is tested is the announced length.
+                std::os::unix::fs::FileExt::write_all_at(&file, &announced.to_le_bytes(), 8)
+                    .expect("write");
+            }
+            if sealed {
+                let seals = if reused {
+                    libc::F_SEAL_SHRINK
+                } else {
+                    libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL
+                };
+                // SAFETY: fcntl(F_ADD_SEALS) on the memfd just made, which nothing maps.
+                let rc = unsafe {
+                    libc::fcntl(
+                        std::os::fd::AsRawFd::as_raw_fd(&file),
+                        libc::F_ADD_SEALS,
+                        seals,
+                    )
+                };
+                assert_eq!(rc, 0);
+            }
+            let fd = std::os::fd::OwnedFd::from(file);
             let running = seat.tasks.consumed().wrapping_sub(1);
             // SAFETY: a slot of our own task ring, which we (its consumer) read after the
             // parent published it.
@@ -366,6 +378,16 @@ mod tests {
 
     /// As [`segment_result`], `(bytes, announced extra, sealed, reused)`.
     fn forged_segment_result(case: (usize, i64, bool, bool)) -> Vec<u8> {
+        forge(case, false)
+    }
+
+    /// As [`forged_segment_result`] for 5000 bytes, sealed as it should be, announced right,
+    /// but with the encoding at offset 0 and no header (`bigpayload`, "Layout").
+    fn misplaced_segment_result(reused: bool) -> Vec<u8> {
+        forge((5000, 0, true, reused), true)
+    }
+
+    fn forge(case: (usize, i64, bool, bool), at_zero: bool) -> Vec<u8> {
         common::no_core_dumps();
         let (bytes, extra, sealed, reused) = case;
         let encoded = bytes + crate::encoding::payload::varint(bytes as u64, &mut [0; 10]);
@@ -376,6 +398,7 @@ mod tests {
                 announced: (encoded as i64 + extra) as u64,
                 sealed,
                 reused,
+                at_zero,
             }));
             // SAFETY: _exit ends this worker process at once; nothing of it is needed again.
             libc::_exit(0)
@@ -396,6 +419,14 @@ mod tests {
         match e {
             Error::WorkerCorrupted { worker: 0, detail } => {
                 assert!(detail.contains("not sealed"), "{detail}")
+            }
+            other => panic!("expected WorkerCorrupted, got {other:?}"),
+        }
+        // Sealed and long enough, but the encoding at offset 0 with no header: refused.
+        let e = pool.apply(misplaced_segment_result, false).unwrap_err();
+        match e {
+            Error::WorkerCorrupted { worker: 0, detail } => {
+                assert!(detail.contains("no payload header"), "{detail}")
             }
             other => panic!("expected WorkerCorrupted, got {other:?}"),
         }
@@ -462,6 +493,11 @@ mod tests {
             pool.apply(forged_segment_result, (5000, 1, true, true))
                 .unwrap_err(),
             "announced",
+        );
+        // The encoding at offset 0 with no header.
+        corrupted(
+            pool.apply(misplaced_segment_result, true).unwrap_err(),
+            "no payload header",
         );
         // Announced shorter than the byte string's own length: a codec error, no read past
         // the announced end.

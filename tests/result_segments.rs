@@ -9,6 +9,9 @@ use shmpool::{Error, Pool};
 /// 64 KiB arenas: byte vectors from 8 KiB (an eighth) are kept, up to 1 MiB (16 arenas).
 const ARENA: usize = 64 * 1024;
 
+/// Where a payload segment's encoding starts (`bigpayload::ENCODING_AT`, crate-private).
+const ENCODING_AT: u64 = 1024;
+
 fn pool(processes: usize) -> Pool {
     Pool::builder()
         .processes(processes)
@@ -497,10 +500,15 @@ fn a_thread_scribbling_on_the_result_segment_while_the_parent_copies_cannot_hurt
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
-                    let at = x % size;
-                    // Length prefixes that lie (a varint of up to 2^63), and garbage.
-                    let _ =
-                        f.write_all_at(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f], 0);
+                    // Off the 16-byte header (a worker that breaks it is refused outright,
+                    // `WorkerCorrupted`, which would end this scribbler at once).
+                    let at = 16 + x % (size - 16);
+                    // Length prefixes that lie (a varint of up to 2^63) where the encoding
+                    // starts (`bigpayload::ENCODING_AT`), and garbage.
+                    let _ = f.write_all_at(
+                        &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],
+                        ENCODING_AT,
+                    );
                     let _ = f.write_all_at(&x.to_le_bytes(), at);
                     if x.is_multiple_of(97) {
                         size += 4096;

@@ -7,9 +7,9 @@
 //! byte vector straight from its own buffer, so the parent copies its bytes once) with
 //! `pwrite(2)`. The task carries the segment as a [`SegmentShare`] (so `ADD id` reaches the
 //! worker before the task) and its arena payload is only `[id: u64 LE][len: u64 LE]`; the
-//! descriptor has [`FLAG_ARG_SEGMENT`]. The worker maps the segment's first `len` bytes
-//! read-only ([`ArgumentMap`]) and decodes from the mapping. It unmaps and closes it once its
-//! result is published (off the result's path).
+//! descriptor has [`FLAG_ARG_SEGMENT`]. The worker maps the segment read-only ([`ArgumentMap`];
+//! the encoding sits at [`ENCODING_AT`], see "Layout") and decodes from the mapping. It unmaps
+//! and closes it once its result is published (off the result's path).
 //!
 //! ## Reuse
 //!
@@ -129,6 +129,29 @@
 //!   at most 16 arena sizes (1 GiB with the default arenas: a larger result takes a fresh
 //!   sealed segment), mapped in the parent, until the worker exits or the pool is dropped.
 //!
+//! # Layout
+//!
+//! Every payload segment (argument, sealed result, reused result) holds a 16-byte header at
+//! offset 0 (`shmpool\x01`, then the encoding's length as a `u64` LE), zeros, and the encoding
+//! from [`ENCODING_AT`] (1024) on. The length announced elsewhere (the argument's record, the
+//! result's descriptor) is the encoding's; the segment must hold `ENCODING_AT + len` bytes, and
+//! every reader checks the header against the announced length before decoding, so a segment
+//! laid out any other way (its encoding at offset 0, say) is refused
+//! ([`Error::WorkerCorrupted`] for a result, a failed task for an argument).
+//!
+//! Why not offset 0: where a large copy's bytes sit in their pages decides its speed here. A
+//! big `memcpy` (glibc, past its non-temporal threshold, on this AMD EPYC guest) is ~3x slower
+//! when the destination sits 5 to ~400 bytes *ahead* of the source within a page
+//! (BENCHMARKS.md, "Where a copy's bytes sit in their pages"). The `Vec` a large byte vector is
+//! decoded into comes from glibc's `mmap` path and starts 16 bytes into a page (the chunk
+//! header); with the encoding at offset 0 its bytes (after a 4–5 byte varint length) started at
+//! 5, so both decodes of a round trip (the worker's argument, the parent's result) ran in the
+//! slow case. From 1024 the bytes start at 1025–1034 and every destination from 0 to ~1000
+//! bytes into a page (glibc's 16, a page-aligned buffer's 0) lies *behind* them: the fast case.
+//! The kernel's copies into the segment (`pwrite(2)` from the caller's buffer) measured the same
+//! at either offset. Encodings that are not byte vectors are decoded in place; the offset is
+//! irrelevant to them.
+//!
 //! # Cost
 //!
 //! A round trip of a byte vector copies it four times: into the argument's segment (`pwrite(2)`
@@ -138,9 +161,19 @@
 //! segments"). The copying itself is cheap; what costs is memory that is new to a process.
 //! Shmem gets no huge pages unless `shmem_enabled` allows them (it is `never` on most machines),
 //! so filling a segment allocates one 4 KiB page at a time, and freeing it returns them one by
-//! one; the decoded `Vec`s ask for huge pages ([`crate::encoding::payload::bytes_with_capacity`]).
-//! Closing a segment is therefore kept off the result's path. Figures: BENCHMARKS.md, "Payloads
-//! larger than the arena".
+//! one. Closing a segment is therefore kept off the result's path.
+//!
+//! ## Fresh pages
+//!
+//! A pool's first large call still fills fresh memory: the argument's segment, the worker's
+//! `Vec`, the result's segment (the parent's `Vec` is the caller's argument). Each is allocated
+//! in bulk before it is written: a fresh or grown segment with one `fallocate(2)` over its new
+//! part (allocation without zeroing; the `pwrite(2)` that follows then copies into pages that
+//! exist instead of allocating one per 4 KiB), a fresh large `Vec` with one
+//! `MADV_POPULATE_WRITE` ([`crate::encoding::payload::bytes_with_capacity`], which says why not
+//! huge pages). Both are optimizations only: a failure is ignored and the write allocates as
+//! before, reporting its own error. Figures: BENCHMARKS.md, "Payloads larger than the arena" and
+//! "First touch of a round trip's fresh memory".
 //!
 //! Memory: a sealed result segment's pages are the payload's only copy in flight; they are
 //! freed when the last process unmaps and closes it (the worker right after sending, the parent
@@ -153,7 +186,6 @@
 //! memfd too; a payload segment past the limit would kill the parent (an argument) or the worker
 //! (a result, then a `WorkerDied` with signal 25).
 
-use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, Weak};
@@ -188,6 +220,68 @@ thread_local! {
 /// many arena sizes (1 GiB with the default 64 MiB arenas).
 pub(crate) const REUSE_MAX_ARENAS: usize = 16;
 
+/// Where the encoding starts in every payload segment (argument, sealed result, reused
+/// result): bytes `0..16` are the [`HEADER_MAGIC`] and the encoding's length (`u64` LE), the
+/// rest up to here is zeros, and the encoding fills `ENCODING_AT .. ENCODING_AT + len`. Readers
+/// check the header against the length they were told ("Layout").
+pub(crate) const ENCODING_AT: usize = 1024;
+
+/// The first 8 bytes of every payload segment ("Layout").
+const HEADER_MAGIC: [u8; 8] = *b"shmpool\x01";
+
+/// A payload segment's header for an encoding of `len` bytes ("Layout").
+fn header(len: u64) -> [u8; 16] {
+    let mut h = [0u8; 16];
+    h[..8].copy_from_slice(&HEADER_MAGIC);
+    h[8..].copy_from_slice(&len.to_le_bytes());
+    h
+}
+
+/// Checks a segment's header (its first 16 bytes, copied out) against the announced `len`.
+fn check_header(h: &[u8], len: usize) -> std::result::Result<(), String> {
+    if h.len() < 16 || h[..8] != HEADER_MAGIC {
+        return Err(format!(
+            "segment has no payload header (the encoding belongs at offset {ENCODING_AT})"
+        ));
+    }
+    let said = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
+    if said != len as u64 {
+        return Err(format!("segment header says {said} bytes, {len} announced"));
+    }
+    Ok(())
+}
+
+/// How many bytes a segment holding an encoding of `len` bytes needs (`None`: too large).
+pub(crate) fn segment_size(len: usize) -> Option<usize> {
+    len.checked_add(ENCODING_AT)
+}
+
+/// Sizes the memfd `file` from `old` to `new` bytes (`new > old`) and allocates the pages of the
+/// new part in one `fallocate(2)` call ("Fresh pages").
+fn grow(file: &std::fs::File, old: u64, new: u64) -> std::io::Result<()> {
+    file.set_len(new)?;
+    let (Ok(at), Ok(n)) = (libc::off_t::try_from(old), libc::off_t::try_from(new - old)) else {
+        return Ok(());
+    };
+    // SAFETY: fallocate(2) with mode 0 on a memfd we own, inside its size (set just above): it
+    // allocates the range's pages and changes no byte anyone reads (an allocated page reads as
+    // zeros, like the hole it replaces). A failure (memory short, a kernel without shmem
+    // fallocate) is ignored: the write that follows allocates page by page as before and
+    // reports its own error.
+    let _ = unsafe { libc::fallocate(file.as_raw_fd(), 0, at, n) };
+    Ok(())
+}
+
+/// Writes the header and `head ++ bytes` into `file` at their places ("Layout"); the file must
+/// already be at least [`segment_size`] long (the bytes between header and encoding are never
+/// written: zeros in a fresh file, whatever an earlier payload left in a reused one).
+pub(crate) fn write_layout(file: &std::fs::File, head: &[u8], bytes: &[u8]) -> std::io::Result<()> {
+    let len = (head.len() + bytes.len()) as u64;
+    file.write_all_at(&header(len), 0)?;
+    file.write_all_at(head, ENCODING_AT as u64)?;
+    file.write_all_at(bytes, (ENCODING_AT + head.len()) as u64)
+}
+
 /// Worker side: writes `head ++ bytes` into this worker's reusable result segment (made, and
 /// sealed against shrinking, on first use; grown when too small) and returns a descriptor of it
 /// to send. Call only when the parent has marked the segment free (`result_segment_busy`). A
@@ -212,12 +306,12 @@ pub(crate) fn write_reusable(head: &[u8], bytes: &[u8]) -> std::io::Result<Owned
                 std::fs::File::from(fd)
             }
         };
-        let n = (head.len() + bytes.len()) as u64;
-        if file.metadata()?.len() < n {
-            file.set_len(n)?;
+        let n = (ENCODING_AT + head.len() + bytes.len()) as u64;
+        let size = file.metadata()?.len();
+        if size < n {
+            grow(&file, size, n)?;
         }
-        file.write_all_at(head, 0)?;
-        file.write_all_at(bytes, head.len() as u64)?;
+        write_layout(&file, head, bytes)?;
         let send = OwnedFd::from(file.try_clone()?);
         *slot = Some(file);
         Ok(send)
@@ -310,36 +404,56 @@ impl ResultMap {
         let st = nix::sys::stat::fstat(fd.as_fd())
             .map_err(|e| format!("fstat of the result segment: {e}"))?;
         let size = usize::try_from(st.st_size).unwrap_or(0);
-        if size < len || len == 0 {
+        let need = segment_size(len).filter(|&n| n <= size && len > 0);
+        let Some(need) = need else {
             return Err(format!(
                 "result segment of {} bytes, {len} announced",
                 st.st_size
             ));
-        }
+        };
         let (dev, ino) = (st.st_dev as u64, st.st_ino as u64);
         if !kept
             .as_ref()
-            .is_some_and(|k| (k.dev, k.ino) == (dev, ino) && k.map.len() >= len)
+            .is_some_and(|k| (k.dev, k.ino) == (dev, ino) && k.map.len() >= need)
         {
             // The old mapping first: its memory can go before the new one is filled in.
             *kept = None;
             // A raw read-only shared mapping (no `&[u8]` over it: its worker may write the
             // bytes while we read, so it is only read through `SharedBytes::copy_to`) of the
-            // first `len <= size` bytes of a memfd sealed against shrinking (checked above;
+            // first `need <= size` bytes of a memfd sealed against shrinking (checked above;
             // seals are never removed), so every mapped page stays backed (no SIGBUS).
             // `populate`: the worker wrote those pages, so their page tables are filled in one
-            // call. Only `len`, never `size`: the worker can grow the segment as it likes
+            // call. Only `need`, never `size`: the worker can grow the segment as it likes
             // (`ftruncate` leaves a hole), and populating a hole of shmem allocates its pages.
             let map = memmap2::MmapOptions::new()
-                .len(len)
+                .len(need)
                 .populate()
                 .map_raw_read_only(&fd)
                 .map_err(|e| format!("mapping the result segment: {e}"))?;
             *kept = Some(ResultMap { dev, ino, map });
         }
         let k = kept.as_ref().expect("set above");
-        Ok(SharedBytes {
+        let whole = SharedBytes {
             ptr: k.map.as_ptr(),
+            len: need,
+            _map: std::marker::PhantomData,
+        };
+        // The header, copied out (the worker may be rewriting it), then checked.
+        let mut h = [std::mem::MaybeUninit::<u8>::uninit(); 16];
+        whole
+            .copy_to(0, &mut h)
+            .expect("the header lies in the mapping");
+        check_header(
+            &h.map(|b| {
+                // SAFETY: `copy_to` initialized all 16 bytes.
+                unsafe { b.assume_init() }
+            }),
+            len,
+        )?;
+        // SAFETY: `ENCODING_AT + len == need <= k.map.len()`: the result lies in the mapping.
+        let ptr = unsafe { k.map.as_ptr().add(ENCODING_AT) };
+        Ok(SharedBytes {
+            ptr,
             len,
             _map: std::marker::PhantomData,
         })
@@ -352,12 +466,11 @@ pub(crate) fn make_segment(head: &[u8], bytes: &[u8]) -> std::io::Result<OwnedFd
         "shmpool-payload",
         MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
     )?;
-    let mut file = std::fs::File::from(fd);
-    file.set_len((head.len() + bytes.len()) as u64)?;
-    file.write_all(head)?;
-    file.write_all(bytes)?;
+    let file = std::fs::File::from(fd);
+    grow(&file, 0, (ENCODING_AT + head.len() + bytes.len()) as u64)?;
+    write_layout(&file, head, bytes)?;
     // SAFETY: fcntl(F_ADD_SEALS) on our own memfd; it has no writable mapping (we wrote with
-    // write(2)), so F_SEAL_WRITE is accepted.
+    // pwrite(2)), so F_SEAL_WRITE is accepted.
     let rc = unsafe {
         libc::fcntl(
             file.as_raw_fd(),
@@ -384,8 +497,8 @@ pub(crate) struct Sealed {
 
 impl Sealed {
     /// Checks that `fd` is sealed against writes and shrinking and holds at least `len` bytes,
-    /// then maps its first `len` bytes read-only. What [`bytes`](Self::bytes) reads can then
-    /// never change.
+    /// then maps its first `ENCODING_AT + len` bytes read-only and checks the header
+    /// ("Layout"). What [`bytes`](Self::bytes) reads can then never change.
     pub(crate) fn open(fd: OwnedFd, len: usize) -> std::result::Result<Sealed, String> {
         // SAFETY: fcntl(F_GET_SEALS) only reads the seals of an fd we own.
         let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
@@ -395,22 +508,24 @@ impl Sealed {
         let size = nix::sys::stat::fstat(fd.as_fd())
             .map_err(|e| format!("fstat of the payload segment: {e}"))?
             .st_size;
-        if usize::try_from(size).map_or(true, |s| s < len) || len == 0 {
+        let need = segment_size(len).filter(|&n| usize::try_from(size).is_ok_and(|s| n <= s));
+        let (Some(need), true) = (need, len > 0) else {
             return Err(format!("payload segment of {size} bytes, {len} announced"));
-        }
+        };
         // SAFETY: the memfd is sealed against writes, shrinking and growing (checked above, and
         // the seals can only be added, never removed), so the mapped bytes cannot change and no
-        // page can disappear under us (no SIGBUS); the mapping is read-only and `len <= size`.
+        // page can disappear under us (no SIGBUS); the mapping is read-only and `need <= size`.
         // `populate`: every byte is about to be read, so the page tables are filled in one call
         // instead of one fault per 16 pages (shmem's fault-around).
-        let map = unsafe { memmap2::MmapOptions::new().len(len).populate().map(&fd) }
+        let map = unsafe { memmap2::MmapOptions::new().len(need).populate().map(&fd) }
             .map_err(|e| format!("mapping the payload segment: {e}"))?;
+        check_header(&map[..16], len)?;
         Ok(Sealed { _fd: fd, map })
     }
 
-    /// The payload, mapped.
+    /// The payload (its encoding), mapped.
     pub(crate) fn bytes(&self) -> &[u8] {
-        &self.map
+        &self.map[ENCODING_AT..]
     }
 }
 
@@ -507,12 +622,14 @@ pub(crate) fn argument(
     spares: &Arc<SpareArgs>,
 ) -> Result<(Vec<u8>, SegmentShare)> {
     let len = (head.len() + bytes.len()) as u64;
+    // The segment holds the header and the encoding after it ("Layout").
+    let need = len + ENCODING_AT as u64;
     let os = |e| Error::os("memfd (large argument)", e);
-    let (file, size) = match spares.take(len) {
-        Some((file, size)) if size >= len => (file, size),
-        Some((file, _)) => {
-            file.set_len(len).map_err(os)?;
-            (file, len)
+    let (file, size) = match spares.take(need) {
+        Some((file, size)) if size >= need => (file, size),
+        Some((file, size)) => {
+            grow(&file, size, need).map_err(os)?;
+            (file, need)
         }
         None => {
             // No MFD_ALLOW_SEALING: nobody (a worker least of all) can seal it against the
@@ -520,13 +637,12 @@ pub(crate) fn argument(
             let fd =
                 memfd_create("shmpool-arg", MFdFlags::MFD_CLOEXEC).map_err(|e| os(e.into()))?;
             let file = std::fs::File::from(fd);
-            file.set_len(len).map_err(os)?;
-            (file, len)
+            grow(&file, 0, need).map_err(os)?;
+            (file, need)
         }
     };
     // A failed write drops `file`: a segment in an unknown state is closed, not kept.
-    file.write_all_at(head, 0).map_err(os)?;
-    file.write_all_at(bytes, head.len() as u64).map_err(os)?;
+    write_layout(&file, head, bytes).map_err(os)?;
     let ro = read_only(&file).map_err(os)?;
     let id = crate::shm::segment::next_id();
     let mut payload = Vec::with_capacity(16);
@@ -555,28 +671,30 @@ pub(crate) struct ArgumentMap {
 }
 
 impl ArgumentMap {
-    /// Checks that `fd` holds at least `len` bytes and maps the first `len` read-only.
+    /// Checks that `fd` holds an encoding of `len` bytes ("Layout") and maps it read-only.
     fn open(fd: OwnedFd, len: usize) -> std::result::Result<ArgumentMap, String> {
         let size = nix::sys::stat::fstat(fd.as_fd())
             .map_err(|e| format!("fstat of the argument segment: {e}"))?
             .st_size;
-        if usize::try_from(size).map_or(true, |s| s < len) || len == 0 {
+        let need = segment_size(len).filter(|&n| usize::try_from(size).is_ok_and(|s| n <= s));
+        let (Some(need), true) = (need, len > 0) else {
             return Err(format!("argument segment of {size} bytes, {len} announced"));
-        }
+        };
         // SAFETY: the parent made this memfd and is the only process holding it writable (ours
         // is read-only, see "Reuse"); it neither writes nor shrinks it until this task's result
         // has arrived, and this worker reads the mapping only before publishing that result. So
-        // the mapped bytes do not change while we read them, and `len <= size` (checked above)
-        // means no page under the mapping can be missing (no SIGBUS). Read-only mapping.
+        // the mapped bytes do not change while we read them, and `need <= size` (checked
+        // above) means no page under the mapping can be missing (no SIGBUS). Read-only mapping.
         // `populate`: every byte is about to be read, so the page tables are filled in one call.
-        let map = unsafe { memmap2::MmapOptions::new().len(len).populate().map(&fd) }
+        let map = unsafe { memmap2::MmapOptions::new().len(need).populate().map(&fd) }
             .map_err(|e| format!("mapping the argument segment: {e}"))?;
+        check_header(&map[..16], len)?;
         Ok(ArgumentMap { _fd: fd, map })
     }
 
-    /// The argument, mapped.
+    /// The argument (its encoding), mapped.
     pub(crate) fn bytes(&self) -> &[u8] {
-        &self.map
+        &self.map[ENCODING_AT..]
     }
 }
 
@@ -601,16 +719,15 @@ pub(crate) fn resolve_argument(payload: &[u8]) -> std::result::Result<(u64, Argu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn sealed_segments_open_and_unsealed_or_short_ones_are_refused() {
         let fd = make_segment(b"ab", b"cdef").unwrap();
         let seg = Sealed::open(fd.try_clone().unwrap(), 6).unwrap();
         assert_eq!(seg.bytes(), b"abcdef");
-        assert_eq!(
-            Sealed::open(fd.try_clone().unwrap(), 4).unwrap().bytes(),
-            b"abcd"
-        );
+        // Shorter than written: the header says otherwise.
+        assert!(Sealed::open(fd.try_clone().unwrap(), 4).is_err());
         assert!(
             Sealed::open(fd.try_clone().unwrap(), 7).is_err(),
             "longer than the segment"
@@ -628,18 +745,68 @@ mod tests {
         assert!(Sealed::open(raw, 5).unwrap_err().contains("not sealed"));
     }
 
+    /// A sealed segment as [`make_segment`] makes it, but with `encoding` written at `at` and
+    /// `header` (if any) at 0.
+    fn laid_out(encoding: &[u8], at: usize, header: Option<[u8; 16]>) -> OwnedFd {
+        let fd = memfd_create("x", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).unwrap();
+        let f = std::fs::File::from(fd);
+        f.set_len((ENCODING_AT + encoding.len()) as u64).unwrap();
+        if let Some(h) = header {
+            f.write_all_at(&h, 0).unwrap();
+        }
+        f.write_all_at(encoding, at as u64).unwrap();
+        // SAFETY: fcntl(F_ADD_SEALS) on the memfd just made, which nothing maps.
+        let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, SEALS) };
+        assert_eq!(rc, 0);
+        OwnedFd::from(f)
+    }
+
+    #[test]
+    fn the_encoding_sits_at_its_offset_behind_a_header_that_is_checked() {
+        let enc = [3u8, 1, 2, 3];
+        // As written by every writer: header at 0, encoding at `ENCODING_AT`.
+        let fd = make_segment(&enc[..1], &enc[1..]).unwrap();
+        let mut raw = vec![0u8; ENCODING_AT + 4];
+        std::fs::File::from(fd.try_clone().unwrap())
+            .read_exact_at(&mut raw, 0)
+            .unwrap();
+        assert_eq!(raw[..16], header(4));
+        assert!(raw[16..ENCODING_AT].iter().all(|&b| b == 0));
+        assert_eq!(raw[ENCODING_AT..], enc);
+        assert_eq!(Sealed::open(fd, 4).unwrap().bytes(), enc);
+        // The right layout, read back.
+        let ok = laid_out(&enc, ENCODING_AT, Some(header(4)));
+        assert_eq!(Sealed::open(ok, 4).unwrap().bytes(), enc);
+        // The encoding at offset 0 (no header), in a segment large enough: refused.
+        let e = Sealed::open(laid_out(&enc, 0, None), 4).unwrap_err();
+        assert!(e.contains("no payload header"), "{e}");
+        // The worker's side checks the same (an argument laid out the old way fails its task).
+        let e = ArgumentMap::open(laid_out(&enc, 0, None), 4).unwrap_err();
+        assert!(e.contains("no payload header"), "{e}");
+        let arg = ArgumentMap::open(laid_out(&enc, ENCODING_AT, Some(header(4))), 4).unwrap();
+        assert_eq!(arg.bytes(), enc);
+        // A header whose length disagrees with the announced one: refused.
+        let e = Sealed::open(laid_out(&enc, ENCODING_AT, Some(header(3))), 4).unwrap_err();
+        assert!(e.contains("header says 3 bytes, 4 announced"), "{e}");
+        // A segment holding the encoding but not the room before it: refused.
+        let short = make_segment(b"", &[0u8; 100]).unwrap();
+        let e = Sealed::open(short, ENCODING_AT + 100).unwrap_err();
+        assert!(e.contains("announced"), "{e}");
+    }
+
     /// What a spare argument segment holds, read back through its read-only fd.
     fn contents(share: &SegmentShare, len: usize) -> Vec<u8> {
         let mut out = vec![0u8; len];
         let f = std::fs::File::from(share.fd.try_clone().unwrap());
-        f.read_exact_at(&mut out, 0).unwrap();
+        f.read_exact_at(&mut out, ENCODING_AT as u64).unwrap();
         out
     }
 
     #[test]
     fn argument_segments_are_reused_within_their_bounds() {
         use std::os::unix::fs::FileExt;
-        // Arena of 1 KiB: the spares hold at most 16 KiB, in at most two segments.
+        // Arena of 1 KiB: the spares hold at most 16 KiB, in at most two segments. Each
+        // segment is `ENCODING_AT` (1 KiB) larger than its encoding ("Layout").
         let spares = SpareArgs::new(1024);
         let (_, a) = argument(b"h", &[1u8; 9999], &spares).unwrap();
         let a_ino = nix::sys::stat::fstat(a.fd.as_fd()).unwrap().st_ino;
@@ -650,7 +817,7 @@ mod tests {
         drop(a);
         assert_eq!(
             spares.held(),
-            (1, 10_000),
+            (1, 11_024),
             "given back when no task holds it"
         );
         // Reused (same memfd), larger than the new argument, which is all that changes.
@@ -660,17 +827,17 @@ mod tests {
         assert_eq!(contents(&b, 101), [&[2u8; 100][..], &[1]].concat());
         assert_eq!(spares.held(), (0, 0));
         // A second one while the first is in use is fresh; grown when reused for more.
-        let (_, c) = argument(b"", &[3u8; 5000], &spares).unwrap();
+        let (_, c) = argument(b"", &[3u8; 4000], &spares).unwrap();
         drop((b, c));
-        assert_eq!(spares.held(), (2, 15_000));
+        assert_eq!(spares.held(), (2, 16_048));
         let (_, d) = argument(b"", &[4u8; 12_000], &spares).unwrap();
         let (_, e) = argument(b"", &[5u8; 10], &spares).unwrap();
         assert_eq!(contents(&d, 12_000), vec![4u8; 12_000]);
         assert_eq!(spares.held(), (0, 0));
-        // Over the bound: 12 000 + 10 000 > 16 KiB, so only the first back stays.
+        // Over the bound: 13 024 + 5 024 > 16 KiB, so only the first back stays.
         drop(d);
         drop(e);
-        assert_eq!(spares.held(), (1, 12_000));
+        assert_eq!(spares.held(), (1, 13_024));
         // A third finished segment is closed: at most two.
         let (_, f) = argument(b"", &[6u8; 100], &spares).unwrap();
         let (_, g) = argument(b"", &[6u8; 100], &spares).unwrap();
@@ -681,6 +848,28 @@ mod tests {
         let (_, i) = argument(b"", &[7u8; 100], &spares).unwrap();
         drop(spares);
         drop(i);
+    }
+
+    #[test]
+    fn a_segment_grown_for_a_payload_has_its_pages_allocated() {
+        use std::os::unix::fs::MetadataExt;
+        // Allocated bytes of a memfd: its 512-byte blocks.
+        let allocated = |f: &std::fs::File| f.metadata().unwrap().blocks() * 512;
+        let f = std::fs::File::from(memfd_create("x", MFdFlags::MFD_CLOEXEC).unwrap());
+        grow(&f, 0, 1 << 20).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 1 << 20);
+        assert_eq!(
+            allocated(&f),
+            1 << 20,
+            "allocated in one call, before any write"
+        );
+        // Grown again: the new part too, and what was there is left alone.
+        f.write_all_at(b"kept", 100).unwrap();
+        grow(&f, 1 << 20, 3 << 20).unwrap();
+        assert_eq!(allocated(&f), 3 << 20);
+        let mut back = [0u8; 4];
+        f.read_exact_at(&mut back, 100).unwrap();
+        assert_eq!(&back, b"kept");
     }
 
     /// A byte vector as `write_bytes` encodes it, in a sealed segment.
@@ -740,7 +929,8 @@ mod tests {
         assert!(e.contains("only 3 remain"), "{e}");
         // The announced length, not the file's, bounds the read: a segment longer than announced
         // does not let the string run past it.
-        let seg = Sealed::open(make_segment(&[5], b"abcde").unwrap(), 4).unwrap();
+        // (Its header agrees with the announced length, as a lying worker would make it.)
+        let seg = Sealed::open(laid_out(b"\x05abcde", ENCODING_AT, Some(header(4))), 4).unwrap();
         assert!(read::<Vec<u8>>(&seg).is_err());
         // A length varint that never ends, or overflows.
         let seg = Sealed::open(make_segment(&[0x80; 3], b"").unwrap(), 3).unwrap();

@@ -418,28 +418,51 @@ impl Drop for CallSpare {
     }
 }
 
-/// Above this, a fresh byte vector asks for transparent huge pages (see
-/// [`bytes_with_capacity`]).
-const HUGE_COPY: usize = 8 << 20;
+/// From this size on, a fresh byte vector's pages are allocated in one call before it is filled
+/// (see [`bytes_with_capacity`]).
+const PREFAULT_MIN: usize = 8 << 20;
 
-/// An empty vector with room for exactly `n` bytes, about to be filled. A large one first asks
-/// the kernel to back the fresh allocation with transparent huge pages (`MADV_HUGEPAGE`; the
-/// default THP mode `madvise` applies them only where asked): a 300 MiB vector then takes 150
-/// page faults instead of 76,800, which is most of the cost of filling fresh memory in a VM.
-/// Where THP is off the advice is ignored. Nothing is zeroed here (the kernel zeroes the pages it
-/// hands out, once): the caller fills the spare capacity.
+/// An empty vector with room for exactly `n` bytes, about to be filled. A large one (from
+/// [`PREFAULT_MIN`]) has its pages allocated first, in one `madvise(MADV_POPULATE_WRITE)` call
+/// over the page-aligned interior of the allocation, instead of one page fault per 4 KiB while
+/// it is filled.
+///
+/// Why, and why not huge pages: filling fresh memory is most of what a large payload costs in a
+/// VM like this one (Firecracker, with free page reporting: a page the guest freed a while ago
+/// faults on the host too when touched again), and a pool's first large call fills the worker's
+/// `Vec` fresh. With transparent huge pages (`MADV_HUGEPAGE`, used here before) that was fast
+/// when it was fast, but slow (0.5–1.3 s more) in about a third of fresh processes, with or
+/// without populating them; 4 KiB pages populated in one call were steady: first 300 MiB round
+/// trips of a process 566–842 ms in 30 of 30 processes, against 454–1847 ms (16 of 26 under
+/// 1 s) with huge pages (BENCHMARKS.md, "First touch of a round trip's fresh memory"). So no
+/// huge-page advice.
+///
+/// The populate call is an optimization only: a kernel without it (before 5.14: `EINVAL`), or
+/// one short of memory (`ENOMEM`, `EAGAIN`), leaves the pages to fault in as they are written,
+/// exactly as without the call; its result is ignored. Nothing is zeroed here beyond what the
+/// kernel does for fresh pages: the caller fills the spare capacity.
 pub(crate) fn bytes_with_capacity(n: usize) -> Vec<u8> {
     let mut v: Vec<u8> = Vec::with_capacity(n);
-    if n < HUGE_COPY {
+    if n < PREFAULT_MIN {
         return v;
     }
-    const HUGE: usize = 2 << 20;
-    let start = (v.as_mut_ptr() as usize).next_multiple_of(HUGE);
-    let end = (v.as_mut_ptr() as usize + n) & !(HUGE - 1);
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let start = (v.as_mut_ptr() as usize).next_multiple_of(page);
+    let end = (v.as_mut_ptr() as usize + n) & !(page - 1);
     if end > start {
-        // SAFETY: `start..end` lies inside `v`'s allocation (aligned inward), which this process
-        // owns and nobody reads yet; MADV_HUGEPAGE is advice that changes no contents.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        // SAFETY: `start..end` lies inside `v`'s allocation (aligned inward to whole pages, so
+        // no allocator metadata is in it), which this process owns and nobody reads yet.
+        // MADV_POPULATE_WRITE only faults the range's pages in as a write would (private
+        // anonymous memory: zero-filled, the same contents a first write would find); it
+        // changes no byte. Its failure is ignored (see above).
+        unsafe {
+            libc::madvise(
+                start as *mut libc::c_void,
+                end - start,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
     }
     v
 }
@@ -791,6 +814,35 @@ mod tests {
     fn a_broken_chunk_result_is_an_error_not_a_panic() {
         assert!(decode_chunk_out::<u64>(&[1, 2]).is_err());
         assert!(decode_chunk_out::<u64>(&[255, 0, 0, 0, 0, 0, 0, 0, 1]).is_err());
+    }
+
+    /// How many of the whole pages inside `v`'s allocation are resident (`mincore`), of how
+    /// many.
+    fn resident_pages(v: &Vec<u8>) -> (usize, usize) {
+        let start = (v.as_ptr() as usize).next_multiple_of(4096);
+        let end = (v.as_ptr() as usize + v.capacity()) & !4095;
+        let n = (end - start) / 4096;
+        let mut vec = vec![0u8; n];
+        // SAFETY: `start..end` is page-aligned and lies in `v`'s allocation (mapped); `vec`
+        // has one byte per page of it, as mincore(2) writes.
+        let rc =
+            unsafe { libc::mincore(start as *mut libc::c_void, end - start, vec.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        (vec.iter().filter(|&&b| b & 1 != 0).count(), n)
+    }
+
+    #[test]
+    fn a_large_fresh_byte_vector_has_its_pages_before_it_is_filled() {
+        // A 24 MiB vector (above `PREFAULT_MIN`, and above glibc's mmap threshold, so fresh
+        // pages): every whole page inside it is resident before anything is written.
+        let v = bytes_with_capacity(24 << 20);
+        let (resident, pages) = resident_pages(&v);
+        assert!(pages >= 6000);
+        assert_eq!(resident, pages, "populated in one call");
+        assert!(v.is_empty());
+        // A small one is left to fault in as it is written.
+        let small = bytes_with_capacity(PREFAULT_MIN - 1);
+        assert_eq!(small.capacity(), PREFAULT_MIN - 1);
     }
 
     /// The spare's address and capacity, if one is kept.
