@@ -10,6 +10,13 @@
 //! Before timing, the tree is read once (warm cache) and `shmpool hash`'s SHA-256 lines are
 //! checked against `sha256sum`'s.
 //!
+//! "Warm" does not last on these VMs: a DAMON scheme (`/sys/kernel/mm/damon/admin/kdamonds/0`:
+//! action `pageout`, page-cache pages not accessed for 12 aggregation intervals of 5 s, up to
+//! 128 MiB/s) drops file pages idle for about a minute. A `shmpool hash -a blake3 ~/.rustup`
+//! five minutes after the last one read 160 MB from disk and took 3.99 s; the next, 1.43 s
+//! (`pgpgin` in /proc/vmstat: 160 MB, then 2 MB). Within the bench every file is read every few
+//! seconds; a hand-timed run must follow another within the minute.
+//!
 //! Three floors are printed: issue 9's (its single-core rates and per-file cost, constants; the
 //! target's definition), one measured here on this tree: the CPU time of the plainest
 //! single-threaded loop (open, read, hash, close every file) divided by the workers, and the
