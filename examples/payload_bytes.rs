@@ -5,8 +5,13 @@
 //! of its own each way).
 //!
 //! ```text
-//! cargo run --release --example payload_bytes [-- --mib 256 --big-mib 48 --huge-mib 300]
+//! cargo run --release --example payload_bytes [-- --mib 256 --big-mib 48 --huge-mib 300 --no-floor]
 //! ```
+//!
+//! `--no-floor` skips the in-process floor before each size's round trips: the floor frees
+//! four vectors of that size just before the first round trip, and memory freed a moment ago
+//! is cheaper to touch again in this VM than memory freed long ago (BENCHMARKS.md, "First touch
+//! of a round trip's fresh memory").
 
 use std::error::Error;
 use std::time::Instant;
@@ -26,12 +31,14 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut mib = 256usize;
     let mut big_mib = 48usize;
     let mut huge_mib = 300usize;
+    let mut with_floor = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--mib" => mib = args.next().ok_or("--mib needs a value")?.parse()?,
             "--big-mib" => big_mib = args.next().ok_or("--big-mib needs a value")?.parse()?,
             "--huge-mib" => huge_mib = args.next().ok_or("--huge-mib needs a value")?.parse()?,
+            "--no-floor" => with_floor = false,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -71,17 +78,19 @@ fn main() -> Result<(), Box<dyn Error>> {
         // The floor on this machine: the four copies a round trip makes (into the argument's
         // segment, the worker's vector, the result's segment, the parent's vector), here as
         // four plain copies into fresh vectors in one process.
-        let t = Instant::now();
-        let mut v = big.clone();
-        for _ in 0..3 {
-            v = std::hint::black_box(v.clone());
+        if with_floor {
+            let t = Instant::now();
+            let mut v = big.clone();
+            for _ in 0..3 {
+                v = std::hint::black_box(v.clone());
+            }
+            let floor = t.elapsed().as_secs_f64();
+            drop(v);
+            println!(
+                "floor for {mib} MiB: four copies into fresh Vecs in one process: {:.1} ms",
+                floor * 1e3
+            );
         }
-        let floor = t.elapsed().as_secs_f64();
-        drop(v);
-        println!(
-            "floor for {mib} MiB: four copies into fresh Vecs in one process: {:.1} ms",
-            floor * 1e3
-        );
         for _ in 0..3 {
             let arg = big.clone();
             let t = Instant::now();

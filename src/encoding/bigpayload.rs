@@ -172,7 +172,10 @@
 //! exist instead of allocating one per 4 KiB), a fresh large `Vec` with one
 //! `MADV_POPULATE_WRITE` ([`crate::encoding::payload::bytes_with_capacity`], which says why not
 //! huge pages). Both are optimizations only: a failure is ignored and the write allocates as
-//! before, reporting its own error. Figures: BENCHMARKS.md, "Payloads larger than the arena" and
+//! before, reporting its own error. Neither makes a first large call reliably fast in a VM:
+//! pages the guest allocates may still be missing on the host, and the first write to them
+//! faults there (seen here: a `pwrite(2)` of 300 MiB into a freshly `fallocate`d segment taking
+//! 621 ms instead of ~50). Only touching fewer fresh pages would help. Figures: BENCHMARKS.md, "Payloads larger than the arena" and
 //! "First touch of a round trip's fresh memory".
 //!
 //! Memory: a sealed result segment's pages are the payload's only copy in flight; they are

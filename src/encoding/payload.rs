@@ -431,11 +431,12 @@ const PREFAULT_MIN: usize = 8 << 20;
 /// VM like this one (Firecracker, with free page reporting: a page the guest freed a while ago
 /// faults on the host too when touched again), and a pool's first large call fills the worker's
 /// `Vec` fresh. With transparent huge pages (`MADV_HUGEPAGE`, used here before) that was fast
-/// when it was fast, but slow (0.5–1.3 s more) in about a third of fresh processes, with or
-/// without populating them; 4 KiB pages populated in one call were steady: first 300 MiB round
-/// trips of a process 566–842 ms in 30 of 30 processes, against 454–1847 ms (16 of 26 under
-/// 1 s) with huge pages (BENCHMARKS.md, "First touch of a round trip's fresh memory"). So no
-/// huge-page advice.
+/// when it was fast, but often 0.5–1.3 s slower; 4 KiB pages populated in one call were
+/// steadier: in the sets that measured both side by side, the first 300 MiB round trip of a
+/// process was under 1 s in 17 of 20 processes, against 13 of 20 with huge pages (BENCHMARKS.md,
+/// "First touch of a round trip's fresh memory"). So no huge-page advice. (Neither avoids the
+/// host's own first touch of pages the guest has not used for a while: that is why a first
+/// large call can still be slow.)
 ///
 /// The populate call is an optimization only: a kernel without it (before 5.14: `EINVAL`), or
 /// one short of memory (`ENOMEM`, `EAGAIN`), leaves the pages to fault in as they are written,
