@@ -18,6 +18,7 @@ mod measure;
 mod plot;
 mod python;
 mod report;
+mod stdfds;
 mod work;
 
 fn main() -> ExitCode {

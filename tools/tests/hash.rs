@@ -701,3 +701,52 @@ fn a_big_file_that_mmap_refuses_is_read_as_sha256sum_reads_it() {
         format!("{want}  {}\n", path.display())
     );
 }
+
+/// Runs `shmpool ARGS...` through `sh` with `redirect` (`<&-`, `>&-`) applied first.
+fn run_with_closed(redirect: &str, args: &[&str]) -> Output {
+    watchdog();
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(r#"exec "$0" "$@" {redirect}"#))
+        .arg(env!("CARGO_BIN_EXE_shmpool"))
+        .args(args)
+        .output()
+        .expect("run the shmpool binary through sh")
+}
+
+#[test]
+fn a_closed_standard_input_or_output_fails_as_with_sha256sum() {
+    // Rust's runtime opens /dev/null on a closed standard descriptor before `main`: a closed
+    // stdin was hashed as empty, and a closed stdout swallowed every line, with exit status 0.
+    let dir = tree();
+    let file = dir.join("deep/er/est/leaf");
+    let file = file.to_str().unwrap();
+    for args in [vec!["hash"], vec!["hash", "-a", "sha512", "-", file]] {
+        let o = run_with_closed("<&-", &args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("shmpool: -: Bad file descriptor\n"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+        // The file named with it is still hashed; standard input is not (an empty digest).
+        let out = String::from_utf8(o.stdout).unwrap();
+        assert_eq!(out.lines().count(), usize::from(args.len() > 1), "{out}");
+        assert!(!out.contains("  -\n"), "{out}");
+    }
+    let o = run_with_closed("<&-", &["hash", "-c", "-"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("Bad file descriptor"), "{}", stderr(&o));
+
+    let o = run_with_closed(">&-", &["hash", file]);
+    assert!(!o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("Bad file descriptor"), "{}", stderr(&o));
+    // Nothing to write: as `sha256sum -c --status` with a closed stdout, a success.
+    let manifest = run(&[os("hash"), os(file)]);
+    assert!(manifest.status.success());
+    let m = std::env::temp_dir().join(format!("shmpool-closed-fds-{}", std::process::id()));
+    fs::write(&m, &manifest.stdout).unwrap();
+    let o = run_with_closed(">&-", &["hash", "-c", "--status", m.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    fs::remove_file(&m).unwrap();
+}

@@ -549,8 +549,7 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
     /// Hashes standard input here in the parent (it cannot be reopened by a worker).
     fn hash_stdin(&mut self) -> Outcome {
         let buf = self.stdin_buf.get_or_insert_with(ReadBuf::new).get();
-        let mut stdin = io::stdin().lock();
-        match digest::hash_reader(self.opts.algo, &mut stdin, buf) {
+        match digest::hash_reader(self.opts.algo, &mut crate::stdfds::Stdin, buf) {
             Ok(d) => Outcome::Digest(d),
             Err(e) => Outcome::Failed(super::format::reason(&e)),
         }

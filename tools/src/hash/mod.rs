@@ -126,7 +126,7 @@ pub(crate) fn run_on(
     };
     // Not `stdout().lock()`: the pool's fork server takes the stdout lock to flush it before
     // forking, and would wait forever for a lock this thread held through the run.
-    let out = BufWriter::with_capacity(64 << 10, io::stdout());
+    let out = BufWriter::with_capacity(64 << 10, crate::stdfds::Stdout);
     if cfg.check {
         let sink = CheckSink {
             out,
@@ -217,8 +217,7 @@ fn stdin_only(
 ) -> anyhow::Result<u8> {
     let mut buf = digest::ReadBuf::new();
     for item in items {
-        let mut stdin = io::stdin().lock();
-        let outcome = match digest::hash_reader(cfg.algo, &mut stdin, buf.get()) {
+        let outcome = match digest::hash_reader(cfg.algo, &mut crate::stdfds::Stdin, buf.get()) {
             Ok(d) => Outcome::Digest(d),
             Err(e) => Outcome::Failed(format::reason(&e)),
         };
@@ -298,7 +297,7 @@ fn report(
 
 /// Hash mode: one `HEX  PATH` line per file on stdout, one error line per failure on stderr.
 struct HashSink {
-    out: BufWriter<io::Stdout>,
+    out: BufWriter<crate::stdfds::Stdout>,
     /// The line being written (reused: no allocation per file).
     line: Vec<u8>,
     esc: Escape,
@@ -364,7 +363,7 @@ enum CheckTag {
 
 /// Check mode: `PATH: OK|FAILED|FAILED open or read` lines, coreutils' warnings.
 struct CheckSink {
-    out: BufWriter<io::Stdout>,
+    out: BufWriter<crate::stdfds::Stdout>,
     esc: Escape,
     quiet: bool,
     status: bool,
@@ -541,7 +540,7 @@ impl Iterator for Manifests {
             let Some(cur) = self.current.as_mut() else {
                 let name = self.names.next()?;
                 let lines: io::Result<Box<dyn BufRead>> = if name == b"-" {
-                    Ok(Box::new(BufReader::new(io::stdin())))
+                    crate::stdfds::stdin().map(|i| Box::new(BufReader::new(i)) as Box<dyn BufRead>)
                 } else {
                     File::open(digest::os_path(&name)).map(|f| {
                         Box::new(BufReader::with_capacity(64 << 10, f)) as Box<dyn BufRead>
