@@ -12,7 +12,7 @@
 //! completes the size `fstat` gave is its end, so the usual extra `read` that returns 0 is
 //! skipped; files that say 0 bytes, as in /proc, are read until a `read` returns 0). For SHA-2
 //! a file of at least `engine::MAP_MIN` (256 KiB) — which the scheduler sends alone in its
-//! task — is hashed through a [`shmpool::MappedFile`] opened in the worker, which saves the
+//! task — is hashed through a mapping of its descriptor made in the worker, which saves the
 //! kernel's copy into the buffer (a file that `mmap` refuses is read, as `sha256sum` reads it).
 //! BLAKE3 maps nothing: files up to one piece (4 MiB) are read like small ones (see
 //! `engine::Engine::maps`), the pieces of bigger ones with `pread` ([`blake3_subtree`]); with
@@ -38,7 +38,7 @@
 //! Small files are opened through an [`Opener`]: by name, relative to their directory's
 //! descriptor, which the next paths of the task reuse.
 //!
-//! `MappedFile::open` is `unsafe`: the file must not change while it is mapped. `shmpool hash`
+//! `memmap2::Mmap::map` is `unsafe`: the file must not change while it is mapped. `shmpool hash`
 //! cannot promise that for files it does not own, and accepts the consequence, which is the one
 //! `b3sum` (it maps files too) and any reader of a changing file has: a file written while it is
 //! hashed gives a digest of some mix of its old and new bytes, and a file truncated under the
@@ -422,12 +422,12 @@ fn make_blocking(f: &File) -> io::Result<()> {
 /// enough, and what a file changing underneath costs).
 ///
 /// The file is one a worker's `fstat` (or the walk) saw as a regular file: it is opened with
-/// [`open_regular`] (a FIFO put in its place fails, it does not block), then mapped through
-/// `/proc/self/fd` (the same open file, not the path again); where that cannot be mapped, it
-/// is read through the descriptor.
+/// [`open_regular`] (a FIFO put in its place fails, it does not block), then that descriptor
+/// is mapped (the same open file, not the path again); where it cannot be mapped, it is read
+/// through the descriptor.
 pub(crate) fn hash_mapped(algo: Algo, path: &[u8], buf: &mut [u8]) -> io::Result<Digest> {
     let (mut f, size) = open_regular(path)?;
-    let map = match map(&fd_path(&f)) {
+    let map = match map(&f) {
         Some(map) => map,
         None => return hash_open(algo, &mut f, Some(size), buf),
     };
@@ -475,18 +475,21 @@ fn release(window: &[u8]) {
     }
 }
 
-/// Maps the file at `path`; `None` when that fails or the file is empty: the caller then reads
-/// it, as `sha256sum` would.
+/// Maps the open regular file `f` whole; `None` when that fails or the file is empty: the caller
+/// then reads it, as `sha256sum` would.
 ///
 /// Any failure, not only "not a regular file": files that `read` serves but `mmap` refuses
 /// exist (`/sys/kernel/btf/vmlinux`, 5 MB: `Permission denied`; anything past the 128 TiB of
-/// address space, as a sparse file on tmpfs can be: `Cannot allocate memory`). A path that
-/// cannot be opened at all fails again in the read, which reports the error as a plain open
-/// does.
-fn map(path: &[u8]) -> Option<shmpool::MappedFile> {
+/// address space, as a sparse file on tmpfs can be: `Cannot allocate memory`).
+///
+/// The descriptor itself is mapped (`memmap2`), not a path: an earlier version mapped
+/// `/proc/self/fd/N` through `shmpool::MappedFile::open` (which takes a path), which cost an
+/// `open`, an `fstat` and a `madvise` more per big file, and where /proc is not mounted (a
+/// chroot, a minimal container) silently fell back to reading every big file.
+fn map(f: &File) -> Option<memmap2::Mmap> {
     // SAFETY: the file may change while mapped; the module docs say what that costs (a wrong
     // digest, or SIGBUS killing this worker, which the pool reports) and why it is accepted.
-    match unsafe { shmpool::MappedFile::open(os_path(path)) } {
+    match unsafe { memmap2::Mmap::map(f) } {
         Ok(m) if m.is_empty() => None,
         Ok(m) => Some(m),
         Err(_) => None,
@@ -579,13 +582,6 @@ pub(crate) fn merge(total: u64, piece: u64, cvs: &[ChainingValue]) -> Option<[u8
         return None;
     }
     Some(*hazmat::merge_subtrees_root(&l, &r, Mode::Hash).as_bytes())
-}
-
-/// `/proc/self/fd/N` for the descriptor of `f`: opening it opens the same file again (for a
-/// regular file), whatever its path is now.
-fn fd_path(f: &File) -> Vec<u8> {
-    use std::os::fd::AsRawFd;
-    format!("/proc/self/fd/{}", f.as_raw_fd()).into_bytes()
 }
 
 /// A path from its raw bytes.
@@ -882,6 +878,32 @@ mod tests {
             Some(libc::ENOENT)
         );
         std::fs::remove_dir_all(&root).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod map_tests {
+    use super::*;
+
+    #[test]
+    fn the_open_descriptor_is_mapped_not_its_path_again() {
+        let path = std::env::temp_dir().join(format!("shmpool-digest-map-{}", std::process::id()));
+        let p = path.as_os_str().as_encoded_bytes().to_vec();
+        let first: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &first).unwrap();
+        let (f, size) = open_regular(&p).unwrap();
+        assert_eq!(size, first.len() as u64);
+        // The path now names another file: the mapping still shows the one that was opened.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"another file").unwrap();
+        let m = map(&f).expect("a regular file maps");
+        assert_eq!(&m[..], &first[..]);
+        std::fs::remove_file(&path).unwrap();
+        // An empty file is not mapped (the caller reads it).
+        std::fs::write(&path, b"").unwrap();
+        let (f, _) = open_regular(&p).unwrap();
+        assert!(map(&f).is_none());
+        std::fs::remove_file(&path).unwrap();
     }
 }
 
