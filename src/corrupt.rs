@@ -438,6 +438,18 @@ mod tests {
             }
             other => panic!("expected WorkerCorrupted, got {other:?}"),
         }
+        // Announced lengths whose segment size (`ENCODING_AT + len`) overflows or passes any
+        // file: u64::MAX, 2^64 - 1024 (the sum wraps to 0), 2^64 - 1025 (the sum is
+        // usize::MAX). The 5000 bytes encode in 5002.
+        for extra in [-5003, -5002 - 1024, -5002 - 1025] {
+            let e = pool.apply(segment_result, (5000, extra, true)).unwrap_err();
+            match e {
+                Error::WorkerCorrupted { worker: 0, detail } => {
+                    assert!(detail.contains("announced"), "{extra}: {detail}")
+                }
+                other => panic!("{extra}: expected WorkerCorrupted, got {other:?}"),
+            }
+        }
         // Sealed, announced shorter than the byte string in it: the string runs past the
         // announced end, a codec error for that task only.
         assert!(matches!(
@@ -499,6 +511,14 @@ mod tests {
             pool.apply(misplaced_segment_result, true).unwrap_err(),
             "no payload header",
         );
+        // Lengths whose segment size overflows (see the sealed test): refused by the bound.
+        for extra in [-5003, -5002 - 1024, -5002 - 1025] {
+            corrupted(
+                pool.apply(forged_segment_result, (5000, extra, true, true))
+                    .unwrap_err(),
+                "at most",
+            );
+        }
         // Announced shorter than the byte string's own length: a codec error, no read past
         // the announced end.
         match pool.apply(forged_segment_result, (5000, -1, true, true)) {

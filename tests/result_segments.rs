@@ -623,3 +623,53 @@ fn a_pool_built_later_does_not_inherit_another_pools_spare_vector() {
         dirty[0]
     );
 }
+
+/// In a worker: sets its `RLIMIT_FSIZE` soft limit to `limit` bytes (`None`: none).
+fn set_fsize(limit: Option<u64>) {
+    let lim = libc::rlimit {
+        rlim_cur: limit.unwrap_or(libc::RLIM_INFINITY),
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit(2) reads one `rlimit`; it limits this worker process only.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &lim) }, 0);
+}
+
+/// A memfd is a file: sizing or writing one past `RLIMIT_FSIZE` raises `SIGXFSZ`, which kills
+/// the process. A task that lowers its worker's limit and returns a result too large for it
+/// gets an error naming the limit (the reused segment's path and the sealed one's); its worker
+/// is not killed and serves on, and large results work again once the limit is lifted.
+#[test]
+fn a_result_past_the_workers_file_size_limit_is_an_error_not_a_dead_worker() {
+    let _serial = common::serial();
+    let _w = common::arm(120);
+    let p = pool(1);
+    let pid = p.worker_pids()[0];
+    let limited = |n: usize| {
+        set_fsize(Some(4 * ARENA as u64));
+        vec![5u8; n]
+    };
+    for n in [8 * ARENA, 8 * ARENA + 1] {
+        match p.apply(limited, n) {
+            Err(Error::Codec { detail }) => assert!(detail.contains("RLIMIT_FSIZE"), "{detail}"),
+            other => panic!("expected a codec error, got {:?}", other.map(|v| v.len())),
+        }
+        // Not a byte vector: a sealed segment, refused the same way.
+        let s = p.apply(
+            |n: usize| {
+                set_fsize(Some(4 * ARENA as u64));
+                "x".repeat(n)
+            },
+            n,
+        );
+        match s {
+            Err(Error::Codec { detail }) => assert!(detail.contains("RLIMIT_FSIZE"), "{detail}"),
+            other => panic!("expected a codec error, got {:?}", other.map(|v| v.len())),
+        }
+    }
+    // Under the limit, large results still travel; the same worker throughout.
+    assert!(p.apply(limited, 2 * ARENA).unwrap() == vec![5u8; 2 * ARENA]);
+    assert_eq!(p.worker_pids(), [pid]);
+    p.apply(set_fsize, None).unwrap();
+    assert!(p.apply(|n: usize| vec![6u8; n], 8 * ARENA).unwrap() == vec![6u8; 8 * ARENA]);
+    assert_eq!(p.worker_pids(), [pid]);
+}

@@ -183,11 +183,14 @@
 //! after decoding and running the completion). A reused one lives as long as its worker. Argument segments are kept as spares (see "Reuse"). Under a small `RLIMIT_MEMLOCK` or without `/dev/shm`, memfds still work (they are
 //! not locked memory and need no file system), but the machine's RAM and swap bound the size.
 //!
-//! Trap: a memfd is a file, so `RLIMIT_FSIZE` applies to it. Sizing one past that limit raises
-//! `SIGXFSZ`, whose default action kills the process: checked here, `prlimit --fsize=1000000`
-//! kills the program in `Pool::new` (signal 25), since the control segment with its arenas is a
-//! memfd too; a payload segment past the limit would kill the parent (an argument) or the worker
-//! (a result, then a `WorkerDied` with signal 25).
+//! Trap: a memfd is a file, so `RLIMIT_FSIZE` applies to it. Sizing one past that limit, or
+//! writing past it (even inside the file's size), raises `SIGXFSZ`, whose default action kills
+//! the process: checked here, `prlimit --fsize=1000000` kills the program in `Pool::new`
+//! (signal 25), since the control segment with its arenas is a memfd too. So every payload
+//! segment is checked against the limit before it is sized or written (`check_fsize`): an
+//! argument past it fails its call with [`Error::Os`] (`EFBIG`), a result past it (a task may
+//! lower its worker's limit) fails its task with [`Error::Codec`] naming the limit; no process
+//! is killed (`tests/result_segments.rs`).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
@@ -259,9 +262,34 @@ pub(crate) fn segment_size(len: usize) -> Option<usize> {
     len.checked_add(ENCODING_AT)
 }
 
+/// `EFBIG` if a file of `end` bytes passes this process's `RLIMIT_FSIZE`: sizing or writing a
+/// memfd past it raises `SIGXFSZ`, which kills the process ("Layout", the trap at its end), so
+/// every segment is checked before it is sized or written.
+fn check_fsize(end: u64) -> std::io::Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) writes one `rlimit` into `lim`, which lives for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim) } != 0 {
+        return Ok(());
+    }
+    if lim.rlim_cur != libc::RLIM_INFINITY && end > lim.rlim_cur {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!(
+                "a segment of {end} bytes passes this process's RLIMIT_FSIZE ({} bytes)",
+                lim.rlim_cur
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Sizes the memfd `file` from `old` to `new` bytes (`new > old`) and allocates the pages of the
 /// new part in one `fallocate(2)` call ("Fresh pages").
 fn grow(file: &std::fs::File, old: u64, new: u64) -> std::io::Result<()> {
+    check_fsize(new)?;
     file.set_len(new)?;
     let (Ok(at), Ok(n)) = (libc::off_t::try_from(old), libc::off_t::try_from(new - old)) else {
         return Ok(());
@@ -280,6 +308,7 @@ fn grow(file: &std::fs::File, old: u64, new: u64) -> std::io::Result<()> {
 /// written: zeros in a fresh file, whatever an earlier payload left in a reused one).
 pub(crate) fn write_layout(file: &std::fs::File, head: &[u8], bytes: &[u8]) -> std::io::Result<()> {
     let len = (head.len() + bytes.len()) as u64;
+    check_fsize(ENCODING_AT as u64 + len)?;
     file.write_all_at(&header(len), 0)?;
     file.write_all_at(head, ENCODING_AT as u64)?;
     file.write_all_at(bytes, (ENCODING_AT + head.len()) as u64)
@@ -795,6 +824,128 @@ mod tests {
         let short = make_segment(b"", &[0u8; 100]).unwrap();
         let e = Sealed::open(short, ENCODING_AT + 100).unwrap_err();
         assert!(e.contains("announced"), "{e}");
+    }
+
+    #[test]
+    fn a_segment_past_rlimit_fsize_is_an_error_not_a_sigxfsz() {
+        // In a child: lowering RLIMIT_FSIZE here would apply to the whole test process.
+        // SAFETY: fork(2); the child only makes memfds, allocates and exits with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let lim = libc::rlimit {
+                rlim_cur: 64 << 10,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            // SAFETY: setrlimit(2) reads one `rlimit`; this child alone is limited.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &lim) }, 0);
+            let big = vec![1u8; 64 << 10];
+            let too_large = |e: &std::io::Error| {
+                e.kind() == std::io::ErrorKind::FileTooLarge
+                    && e.to_string().contains("RLIMIT_FSIZE")
+            };
+            let ok = [
+                make_segment(b"", &big).map(drop),
+                write_reusable(b"", &big).map(drop),
+                // A segment already large enough: writing past the limit is refused too.
+                {
+                    let f = std::fs::File::from(memfd_create("x", MFdFlags::MFD_CLOEXEC).unwrap());
+                    write_layout(&f, b"", &big)
+                },
+            ]
+            .iter()
+            .all(|r| r.as_ref().is_err_and(too_large));
+            let spares = SpareArgs::new(1024);
+            let arg = match argument(b"", &big, &spares) {
+                Err(Error::Os { source, .. }) => too_large(&source),
+                _ => false,
+            };
+            // Within the limit, all is as usual.
+            let small = make_segment(b"", &big[..1000])
+                .is_ok_and(|fd| Sealed::open(fd, 1000).is_ok_and(|s| s.bytes() == &big[..1000]));
+            // SAFETY: _exit ends the forked child at once.
+            unsafe { libc::_exit(if ok && arg && small { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waitpid(2) on our own child, writing its status into `status`.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child status {status:#x} (signal 25: killed by SIGXFSZ)"
+        );
+    }
+
+    /// A reused result segment as [`write_reusable`] makes it (sealed against shrinking), with
+    /// `header` at 0 and `encoding` at [`ENCODING_AT`].
+    fn reusable(encoding: &[u8], header: [u8; 16]) -> std::fs::File {
+        let fd = memfd_create("x", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).unwrap();
+        let f = std::fs::File::from(fd);
+        f.set_len((ENCODING_AT + encoding.len()) as u64).unwrap();
+        f.write_all_at(&header, 0).unwrap();
+        f.write_all_at(encoding, ENCODING_AT as u64).unwrap();
+        // SAFETY: fcntl(F_ADD_SEALS) on the memfd just made.
+        let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+        assert_eq!(rc, 0);
+        f
+    }
+
+    /// What `ResultMap::open` gives for `f` announced as `len` bytes, copied out.
+    fn open_reused(
+        kept: &mut Option<ResultMap>,
+        f: &std::fs::File,
+        len: usize,
+    ) -> std::result::Result<Vec<u8>, String> {
+        ResultMap::open(kept, OwnedFd::from(f.try_clone().unwrap()), len).map(|b| b.copy_all())
+    }
+
+    #[test]
+    fn a_reused_result_segment_is_read_only_behind_a_header_that_agrees() {
+        let enc = vec![9u8; 3000];
+        let f = reusable(&enc, header(3000));
+        let mut kept = None;
+        assert_eq!(open_reused(&mut kept, &f, 3000).unwrap(), enc);
+        // The header names another length, or is missing, or the announced length is 0 or
+        // makes `ENCODING_AT + len` overflow or pass the segment: refused, nothing read.
+        let e = open_reused(&mut kept, &f, 2999).unwrap_err();
+        assert!(e.contains("header says 3000 bytes, 2999 announced"), "{e}");
+        for len in [0, 3001, usize::MAX, usize::MAX - ENCODING_AT + 1] {
+            let e = open_reused(&mut kept, &f, len).unwrap_err();
+            assert!(e.contains("announced"), "{len}: {e}");
+        }
+        let bad = reusable(&enc, [0; 16]);
+        let e = open_reused(&mut kept, &bad, 3000).unwrap_err();
+        assert!(e.contains("no payload header"), "{e}");
+        // A worker rewriting the header while the parent opens: each open either reads the
+        // result or refuses it, never anything else; the kept mapping serves both.
+        let stop = crate::sync::AtomicU32::new(0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut i = 0u64;
+                // Relaxed: a stop flag only; it orders no other memory.
+                while stop.load(crate::sync::Ordering::Relaxed) == 0 {
+                    i += 1;
+                    let h = if i.is_multiple_of(2) {
+                        header(3000)
+                    } else {
+                        header(i)
+                    };
+                    f.write_all_at(&h, 0).unwrap();
+                }
+            });
+            // Checked after the scribbler is stopped (a failed assertion must not leave it
+            // running, which would keep the scope from ending).
+            let seen: Vec<std::result::Result<bool, String>> = (0..20_000)
+                .map(|_| open_reused(&mut kept, &f, 3000).map(|v| v == enc))
+                .collect();
+            // Relaxed: the stop flag (see its load).
+            stop.store(1, crate::sync::Ordering::Relaxed);
+            for r in seen {
+                match r {
+                    Ok(same) => assert!(same, "a result read whole or not at all"),
+                    Err(e) => assert!(e.contains("header says"), "{e}"),
+                }
+            }
+        });
     }
 
     /// What a spare argument segment holds, read back through its read-only fd.
