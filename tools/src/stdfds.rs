@@ -8,9 +8,20 @@
 //! `main` (so before Rust's runtime opens anything), and records which were closed; readers of
 //! standard input and the writer of the output ask [`stdin`] / [`Stdout`], which fail with
 //! `EBADF` as coreutils does.
+//!
+//! Reads of standard input also end on Ctrl-C ([`interrupt_reads_on`]): `shmpool hash`
+//! catches SIGINT to stop its pool, so the signal no longer kills a process blocked in a
+//! `read` of a terminal or of an idle pipe (the handler is `SA_RESTART`: the `read` goes on),
+//! and `shmpool hash` waiting for input ignored Ctrl-C. [`Stdin`] waits in `poll` slices of
+//! 50 ms and gives up with [`interrupted`] once the flag is set.
 
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+// The flag is set by this process's SIGINT handler and read by this process (see cmd::hash):
+// no cross-process protocol for loom to model, so the facade rule (clippy.toml) does not apply.
+#[allow(clippy::disallowed_types)]
+use std::sync::atomic::AtomicBool;
 
 /// Bit 0: descriptor 0 was closed at start; bit 1: descriptor 1.
 static CLOSED: AtomicU8 = AtomicU8::new(0);
@@ -46,7 +57,7 @@ fn ebadf() -> io::Error {
 }
 
 /// Standard input, or `EBADF` if it was closed when the program started.
-pub(crate) fn stdin() -> io::Result<io::Stdin> {
+fn stdin() -> io::Result<io::Stdin> {
     if closed(0) {
         Err(ebadf())
     } else {
@@ -54,12 +65,61 @@ pub(crate) fn stdin() -> io::Result<io::Stdin> {
     }
 }
 
-/// Reads standard input; fails with `EBADF` on the first read if it was closed at start.
+/// The flag that ends a wait for standard input (set by the SIGINT handler).
+#[allow(clippy::disallowed_types)]
+static INTERRUPT: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// From now on a [`Stdin`] read waiting for data fails with [`interrupted`] once `flag` is set.
+#[allow(clippy::disallowed_types)]
+pub(crate) fn interrupt_reads_on(flag: Arc<AtomicBool>) {
+    let _ = INTERRUPT.set(flag);
+}
+
+/// The error of a read of standard input that Ctrl-C ended.
+pub(crate) fn interrupted() -> io::Error {
+    io::Error::other("interrupted")
+}
+
+/// Waits until standard input has data, its end or an error to report (so a `read` will not
+/// block), or fails with [`interrupted`] once the SIGINT flag is set.
+fn wait_readable() -> io::Result<()> {
+    let Some(flag) = INTERRUPT.get() else {
+        return Ok(());
+    };
+    loop {
+        if flag.load(Ordering::SeqCst) {
+            return Err(interrupted());
+        }
+        let mut fd = libc::pollfd {
+            fd: 0,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `fd` is one valid `pollfd` that outlives the call; poll writes only its
+        // `revents`.
+        match unsafe { libc::poll(&mut fd, 1, 50) } {
+            0 => {}
+            n if n > 0 => return Ok(()),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    // Let the read report whatever it is.
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Reads standard input; fails with `EBADF` on the first read if it was closed at start, and
+/// with [`interrupted`] if Ctrl-C comes while it waits for data.
 pub(crate) struct Stdin;
 
 impl Read for Stdin {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        stdin()?.lock().read(buf)
+        let stdin = stdin()?;
+        wait_readable()?;
+        stdin.lock().read(buf)
     }
 }
 

@@ -750,3 +750,72 @@ fn a_closed_standard_input_or_output_fails_as_with_sha256sum() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     fs::remove_file(&m).unwrap();
 }
+
+/// Whether the main thread of `pid` sits in `read` of descriptor 0 or in `poll`
+/// (`/proc/PID/syscall`: the number, then the arguments).
+fn waiting_for_input(pid: u32) -> bool {
+    let Ok(s) = fs::read_to_string(format!("/proc/{pid}/syscall")) else {
+        return false;
+    };
+    let mut f = s.split_whitespace();
+    matches!(
+        (f.next(), f.next()),
+        (Some("0"), Some("0x0")) | (Some("7"), _)
+    )
+}
+
+#[test]
+fn ctrl_c_stops_a_run_waiting_for_standard_input() {
+    // The SIGINT handler that stops the pool is SA_RESTART: a `read` of a terminal or an idle
+    // pipe went on after it, and `shmpool hash` waiting for input could not be stopped.
+    let file = tree().join("deep/er/est/leaf");
+    let file = file.to_str().unwrap();
+    for args in [
+        vec!["hash"],
+        vec!["hash", "-", file],
+        vec!["hash", "--unordered", "-", file],
+        vec!["hash", "-c", "-"],
+    ] {
+        let mut child = shmpool()
+            .args(&args)
+            .process_group(0)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // Until it waits for input, seen twice 100 ms apart (the handler is installed by then).
+        let start = Instant::now();
+        let mut seen = 0;
+        while seen < 2 && start.elapsed() < Duration::from_secs(60) {
+            seen = if waiting_for_input(pid) { seen + 1 } else { 0 };
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(seen, 2, "{args:?}: never waited for standard input");
+        // SAFETY: kill of the process group we made, with a valid signal.
+        assert_eq!(unsafe { libc::kill(-(pid as i32), libc::SIGINT) }, 0);
+        // A bound only so that the unfixed build fails instead of hanging (the watchdog is
+        // the backstop); the run stops at once.
+        let start = Instant::now();
+        while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if child.try_wait().unwrap().is_none() {
+            // SAFETY: as above.
+            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            panic!("{args:?}: still running 60 s after SIGINT, waiting for standard input");
+        }
+        drop(child.stdin.take());
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(130), "{args:?}: {}", stderr(&o));
+        assert!(o.stdout.is_empty(), "{args:?}");
+        assert!(stderr(&o).is_empty(), "{args:?}: {}", stderr(&o));
+        assert_eq!(
+            group_members(pid as i32),
+            Vec::<i32>::new(),
+            "{args:?}: left behind"
+        );
+    }
+}

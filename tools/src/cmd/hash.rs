@@ -64,6 +64,7 @@ pub(crate) fn run(args: HashArgs) -> anyhow::Result<ExitCode> {
     let flag = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&flag))
         .context("cannot install the SIGINT handler")?;
+    crate::stdfds::interrupt_reads_on(Arc::clone(&flag));
     let interrupted = move || flag.load(Ordering::SeqCst);
     #[cfg(feature = "mpi")]
     let code = match &cluster {

@@ -424,6 +424,11 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                     Some(item) => self.admit(item)?,
                     None => source_done = true,
                 }
+                // Standard input (hashed in `admit`) and a manifest read from it give up
+                // waiting on Ctrl-C: stop before their failure is reported.
+                if (self.interrupted)() {
+                    return Ok(Finish::Interrupted);
+                }
                 taken += 1;
             }
             self.submit()?;
@@ -540,7 +545,8 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
             state,
             path_len,
         });
-        if done && !self.opts.ordered {
+        // Not when interrupted: standard input's read gave up (the caller stops next).
+        if done && !self.opts.ordered && !(self.interrupted)() {
             self.emit_unordered(seq)?;
         }
         Ok(())

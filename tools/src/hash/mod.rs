@@ -152,8 +152,8 @@ pub(crate) fn run_on(
         let only_stdin = cfg.paths.is_empty() || cfg.paths.iter().all(|p| p == b"-");
         let items = Walk::new(cfg.paths.clone(), cfg.follow).map(|source| Item { source, tag: () });
         if only_stdin {
-            // No file to share out: hash in this process, no pool, no signal handling needed.
-            return stdin_only(cfg, items, sink);
+            // No file to share out: hash in this process, no pool.
+            return stdin_only(cfg, items, sink, interrupted);
         }
         run_items(cfg, opts, items, sink, interrupted, workers)
     }
@@ -214,6 +214,7 @@ fn stdin_only(
     cfg: &Config,
     items: impl Iterator<Item = Item<()>>,
     mut sink: HashSink,
+    interrupted: &dyn Fn() -> bool,
 ) -> anyhow::Result<u8> {
     let mut buf = digest::ReadBuf::new();
     for item in items {
@@ -221,6 +222,10 @@ fn stdin_only(
             Ok(d) => Outcome::Digest(d),
             Err(e) => Outcome::Failed(format::reason(&e)),
         };
+        // Ctrl-C while waiting for input (the read gave up): no line for it.
+        if interrupted() {
+            return Ok(EXIT_INTERRUPTED);
+        }
         sink.done(item, outcome)?;
     }
     sink.flush()?;
@@ -540,7 +545,7 @@ impl Iterator for Manifests {
             let Some(cur) = self.current.as_mut() else {
                 let name = self.names.next()?;
                 let lines: io::Result<Box<dyn BufRead>> = if name == b"-" {
-                    crate::stdfds::stdin().map(|i| Box::new(BufReader::new(i)) as Box<dyn BufRead>)
+                    Ok(Box::new(BufReader::new(crate::stdfds::Stdin)) as Box<dyn BufRead>)
                 } else {
                     File::open(digest::os_path(&name)).map(|f| {
                         Box::new(BufReader::with_capacity(64 << 10, f)) as Box<dyn BufRead>
