@@ -185,12 +185,14 @@
 //!
 //! Trap: a memfd is a file, so `RLIMIT_FSIZE` applies to it. Sizing one past that limit, or
 //! writing past it (even inside the file's size), raises `SIGXFSZ`, whose default action kills
-//! the process: checked here, `prlimit --fsize=1000000` kills the program in `Pool::new`
-//! (signal 25), since the control segment with its arenas is a memfd too. So every payload
-//! segment is checked against the limit before it is sized or written (`check_fsize`): an
-//! argument past it fails its call with [`Error::Os`] (`EFBIG`), a result past it (a task may
-//! lower its worker's limit) fails its task with [`Error::Codec`] naming the limit; no process
-//! is killed (`tests/result_segments.rs`).
+//! the process: before this was checked, `prlimit --fsize=1000000` killed the program in
+//! `Pool::new` (signal 25), since the control segment with its arenas is a memfd too, and a
+//! payload segment past the limit killed the parent (an argument) or the worker (a result). So
+//! every memfd is checked against the limit before it is sized or written
+//! (`shm::segment::check_fsize`): `Pool::new` and a large argument past it fail with
+//! [`Error::Os`] (`EFBIG`), a result past it (a task may lower its worker's limit) fails its
+//! task with [`Error::Codec`] naming the limit, and no process is killed
+//! (`tests/result_segments.rs`).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
@@ -262,34 +264,10 @@ pub(crate) fn segment_size(len: usize) -> Option<usize> {
     len.checked_add(ENCODING_AT)
 }
 
-/// `EFBIG` if a file of `end` bytes passes this process's `RLIMIT_FSIZE`: sizing or writing a
-/// memfd past it raises `SIGXFSZ`, which kills the process ("Layout", the trap at its end), so
-/// every segment is checked before it is sized or written.
-fn check_fsize(end: u64) -> std::io::Result<()> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit(2) writes one `rlimit` into `lim`, which lives for the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim) } != 0 {
-        return Ok(());
-    }
-    if lim.rlim_cur != libc::RLIM_INFINITY && end > lim.rlim_cur {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::FileTooLarge,
-            format!(
-                "a segment of {end} bytes passes this process's RLIMIT_FSIZE ({} bytes)",
-                lim.rlim_cur
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// Sizes the memfd `file` from `old` to `new` bytes (`new > old`) and allocates the pages of the
 /// new part in one `fallocate(2)` call ("Fresh pages").
 fn grow(file: &std::fs::File, old: u64, new: u64) -> std::io::Result<()> {
-    check_fsize(new)?;
+    crate::shm::segment::check_fsize(new)?;
     file.set_len(new)?;
     let (Ok(at), Ok(n)) = (libc::off_t::try_from(old), libc::off_t::try_from(new - old)) else {
         return Ok(());
@@ -308,7 +286,7 @@ fn grow(file: &std::fs::File, old: u64, new: u64) -> std::io::Result<()> {
 /// written: zeros in a fresh file, whatever an earlier payload left in a reused one).
 pub(crate) fn write_layout(file: &std::fs::File, head: &[u8], bytes: &[u8]) -> std::io::Result<()> {
     let len = (head.len() + bytes.len()) as u64;
-    check_fsize(ENCODING_AT as u64 + len)?;
+    crate::shm::segment::check_fsize(ENCODING_AT as u64 + len)?;
     file.write_all_at(&header(len), 0)?;
     file.write_all_at(head, ENCODING_AT as u64)?;
     file.write_all_at(bytes, (ENCODING_AT + head.len()) as u64)
@@ -860,11 +838,16 @@ mod tests {
                 Err(Error::Os { source, .. }) => too_large(&source),
                 _ => false,
             };
+            // Nor does a pool whose arenas pass the limit kill its caller.
+            let pool = matches!(
+                crate::Pool::new(1),
+                Err(Error::Os { source, .. }) if too_large(&source)
+            );
             // Within the limit, all is as usual.
             let small = make_segment(b"", &big[..1000])
                 .is_ok_and(|fd| Sealed::open(fd, 1000).is_ok_and(|s| s.bytes() == &big[..1000]));
             // SAFETY: _exit ends the forked child at once.
-            unsafe { libc::_exit(if ok && arg && small { 0 } else { 1 }) };
+            unsafe { libc::_exit(if ok && arg && pool && small { 0 } else { 1 }) };
         }
         let mut status = 0;
         // SAFETY: waitpid(2) on our own child, writing its status into `status`.

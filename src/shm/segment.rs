@@ -64,6 +64,7 @@ impl Segment {
         let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC)
             .map_err(|e| Error::os("memfd_create", std::io::Error::from(e)))?;
         let file = File::from(fd);
+        check_fsize(len as u64).map_err(|e| Error::os("ftruncate", e))?;
         file.set_len(len as u64)
             .map_err(|e| Error::os("ftruncate", e))?;
         let map = MmapRaw::map_raw(&file).map_err(|e| Error::os("mmap", e))?;
@@ -171,6 +172,7 @@ impl Drop for Segment {
 /// Sets a passed segment's memfd size to `bytes` and maps all of it shared and writable.
 fn map_passed(fd: &OwnedFd, bytes: usize) -> Result<MmapRaw> {
     let len = i64::try_from(bytes).map_err(|_| Error::invalid("segment too large"))?;
+    check_fsize(bytes as u64).map_err(|e| Error::os("ftruncate", e))?;
     nix::unistd::ftruncate(fd, len).map_err(|e| Error::os("ftruncate", std::io::Error::from(e)))?;
     let map = MmapOptions::new()
         .len(bytes)
@@ -179,6 +181,32 @@ fn map_passed(fd: &OwnedFd, bytes: usize) -> Result<MmapRaw> {
     map.advise(Advice::DontFork)
         .map_err(|e| Error::os("madvise(MADV_DONTFORK)", e))?;
     Ok(map)
+}
+
+/// `EFBIG` if a file of `end` bytes passes this process's `RLIMIT_FSIZE`. A memfd is a file:
+/// sizing (`ftruncate`) or writing (`write(2)`, even inside its size) one past that limit raises
+/// `SIGXFSZ`, whose default action kills the process. So every memfd the pool sizes or writes is
+/// checked first (segments here, payload segments in `bigpayload`): a clear error instead of a
+/// dead parent or worker. (Stores through a mapping are not limited.)
+pub(crate) fn check_fsize(end: u64) -> std::io::Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) writes one `rlimit` into `lim`, which lives for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim) } != 0 {
+        return Ok(());
+    }
+    if lim.rlim_cur != libc::RLIM_INFINITY && end > lim.rlim_cur {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!(
+                "a segment of {end} bytes passes this process's RLIMIT_FSIZE ({} bytes)",
+                lim.rlim_cur
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Rounds `n` up to a multiple of `align` (a power of two); `None` if that overflows `usize`.
