@@ -45,6 +45,14 @@
 //! mapping raises `SIGBUS` in the worker, which dies; the pool replaces it and the file is
 //! reported as failed (`worker ... died`), exit status 1. The parent never maps a file, so it is
 //! never at risk, and since a mapped file is alone in its task no other file's result is lost.
+//!
+//! The pieces of a split BLAKE3 file are read by different tasks, each opening the path anew:
+//! a file replaced during the run (renamed over, as editors, `rsync` and package managers do)
+//! could give pieces of two files, merged into the digest of neither with exit status 0 (seen:
+//! an 800 MB file renamed over mid-run). Each piece reports the file it read ([`FileId`]:
+//! device, inode, size); the parent fails the file ("file changed while hashing") unless all
+//! pieces read one file of the planned size. A file grown or shrunk since it was planned fails
+//! the same way; one rewritten in place is not detected, as with any mapping or reader.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -384,12 +392,28 @@ pub(crate) fn not_regular() -> io::Error {
 /// that and read again. Clearing it on every file would be one more system call per file
 /// (`fcntl`), 117,772 of them over the toolchain tree.
 pub(crate) fn open_regular(path: &[u8]) -> io::Result<(File, u64)> {
+    open_regular_meta(path).map(|(f, meta)| (f, meta.len()))
+}
+
+/// [`open_regular`], with the whole `fstat`.
+fn open_regular_meta(path: &[u8]) -> io::Result<(File, std::fs::Metadata)> {
     let f = open_path(path, libc::O_NONBLOCK)?;
     let meta = f.metadata()?;
     if !meta.is_file() {
         return Err(not_regular());
     }
-    Ok((f, meta.len()))
+    Ok((f, meta))
+}
+
+/// Which file a BLAKE3 piece was read from, as its `fstat` said when it was opened: every piece
+/// of a file opens its path anew, so a file replaced during the run (renamed over, as editors,
+/// `rsync` and package managers replace files) could give pieces of two files, merged into the
+/// digest of neither. The parent checks that all pieces saw one file of the planned size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct FileId {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) size: u64,
 }
 
 /// `open(path, O_RDONLY | O_CLOEXEC | flags)`.
@@ -499,20 +523,29 @@ fn map(f: &File) -> Option<memmap2::Mmap> {
 /// The chaining value of the BLAKE3 subtree `offset .. offset + len` of the file at `path`.
 ///
 /// `offset .. offset + len` must be one leaf of [`plan`] for the file's length; a file that
-/// ends before `offset + len` is an error (it changed while it was hashed).
+/// ends before `offset + len` is an error (it changed while it was hashed). Also returns which
+/// file was read ([`FileId`]), for the parent to check.
 pub(crate) fn blake3_subtree(
     path: &[u8],
     offset: u64,
     len: u64,
     buf: &mut [u8],
-) -> io::Result<ChainingValue> {
+) -> io::Result<(ChainingValue, FileId)> {
     let changed = || io::Error::other("file changed while hashing");
     let mut h = blake3::Hasher::new();
     h.set_input_offset(offset);
     // Read, not mapped: with the page-aligned buffer, reading the pieces took less CPU than
     // mapping them (16 alternating runs over the toolchain tree, 14 better, median 2.03 vs
     // 2.10 s): the mapping's page faults and its unmapping cost more than the copy.
-    let (f, _) = open_regular(path)?;
+    let (f, meta) = open_regular_meta(path)?;
+    let id = {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+        }
+    };
     let mut done = 0u64;
     while done < len {
         let want = usize::try_from((len - done).min(buf.len() as u64)).unwrap_or(buf.len());
@@ -527,7 +560,7 @@ pub(crate) fn blake3_subtree(
             Err(e) => return Err(e),
         }
     }
-    Ok(h.finalize_non_root())
+    Ok((h.finalize_non_root(), id))
 }
 
 /// The leaves `(offset, len)`, in file order, of BLAKE3's tree over `total` bytes, split until
@@ -711,7 +744,7 @@ mod tests {
             if len as u64 > 1024 {
                 let cvs: Vec<_> = plan(len as u64, 1024)
                     .into_iter()
-                    .map(|(o, l)| blake3_subtree(&p, o, l, &mut buf).unwrap())
+                    .map(|(o, l)| blake3_subtree(&p, o, l, &mut buf).unwrap().0)
                     .collect();
                 assert_eq!(
                     merge(len as u64, 1024, &cvs).unwrap(),
@@ -726,7 +759,7 @@ mod tests {
         for piece in [1u64 << 20, 3 << 20, 8 << 20] {
             let cvs: Vec<_> = plan(input.len() as u64, piece)
                 .into_iter()
-                .map(|(o, l)| blake3_subtree(&p, o, l, &mut buf).unwrap())
+                .map(|(o, l)| blake3_subtree(&p, o, l, &mut buf).unwrap().0)
                 .collect();
             assert_eq!(
                 merge(input.len() as u64, piece, &cvs).unwrap(),
@@ -768,7 +801,7 @@ mod tests {
         h.update(&[0; blake3::CHUNK_LEN]);
         let got = blake3_subtree(&p, offset, blake3::CHUNK_LEN as u64, &mut buf);
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(got.unwrap(), h.finalize_non_root());
+        assert_eq!(got.unwrap().0, h.finalize_non_root());
     }
 
     #[test]

@@ -149,6 +149,9 @@ pub(crate) enum Answer {
     Failed(String),
     /// Not hashed: a regular file of this many bytes, at least the task's `big_from`.
     Big(u64),
+    /// A BLAKE3 piece hashed: its chaining value is the next 32 bytes of the reply's
+    /// `digests`; the bytes hashed, and the file they were read from.
+    Piece(u64, digest::FileId),
 }
 
 /// One answer per job, and the digests of the `Done` ones, one after the other.
@@ -235,9 +238,9 @@ pub(crate) fn run_task(task: Task) -> Reply {
                         Small::Big(n) => (None, Answer::Big(n)),
                     }),
                 Job::Part { offset, len, .. } => digest::blake3_subtree(path, offset, len, buf)
-                    .map(|cv| {
+                    .map(|(cv, id)| {
                         let cv = Digest::new(&cv).expect("a chaining value is 32 bytes");
-                        (Some(cv), Answer::Done(len))
+                        (Some(cv), Answer::Piece(len, id))
                     }),
             };
             match r {
@@ -277,6 +280,9 @@ enum State {
         cvs: Vec<Option<ChainingValue>>,
         left: usize,
         error: Option<String>,
+        /// The file the first piece answered was read from; every other piece must say the
+        /// same, with `size == total` (see `digest::FileId`).
+        file: Option<digest::FileId>,
     },
     Done(Outcome),
     /// Already given to the sink (unordered mode); popped when it reaches the front.
@@ -515,6 +521,7 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                 cvs: vec![None; leaves.len()],
                 left: leaves.len(),
                 error: None,
+                file: None,
             }
         } else {
             self.urgent.push_back(Work::Big(seq));
@@ -674,7 +681,7 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                 let want: usize = works
                     .iter()
                     .zip(&r.answers)
-                    .filter(|(_, a)| matches!(a, Answer::Done(_)))
+                    .filter(|(_, a)| matches!(a, Answer::Done(_) | Answer::Piece(..)))
                     .map(|(w, _)| digest_len(w))
                     .sum();
                 if r.answers.len() == works.len() && r.digests.len() == want {
@@ -722,6 +729,13 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                         self.finish(seq, outcome)?;
                     }
                     Answer::Failed(e) => self.finish(seq, Outcome::Failed(e))?,
+                    Answer::Piece(..) => {
+                        next_digest(self.opts.algo.digest_len());
+                        self.finish(
+                            seq,
+                            Outcome::Failed("internal error: a piece for a whole file".into()),
+                        )?;
+                    }
                     // A file sent alone is hashed whatever its size (the task says so): handing it
                     // back is a broken reply, and sending it again would never end.
                     Answer::Big(_) if matches!(work, Work::Big(_)) => self.finish(
@@ -745,9 +759,11 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                 Work::Part { seq, leaf, len, .. } => {
                     self.bytes_done += len;
                     let result = match result {
-                        Answer::Done(_) => Ok(next_digest(blake3::OUT_LEN)),
+                        Answer::Piece(_, id) => Ok((next_digest(blake3::OUT_LEN), id)),
                         Answer::Failed(e) => Err(e),
-                        Answer::Big(_) => Err("internal error: a piece handed back".to_string()),
+                        Answer::Done(_) | Answer::Big(_) => {
+                            Err("internal error: a piece without its file".to_string())
+                        }
                     };
                     let slot = self.slot(seq);
                     let State::Split {
@@ -756,12 +772,18 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                         cvs,
                         left,
                         error,
+                        file,
                     } = &mut slot.state
                     else {
                         unreachable!("pieces belong to split slots")
                     };
                     match result {
-                        Ok(cv) => match <[u8; 32]>::try_from(cv) {
+                        // Pieces of another file, or of this one grown or shrunk since it was
+                        // planned: merged, they would be the digest of no file.
+                        Ok((_, id)) if id.size != *total || *file.get_or_insert(id) != id => {
+                            error.get_or_insert_with(|| "file changed while hashing".into());
+                        }
+                        Ok((cv, _)) => match <[u8; 32]>::try_from(cv) {
                             Ok(cv) => cvs[leaf] = Some(cv),
                             Err(_) => {
                                 error.get_or_insert_with(|| "internal error: bad value".into());
@@ -939,6 +961,14 @@ mod tests {
     }
 
     fn hash(workers: &Inline, algo: Algo, paths: &[&std::path::Path]) -> Vec<(Vec<u8>, Outcome)> {
+        hash_with(workers, algo, paths)
+    }
+
+    fn hash_with(
+        workers: &dyn Workers,
+        algo: Algo,
+        paths: &[&std::path::Path],
+    ) -> Vec<(Vec<u8>, Outcome)> {
         let mut out = Collect::default();
         let items = paths.iter().map(|p| Item {
             source: Source::File {
@@ -963,6 +993,85 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// Runs every task at once in this process; after the first task of BLAKE3 pieces, renames
+    /// `replacement` over the file the pieces are read from (as an editor or `rsync` replaces
+    /// a file), so the other pieces read the new file.
+    struct Replacing {
+        replacement: std::path::PathBuf,
+        replaced: Cell<bool>,
+        replies: RefCell<VecDeque<Msg>>,
+    }
+
+    impl Workers for Replacing {
+        fn processes(&self) -> usize {
+            2
+        }
+
+        fn start(&self, id: u64, task: Task, _reply: mpsc::Sender<Msg>) -> anyhow::Result<()> {
+            let piece = matches!(task.jobs[..], [Job::Part { .. }]);
+            let path = task.paths.clone();
+            let reply = run_task(task);
+            if piece && !self.replaced.replace(true) {
+                std::fs::rename(
+                    &self.replacement,
+                    <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&path),
+                )
+                .unwrap();
+            }
+            self.replies.borrow_mut().push_back((id, Ok(reply)));
+            Ok(())
+        }
+
+        fn wait(&self, _rx: &mpsc::Receiver<Msg>, _timeout: Duration) -> Option<Msg> {
+            self.replies.borrow_mut().pop_front()
+        }
+    }
+
+    #[test]
+    fn a_blake3_file_replaced_between_its_pieces_fails_instead_of_mixing_two_files() {
+        let d = tmp("replaced");
+        let len = 2 * BLAKE3_PIECE as usize + 1000;
+        let old: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let new: Vec<u8> = (0..len).map(|i| (i % 241) as u8).collect();
+        let (file, replacement) = (d.join("file"), d.join("replacement"));
+        // The same size, and a shorter one (whose missing tail reads would also catch) and a
+        // longer one (whose pieces would all read fine).
+        for new_len in [len, len - 10, len + 10] {
+            std::fs::write(&file, &old).unwrap();
+            std::fs::write(&replacement, &new[..new_len.min(len)]).unwrap();
+            if new_len > len {
+                let f = std::fs::OpenOptions::new().append(true).open(&replacement);
+                std::io::Write::write_all(&mut f.unwrap(), &[9u8; 10]).unwrap();
+            }
+            let w = Replacing {
+                replacement: replacement.clone(),
+                replaced: Cell::new(false),
+                replies: RefCell::new(VecDeque::new()),
+            };
+            let got = hash_with(&w, Algo::Blake3, &[&file]);
+            assert!(w.replaced.get(), "the file was not split");
+            assert_eq!(
+                got[0].1,
+                Outcome::Failed("file changed while hashing".into()),
+                "replaced by {new_len} bytes"
+            );
+        }
+        // Not replaced: the pieces merge into b3sum's digest.
+        std::fs::write(&file, &old).unwrap();
+        std::fs::write(&replacement, &old).unwrap();
+        let w = Replacing {
+            replacement: d.join("absent"),
+            replaced: Cell::new(true),
+            replies: RefCell::new(VecDeque::new()),
+        };
+        let got = hash_with(&w, Algo::Blake3, &[&file]);
+        assert_eq!(
+            got[0].1,
+            Outcome::Digest(Digest::new(blake3::hash(&old).as_bytes()).unwrap())
+        );
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
