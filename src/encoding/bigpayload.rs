@@ -103,7 +103,10 @@
 //! * **Sealed `F_SEAL_SHRINK` only.** The worker must write it again, so it cannot be sealed
 //!   against writes; it can grow (`ftruncate`) but never shrink, so the parent's mapping of its
 //!   first `size` bytes stays backed: no SIGBUS whatever the worker does. The parent checks the
-//!   seal on every result ([`ResultMap::open`]).
+//!   seal on every result ([`ResultMap::open`]), and that the segment is a shmem memfd: a
+//!   hugetlbfs one takes the same seal, but a hole punched in it (which the seal allows) would
+//!   fault back only while huge pages are free, else `SIGBUS` (`check_shmem`; sealed result
+//!   segments are checked the same way).
 //! * **Copied out, never decoded in place.** The worker may write the bytes while the parent
 //!   reads them (a bug, or a task that scribbles). The parent reads the segment only through
 //!   [`SharedBytes::copy_to`] (a raw mapping, no `&[u8]` over it): for a byte vector, the length
@@ -255,6 +258,29 @@ fn check_header(h: &[u8], len: usize) -> std::result::Result<(), String> {
     let said = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
     if said != len as u64 {
         return Err(format!("segment header says {said} bytes, {len} announced"));
+    }
+    Ok(())
+}
+
+/// Refuses a segment that is not a plain shmem memfd (`TMPFS_MAGIC`, what `memfd_create` without
+/// `MFD_HUGETLB` makes). A worker could send a hugetlbfs memfd instead: it takes the same seals,
+/// but a hole punched in it (allowed under `F_SEAL_SHRINK`) faults back only while huge pages
+/// are free, and otherwise raises `SIGBUS` in the parent reading it.
+fn check_shmem(fd: &OwnedFd) -> std::result::Result<(), String> {
+    // SAFETY: an all-zero `statfs` is a valid value of this plain C struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs(2) on an fd we own, writing one `statfs` into `st`.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(format!(
+            "fstatfs of the segment: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if st.f_type != libc::TMPFS_MAGIC {
+        return Err(format!(
+            "segment is not a shmem memfd (file system {:#x}, hugetlbfs is 0x958458f6)",
+            st.f_type
+        ));
     }
     Ok(())
 }
@@ -411,6 +437,7 @@ impl ResultMap {
         if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
             return Err(format!("result segment can shrink (seals {seals:#x})"));
         }
+        check_shmem(&fd)?;
         let st = nix::sys::stat::fstat(fd.as_fd())
             .map_err(|e| format!("fstat of the result segment: {e}"))?;
         let size = usize::try_from(st.st_size).unwrap_or(0);
@@ -515,6 +542,7 @@ impl Sealed {
         if seals < 0 || seals & SEALS != SEALS {
             return Err(format!("payload segment not sealed (seals {seals:#x})"));
         }
+        check_shmem(&fd)?;
         let size = nix::sys::stat::fstat(fd.as_fd())
             .map_err(|e| format!("fstat of the payload segment: {e}"))?
             .st_size;
@@ -895,6 +923,25 @@ mod tests {
             let e = open_reused(&mut kept, &f, len).unwrap_err();
             assert!(e.contains("announced"), "{len}: {e}");
         }
+        // A hugetlbfs memfd, sealed like a reused segment: refused before it is mapped (a
+        // hole punched in it could SIGBUS the parent once huge pages run out).
+        let huge = memfd_create(
+            "x",
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING | MFdFlags::MFD_HUGETLB,
+        )
+        .unwrap();
+        nix::unistd::ftruncate(&huge, 2 << 20).unwrap();
+        // SAFETY: fcntl(F_ADD_SEALS) on the memfd just made.
+        let rc = unsafe { libc::fcntl(huge.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+        assert_eq!(rc, 0);
+        let e = ResultMap::open(&mut None, huge.try_clone().unwrap(), 3000).unwrap_err();
+        assert!(e.contains("not a shmem memfd"), "{e}");
+        // Sealed as a fresh result segment is (its seals can be added to): refused too.
+        // SAFETY: fcntl(F_ADD_SEALS) on the memfd just made, which nothing maps.
+        let rc = unsafe { libc::fcntl(huge.as_raw_fd(), libc::F_ADD_SEALS, SEALS) };
+        assert_eq!(rc, 0);
+        let e = Sealed::open(huge, 3000).unwrap_err();
+        assert!(e.contains("not a shmem memfd"), "{e}");
         let bad = reusable(&enc, [0; 16]);
         let e = open_reused(&mut kept, &bad, 3000).unwrap_err();
         assert!(e.contains("no payload header"), "{e}");
