@@ -32,8 +32,8 @@ pub(crate) enum Command {
 /// sockets and devices met while walking are skipped); a symlink named on the command line is
 /// followed; no PATH, or `-`, reads standard input. A file that cannot be hashed is reported
 /// on stderr as `shmpool: PATH: REASON`, its name escaped as in the output lines. Exit status:
-/// 0 if every file was hashed
-/// (and, with --check, matched), 1 if any failed, 2 on a usage error, 130 on Ctrl-C.
+/// 0 if every file was hashed (and, with --check, matched), 1 if any failed, 2 on a usage
+/// error, 130 on Ctrl-C.
 #[derive(Debug, Args)]
 pub(crate) struct HashArgs {
     /// Files or directories to hash (with --check: manifests to read)
@@ -155,7 +155,8 @@ pub(crate) struct HashBenchArgs {
 /// Options of `shmpool bench chunksize`. Unset options take the default (or the `--quick` value).
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ChunksizeArgs {
-    /// Chunksizes to sweep, comma-separated [default: 1,4,16,...,65536; --quick: 1,16,256,4096,65536]
+    /// Chunksizes to sweep, comma-separated
+    /// [default: 1,4,16,...,65536; --quick: 1,16,256,4096,65536]
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_chunksize)]
     pub(crate) chunksizes: Option<Vec<usize>>,
 

@@ -22,9 +22,10 @@
 //! single-threaded loop (open, read, hash, close every file) divided by the workers, and the
 //! **`j`-stream floor** (the two-stream floor with the default `-j 2`): the same loop run by `j`
 //! threads at once, each taking the next files of one shared list, wall time, measured in every
-//! round right after the commands, so each round's ratio compares runs made under the same load. The second assumes that `j` streams run
-//! `j` times as fast as one; on this VM two SHA-512 streams reach only 1.6–1.9x one stream
-//! (`openssl speed -evp sha512 -multi 2`), and the third floor measures what the cores give.
+//! round right after the commands, so each round's ratio compares runs made under the same
+//! load. The second assumes that `j` streams run `j` times as fast as one; on this VM two
+//! SHA-512 streams reach only 1.6–1.9x one stream (`openssl speed -evp sha512 -multi 2`), and
+//! the third floor measures what the cores give.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -402,9 +403,10 @@ fn thread_cpu() -> f64 {
 
 /// The measured single-core floor: CPU seconds of the plainest loop on one thread of this
 /// process, with no pool and no output: open each file, read it to its end through one
-/// reused, page-aligned 256 KiB buffer into the hasher, close it. That is the issue's "bytes / single-core
-/// rate + files x per-file cost" measured on this tree and machine, in CPU time (so other load
-/// disturbs it less than wall time). Best of two passes (the first may still warm the cache).
+/// reused, page-aligned 256 KiB buffer into the hasher, close it. That is the issue's "bytes /
+/// single-core rate + files x per-file cost" measured on this tree and machine, in CPU time
+/// (so other load disturbs it less than wall time). Best of two passes (the first may still
+/// warm the cache).
 fn measured_floor(paths: &[Vec<u8>], algo: Algo) -> f64 {
     // Page-aligned, as the workers' buffer: the kernel's copy into a buffer 16 bytes into a page
     // (where malloc puts it) is much slower here, see `digest::ReadBuf`.

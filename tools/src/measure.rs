@@ -197,8 +197,8 @@ struct Stats {
     max: f64,
 }
 
-/// The single-process loop: maps [`busy`] over `buf` (cycled) into a `Vec` for at least `target`, timing in
-/// growing passes so the clock is read rarely.
+/// The single-process loop: maps [`busy`] over `buf` (cycled) into a `Vec` for at least
+/// `target`, timing in growing passes so the clock is read rarely.
 fn single_run(buf: &[u64], target: Duration) -> (usize, Duration) {
     let start = Instant::now();
     let mut done = 0;

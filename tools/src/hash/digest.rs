@@ -217,9 +217,10 @@ pub(crate) enum Small {
 /// one back so the parent can send it alone, mapped or split).
 ///
 /// `known_regular`: the walk (or a `stat`) saw a regular file at `path` (see [`open_regular`]):
-/// it is opened without blocking and anything else found there now is refused ([`not_regular`]). Otherwise (a path
-/// named on the command line or in a manifest) it is opened and read whatever it is, as
-/// `sha256sum` does: a FIFO named there is read once a writer opens it.
+/// it is opened without blocking and anything else found there now is refused
+/// ([`not_regular`]). Otherwise (a path named on the command line or in a manifest) it is
+/// opened and read whatever it is, as `sha256sum` does: a FIFO named there is read once a
+/// writer opens it.
 pub(crate) fn hash_small(
     algo: Algo,
     opener: &mut Opener,

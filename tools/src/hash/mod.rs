@@ -4,8 +4,8 @@
 //! The parts: [`walk`] turns the command line into sources in a fixed order, [`engine`] sends
 //! them to the workers in tasks of many files and puts the results back in order, [`digest`]
 //! is what a worker runs, [`format`](mod@format) writes the lines byte for byte as the
-//! reference tools do, and [`manifest`] reads them back for `--check`. This file holds the two sinks (hash lines,
-//! check lines) and the entry points.
+//! reference tools do, and [`manifest`] reads them back for `--check`. This file holds the two
+//! sinks (hash lines, check lines) and the entry points.
 //!
 //! Standard input cannot be reopened by a worker, so the parent hashes it when the walk reaches
 //! it. Alone on the command line (or with no path) it runs without a pool and without a SIGINT
