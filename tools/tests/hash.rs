@@ -514,6 +514,24 @@ fn bad_options_are_usage_errors_with_exit_code_2() {
 }
 
 #[test]
+fn check_with_zero_is_a_usage_error() {
+    // Manifests are read by lines: `-c -z` was accepted and read a NUL-terminated manifest as
+    // lines. coreutils 9 refuses `--check --zero` as a usage error; so do we.
+    let m = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("check_zero.manifest");
+    fs::write(&m, b"").unwrap();
+    for flags in [["-c", "-z"], ["--zero", "--check"]] {
+        let o = run(&[os("hash"), os(flags[0]), os(flags[1]), m.as_os_str()]);
+        assert_eq!(o.status.code(), Some(2), "{flags:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(
+            e.contains("--check") && e.contains("--zero"),
+            "{flags:?}: {e}"
+        );
+        assert!(o.stdout.is_empty(), "{flags:?}");
+    }
+}
+
+#[test]
 fn a_closed_stdout_is_success() {
     let mut child = shmpool()
         .args([os("hash"), tree().join("tiny").as_os_str()])
