@@ -12,16 +12,16 @@
 //! Reads of standard input also end on Ctrl-C ([`interrupt_reads_on`]): `shmpool hash`
 //! catches SIGINT to stop its pool, so the signal no longer kills a process blocked in a
 //! `read` of a terminal or of an idle pipe (the handler is `SA_RESTART`: the `read` goes on),
-//! and `shmpool hash` waiting for input ignored Ctrl-C. [`Stdin`] waits in `poll` slices of
-//! 50 ms and gives up with [`interrupted`] once the flag is set.
+//! and `shmpool hash` waiting for input ignored Ctrl-C. The handler also sends a byte into a
+//! self-pipe (a socket pair, see `cmd::hash`), and [`Stdin`] waits in one `poll` of standard
+//! input and the pipe's read end, with no timeout: whichever comes first ends the wait, and
+//! once the pipe is readable the read gives up with [`interrupted`]. Nothing reads the pipe,
+//! so it stays readable: every later wait gives up at once too.
 
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
-// The flag is set by this process's SIGINT handler and read by this process (see cmd::hash):
-// no cross-process protocol for loom to model, so the facade rule (clippy.toml) does not apply.
-#[allow(clippy::disallowed_types)]
-use std::sync::atomic::AtomicBool;
 
 /// Bit 0: descriptor 0 was closed at start; bit 1: descriptor 1.
 static CLOSED: AtomicU8 = AtomicU8::new(0);
@@ -65,14 +65,14 @@ fn stdin() -> io::Result<io::Stdin> {
     }
 }
 
-/// The flag that ends a wait for standard input (set by the SIGINT handler).
-#[allow(clippy::disallowed_types)]
-static INTERRUPT: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+/// The read end of the SIGINT self-pipe: readable once Ctrl-C came, and from then on (nothing
+/// reads it).
+static INTERRUPT: OnceLock<OwnedFd> = OnceLock::new();
 
-/// From now on a [`Stdin`] read waiting for data fails with [`interrupted`] once `flag` is set.
-#[allow(clippy::disallowed_types)]
-pub(crate) fn interrupt_reads_on(flag: Arc<AtomicBool>) {
-    let _ = INTERRUPT.set(flag);
+/// From now on a [`Stdin`] read waiting for data fails with [`interrupted`] once `wake` is
+/// readable: the read end of a pipe (or socket) that the SIGINT handler writes a byte into.
+pub(crate) fn interrupt_reads_on(wake: OwnedFd) {
+    let _ = INTERRUPT.set(wake);
 }
 
 /// The error of a read of standard input that Ctrl-C ended.
@@ -81,24 +81,31 @@ pub(crate) fn interrupted() -> io::Error {
 }
 
 /// Waits until standard input has data, its end or an error to report (so a `read` will not
-/// block), or fails with [`interrupted`] once the SIGINT flag is set.
+/// block), or fails with [`interrupted`] once the SIGINT self-pipe is readable. The wait ends
+/// by one of these events only: `poll` has no timeout.
 fn wait_readable() -> io::Result<()> {
-    let Some(flag) = INTERRUPT.get() else {
+    let Some(wake) = INTERRUPT.get() else {
         return Ok(());
     };
     loop {
-        if flag.load(Ordering::SeqCst) {
-            return Err(interrupted());
-        }
-        let mut fd = libc::pollfd {
-            fd: 0,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `fd` is one valid `pollfd` that outlives the call; poll writes only its
-        // `revents`.
-        match unsafe { libc::poll(&mut fd, 1, 50) } {
-            0 => {}
+        let mut fds = [
+            libc::pollfd {
+                fd: 0,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is an array of two valid `pollfd`s that outlives the call, its length
+        // is passed; poll writes only their `revents`. `wake` is open for the life of the
+        // process (a static).
+        match unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } {
+            // The pipe first: Ctrl-C wins over data that is waiting too.
+            n if n > 0 && fds[1].revents != 0 => return Err(interrupted()),
             n if n > 0 => return Ok(()),
             _ => {
                 let e = io::Error::last_os_error();

@@ -782,6 +782,18 @@ fn waiting_for_input(pid: u32) -> bool {
     )
 }
 
+/// The `nfds` and `timeout` arguments of the `poll` the main thread of `pid` sits in, if it
+/// does (x86_64: `poll` is syscall 7; the timeout is an `int`, shown as a register).
+fn poll_args(pid: u32) -> Option<(u64, i32)> {
+    let s = fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    let f: Vec<&str> = s.split_whitespace().collect();
+    let hex = |s: &str| u64::from_str_radix(s.strip_prefix("0x")?, 16).ok();
+    if f.first() != Some(&"7") {
+        return None;
+    }
+    Some((hex(f.get(2)?)?, hex(f.get(3)?)? as u32 as i32))
+}
+
 #[test]
 fn ctrl_c_stops_a_run_waiting_for_standard_input() {
     // The SIGINT handler that stops the pool is SA_RESTART: a `read` of a terminal or an idle
@@ -811,6 +823,9 @@ fn ctrl_c_stops_a_run_waiting_for_standard_input() {
             std::thread::sleep(Duration::from_millis(100));
         }
         assert_eq!(seen, 2, "{args:?}: never waited for standard input");
+        // The wait ends by an event, never by a timeout: one `poll` of standard input and the
+        // SIGINT self-pipe, with no timeout (it was 50 ms slices of standard input alone).
+        assert_eq!(poll_args(pid), Some((2, -1)), "{args:?}");
         // SAFETY: kill of the process group we made, with a valid signal.
         assert_eq!(unsafe { libc::kill(-(pid as i32), libc::SIGINT) }, 0);
         // A bound only so that the unfixed build fails instead of hanging (the watchdog is

@@ -2,6 +2,7 @@
 //! flag, the run to an exit status. The engine is `crate::hash`.
 
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::sync::Arc;
 // The flag is set by a signal handler in this process and read by this process: there is no
@@ -19,7 +20,7 @@ use crate::hash::{self, Config};
 /// # Errors
 ///
 /// Writing to stdout failed (the caller counts a broken pipe as success), the SIGINT handler
-/// could not be installed, or the pool could not be built.
+/// or its self-pipe could not be set up, or the pool could not be built.
 pub(crate) fn run(args: HashArgs) -> anyhow::Result<ExitCode> {
     // First, before any fork or thread: on every rank but 0 this serves, then exits.
     #[cfg(feature = "mpi")]
@@ -64,7 +65,22 @@ pub(crate) fn run(args: HashArgs) -> anyhow::Result<ExitCode> {
     let flag = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&flag))
         .context("cannot install the SIGINT handler")?;
-    crate::stdfds::interrupt_reads_on(Arc::clone(&flag));
+    // The self-pipe that ends a wait for standard input (see crate::stdfds): a socket pair,
+    // created close-on-exec by std, so no program a task runs inherits it. The handler sends
+    // one byte with `send(MSG_DONTWAIT)` (signal-hook's choice for a socket), and the writer is
+    // non-blocking as well: nothing reads the pipe, and once its buffer is full a further
+    // Ctrl-C drops its byte instead of blocking in the handler (the pipe is readable already).
+    // Registered after the flag: signal-hook runs a signal's actions in the order of their
+    // registration, so the flag is set before the byte is sent, and a caller that sees the
+    // read given up finds the flag set.
+    let (wake_read, wake_write) =
+        UnixStream::pair().context("cannot create the SIGINT self-pipe")?;
+    wake_write
+        .set_nonblocking(true)
+        .context("cannot create the SIGINT self-pipe")?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, wake_write)
+        .context("cannot install the SIGINT handler")?;
+    crate::stdfds::interrupt_reads_on(wake_read.into());
     let interrupted = move || flag.load(Ordering::SeqCst);
     #[cfg(feature = "mpi")]
     let code = match &cluster {

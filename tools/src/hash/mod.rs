@@ -8,9 +8,9 @@
 //! sinks (hash lines, check lines) and the entry points.
 //!
 //! Standard input cannot be reopened by a worker, so the parent hashes it when the walk reaches
-//! it. Alone on the command line (or with no path) it runs without a pool and without a SIGINT
-//! handler, so Ctrl-C ends it at once; mixed with paths, a Ctrl-C while the parent is blocked
-//! reading a terminal takes effect at the end of that input.
+//! it. Alone on the command line (or with no path) it runs without a pool. Either way a Ctrl-C
+//! while the parent waits for standard input ends that wait (see `crate::stdfds`) and the run,
+//! exit status 130.
 
 pub(crate) mod digest;
 pub(crate) mod engine;
