@@ -506,19 +506,42 @@ pub(crate) fn make_segment(head: &[u8], bytes: &[u8]) -> std::io::Result<OwnedFd
     let file = std::fs::File::from(fd);
     grow(&file, 0, (ENCODING_AT + head.len() + bytes.len()) as u64)?;
     write_layout(&file, head, bytes)?;
-    // SAFETY: fcntl(F_ADD_SEALS) on our own memfd; it has no writable mapping (we wrote with
-    // pwrite(2)), so F_SEAL_WRITE is accepted.
-    let rc = unsafe {
-        libc::fcntl(
-            file.as_raw_fd(),
-            libc::F_ADD_SEALS,
-            SEALS | libc::F_SEAL_SEAL,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    seal(&file)?;
     Ok(OwnedFd::from(file))
+}
+
+/// How many times [`seal`] asks again when the kernel answers `EBUSY`.
+const SEAL_TRIES: u32 = 20;
+
+/// Seals a result segment against writes, shrinking, growing and further seals.
+///
+/// `F_SEAL_WRITE` is refused with `EBUSY` while any of the file's pages has a reference beyond
+/// its mappings: the kernel waits for those up to ~150 ms, then gives up. Such references are
+/// transient (a page being reclaimed or migrated, a pipe still holding a spliced page): seen
+/// here once in a few hundred large results on a loaded machine, where a task then failed with
+/// "Device or resource busy". So `EBUSY` is asked again, up to [`SEAL_TRIES`] times (a few
+/// seconds at most), before the error is reported.
+fn seal(file: &std::fs::File) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        // SAFETY: fcntl(F_ADD_SEALS) on our own memfd; it has no writable mapping (we wrote
+        // with pwrite(2)), so F_SEAL_WRITE is accepted once no page is held elsewhere.
+        let rc = unsafe {
+            libc::fcntl(
+                file.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                SEALS | libc::F_SEAL_SEAL,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        tries += 1;
+        if e.raw_os_error() != Some(libc::EBUSY) || tries >= SEAL_TRIES {
+            return Err(e);
+        }
+    }
 }
 
 /// A sealed payload segment a worker made, checked and mapped: a task's result, in the parent.
@@ -884,6 +907,43 @@ mod tests {
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
             "child status {status:#x} (signal 25: killed by SIGXFSZ)"
         );
+    }
+
+    #[test]
+    fn sealing_waits_out_a_page_held_elsewhere() {
+        // A pipe holding one of the segment's pages (spliced) makes F_SEAL_WRITE fail with
+        // EBUSY after the kernel's own short wait; the pipe is drained a while later, as a
+        // transient reference goes away.
+        let f = std::fs::File::from(
+            memfd_create("x", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).unwrap(),
+        );
+        f.write_all_at(&[1u8; 4096], 0).unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let mut off: libc::loff_t = 0;
+        // SAFETY: splice(2) from our memfd into our pipe; `off` lives for the call.
+        let n = unsafe {
+            libc::splice(
+                f.as_raw_fd(),
+                &mut off,
+                w.as_raw_fd(),
+                std::ptr::null_mut(),
+                4096,
+                0,
+            )
+        };
+        assert_eq!(n, 4096);
+        // SAFETY: fcntl(F_ADD_SEALS) on the memfd just made.
+        let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, SEALS) };
+        let busy = std::io::Error::last_os_error().raw_os_error();
+        assert!(rc != 0 && busy == Some(libc::EBUSY), "held: refused");
+        let drain = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            let mut buf = [0u8; 4096];
+            std::io::Read::read_exact(&mut std::fs::File::from(r), &mut buf).unwrap();
+        });
+        seal(&f).unwrap();
+        drain.join().unwrap();
+        assert!(f.write_all_at(b"x", 0).is_err(), "sealed");
     }
 
     /// A reused result segment as [`write_reusable`] makes it (sealed against shrinking), with
