@@ -697,15 +697,16 @@ fn spawn_failed(inner: &Inner, s: usize) {
 /// A result of worker `s` broke the protocol: its task fails with `WorkerCorrupted`, counts as
 /// finished, and the worker is killed and replaced (`corrupted`).
 fn fail_corrupted(inner: &Inner, s: usize, done: Completion, detail: String) {
+    // The seat is taken out of use *before* the caller hears of it: a caller that submits its
+    // next task as soon as it sees `WorkerCorrupted` must not have it sent to the same corrupt
+    // worker (it was, now and then: `result_segments::a_task_that_replaces_its_result_segment_
+    // cannot_hurt_the_parent` saw the fake segment refused twice).
+    corrupted(inner, s, detail.clone());
     complete(
         done,
-        TaskResult::Err(Error::WorkerCorrupted {
-            worker: s,
-            detail: detail.clone(),
-        }),
+        TaskResult::Err(Error::WorkerCorrupted { worker: s, detail }),
     );
     finished(inner, 1);
-    corrupted(inner, s, detail);
 }
 
 fn corrupted(inner: &Inner, s: usize, detail: String) {
