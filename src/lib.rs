@@ -213,6 +213,11 @@ mod decoder_props;
 
 #[cfg(not(loom))]
 pub use bulk::{BulkInput, IMapChunks, IMapReader, MappedFile, SharedVec};
+/// Where a payload segment's encoding starts (`bigpayload`, "Layout"): exported only for the
+/// tests that forge or scribble on segments, so they follow the constant. Not part of the API.
+#[cfg(not(loom))]
+#[doc(hidden)]
+pub use encoding::bigpayload::ENCODING_AT;
 #[cfg(not(loom))]
 pub use encoding::payload::Payload;
 #[cfg(not(loom))]

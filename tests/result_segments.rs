@@ -9,9 +9,6 @@ use shmpool::{Error, Pool};
 /// 64 KiB arenas: byte vectors from 8 KiB (an eighth) are kept, up to 1 MiB (16 arenas).
 const ARENA: usize = 64 * 1024;
 
-/// Where a payload segment's encoding starts (`bigpayload::ENCODING_AT`, crate-private).
-const ENCODING_AT: u64 = 1024;
-
 fn pool(processes: usize) -> Pool {
     Pool::builder()
         .processes(processes)
@@ -247,7 +244,7 @@ fn a_task_that_replaces_its_result_segment_cannot_hurt_the_parent() {
     // The fake is refused (`WorkerCorrupted`, the worker replaced) by the first large result
     // written into it: this task's, or, if this task's result went to a fresh sealed segment
     // instead (the parent marks the reused segment free only after the completion that let
-    // the caller go on, so the previous result may still have held it), the next one's. Never
+    // the caller go on, so the previous result may still have held it), a later one's. Never
     // twice: the replacement makes a segment of its own.
     let mut refused = match r {
         Err(Error::WorkerCorrupted { .. }) => true,
@@ -257,18 +254,34 @@ fn a_task_that_replaces_its_result_segment_cannot_hurt_the_parent() {
         }
         Err(e) => panic!("{e}"),
     };
-    for i in 0..5u64 {
-        let bytes = common::noise(120_000 + i as usize * 50_000, 20 + i);
+    let mut calls = 0u64;
+    while !refused && calls < 50 {
+        let bytes = common::noise(120_000 + (calls as usize % 5) * 50_000, 20 + calls);
         match p.apply(common::flip, bytes.clone()) {
             Ok(v) => assert!(v == common::flip(bytes), "the wrong bytes"),
-            Err(Error::WorkerCorrupted { detail, .. }) if !refused => {
+            Err(Error::WorkerCorrupted { detail, .. }) => {
                 assert!(detail.contains("can shrink"), "{detail}");
                 refused = true;
             }
             Err(e) => panic!("{e}"),
         }
+        calls += 1;
     }
-    let _ = first;
+    assert!(
+        refused,
+        "the fake segment was never refused ({calls} large results after it)"
+    );
+    // The pool serves on, on a new worker, and is never refused again.
+    for i in 0..5u64 {
+        let bytes = common::noise(120_000 + i as usize * 50_000, 80 + i);
+        let v = p.apply(common::flip, bytes.clone()).unwrap();
+        assert!(v == common::flip(bytes), "the wrong bytes");
+    }
+    assert_ne!(
+        p.worker_pids()[0],
+        first,
+        "the corrupt worker was not replaced"
+    );
 }
 
 /// Many threads at once on one pool: `apply`, `apply_async` (some dropped unread),
@@ -522,7 +535,7 @@ fn a_thread_scribbling_on_the_result_segment_while_the_parent_copies_cannot_hurt
                     // starts (`bigpayload::ENCODING_AT`), and garbage.
                     let _ = f.write_all_at(
                         &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],
-                        ENCODING_AT,
+                        shmpool::ENCODING_AT as u64,
                     );
                     let _ = f.write_all_at(&x.to_le_bytes(), at);
                     if x.is_multiple_of(97) {

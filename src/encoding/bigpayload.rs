@@ -235,7 +235,7 @@ pub(crate) const REUSE_MAX_ARENAS: usize = 16;
 /// result): bytes `0..16` are the [`HEADER_MAGIC`] and the encoding's length (`u64` LE), the
 /// rest up to here is zeros, and the encoding fills `ENCODING_AT .. ENCODING_AT + len`. Readers
 /// check the header against the length they were told ("Layout").
-pub(crate) const ENCODING_AT: usize = 1024;
+pub const ENCODING_AT: usize = 1024;
 
 /// The first 8 bytes of every payload segment ("Layout").
 const HEADER_MAGIC: [u8; 8] = *b"shmpool\x01";
