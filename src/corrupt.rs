@@ -59,6 +59,9 @@ pub(crate) enum Scribble {
         /// Write the encoding at offset 0, with no header, instead of where it belongs
         /// (`bigpayload`, "Layout").
         at_zero: bool,
+        /// Write only the header and the byte vector's length prefix, leaving its bytes (zeros,
+        /// not sevens) a hole of the sparse memfd (`bigpayload`, "Holes").
+        sparse: bool,
     },
     /// Writes `count` pseudo-random 8-byte values (from `seed`) at pseudo-random places of the
     /// seat's two rings and its result arena.
@@ -136,9 +139,16 @@ pub(crate) unsafe fn scribble(what: Scribble) -> bool {
             sealed,
             reused,
             at_zero,
+            sparse,
         } => {
             let mut encoded = Vec::new();
             crate::encoding::payload::write_bytes(&vec![7u8; bytes], &mut encoded);
+            // Only the length prefix: the zeros after it are the hole.
+            let written = if sparse {
+                crate::encoding::payload::varint(bytes as u64, &mut [0; 10])
+            } else {
+                encoded.len()
+            };
             let fd = nix::sys::memfd::memfd_create(
                 if reused {
                     "shmpool-result"
@@ -157,7 +167,8 @@ pub(crate) unsafe fn scribble(what: Scribble) -> bool {
                 // large as the right layout needs.
                 std::os::unix::fs::FileExt::write_all_at(&file, &encoded, 0).expect("write");
             } else {
-                crate::encoding::bigpayload::write_layout(&file, &[], &encoded).expect("write");
+                crate::encoding::bigpayload::write_layout(&file, &[], &encoded[..written])
+                    .expect("write");
                 // The header agrees with the descriptor, as a worker that lies would make it:
                 // what is tested is the announced length.
                 std::os::unix::fs::FileExt::write_all_at(&file, &announced.to_le_bytes(), 8)
@@ -378,16 +389,23 @@ mod tests {
 
     /// As [`segment_result`], `(bytes, announced extra, sealed, reused)`.
     fn forged_segment_result(case: (usize, i64, bool, bool)) -> Vec<u8> {
-        forge(case, false)
+        forge(case, false, false)
     }
 
     /// As [`forged_segment_result`] for 5000 bytes, sealed as it should be, announced right,
     /// but with the encoding at offset 0 and no header (`bigpayload`, "Layout").
     fn misplaced_segment_result(reused: bool) -> Vec<u8> {
-        forge((5000, 0, true, reused), true)
+        forge((5000, 0, true, reused), true, false)
     }
 
-    fn forge(case: (usize, i64, bool, bool), at_zero: bool) -> Vec<u8> {
+    /// As [`forged_segment_result`] for 4 MiB of zeros, sealed as it should be, announced
+    /// right, but sparse: only the header and the length prefix written (`bigpayload`,
+    /// "Holes"), so reading it would make the parent allocate pages its worker never did.
+    fn sparse_segment_result(reused: bool) -> Vec<u8> {
+        forge((4 << 20, 0, true, reused), false, true)
+    }
+
+    fn forge(case: (usize, i64, bool, bool), at_zero: bool, sparse: bool) -> Vec<u8> {
         common::no_core_dumps();
         let (bytes, extra, sealed, reused) = case;
         let encoded = bytes + crate::encoding::payload::varint(bytes as u64, &mut [0; 10]);
@@ -399,6 +417,7 @@ mod tests {
                 sealed,
                 reused,
                 at_zero,
+                sparse,
             }));
             // SAFETY: _exit ends this worker process at once; nothing of it is needed again.
             libc::_exit(0)
@@ -429,6 +448,13 @@ mod tests {
                 assert!(detail.contains("no payload header"), "{detail}")
             }
             other => panic!("expected WorkerCorrupted, got {other:?}"),
+        }
+        // Sealed and announced right, but sparse: refused before it is mapped.
+        match pool.apply(sparse_segment_result, false) {
+            Err(Error::WorkerCorrupted { worker: 0, detail }) => {
+                assert!(detail.contains("holes"), "{detail}")
+            }
+            other => panic!("expected WorkerCorrupted, got {:?}", other.map(|v| v.len())),
         }
         // Sealed but announced longer than it is.
         let e = pool.apply(segment_result, (5000, 1, true)).unwrap_err();
@@ -511,6 +537,11 @@ mod tests {
             pool.apply(misplaced_segment_result, true).unwrap_err(),
             "no payload header",
         );
+        // Sparse: refused before it is mapped.
+        match pool.apply(sparse_segment_result, true) {
+            Err(e) => corrupted(e, "holes"),
+            Ok(v) => panic!("a sparse segment of {} bytes was read", v.len()),
+        }
         // Lengths whose segment size overflows (see the sealed test): refused by the bound.
         for extra in [-5003, -5002 - 1024, -5002 - 1025] {
             corrupted(

@@ -90,8 +90,8 @@
 //! checks the seals and the size, maps the segment read-only and decodes it in place. The seals
 //! make the segment immutable (no worker can change or shrink it under the decoder, so no
 //! private copy is needed and no SIGBUS is possible), which is what lets a 300 MiB result skip
-//! the copy-out every arena result gets. A missing message, missing seals or a short segment is
-//! [`Error::WorkerCorrupted`].
+//! the copy-out every arena result gets. A missing message, missing seals, a short segment or
+//! one with holes (see "Holes") is [`Error::WorkerCorrupted`].
 //!
 //! ## Reused result segments
 //!
@@ -154,6 +154,19 @@
 //! The kernel's copies into the segment (`pwrite(2)` from the caller's buffer) measured the same
 //! at either offset. Encodings that are not byte vectors are decoded in place; the offset is
 //! irrelevant to them.
+//!
+//! ## Holes
+//!
+//! A worker could announce a sparse memfd (sized with `ftruncate`, next to nothing written) of
+//! any size: reading a hole of shmem through a shared mapping allocates its page, so the parent
+//! (`populate`, then the decode) would pay memory the worker never did. Every honest writer
+//! allocates the whole of `0 .. ENCODING_AT + len` (`fallocate(2)` when it sizes the segment,
+//! and `pwrite(2)` of the header and every byte of the encoding, page 0 holding the header and
+//! the zeros after it), so the parent refuses a result segment whose allocated blocks
+//! (`st_blocks * 512`) are fewer than `ENCODING_AT + len` bytes (`check_allocated`), before it
+//! maps it: a sealed one for good (`F_SEAL_WRITE` also forbids punching a hole later); a reused
+//! one at each result (its worker can still punch a hole after the check, but then it pays
+//! with its own results' integrity, and the read is bounded by the reused segment's bound).
 //!
 //! # Cost
 //!
@@ -280,6 +293,20 @@ fn check_shmem(fd: &OwnedFd) -> std::result::Result<(), String> {
         return Err(format!(
             "segment is not a shmem memfd (file system {:#x}, hugetlbfs is 0x958458f6)",
             st.f_type
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a segment (its `fstat`) whose first `need` bytes are not all allocated ("Holes"):
+/// every honest writer allocates them (`fallocate(2)` when it sizes the segment, or `pwrite(2)`
+/// of every byte), but a worker could announce a sparse memfd of any size, and the parent's
+/// read faults on a shmem hole allocate the page, charged to the parent.
+fn check_allocated(st: &libc::stat, need: usize) -> std::result::Result<(), String> {
+    let allocated = u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512);
+    if allocated < need as u64 {
+        return Err(format!(
+            "segment has holes: {allocated} of its first {need} bytes allocated"
         ));
     }
     Ok(())
@@ -448,6 +475,10 @@ impl ResultMap {
                 st.st_size
             ));
         };
+        // Checked at each open, before a new mapping is populated ("Holes"); the worker can
+        // still punch a hole afterwards (the segment is not sealed against writes), but what
+        // that makes the parent allocate is bounded by the reused segment's own bound.
+        check_allocated(&st, need)?;
         let (dev, ino) = (st.st_dev as u64, st.st_ino as u64);
         if !kept
             .as_ref()
@@ -566,13 +597,15 @@ impl Sealed {
             return Err(format!("payload segment not sealed (seals {seals:#x})"));
         }
         check_shmem(&fd)?;
-        let size = nix::sys::stat::fstat(fd.as_fd())
-            .map_err(|e| format!("fstat of the payload segment: {e}"))?
-            .st_size;
+        let st = nix::sys::stat::fstat(fd.as_fd())
+            .map_err(|e| format!("fstat of the payload segment: {e}"))?;
+        let size = st.st_size;
         let need = segment_size(len).filter(|&n| usize::try_from(size).is_ok_and(|s| n <= s));
         let (Some(need), true) = (need, len > 0) else {
             return Err(format!("payload segment of {size} bytes, {len} announced"));
         };
+        // Sealed against writes, so no hole can be punched after this check.
+        check_allocated(&st, need)?;
         // SAFETY: the memfd is sealed against writes, shrinking and growing (checked above, and
         // the seals can only be added, never removed), so the mapped bytes cannot change and no
         // page can disappear under us (no SIGBUS); the mapping is read-only and `need <= size`.
