@@ -45,7 +45,8 @@
 //!   (`process::server`, "Payloads of other pools"): keep the two names in step.
 //! * A spare is never shrunk (a reused one may be larger than the argument: the worker reads
 //!   only the `len` the payload announces; the bytes past it are an earlier argument's) and is
-//!   grown with `ftruncate` when the argument is larger.
+//!   grown when the argument is larger (`ftruncate`, then one `fallocate(2)` over the new
+//!   part, see "Fresh pages").
 //!
 //! ## Reuse of byte vectors
 //!
@@ -101,8 +102,9 @@
 //! ([`write_reusable`], named `memfd:shmpool-result`):
 //!
 //! * **Sealed `F_SEAL_SHRINK` only.** The worker must write it again, so it cannot be sealed
-//!   against writes; it can grow (`ftruncate`) but never shrink, so the parent's mapping of its
-//!   first `size` bytes stays backed: no SIGBUS whatever the worker does. The parent checks the
+//!   against writes; it can grow (`ftruncate`, `fallocate`) but never shrink, so the parent's
+//!   mapping of its first `ENCODING_AT + len` bytes (never more than the segment's size when
+//!   mapped) stays backed: no SIGBUS whatever the worker does. The parent checks the
 //!   seal on every result ([`ResultMap::open`]), and that the segment is a shmem memfd: a
 //!   hugetlbfs one takes the same seal, but a hole punched in it (which the seal allows) would
 //!   fault back only while huge pages are free, else `SIGBUS` (`check_shmem`; sealed result
@@ -120,9 +122,10 @@
 //!   copies the result out, has returned. If it is still 1, the worker never waits: that result
 //!   goes to a fresh sealed segment as before. A worker that scribbles on the word only loses
 //!   its own results' integrity (it can write its segment anyway); the parent never reads it.
-//! * **The parent's mapping** of each seat's segment covers the announced result only, never the
-//!   segment's whole size (a worker can grow it at will, and mapping a hole with `populate`
-//!   allocates it: `tests/result_segments.rs`). It is kept between results (re-made when the
+//! * **The parent's mapping** of each seat's segment covers the header and the announced result
+//!   (`ENCODING_AT + len` bytes, "Layout"), never the segment's whole size (a worker can grow it
+//!   at will, and mapping a hole with `populate` allocates it: `tests/result_segments.rs`; a
+//!   hole inside that range is refused, see "Holes"). It is kept between results (re-made when the
 //!   worker sends a different segment, by inode, or a result larger than the mapping), held by the
 //!   collector role; its fd is closed right after mapping. It is dropped when the seat's worker
 //!   dies (before a replacement starts, which makes its own segment and finds the word 0) and
@@ -135,8 +138,9 @@
 //! # Layout
 //!
 //! Every payload segment (argument, sealed result, reused result) holds a 16-byte header at
-//! offset 0 (`shmpool\x01`, then the encoding's length as a `u64` LE), zeros, and the encoding
-//! from [`ENCODING_AT`] (1024) on. The length announced elsewhere (the argument's record, the
+//! offset 0 (`shmpool\x01`, then the encoding's length as a `u64` LE), zeros (no writer ever
+//! writes bytes `16 .. ENCODING_AT`, not even in a reused segment, and no reader looks at
+//! them), and the encoding from [`ENCODING_AT`] (1024) on. The length announced elsewhere (the argument's record, the
 //! result's descriptor) is the encoding's; the segment must hold `ENCODING_AT + len` bytes, and
 //! every reader checks the header against the announced length before decoding, so a segment
 //! laid out any other way (its encoding at offset 0, say) is refused
@@ -246,7 +250,7 @@ pub(crate) const REUSE_MAX_ARENAS: usize = 16;
 
 /// Where the encoding starts in every payload segment (argument, sealed result, reused
 /// result): bytes `0..16` are the [`HEADER_MAGIC`] and the encoding's length (`u64` LE), the
-/// rest up to here is zeros, and the encoding fills `ENCODING_AT .. ENCODING_AT + len`. Readers
+/// rest up to here is zeros (never written, never read), and the encoding fills `ENCODING_AT .. ENCODING_AT + len`. Readers
 /// check the header against the length they were told ("Layout").
 pub const ENCODING_AT: usize = 1024;
 
@@ -335,8 +339,9 @@ fn grow(file: &std::fs::File, old: u64, new: u64) -> std::io::Result<()> {
 }
 
 /// Writes the header and `head ++ bytes` into `file` at their places ("Layout"); the file must
-/// already be at least [`segment_size`] long (the bytes between header and encoding are never
-/// written: zeros in a fresh file, whatever an earlier payload left in a reused one).
+/// already be at least [`segment_size`] long. The bytes between header and encoding are never
+/// written, by this or any writer, so they stay the zeros of the fresh file even in a reused
+/// one ("Layout").
 pub(crate) fn write_layout(file: &std::fs::File, head: &[u8], bytes: &[u8]) -> std::io::Result<()> {
     let len = (head.len() + bytes.len()) as u64;
     crate::shm::segment::check_fsize(ENCODING_AT as u64 + len)?;
@@ -415,7 +420,7 @@ impl SharedBytes<'_> {
             return None;
         }
         // SAFETY: `offset + dst.len() <= len` (checked above), so the source lies in the mapping
-        // (`ResultMap::bytes` made `ptr..ptr+len` from it, and the segment cannot shrink under
+        // (`ResultMap::open` made `ptr..ptr+len` inside it, and the segment cannot shrink under
         // it: F_SEAL_SHRINK, checked when mapped, so no SIGBUS). A worker writing those bytes at
         // the same time can only make us copy garbage, which the decoder then validates: a
         // byte copy is valid for any bytes. `dst` is private memory, so the ranges cannot
@@ -452,8 +457,10 @@ pub(crate) struct ResultMap {
 
 impl ResultMap {
     /// Takes the segment `fd` a worker sent with a [`FLAG_RESULT_REUSED`] result of `len`
-    /// bytes: checks it cannot shrink and holds `len` bytes, and maps it (or reuses `kept`, the
-    /// seat's mapping of the same segment if it covers `len`). The fd is closed either way.
+    /// bytes: checks it cannot shrink, is a shmem memfd and holds `ENCODING_AT + len` bytes,
+    /// all allocated ("Holes"), and maps them (or reuses `kept`, the seat's mapping of the same
+    /// segment if it covers them); then checks the header ("Layout") and returns the encoding's
+    /// `len` bytes. The fd is closed either way.
     pub(crate) fn open<'m>(
         kept: &'m mut Option<ResultMap>,
         fd: OwnedFd,
@@ -587,9 +594,9 @@ pub(crate) struct Sealed {
 }
 
 impl Sealed {
-    /// Checks that `fd` is sealed against writes and shrinking and holds at least `len` bytes,
-    /// then maps its first `ENCODING_AT + len` bytes read-only and checks the header
-    /// ("Layout"). What [`bytes`](Self::bytes) reads can then never change.
+    /// Checks that `fd` is a shmem memfd sealed against writes and shrinking whose first
+    /// `ENCODING_AT + len` bytes exist and are all allocated ("Holes"), then maps those bytes
+    /// read-only and checks the header ("Layout"). What [`bytes`](Self::bytes) reads can then never change.
     pub(crate) fn open(fd: OwnedFd, len: usize) -> std::result::Result<Sealed, String> {
         // SAFETY: fcntl(F_GET_SEALS) only reads the seals of an fd we own.
         let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
@@ -1169,8 +1176,9 @@ mod tests {
 
     #[test]
     fn byte_vectors_are_read_whole_at_every_size() {
-        // Around page boundaries (the prefix shifts the bytes off page alignment), the huge-page
-        // threshold and a varint length that takes three bytes.
+        // Around page boundaries (the prefix shifts the bytes off page alignment), the size
+        // from which a fresh vector is populated (`payload::PREFAULT_MIN`, 8 MiB) and a varint
+        // length that takes three bytes.
         for len in [
             1usize,
             127,
