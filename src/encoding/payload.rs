@@ -444,19 +444,29 @@ const PREFAULT_MIN: usize = 8 << 20;
 /// kernel does for fresh pages: the caller fills the spare capacity.
 pub(crate) fn bytes_with_capacity(n: usize) -> Vec<u8> {
     let mut v: Vec<u8> = Vec::with_capacity(n);
-    if n < PREFAULT_MIN {
-        return v;
+    if n >= PREFAULT_MIN {
+        populate(v.spare_capacity_mut());
     }
+    v
+}
+
+/// Allocates the pages of `range` in one `madvise(MADV_POPULATE_WRITE)` call over its
+/// page-aligned interior (the whole pages inside it), as a write to each would, without
+/// writing: no byte changes. An optimization only (see [`bytes_with_capacity`]): a failure is
+/// ignored and the pages fault in when written.
+fn populate(range: &mut [std::mem::MaybeUninit<u8>]) {
     // SAFETY: sysconf has no preconditions.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    let start = (v.as_mut_ptr() as usize).next_multiple_of(page);
-    let end = (v.as_mut_ptr() as usize + n) & !(page - 1);
+    let at = range.as_mut_ptr() as usize;
+    let start = at.next_multiple_of(page);
+    let end = (at + range.len()) & !(page - 1);
     if end > start {
-        // SAFETY: `start..end` lies inside `v`'s allocation (aligned inward to whole pages, so
-        // no allocator metadata is in it), which this process owns and nobody reads yet.
-        // MADV_POPULATE_WRITE only faults the range's pages in as a write would (private
-        // anonymous memory: zero-filled, the same contents a first write would find); it
-        // changes no byte. Its failure is ignored (see above).
+        // SAFETY: `start..end` lies inside `range` (aligned inward to whole pages, so no byte
+        // outside it, such as allocator metadata, is in it), which we borrow mutably: writable
+        // memory nobody else reads or writes meanwhile. MADV_POPULATE_WRITE only faults the
+        // pages in as a write would (for private anonymous memory: zero-filled, the same
+        // contents a first write would find; for any other, the contents it has); it changes
+        // no byte. Its failure is ignored (see above).
         unsafe {
             libc::madvise(
                 start as *mut libc::c_void,
@@ -465,7 +475,6 @@ pub(crate) fn bytes_with_capacity(n: usize) -> Vec<u8> {
             )
         };
     }
-    v
 }
 
 /// Encodes one value (an argument or a result) in postcard's format, byte vectors with one copy.
@@ -817,15 +826,17 @@ mod tests {
         assert!(decode_chunk_out::<u64>(&[255, 0, 0, 0, 0, 0, 0, 0, 1]).is_err());
     }
 
-    /// How many of the whole pages inside `v`'s allocation are resident (`mincore`), of how
-    /// many.
-    fn resident_pages(v: &Vec<u8>) -> (usize, usize) {
-        let start = (v.as_ptr() as usize).next_multiple_of(4096);
-        let end = (v.as_ptr() as usize + v.capacity()) & !4095;
-        let n = (end - start) / 4096;
+    /// How many of the whole pages inside `ptr .. ptr + len` (mapped) are resident
+    /// (`mincore`), of how many.
+    fn resident_pages(ptr: *const u8, len: usize) -> (usize, usize) {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap();
+        let start = (ptr as usize).next_multiple_of(page);
+        let end = (ptr as usize + len) & !(page - 1);
+        let n = (end - start) / page;
         let mut vec = vec![0u8; n];
-        // SAFETY: `start..end` is page-aligned and lies in `v`'s allocation (mapped); `vec`
-        // has one byte per page of it, as mincore(2) writes.
+        // SAFETY: `start..end` is page-aligned and lies in the caller's mapping; `vec` has one
+        // byte per page of it, as mincore(2) writes.
         let rc =
             unsafe { libc::mincore(start as *mut libc::c_void, end - start, vec.as_mut_ptr()) };
         assert_eq!(rc, 0);
@@ -833,17 +844,33 @@ mod tests {
     }
 
     #[test]
-    fn a_large_fresh_byte_vector_has_its_pages_before_it_is_filled() {
-        // A 24 MiB vector (above `PREFAULT_MIN`, and above glibc's mmap threshold, so fresh
-        // pages): every whole page inside it is resident before anything is written.
-        let v = bytes_with_capacity(24 << 20);
-        let (resident, pages) = resident_pages(&v);
-        assert!(pages >= 6000);
+    fn populate_allocates_every_page_of_its_range_at_once() {
+        // A fresh private anonymous mapping (not from the allocator, whose arenas may hold
+        // resident pages already): no page resident before, every one after.
+        let len = 16 << 20;
+        let mut map = memmap2::MmapMut::map_anon(len).unwrap();
+        let ptr = map.as_mut_ptr();
+        assert_eq!(resident_pages(ptr, len).0, 0, "fresh: nothing resident");
+        // SAFETY: the mapping's `len` bytes, borrowed mutably through `map` for this call only;
+        // `MaybeUninit<u8>` has the layout of `u8`, and `populate` writes no byte.
+        let range =
+            unsafe { std::slice::from_raw_parts_mut(ptr.cast::<std::mem::MaybeUninit<u8>>(), len) };
+        populate(range);
+        let (resident, pages) = resident_pages(ptr, len);
+        assert!(pages > 0);
         assert_eq!(resident, pages, "populated in one call");
-        assert!(v.is_empty());
-        // A small one is left to fault in as it is written.
-        let small = bytes_with_capacity(PREFAULT_MIN - 1);
-        assert_eq!(small.capacity(), PREFAULT_MIN - 1);
+        assert!(map.iter().all(|&b| b == 0), "no byte changed");
+    }
+
+    #[test]
+    fn a_fresh_byte_vector_has_exactly_the_room_asked_for() {
+        // Empty, with exactly the room asked for, either way (whether its pages are resident
+        // depends on the allocator's history too; `populate` itself is tested above).
+        for n in [PREFAULT_MIN - 1, PREFAULT_MIN + 4097] {
+            let v = bytes_with_capacity(n);
+            assert!(v.is_empty());
+            assert_eq!(v.capacity(), n);
+        }
     }
 
     /// The spare's address and capacity, if one is kept.
