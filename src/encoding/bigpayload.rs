@@ -321,6 +321,20 @@ pub(crate) fn segment_size(len: usize) -> Option<usize> {
     len.checked_add(ENCODING_AT)
 }
 
+/// The encoding's length (`head ++ bytes`) and its segment's [`segment_size`], both as file
+/// offsets; an `EFBIG` error if they do not fit.
+fn sizes(head: &[u8], bytes: &[u8]) -> std::io::Result<(u64, u64)> {
+    head.len()
+        .checked_add(bytes.len())
+        .and_then(|len| {
+            Some((
+                u64::try_from(len).ok()?,
+                u64::try_from(segment_size(len)?).ok()?,
+            ))
+        })
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EFBIG))
+}
+
 /// Sizes the memfd `file` from `old` to `new` bytes (`new > old`) and allocates the pages of the
 /// new part in one `fallocate(2)` call ("Fresh pages").
 fn grow(file: &std::fs::File, old: u64, new: u64) -> std::io::Result<()> {
@@ -343,8 +357,8 @@ fn grow(file: &std::fs::File, old: u64, new: u64) -> std::io::Result<()> {
 /// written, by this or any writer, so they stay the zeros of the fresh file even in a reused
 /// one ("Layout").
 pub(crate) fn write_layout(file: &std::fs::File, head: &[u8], bytes: &[u8]) -> std::io::Result<()> {
-    let len = (head.len() + bytes.len()) as u64;
-    crate::shm::segment::check_fsize(ENCODING_AT as u64 + len)?;
+    let (len, need) = sizes(head, bytes)?;
+    crate::shm::segment::check_fsize(need)?;
     file.write_all_at(&header(len), 0)?;
     file.write_all_at(head, ENCODING_AT as u64)?;
     file.write_all_at(bytes, (ENCODING_AT + head.len()) as u64)
@@ -374,7 +388,7 @@ pub(crate) fn write_reusable(head: &[u8], bytes: &[u8]) -> std::io::Result<Owned
                 std::fs::File::from(fd)
             }
         };
-        let n = (ENCODING_AT + head.len() + bytes.len()) as u64;
+        let (_, n) = sizes(head, bytes)?;
         let size = file.metadata()?.len();
         if size < n {
             grow(&file, size, n)?;
@@ -433,6 +447,20 @@ impl SharedBytes<'_> {
             );
         }
         Some(())
+    }
+
+    /// The first up to `N` bytes from `offset` (fewer where the bytes end), copied into an
+    /// array, and how many there were; the rest of the array is zeros.
+    pub(crate) fn copy_head<const N: usize>(&self, offset: usize) -> ([u8; N], usize) {
+        let mut out = [0u8; N];
+        let n = self.len.saturating_sub(offset).min(N);
+        if n > 0 {
+            // SAFETY: `n > 0` means `offset < len` and `offset + n <= len`, so the source lies
+            // in the mapping (see `copy_to`: backed, no SIGBUS; a concurrent writer only makes
+            // us copy garbage, valid for `u8`); `out` is a private array of `N >= n` bytes.
+            unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(offset), out.as_mut_ptr(), n) };
+        }
+        (out, n)
     }
 
     /// All the bytes, copied into a fresh private vector.
@@ -514,17 +542,8 @@ impl ResultMap {
             _map: std::marker::PhantomData,
         };
         // The header, copied out (the worker may be rewriting it), then checked.
-        let mut h = [std::mem::MaybeUninit::<u8>::uninit(); 16];
-        whole
-            .copy_to(0, &mut h)
-            .expect("the header lies in the mapping");
-        check_header(
-            &h.map(|b| {
-                // SAFETY: `copy_to` initialized all 16 bytes.
-                unsafe { b.assume_init() }
-            }),
-            len,
-        )?;
+        let (h, n) = whole.copy_head::<16>(0);
+        check_header(&h[..n], len)?;
         // SAFETY: `ENCODING_AT + len == need <= k.map.len()`: the result lies in the mapping.
         let ptr = unsafe { k.map.as_ptr().add(ENCODING_AT) };
         Ok(SharedBytes {
@@ -542,7 +561,7 @@ pub(crate) fn make_segment(head: &[u8], bytes: &[u8]) -> std::io::Result<OwnedFd
         MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
     )?;
     let file = std::fs::File::from(fd);
-    grow(&file, 0, (ENCODING_AT + head.len() + bytes.len()) as u64)?;
+    grow(&file, 0, sizes(head, bytes)?.1)?;
     write_layout(&file, head, bytes)?;
     seal(&file)?;
     Ok(OwnedFd::from(file))
@@ -722,10 +741,9 @@ pub(crate) fn argument(
     bytes: &[u8],
     spares: &Arc<SpareArgs>,
 ) -> Result<(Vec<u8>, SegmentShare)> {
-    let len = (head.len() + bytes.len()) as u64;
-    // The segment holds the header and the encoding after it ("Layout").
-    let need = len + ENCODING_AT as u64;
     let os = |e| Error::os("memfd (large argument)", e);
+    // The segment holds the header and the encoding after it ("Layout").
+    let (len, need) = sizes(head, bytes).map_err(os)?;
     let (file, size) = match spares.take(need) {
         Some((file, size)) if size >= need => (file, size),
         Some((file, size)) => {
@@ -1007,6 +1025,23 @@ mod tests {
         len: usize,
     ) -> std::result::Result<Vec<u8>, String> {
         ResultMap::open(kept, OwnedFd::from(f.try_clone().unwrap()), len).map(|b| b.copy_all())
+    }
+
+    #[test]
+    fn copy_head_copies_what_is_there_and_zeros_the_rest() {
+        let bytes: Vec<u8> = (1..=20).collect();
+        let shared = SharedBytes {
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+            _map: std::marker::PhantomData,
+        };
+        let (h, n) = shared.copy_head::<16>(0);
+        assert_eq!((&h[..], n), (&bytes[..16], 16));
+        let (h, n) = shared.copy_head::<10>(15);
+        assert_eq!((h, n), ([16, 17, 18, 19, 20, 0, 0, 0, 0, 0], 5));
+        for offset in [20, 21, usize::MAX] {
+            assert_eq!(shared.copy_head::<4>(offset), ([0; 4], 0), "{offset}");
+        }
     }
 
     #[test]

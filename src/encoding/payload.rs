@@ -381,11 +381,8 @@ impl CallSpare {
         if !is_byte_payload::<T>() {
             return None;
         }
-        let mut prefix = [std::mem::MaybeUninit::<u8>::uninit(); 10];
-        let n = src.len().min(10);
-        src.copy_to(0, &mut prefix[..n]).expect("within the bytes");
-        // SAFETY: `copy_to` initialized the first `n` bytes of `prefix`.
-        let prefix: &[u8] = unsafe { std::slice::from_raw_parts(prefix.as_ptr().cast::<u8>(), n) };
+        let (prefix, n) = src.copy_head::<10>(0);
+        let prefix = &prefix[..n];
         Some((|| {
             let (len, used) = read_varint(prefix)?;
             if len > src.len() - used {
