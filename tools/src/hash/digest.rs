@@ -355,7 +355,12 @@ impl Opener {
 /// A file opened with `O_NONBLOCK` ([`open_regular`]) that answers a read with `EAGAIN` (a
 /// regular file of /proc or /sys that waits for data, as `trace_pipe` does) is made blocking
 /// and read again.
-fn hash_open(algo: Algo, f: &mut File, size: Option<u64>, buf: &mut [u8]) -> io::Result<Digest> {
+fn hash_open(
+    algo: Algo,
+    f: &mut (impl Read + std::os::fd::AsFd),
+    size: Option<u64>,
+    buf: &mut [u8],
+) -> io::Result<Digest> {
     let mut h = Hasher::new(algo);
     let mut total = 0u64;
     loop {
@@ -427,9 +432,9 @@ fn open_path(path: &[u8], flags: libc::c_int) -> io::Result<File> {
 }
 
 /// Clears `O_NONBLOCK` on `f` (see [`open_regular`]).
-fn make_blocking(f: &File) -> io::Result<()> {
+fn make_blocking(f: &impl std::os::fd::AsFd) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let fd = f.as_raw_fd();
+    let fd = f.as_fd().as_raw_fd();
     // SAFETY: `fd` is open (owned by `f`, borrowed for the call); F_GETFL reads its flags and
     // touches no memory of ours.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -947,8 +952,28 @@ mod fifo_tests {
     use std::sync::mpsc;
     use std::time::Duration;
 
-    /// A FIFO at a fresh path; its path as bytes.
-    fn fifo(name: &str) -> (std::path::PathBuf, Vec<u8>) {
+    /// A FIFO at a fresh path, removed when the guard drops, on a failed test too.
+    struct Fifo(std::path::PathBuf);
+
+    impl Drop for Fifo {
+        fn drop(&mut self) {
+            // A thread of a failed test may still be blocked opening or reading the FIFO: an
+            // `O_RDWR` open never blocks (Linux), lets a blocked `open` of either side return,
+            // and its close ends a blocked `read` (no writer left: end of file).
+            use std::os::unix::fs::OpenOptionsExt;
+            drop(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&self.0),
+            );
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// A FIFO at a fresh path (its guard); its path as bytes.
+    fn fifo(name: &str) -> (Fifo, Vec<u8>) {
         let path =
             std::env::temp_dir().join(format!("shmpool-digest-fifo-{}-{name}", std::process::id()));
         let _ = std::fs::remove_file(&path);
@@ -956,7 +981,7 @@ mod fifo_tests {
         // SAFETY: `c` is a NUL-terminated path that outlives the call.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let p = path.as_os_str().as_encoded_bytes().to_vec();
-        (path, p)
+        (Fifo(path), p)
     }
 
     /// Runs `f` on another thread and returns its result; a call still blocked after 120 s (it
@@ -972,7 +997,7 @@ mod fifo_tests {
 
     #[test]
     fn a_fifo_where_a_regular_file_was_fails_at_once_instead_of_blocking() {
-        let (path, p) = fifo("swapped");
+        let (fifo, p) = fifo("swapped");
         let want = not_regular().to_string();
         let q = p.clone();
         let errors = unblocked(move || {
@@ -992,14 +1017,14 @@ mod fifo_tests {
             .map(|e| e.to_string())
         });
         assert_eq!(errors, [want.clone(), want.clone(), want]);
-        std::fs::remove_file(&path).unwrap();
+        drop(fifo);
     }
 
     #[test]
     fn a_fifo_named_by_the_user_is_still_read_to_its_end() {
-        let (path, p) = fifo("named");
+        let (fifo, p) = fifo("named");
         let writer = {
-            let path = path.clone();
+            let path = fifo.0.clone();
             std::thread::spawn(move || {
                 // Blocks until the reader below opens the FIFO.
                 let mut w = std::fs::OpenOptions::new().write(true).open(path).unwrap();
@@ -1021,27 +1046,62 @@ mod fifo_tests {
         writer.join().unwrap();
         let want = Digest::new(&sha2::Sha256::digest(b"abc")).unwrap();
         assert_eq!(got, Small::Digest(want, 0));
-        std::fs::remove_file(&path).unwrap();
+        drop(fifo);
+    }
+
+    /// The read end of a FIFO opened as `open_regular` opens files, and its writer, which
+    /// writes its data and closes only once the reader has been made blocking: until then
+    /// every read of the empty FIFO says EAGAIN (as some /proc and /sys files do).
+    struct LateWriter {
+        reader: File,
+        writer: Option<(File, &'static [u8])>,
+    }
+
+    impl LateWriter {
+        fn blocking(&self) -> bool {
+            use std::os::fd::AsRawFd;
+            // SAFETY: F_GETFL reads the flags of a descriptor `self.reader` owns.
+            let flags = unsafe { libc::fcntl(self.reader.as_raw_fd(), libc::F_GETFL) };
+            assert!(flags >= 0);
+            flags & libc::O_NONBLOCK == 0
+        }
+    }
+
+    impl Read for LateWriter {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let blocking = self.blocking();
+            if let Some((mut w, data)) = self.writer.take_if(|_| blocking) {
+                std::io::Write::write_all(&mut w, data)?;
+            }
+            self.reader.read(buf)
+        }
+    }
+
+    impl std::os::fd::AsFd for LateWriter {
+        fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+            self.reader.as_fd()
+        }
     }
 
     #[test]
     fn a_non_blocking_file_that_says_eagain_is_made_blocking_and_read() {
-        // A FIFO opened as `open_regular` opens files, with a writer that has written nothing
-        // yet: the first read says EAGAIN (as some /proc and /sys files do).
-        let (path, p) = fifo("eagain");
+        // No second thread and no pause: the data comes only after `make_blocking`, so the
+        // digest proves that the EAGAIN branch ran (without it the EAGAIN is the error).
+        let (fifo, p) = fifo("eagain");
         let reader = open_path(&p, libc::O_NONBLOCK).unwrap();
-        let mut writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        let hashing = std::thread::spawn(move || {
-            let mut reader = reader;
-            let mut buf = vec![0u8; 4096];
-            hash_open(Algo::Blake3, &mut reader, None, &mut buf)
-        });
-        // Not a timing assertion: the pause only makes the reader meet the empty FIFO first.
-        std::thread::sleep(Duration::from_millis(200));
-        std::io::Write::write_all(&mut writer, b"late").unwrap();
-        drop(writer);
-        let got = unblocked(move || hashing.join().unwrap()).unwrap();
+        let writer = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fifo.0)
+            .unwrap();
+        let mut late = LateWriter {
+            reader,
+            writer: Some((writer, b"late")),
+        };
+        assert!(!late.blocking());
+        let mut buf = vec![0u8; 4096];
+        let got = hash_open(Algo::Blake3, &mut late, None, &mut buf).unwrap();
+        assert!(late.writer.is_none() && late.blocking());
         assert_eq!(got.as_slice(), blake3::hash(b"late").as_bytes());
-        std::fs::remove_file(&path).unwrap();
+        drop(fifo);
     }
 }

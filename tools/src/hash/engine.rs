@@ -988,11 +988,42 @@ mod tests {
         out.0
     }
 
-    fn tmp(name: &str) -> std::path::PathBuf {
+    /// A fresh directory of a test, removed when the guard drops, when the test fails too.
+    struct TmpDir(std::path::PathBuf);
+
+    impl std::ops::Deref for TmpDir {
+        type Target = std::path::Path;
+        fn deref(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TmpDir {
+        fn drop(&mut self) {
+            use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+            // A thread of a failed test may still be blocked opening or reading a FIFO in here:
+            // an `O_RDWR` open never blocks (Linux), lets a blocked `open` return, and its
+            // close ends a blocked `read` (no writer left: end of file).
+            for e in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_fifo()) {
+                    drop(
+                        std::fs::OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .custom_flags(libc::O_NONBLOCK)
+                            .open(e.path()),
+                    );
+                }
+            }
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn tmp(name: &str) -> TmpDir {
         let d = std::env::temp_dir().join(format!("shmpool-engine-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
-        d
+        TmpDir(d)
     }
 
     /// Runs every task at once in this process; after the first task of BLAKE3 pieces, renames
@@ -1071,7 +1102,7 @@ mod tests {
             got[0].1,
             Outcome::Digest(Digest::new(blake3::hash(&old).as_bytes()).unwrap())
         );
-        std::fs::remove_dir_all(&d).unwrap();
+        drop(d);
     }
 
     #[test]
@@ -1116,7 +1147,7 @@ mod tests {
             blake3_piece(MAX_PIECES * BLAKE3_PIECE + 1),
             2 * BLAKE3_PIECE
         );
-        std::fs::remove_dir_all(&d).unwrap();
+        drop(d);
     }
 
     #[test]
@@ -1142,7 +1173,7 @@ mod tests {
         assert!(matches!(got[0].1, Outcome::Digest(_)), "{:?}", got[0]);
         // Handed back from the first task, then sent alone (mapped).
         assert_eq!((w.tasks.get(), w.wholes.get()), (2, 3));
-        std::fs::remove_dir_all(&d).unwrap();
+        drop(d);
     }
 
     #[test]
@@ -1170,7 +1201,7 @@ mod tests {
             got[1].1,
             Outcome::Digest(Digest::new(&<sha2::Sha256 as sha2::Digest>::digest(b"abc")).unwrap())
         );
-        std::fs::remove_dir_all(&d).unwrap();
+        drop(d);
     }
 
     #[test]
@@ -1212,6 +1243,6 @@ mod tests {
             assert!(matches!(got[1].1, Outcome::Digest(_)), "{:?}", got[1]);
             assert_eq!(got[2].1, got[1].1);
         }
-        std::fs::remove_dir_all(&d).unwrap();
+        drop(d);
     }
 }
