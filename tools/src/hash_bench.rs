@@ -36,6 +36,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::cli::HashBenchArgs;
 use crate::hash::Algo;
+use crate::hash::digest::ReadBuf;
 use crate::hash::walk::{Source, Walk};
 
 /// The Python seed program, built into the binary and written to the output directory.
@@ -117,6 +118,13 @@ fn single_core_rate(algo: &str) -> f64 {
 /// Open + read + close of one file on one core (issue 9), seconds.
 const PER_FILE_S: f64 = 7.7e-6;
 
+/// The algorithms the bench runs, each with its `-a` name, in the order of its report.
+const ALGOS: [(Algo, &str); 3] = [
+    (Algo::Sha512, "sha512"),
+    (Algo::Sha256, "sha256"),
+    (Algo::Blake3, "blake3"),
+];
+
 /// Runs the benchmark.
 pub(crate) fn run(a: &HashBenchArgs) -> Result<ExitCode> {
     let dir = match &a.dir {
@@ -138,7 +146,7 @@ pub(crate) fn run(a: &HashBenchArgs) -> Result<ExitCode> {
     let d = quote(&dir_s);
     let j = a.jobs;
     let mut c: Vec<Contender> = Vec::new();
-    for algo in ["sha512", "sha256", "blake3"] {
+    for (_, algo) in ALGOS {
         c.push(Contender {
             label: format!("shmpool hash -a {algo} -j {j}"),
             algo,
@@ -202,13 +210,8 @@ pub(crate) fn run(a: &HashBenchArgs) -> Result<ExitCode> {
     // The j-stream floor of each algorithm, measured in every round right after the commands
     // (paired: the load of the moment weighs on both), and each round's ratio of shmpool's
     // time (and CPU) to it.
-    let algos = [
-        (Algo::Sha512, "sha512"),
-        (Algo::Sha256, "sha256"),
-        (Algo::Blake3, "blake3"),
-    ];
     let order = parallel_order(&sizes);
-    let mut streams: Vec<Streams> = algos.iter().map(|_| Streams::default()).collect();
+    let mut streams: Vec<Streams> = ALGOS.iter().map(|_| Streams::default()).collect();
     for round in 1..=a.runs {
         for (i, k) in c.iter().enumerate() {
             let (w, cpu) = time(&k.shell)?;
@@ -223,11 +226,11 @@ pub(crate) fn run(a: &HashBenchArgs) -> Result<ExitCode> {
                 k.label, k.algo
             ));
         }
-        for ((algo, name), st) in algos.iter().zip(&mut streams) {
-            let Some(i) = c.iter().position(|k| k.algo == *name) else {
+        for ((algo, name), st) in ALGOS.into_iter().zip(&mut streams) {
+            let Some(i) = c.iter().position(|k| k.algo == name) else {
                 continue;
             };
-            let (w, cpu) = parallel_floor(&paths, &order, *algo, j);
+            let (w, cpu) = parallel_floor(&paths, &order, algo, j)?;
             let label = format!("{j}-stream floor");
             eprintln!(
                 "  round {round}: {:<45} {w:7.2} s  (cpu {cpu:.2} s)",
@@ -285,7 +288,7 @@ pub(crate) fn run(a: &HashBenchArgs) -> Result<ExitCode> {
          (CPU time depends much less than wall time on what else runs on the machine):",
         PER_FILE_S * 1e6
     )?;
-    for algo in ["sha512", "sha256", "blake3"] {
+    for (_, algo) in ALGOS {
         let floor = bytes as f64 / (j as f64 * single_core_rate(algo))
             + files as f64 * PER_FILE_S / j as f64;
         if let Some(i) = c.iter().position(|k| k.algo == algo) {
@@ -307,11 +310,7 @@ pub(crate) fn run(a: &HashBenchArgs) -> Result<ExitCode> {
          hashing and closing every file, no pool, / {j}:"
     )?;
     let mut ones = Vec::new();
-    for (algo, name) in [
-        (Algo::Sha512, "sha512"),
-        (Algo::Sha256, "sha256"),
-        (Algo::Blake3, "blake3"),
-    ] {
+    for (algo, name) in ALGOS {
         // Every algorithm has its `shmpool hash` contender: `ones` lines up with the list.
         let one = measured_floor(&paths, algo);
         ones.push(one);
@@ -337,8 +336,8 @@ pub(crate) fn run(a: &HashBenchArgs) -> Result<ExitCode> {
          shared list, those of 256 KiB or more first, biggest first), measured in every round right \
          after the commands; medians of the rounds, and of each round's ratio:"
     )?;
-    for (((_, name), st), one) in algos.iter().zip(&mut streams).zip(ones) {
-        let Some(i) = c.iter().position(|k| k.algo == *name) else {
+    for (((_, name), st), one) in ALGOS.into_iter().zip(&mut streams).zip(ones) {
+        let Some(i) = c.iter().position(|k| k.algo == name) else {
             continue;
         };
         let (wall, cpu_all) = (median(&mut st.wall), median(&mut st.cpu));
@@ -410,23 +409,31 @@ fn thread_cpu() -> f64 {
 fn measured_floor(paths: &[Vec<u8>], algo: Algo) -> f64 {
     // Page-aligned, as the workers' buffer: the kernel's copy into a buffer 16 bytes into a page
     // (where malloc puts it) is much slower here, see `digest::ReadBuf`.
-    let mut buf = crate::hash::digest::ReadBuf::new();
+    let mut buf = ReadBuf::new();
     let mut best = f64::INFINITY;
     for _ in 0..2 {
         let t = thread_cpu();
-        for p in paths {
-            if let Ok(mut f) = std::fs::File::open(crate::hash::digest::os_path(p)) {
-                let _ = crate::hash::digest::hash_reader(algo, &mut f, buf.get());
-            }
-        }
+        hash_each(paths, algo, &mut buf);
         best = best.min(thread_cpu() - t);
     }
     best
 }
 
+/// The loop of the measured floors: opens each file, reads it to its end into the hasher
+/// through `buf`, closes it; a file that cannot be opened or read is skipped.
+fn hash_each<'p>(paths: impl IntoIterator<Item = &'p Vec<u8>>, algo: Algo, buf: &mut ReadBuf) {
+    for p in paths {
+        if let Ok(mut f) = std::fs::File::open(crate::hash::digest::os_path(p)) {
+            let _ = crate::hash::digest::hash_reader(algo, &mut f, buf.get());
+        }
+    }
+}
+
 /// The order the `j`-stream floor takes the files in: those of [`PARALLEL_BIG`] bytes or more
-/// first, biggest first, then the others in walk order (so no big file ends the loop with one
-/// thread alone, as `shmpool hash` sends big files first too).
+/// first, biggest first, then the others in walk order, so no big file ends the loop with one
+/// thread alone. `shmpool hash` comes close to this without matching it: its engine takes a
+/// big file ahead of the small ones only once the file has entered its window of walked files
+/// (in walk order, not biggest first over the whole tree).
 fn parallel_order(sizes: &[u64]) -> Vec<usize> {
     let mut big: Vec<usize> = (0..sizes.len())
         .filter(|&i| sizes[i] >= PARALLEL_BIG)
@@ -436,8 +443,9 @@ fn parallel_order(sizes: &[u64]) -> Vec<usize> {
     big
 }
 
-/// Files of this many bytes or more go first in the `j`-stream floor (`engine::MAP_MIN`).
-const PARALLEL_BIG: u64 = 256 << 10;
+/// Files of this many bytes or more go first in the `j`-stream floor: those the engine sends
+/// alone in their task.
+const PARALLEL_BIG: u64 = crate::hash::engine::MAP_MIN;
 
 /// Files a thread of the `j`-stream floor takes from the shared list at a time.
 const PARALLEL_GRAB: usize = 16;
@@ -460,42 +468,60 @@ struct Streams {
 ///
 /// This is what `j` cores give this loop when they run it together: on a VM whose virtual cores
 /// share physical ones, `j` streams of a hash can be much less than `j` times one stream.
-fn parallel_floor(paths: &[Vec<u8>], order: &[usize], algo: Algo, j: usize) -> (f64, f64) {
+///
+/// # Errors
+///
+/// A thread could not be started (those started are let go without hashing), or one panicked
+/// (a floor without its CPU time would be wrong, not smaller).
+fn parallel_floor(paths: &[Vec<u8>], order: &[usize], algo: Algo, j: usize) -> Result<(f64, f64)> {
     let next = std::sync::Mutex::new(0usize);
-    let start = std::sync::Barrier::new(j + 1);
+    // The start line: held for writing until every thread is spawned, then released with
+    // `true`, or with `false` if a spawn failed (the threads spawned so far then return at once;
+    // a barrier of `j + 1` would keep them waiting for ever).
+    let gate = std::sync::RwLock::new(false);
     std::thread::scope(|s| {
-        let threads: Vec<_> = (0..j)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut buf = crate::hash::digest::ReadBuf::new();
-                    start.wait();
-                    let t = thread_cpu();
-                    loop {
-                        let from = {
-                            let mut n = next.lock().unwrap_or_else(|e| e.into_inner());
-                            let from = *n;
-                            *n += PARALLEL_GRAB;
-                            from
-                        };
-                        let Some(mine) = order.get(from..(from + PARALLEL_GRAB).min(order.len()))
-                        else {
-                            break;
-                        };
-                        for &i in mine {
-                            let p = crate::hash::digest::os_path(&paths[i]);
-                            if let Ok(mut f) = std::fs::File::open(p) {
-                                let _ = crate::hash::digest::hash_reader(algo, &mut f, buf.get());
-                            }
-                        }
-                    }
-                    thread_cpu() - t
-                })
-            })
-            .collect();
-        start.wait();
+        let mut go = gate.write().unwrap_or_else(|e| e.into_inner());
+        let mut threads = Vec::with_capacity(j);
+        for n in 0..j {
+            let spawned = std::thread::Builder::new().spawn_scoped(s, || {
+                let mut buf = ReadBuf::new();
+                if !*gate.read().unwrap_or_else(|e| e.into_inner()) {
+                    return 0.0;
+                }
+                let t = thread_cpu();
+                loop {
+                    let from = {
+                        let mut n = next.lock().unwrap_or_else(|e| e.into_inner());
+                        let from = *n;
+                        *n += PARALLEL_GRAB;
+                        from
+                    };
+                    let Some(mine) = order.get(from..(from + PARALLEL_GRAB).min(order.len()))
+                    else {
+                        break;
+                    };
+                    hash_each(mine.iter().map(|&i| &paths[i]), algo, &mut buf);
+                }
+                thread_cpu() - t
+            });
+            match spawned {
+                Ok(h) => threads.push(h),
+                Err(e) => {
+                    drop(go);
+                    return Err(e).with_context(|| format!("starting thread {n} of the floor"));
+                }
+            }
+        }
+        *go = true;
+        drop(go);
         let t = Instant::now();
-        let cpu: f64 = threads.into_iter().map(|h| h.join().unwrap_or(0.0)).sum();
-        (t.elapsed().as_secs_f64(), cpu)
+        let mut cpu = 0.0;
+        for h in threads {
+            cpu += h
+                .join()
+                .map_err(|_| anyhow::anyhow!("a thread of the {j}-stream floor panicked"))?;
+        }
+        Ok((t.elapsed().as_secs_f64(), cpu))
     })
 }
 
@@ -540,5 +566,16 @@ mod tests {
         let k = 1 << 10;
         let sizes = [10, 300 * k, 5, 4 << 20, 256 * k, 0, 255 * k];
         assert_eq!(parallel_order(&sizes), [3, 1, 4, 0, 2, 5, 6]);
+    }
+
+    #[test]
+    fn a_panicked_thread_of_the_parallel_floor_fails_it_instead_of_counting_zero() {
+        // An index past `paths` makes the thread that takes it panic: the floor used to count
+        // that thread's CPU time as 0 and report a figure.
+        let paths = [b"/nonexistent".to_vec()];
+        let err = parallel_floor(&paths, &[0, 1], Algo::Sha256, 2).unwrap_err();
+        assert_eq!(err.to_string(), "a thread of the 2-stream floor panicked");
+        // The same floor over valid indices measures.
+        assert!(parallel_floor(&paths, &[0, 0], Algo::Sha256, 2).is_ok());
     }
 }
