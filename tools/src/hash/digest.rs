@@ -272,13 +272,18 @@ impl Opener {
         self.open_with(path, false)
     }
 
-    /// Opens `path` read-only; `nonblock`: with `O_NONBLOCK` (see [`open_regular`]).
+    /// Opens `path` read-only; `nonblock`: with `O_NONBLOCK`, and again without it if a lease
+    /// refuses that open (see [`open_regular`]).
     pub(crate) fn open_with(&mut self, path: &[u8], nonblock: bool) -> io::Result<File> {
         let flags = if nonblock { libc::O_NONBLOCK } else { 0 };
         if let Some(f) = self.open_relative(path, flags) {
             return Ok(f);
         }
-        open_path(path, flags)
+        if nonblock {
+            open_nonblock(path)
+        } else {
+            open_path(path, flags)
+        }
     }
 
     /// `openat` of the last component of `path` in its (cached) directory, with `flags` added
@@ -397,13 +402,21 @@ pub(crate) fn not_regular() -> io::Error {
 /// `EAGAIN`; the readers here ([`hash_open`], [`blake3_subtree`]) clear it when they meet
 /// that and read again. Clearing it on every file would be one more system call per file
 /// (`fcntl`), 117,772 of them over the toolchain tree.
+///
+/// A file under a conflicting lease (a Samba oplock, an NFS delegation, `fcntl(F_SETLEASE)`)
+/// refuses an `O_NONBLOCK` open at once with `EWOULDBLOCK` (open(2)), where a plain open waits
+/// for the lease break, as `sha256sum`'s does. On that error, if `stat` of the path says it is
+/// a regular file, it is opened again without `O_NONBLOCK` and waits the same way
+/// ([`open_nonblock`]). Residual race: a FIFO put in the file's place between that `stat` and
+/// that open blocks the worker in `open` as before this module opened with `O_NONBLOCK`; it
+/// takes a leased file replaced in that window of microseconds.
 pub(crate) fn open_regular(path: &[u8]) -> io::Result<(File, u64)> {
     open_regular_meta(path).map(|(f, meta)| (f, meta.len()))
 }
 
 /// [`open_regular`], with the whole `fstat`.
 fn open_regular_meta(path: &[u8]) -> io::Result<(File, std::fs::Metadata)> {
-    let f = open_path(path, libc::O_NONBLOCK)?;
+    let f = open_nonblock(path)?;
     let meta = f.metadata()?;
     if !meta.is_file() {
         return Err(not_regular());
@@ -420,6 +433,19 @@ pub(crate) struct FileId {
     pub(crate) dev: u64,
     pub(crate) ino: u64,
     pub(crate) size: u64,
+}
+
+/// `open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)`; if a lease refuses it (`EWOULDBLOCK`) and
+/// the path is a regular file, a blocking open that waits for the lease break (see
+/// [`open_regular`], with its residual race).
+fn open_nonblock(path: &[u8]) -> io::Result<File> {
+    match open_path(path, libc::O_NONBLOCK) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => match std::fs::metadata(os_path(path)) {
+            Ok(m) if m.is_file() => open_path(path, 0),
+            _ => Err(e),
+        },
+        r => r,
+    }
 }
 
 /// `open(path, O_RDONLY | O_CLOEXEC | flags)`.
@@ -1081,6 +1107,56 @@ mod fifo_tests {
         fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
             self.reader.as_fd()
         }
+    }
+
+    /// Takes a write lease on a new file, runs `open` on it (on another thread: it may wait for
+    /// the lease break) once the lease is held, and ends the lease when the kernel says that an
+    /// open broke it (SIGIO, which the lease holder gets); returns what `open` returned.
+    fn under_lease(name: &str, open: fn(&[u8]) -> io::Result<File>) -> io::Result<File> {
+        use std::os::fd::AsRawFd;
+        let path = std::env::temp_dir().join(format!(
+            "shmpool-digest-lease-{}-{name}",
+            std::process::id()
+        ));
+        std::fs::write(&path, b"leased").unwrap();
+        struct Remove(std::path::PathBuf);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        let path = Remove(path);
+        let (mut broke, on_sigio) = std::os::unix::net::UnixStream::pair().unwrap();
+        on_sigio.set_nonblocking(true).unwrap();
+        let id = signal_hook::low_level::pipe::register(libc::SIGIO, on_sigio).unwrap();
+        let holder = File::open(&path.0).unwrap();
+        // SAFETY: F_SETLEASE on a descriptor `holder` owns; no memory of ours is touched.
+        let r = unsafe { libc::fcntl(holder.as_raw_fd(), libc::F_SETLEASE, libc::F_WRLCK) };
+        assert_eq!(r, 0, "F_SETLEASE: {}", io::Error::last_os_error());
+        let p = path.0.as_os_str().as_encoded_bytes().to_vec();
+        let opening = std::thread::spawn(move || open(&p));
+        // A bound only so that a missing break fails instead of hanging.
+        broke
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        let mut byte = [0u8];
+        io::Read::read_exact(&mut broke, &mut byte).expect("no lease break (SIGIO)");
+        // SAFETY: as above; F_UNLCK ends the lease, and an open waiting for it goes on.
+        let r = unsafe { libc::fcntl(holder.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+        assert_eq!(r, 0, "F_SETLEASE F_UNLCK: {}", io::Error::last_os_error());
+        let got = unblocked(move || opening.join().unwrap());
+        signal_hook::low_level::unregister(id);
+        got
+    }
+
+    #[test]
+    fn a_file_under_a_lease_is_opened_once_the_lease_is_broken() {
+        // An O_NONBLOCK open of a leased file fails with EWOULDBLOCK instead of waiting for the
+        // lease break: the file was reported as failed. Now it waits, as sha256sum does.
+        let f = under_lease("regular", |p| open_regular(p).map(|(f, _)| f)).unwrap();
+        assert_eq!(std::io::read_to_string(f).unwrap(), "leased");
+        let f = under_lease("opener", |p| Opener::new().open_with(p, true)).unwrap();
+        assert_eq!(std::io::read_to_string(f).unwrap(), "leased");
     }
 
     #[test]
