@@ -615,17 +615,22 @@ fn bench_hash_times_every_contender_and_writes_a_csv() {
     let root = small_tree("hash-bench-tree");
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hash-bench-out");
     let _ = fs::remove_dir_all(&out);
-    let o = run(&[
-        os("bench"),
-        os("hash"),
-        root.as_os_str(),
-        os("--runs"),
-        os("1"),
-        os("--no-python"),
-        os("--out"),
-        out.as_os_str(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    // One round over the small tree, the CSV into `out`; `only` picks the contenders.
+    let bench = |only: &str| {
+        let o = run(&[
+            os("bench"),
+            os("hash"),
+            root.as_os_str(),
+            os("--runs"),
+            os("1"),
+            os(only),
+            os("--out"),
+            out.as_os_str(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        o
+    };
+    let o = bench("--no-python");
     let table = String::from_utf8_lossy(&o.stdout);
     for row in [
         "| shmpool hash -a sha512 -j 2 | sha512 |",
@@ -654,17 +659,7 @@ fn bench_hash_times_every_contender_and_writes_a_csv() {
         rows[1]
     );
     // --shmpool-only: our three commands and the floors, no other tool.
-    let o = run(&[
-        os("bench"),
-        os("hash"),
-        root.as_os_str(),
-        os("--runs"),
-        os("1"),
-        os("--shmpool-only"),
-        os("--out"),
-        out.as_os_str(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = bench("--shmpool-only");
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(table.contains("| shmpool hash -a blake3 -j 2 |"), "{table}");
     assert!(table.contains("sha256: 2-stream floor "), "{table}");
