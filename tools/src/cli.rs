@@ -145,6 +145,13 @@ pub(crate) struct HashBenchArgs {
     #[arg(long)]
     pub(crate) shmpool_only: bool,
 
+    /// Cold cache: before every timed command and every floor measurement, drop the tree's
+    /// pages from the page cache (posix_fadvise DONTNEED on each file; only clean, unmapped
+    /// pages go, so nothing is lost, but every other reader of those files reads them from
+    /// disk again). The eviction is not timed
+    #[arg(long)]
+    pub(crate) cold: bool,
+
     /// Python interpreter for the seed program
     #[arg(long, value_name = "PATH", default_value = "python3")]
     pub(crate) python: PathBuf,

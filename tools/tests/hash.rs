@@ -615,9 +615,10 @@ fn bench_hash_times_every_contender_and_writes_a_csv() {
     let root = small_tree("hash-bench-tree");
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hash-bench-out");
     let _ = fs::remove_dir_all(&out);
-    // One round over the small tree, the CSV into `out`; `only` picks the contenders.
-    let bench = |only: &str| {
-        let o = run(&[
+    // One round over the small tree, the CSV into `out`; `only` picks the contenders, `more`
+    // adds options.
+    let bench_with = |only: &str, more: &[&str]| {
+        let mut args = vec![
             os("bench"),
             os("hash"),
             root.as_os_str(),
@@ -626,10 +627,13 @@ fn bench_hash_times_every_contender_and_writes_a_csv() {
             os(only),
             os("--out"),
             out.as_os_str(),
-        ]);
+        ];
+        args.extend(more.iter().map(|m| os(m)));
+        let o = run(&args);
         assert!(o.status.success(), "{}", stderr(&o));
         o
     };
+    let bench = |only: &str| bench_with(only, &[]);
     let o = bench("--no-python");
     let table = String::from_utf8_lossy(&o.stdout);
     for row in [
@@ -648,15 +652,27 @@ fn bench_hash_times_every_contender_and_writes_a_csv() {
     let rows: Vec<&str> = csv.lines().collect();
     assert_eq!(
         rows[0],
-        "round,command,algo,seconds,cpu_seconds,files,bytes"
+        "round,command,algo,seconds,cpu_seconds,files,bytes,disk_bytes"
     );
     // 3 x shmpool, 2 x xargs, b3sum (and rhash/hashdeep when installed).
     assert!(rows.len() > 6, "{csv}");
-    // 4 files, 9 MiB + 6 bytes.
+    // 4 files, 9 MiB + 6 bytes, then the bytes read from disk.
+    let tree_bytes: u64 = (9 << 20) + 6;
+    let (rest, disk) = rows[1].rsplit_once(',').unwrap();
+    assert!(rest.ends_with(&format!(",4,{tree_bytes}")), "{}", rows[1]);
+    disk.parse::<u64>().unwrap();
+    // Every row of the table ends with its disk MB, a number.
+    assert!(table.contains("| CPU / shmpool's | disk MB |"), "{table}");
+    let disk_mb = |table: &str, row: &str| -> f64 {
+        let line = table.lines().find(|l| l.starts_with(row)).unwrap();
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // "| a | ... | disk |" splits into "", a, ..., disk, "".
+        cells[cells.len() - 2].parse().unwrap()
+    };
+    disk_mb(&table, "| xargs b3sum (its own threads) |");
     assert!(
-        rows[1].ends_with(&format!(",4,{}", (9 << 20) + 6)),
-        "{}",
-        rows[1]
+        table.contains("disk MB = bytes read from storage"),
+        "{table}"
     );
     // --shmpool-only: our three commands and the floors, no other tool.
     let o = bench("--shmpool-only");
@@ -668,6 +684,53 @@ fn bench_hash_times_every_contender_and_writes_a_csv() {
     let csv = fs::read_to_string(out.join("hash.csv")).unwrap();
     assert_eq!(csv.lines().count(), 7, "{csv}");
     assert!(csv.contains(",\"2-stream floor\",sha512,"), "{csv}");
+    // The tree was just read (the bench's check): warm, `shmpool hash` reads (almost) nothing
+    // from disk. (DAMON's pageout takes pages idle for a minute; these are seconds old.)
+    assert!(table.contains(", warm cache, -j 2;"), "{table}");
+    let warm = disk_mb(&table, "| shmpool hash -a sha256 -j 2 |");
+    assert!(warm * 1e6 < tree_bytes as f64 / 2.0, "{table}");
+    // The disk column's figures, per round in the CSV.
+    let disk_of = |csv: &str| -> Vec<(String, u64)> {
+        csv.lines()
+            .skip(1)
+            .map(|l| {
+                let (rest, disk) = l.rsplit_once(',').unwrap();
+                (rest.to_string(), disk.parse().unwrap())
+            })
+            .collect()
+    };
+
+    // --cold: the tree leaves the page cache before every command and floor, so each of them
+    // reads all of it from disk. Only clean pages are dropped: write the new tree back first.
+    for f in ["a", "back\\slash", "new\nline", "sub/big"] {
+        fs::File::open(root.join(f)).unwrap().sync_all().unwrap();
+    }
+    let o = bench_with("--shmpool-only", &["--cold"]);
+    let table = String::from_utf8_lossy(&o.stdout);
+    for line in [
+        ", cold cache (the tree evicted before every command and floor), -j 2;",
+        "cold: before every command and floor measurement the tree left the page cache \
+         (posix_fadvise DONTNEED on 4 files, 0 skipped): 12 evictions,",
+        "measured floor = CPU of one thread",
+        "each of its two passes starts cold",
+        "CPU floor ",
+    ] {
+        assert!(table.contains(line), "{line} missing from\n{table}");
+    }
+    assert!(!table.contains("NOT COLD"), "{table}");
+    assert!(!table.contains("warm cache"), "{table}");
+    // (The table rounds to 0.1 MB.)
+    let cold = disk_mb(&table, "| shmpool hash -a blake3 -j 2 |");
+    assert!(cold >= tree_bytes as f64 / 1e6 - 0.05, "{table}");
+    let csv = fs::read_to_string(out.join("hash.csv")).unwrap();
+    let rows = disk_of(&csv);
+    assert_eq!(rows.len(), 6, "{csv}");
+    for (row, disk) in rows {
+        assert!(
+            disk >= tree_bytes,
+            "{row}: {disk} bytes from disk, cold\n{csv}"
+        );
+    }
     fs::remove_dir_all(&root).unwrap();
 }
 
