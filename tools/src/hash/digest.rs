@@ -204,12 +204,120 @@ pub(crate) fn hash_file(
 }
 
 /// What [`hash_small`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Small {
     /// The digest, and the bytes hashed.
     Digest(Digest, u64),
     /// Not hashed: a regular file of this many bytes, at least the limit given.
     Big(u64),
+    /// Not hashed yet: a regular file whose first bytes are not in the page cache. The kernel
+    /// has started reading it; [`Pending::finish`] hashes it, later (see [`NoWait`]).
+    Pending(Pending),
+}
+
+/// A small file whose reading from disk has started and not finished (see [`NoWait`]): its
+/// open descriptor, at offset 0, and its size as `fstat` gave it.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    file: File,
+    size: u64,
+}
+
+impl Pending {
+    /// Hashes the file (waiting for the disk if its pages have not come yet); the digest and
+    /// the bytes hashed.
+    pub(crate) fn finish(mut self, algo: Algo, buf: &mut [u8]) -> io::Result<(Digest, u64)> {
+        let d = hash_open(algo, &mut self.file, Some(self.size), buf)?;
+        Ok((d, self.size))
+    }
+}
+
+/// Reads that do not wait for the disk, tried on the first read of each small file of a task.
+///
+/// "Warm" trees are not all warm: on these VMs a DAMON scheme pages out file pages left unread
+/// for about a minute, and in a run over the toolchain tree a few seconds after another, the
+/// two workers still spent 0.2–0.7 s of their ~2.3 s in `D` state, waiting for single pages
+/// of small files while a core sat idle (`perf sched`, `sched_switch` stacks in
+/// `filemap_get_pages`). So the first read of a small file is `preadv2(RWF_NOWAIT)`: a file
+/// whose first pages are in the page cache (nearly all of them) is read as before, in the
+/// same one system call; one whose first pages are not answers `EAGAIN` at once, having
+/// started their reading (the kernel's readahead), and is set aside ([`Small::Pending`],
+/// with a `POSIX_FADV_WILLNEED` for the rest of it) while the worker hashes the next files of
+/// its task. The files set aside are hashed at the end of the task, or when too many are
+/// waiting ([`MAX_PENDING`](crate::hash::engine)), by then mostly read. On a cold tree this
+/// keeps many reads in flight per worker instead of one.
+///
+/// A filesystem or kernel that refuses the flag (`EOPNOTSUPP`: kernfs, some FUSE and network
+/// filesystems; `EINVAL`/`ENOSYS` before Linux 4.14) is read the usual way for the rest of the
+/// task.
+#[derive(Debug)]
+pub(crate) struct NoWait {
+    on: bool,
+}
+
+impl NoWait {
+    /// Tries reads that do not wait, until refused.
+    pub(crate) fn new() -> NoWait {
+        NoWait { on: true }
+    }
+
+    /// Never tries them (the tests' reference path).
+    #[cfg(test)]
+    pub(crate) fn off() -> NoWait {
+        NoWait { on: false }
+    }
+}
+
+/// What one read that does not wait gave.
+enum Try {
+    /// This many bytes (0: the end of the file).
+    Read(usize),
+    /// None of the bytes asked for is in the page cache; the kernel has started reading them.
+    Cold,
+    /// This file (or kernel) does not take `RWF_NOWAIT`.
+    Refused,
+}
+
+/// One `preadv2(RWF_NOWAIT)` of `f` into `buf`: at `offset`, or at (and advancing) the file
+/// position when `offset` is `None`.
+fn read_nowait(f: &File, buf: &mut [u8], offset: Option<u64>) -> io::Result<Try> {
+    use std::os::fd::AsRawFd;
+    let offset = match offset {
+        Some(o) => {
+            libc::off_t::try_from(o).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?
+        }
+        None => -1,
+    };
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    loop {
+        // SAFETY: `iov` describes `buf`, which is valid for writes of `buf.len()` bytes and
+        // outlives the call; the descriptor is open (owned by `f`, borrowed for the call).
+        let n = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+        if let Ok(n) = usize::try_from(n) {
+            return Ok(Try::Read(n));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(libc::EAGAIN) => return Ok(Try::Cold),
+            Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => return Ok(Try::Refused),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// `posix_fadvise(POSIX_FADV_WILLNEED)` of `len` bytes of `f` from `offset`: the kernel starts
+/// reading them into the page cache and returns. Only a hint: a failure changes nothing.
+fn will_need(f: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return;
+    };
+    // SAFETY: fadvise reads no memory of ours; the descriptor is open (owned by `f`).
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED) };
 }
 
 /// Hashes the file at `path` unless it is a regular file of at least `big_from` bytes (the
@@ -221,12 +329,16 @@ pub(crate) enum Small {
 /// ([`not_regular`]). Otherwise (a path named on the command line or in a manifest) it is
 /// opened and read whatever it is, as `sha256sum` does: a FIFO named there is read once a
 /// writer opens it.
+///
+/// `nowait`: whether to try the first read without waiting for the disk; a regular file whose
+/// first bytes are not in the page cache then comes back [`Small::Pending`] (see [`NoWait`]).
 pub(crate) fn hash_small(
     algo: Algo,
     opener: &mut Opener,
     path: &[u8],
     big_from: u64,
     known_regular: bool,
+    nowait: &mut NoWait,
     buf: &mut [u8],
 ) -> io::Result<Small> {
     let mut f = opener.open_with(path, known_regular)?;
@@ -235,11 +347,31 @@ pub(crate) fn hash_small(
     if known_regular && !regular {
         return Err(not_regular());
     }
-    if regular && meta.len() >= big_from {
-        return Ok(Small::Big(meta.len()));
+    let size = meta.len();
+    if regular && size >= big_from {
+        return Ok(Small::Big(size));
     }
-    let digest = hash_open(algo, &mut f, regular.then_some(meta.len()), buf)?;
-    Ok(Small::Digest(digest, if regular { meta.len() } else { 0 }))
+    let mut h = Hasher::new(algo);
+    let mut total = 0u64;
+    // Files that say 0 bytes (empty, or in /proc) are read the usual way.
+    if regular && size > 0 && nowait.on {
+        match read_nowait(&f, buf, None)? {
+            Try::Cold => {
+                will_need(&f, 0, size);
+                return Ok(Small::Pending(Pending { file: f, size }));
+            }
+            Try::Refused => nowait.on = false,
+            Try::Read(n) => {
+                h.update(&buf[..n]);
+                total = n as u64;
+                if n < buf.len() && total == size {
+                    return Ok(Small::Digest(h.finish(), size));
+                }
+            }
+        }
+    }
+    let digest = read_rest(h, total, &mut f, regular.then_some(size), buf)?;
+    Ok(Small::Digest(digest, if regular { size } else { 0 }))
 }
 
 /// Opens files by name relative to their directory, kept open while the next paths share it.
@@ -366,8 +498,18 @@ fn hash_open(
     size: Option<u64>,
     buf: &mut [u8],
 ) -> io::Result<Digest> {
-    let mut h = Hasher::new(algo);
-    let mut total = 0u64;
+    read_rest(Hasher::new(algo), 0, f, size, buf)
+}
+
+/// [`hash_open`] of a file of which `total` bytes are already in `h`, read from the file's
+/// position.
+fn read_rest(
+    mut h: Hasher,
+    mut total: u64,
+    f: &mut (impl Read + std::os::fd::AsFd),
+    size: Option<u64>,
+    buf: &mut [u8],
+) -> io::Result<Digest> {
     loop {
         match f.read(buf) {
             Ok(0) => return Ok(h.finish()),
@@ -488,21 +630,36 @@ pub(crate) fn hash_mapped(algo: Algo, path: &[u8], buf: &mut [u8]) -> io::Result
         None => return hash_open(algo, &mut f, Some(size), buf),
     };
     let mut h = Hasher::new(algo);
-    in_windows(&map, 0..map.len(), |window| h.update(window));
+    // A window whose first page is not in the page cache is asked for whole before it is
+    // hashed (and the next one while this one is): else each page fault waits for the disk to
+    // bring a readahead window of 128 KiB (see [`NoWait`]). One read of a byte that does not
+    // wait tells, without waiting.
+    let ask = |at: usize| {
+        let mut probe = [0u8; 1];
+        if at < map.len() && matches!(read_nowait(&f, &mut probe, Some(at as u64)), Ok(Try::Cold)) {
+            will_need(&f, at as u64, MAP_WINDOW as u64);
+        }
+    };
+    ask(0);
+    in_windows(&map, 0..map.len(), |at, window| {
+        ask(at + window.len());
+        h.update(window);
+    });
     Ok(h.finish())
 }
 
-/// Gives `map[range]` to `f` a window at a time, each window ending at a multiple of
-/// [`MAP_WINDOW`] from the start of the mapping (or at `range.end`), and releases each window's
-/// pages once `f` has read them. `map` is a whole read-only file mapping; `range` lies inside it.
-fn in_windows(map: &[u8], range: std::ops::Range<usize>, mut f: impl FnMut(&[u8])) {
+/// Gives `map[range]` to `f` a window at a time, with its offset in `map`, each window ending
+/// at a multiple of [`MAP_WINDOW`] from the start of the mapping (or at `range.end`), and
+/// releases each window's pages once `f` has read them. `map` is a whole read-only file
+/// mapping; `range` lies inside it.
+fn in_windows(map: &[u8], range: std::ops::Range<usize>, mut f: impl FnMut(usize, &[u8])) {
     debug_assert!(range.start <= range.end && range.end <= map.len());
     let mut at = range.start;
     while at < range.end {
         let end = (at / MAP_WINDOW + 1)
             .saturating_mul(MAP_WINDOW)
             .min(range.end);
-        f(&map[at..end]);
+        f(at, &map[at..end]);
         // From the window's MAP_WINDOW boundary, which is page-aligned (the mapping is): pages
         // before `at` that it drops are faulted back in if anything reads them again.
         release(&map[at / MAP_WINDOW * MAP_WINDOW..end]);
@@ -579,6 +736,21 @@ pub(crate) fn blake3_subtree(
         }
     };
     let mut done = 0u64;
+    // The first read does not wait for the disk: if it cannot give all it asked for, the rest
+    // of the piece is asked for at once (`POSIX_FADV_WILLNEED`), so the disk reads ahead of
+    // the hash instead of a readahead window at a time (see [`NoWait`]).
+    let first = usize::try_from(len.min(buf.len() as u64)).unwrap_or(buf.len());
+    match read_nowait(&f, &mut buf[..first], Some(offset))? {
+        Try::Read(n) => {
+            h.update(&buf[..n]);
+            done = n as u64;
+            if n < first {
+                will_need(&f, offset + done, len - done);
+            }
+        }
+        Try::Cold => will_need(&f, offset, len),
+        Try::Refused => {}
+    }
     while done < len {
         let want = usize::try_from((len - done).min(buf.len() as u64)).unwrap_or(buf.len());
         match f.read_at(&mut buf[..want], offset + done) {
@@ -686,6 +858,24 @@ mod tests {
         merge(input.len() as u64, piece, &cvs).unwrap()
     }
 
+    /// What `hash_small` answered, comparable: a file set aside (`Small::Pending`) is hashed.
+    #[derive(Debug, PartialEq)]
+    pub(super) enum Got {
+        Digest(Digest, u64),
+        Big(u64),
+    }
+
+    pub(super) fn got(s: io::Result<Small>, algo: Algo) -> Got {
+        match s.unwrap() {
+            Small::Digest(d, n) => Got::Digest(d, n),
+            Small::Big(n) => Got::Big(n),
+            Small::Pending(p) => {
+                let (d, n) = p.finish(algo, &mut vec![0u8; 4096]).unwrap();
+                Got::Digest(d, n)
+            }
+        }
+    }
+
     #[test]
     fn read_buffers_are_page_aligned_whatever_malloc_returns() {
         // Allocations of every size around it shift where malloc puts the next one.
@@ -764,14 +954,23 @@ mod tests {
                 assert_eq!(hash_file(algo, &p, Some(0), &mut buf).unwrap(), want);
                 assert_eq!(hash_mapped(algo, &p, &mut buf).unwrap(), want);
                 let mut opener = Opener::new();
+                let mut small = |big_from, buf: &mut [u8]| {
+                    let s = hash_small(
+                        algo,
+                        &mut opener,
+                        &p,
+                        big_from,
+                        true,
+                        &mut NoWait::new(),
+                        buf,
+                    );
+                    got(s, algo)
+                };
                 assert_eq!(
-                    hash_small(algo, &mut opener, &p, len as u64 + 1, true, &mut buf).unwrap(),
-                    Small::Digest(want, len as u64)
+                    small(len as u64 + 1, &mut buf),
+                    Got::Digest(want, len as u64)
                 );
-                assert_eq!(
-                    hash_small(algo, &mut opener, &p, len as u64, true, &mut buf).unwrap(),
-                    Small::Big(len as u64)
-                );
+                assert_eq!(small(len as u64, &mut buf), Got::Big(len as u64));
             }
             if len as u64 > 1024 {
                 let cvs: Vec<_> = plan(len as u64, 1024)
@@ -801,8 +1000,19 @@ mod tests {
         }
         let mut opener = Opener::new();
         assert_eq!(
-            hash_small(Algo::Sha256, &mut opener, &p, u64::MAX, true, &mut buf).unwrap(),
-            Small::Digest(
+            got(
+                hash_small(
+                    Algo::Sha256,
+                    &mut opener,
+                    &p,
+                    u64::MAX,
+                    true,
+                    &mut NoWait::new(),
+                    &mut buf
+                ),
+                Algo::Sha256
+            ),
+            Got::Digest(
                 hash_mapped(Algo::Sha256, &p, &mut buf).unwrap(),
                 input.len() as u64
             )
@@ -974,6 +1184,7 @@ mod map_tests {
 
 #[cfg(test)]
 mod fifo_tests {
+    use super::tests::{Got, got};
     use super::*;
     use std::sync::mpsc;
     use std::time::Duration;
@@ -1030,9 +1241,17 @@ mod fifo_tests {
             let mut buf = vec![0u8; 4096];
             let mut opener = Opener::new();
             [
-                hash_small(Algo::Sha256, &mut opener, &q, u64::MAX, true, &mut buf)
-                    .map(|_| ())
-                    .unwrap_err(),
+                hash_small(
+                    Algo::Sha256,
+                    &mut opener,
+                    &q,
+                    u64::MAX,
+                    true,
+                    &mut NoWait::new(),
+                    &mut buf,
+                )
+                .map(|_| ())
+                .unwrap_err(),
                 hash_mapped(Algo::Sha512, &q, &mut buf)
                     .map(|_| ())
                     .unwrap_err(),
@@ -1057,21 +1276,22 @@ mod fifo_tests {
                 std::io::Write::write_all(&mut w, b"abc").unwrap();
             })
         };
-        let got = unblocked(move || {
+        let hashed = unblocked(move || {
             let mut buf = vec![0u8; 4096];
-            hash_small(
+            let s = hash_small(
                 Algo::Sha256,
                 &mut Opener::new(),
                 &p,
                 u64::MAX,
                 false,
+                &mut NoWait::new(),
                 &mut buf,
-            )
-            .unwrap()
+            );
+            got(s, Algo::Sha256)
         });
         writer.join().unwrap();
         let want = Digest::new(&sha2::Sha256::digest(b"abc")).unwrap();
-        assert_eq!(got, Small::Digest(want, 0));
+        assert_eq!(hashed, Got::Digest(want, 0));
         drop(fifo);
     }
 
@@ -1179,5 +1399,152 @@ mod fifo_tests {
         assert!(late.writer.is_none() && late.blocking());
         assert_eq!(got.as_slice(), blake3::hash(b"late").as_bytes());
         drop(fifo);
+    }
+}
+
+/// Files whose pages are not in the page cache, for the tests of the reads that do not wait.
+#[cfg(test)]
+pub(crate) mod cold {
+    use std::os::fd::AsRawFd;
+    use std::path::{Path, PathBuf};
+
+    /// A fresh directory for such files, removed when the guard drops (a failed test too).
+    ///
+    /// Beside the test binary, in the build directory: on the disk of the checkout, where
+    /// `POSIX_FADV_DONTNEED` drops clean pages. `/tmp` may be tmpfs, whose pages it cannot drop.
+    pub(crate) struct Dir(pub(crate) PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    pub(crate) fn dir(name: &str) -> Dir {
+        let exe = std::env::current_exe().unwrap();
+        let d = exe
+            .parent()
+            .unwrap()
+            .join(format!("shmpool-cold-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+
+    /// Drops the pages of the file at `path` from the page cache (written back first), and
+    /// checks that its first page is gone.
+    pub(crate) fn evict(path: &Path) {
+        let f = std::fs::File::open(path).unwrap();
+        f.sync_all().unwrap();
+        // SAFETY: fadvise reads no memory of ours; the descriptor is open (owned by `f`).
+        let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(r, 0);
+        // Checked with `mincore`, which starts no reading (a read that does not wait would:
+        // the file could then be back in the cache before the test reads it).
+        // SAFETY: the mapping is only passed to `mincore`, never read.
+        let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
+        let mut vec = [0u8; 1];
+        // SAFETY: `map` is a live mapping of at least one page (the files here are not empty);
+        // `mincore` writes one byte per page of the 1-byte range into `vec`.
+        let r = unsafe { libc::mincore(map.as_ptr().cast_mut().cast(), 1, vec.as_mut_ptr()) };
+        assert_eq!(r, 0);
+        assert!(
+            vec[0] & 1 == 0,
+            "{}: its pages stayed in the page cache (this test needs a filesystem whose clean \
+             pages POSIX_FADV_DONTNEED drops, as ext4's and xfs's are)",
+            path.display()
+        );
+    }
+}
+
+#[cfg(test)]
+mod cold_tests {
+    use super::tests::{Got, got};
+    use super::*;
+
+    fn data(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+    }
+
+    #[test]
+    fn a_small_file_not_in_the_page_cache_is_set_aside_and_hashed_later() {
+        let dir = cold::dir("small");
+        let path = dir.0.join("f");
+        let p = path.as_os_str().as_encoded_bytes().to_vec();
+        let mut buf = vec![0u8; 4096];
+        // One read, and more than one, for each algorithm.
+        for len in [3000usize, 100_000] {
+            let input = data(len, len as u8);
+            std::fs::write(&path, &input).unwrap();
+            for algo in [Algo::Sha256, Algo::Sha512, Algo::Blake3] {
+                let want = hash_reader(algo, &mut &input[..], &mut buf).unwrap();
+                cold::evict(&path);
+                let mut nowait = NoWait::new();
+                let s = hash_small(
+                    algo,
+                    &mut Opener::new(),
+                    &p,
+                    u64::MAX,
+                    true,
+                    &mut nowait,
+                    &mut buf,
+                );
+                let Ok(Small::Pending(pending)) = s else {
+                    panic!("a cold file was not set aside: {s:?}");
+                };
+                assert_eq!(pending.finish(algo, &mut buf).unwrap(), (want, len as u64));
+                // A warm file is hashed at once; so is a cold one when not trying.
+                let s = hash_small(
+                    algo,
+                    &mut Opener::new(),
+                    &p,
+                    u64::MAX,
+                    true,
+                    &mut nowait,
+                    &mut buf,
+                );
+                assert!(matches!(s, Ok(Small::Digest(..))), "{s:?}");
+                assert_eq!(got(s, algo), Got::Digest(want, len as u64));
+                cold::evict(&path);
+                let s = hash_small(
+                    algo,
+                    &mut Opener::new(),
+                    &p,
+                    u64::MAX,
+                    true,
+                    &mut NoWait::off(),
+                    &mut buf,
+                );
+                assert!(matches!(s, Ok(Small::Digest(..))), "{s:?}");
+                assert_eq!(got(s, algo), Got::Digest(want, len as u64));
+            }
+        }
+    }
+
+    #[test]
+    fn cold_pieces_and_cold_mapped_files_give_the_same_digests() {
+        let dir = cold::dir("big");
+        let path = dir.0.join("f");
+        let p = path.as_os_str().as_encoded_bytes().to_vec();
+        // Over two mapping windows, so the mapped hash asks for a window ahead.
+        let input = data(2 * MAP_WINDOW + 12_345, 7);
+        std::fs::write(&path, &input).unwrap();
+        let mut buf = vec![0u8; READ_BUF];
+        for algo in [Algo::Sha256, Algo::Sha512] {
+            let want = hash_reader(algo, &mut &input[..], &mut buf).unwrap();
+            cold::evict(&path);
+            assert_eq!(hash_mapped(algo, &p, &mut buf).unwrap(), want);
+        }
+        let piece = 1 << 20;
+        let total = input.len() as u64;
+        cold::evict(&path);
+        let cvs: Vec<_> = plan(total, piece)
+            .into_iter()
+            .map(|(o, l)| blake3_subtree(&p, o, l, &mut buf).unwrap().0)
+            .collect();
+        assert_eq!(
+            merge(total, piece, &cvs).unwrap(),
+            *blake3::hash(&input).as_bytes()
+        );
     }
 }

@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use shmpool::Pool;
 
 use super::Algo;
-use super::digest::{self, Digest, Opener, ReadBuf, Small};
+use super::digest::{self, Digest, NoWait, Opener, ReadBuf, Small};
 use super::walk::Source;
 
 /// Most sources held in the window (waiting, in flight, or done and not yet printed).
@@ -63,6 +63,9 @@ pub(crate) const BLAKE3_PIECE: u64 = 4 << 20;
 pub(crate) const MAX_PIECES: u64 = 1024;
 /// Smallest file hashed through a mapping, alone in its task (SHA-2 only: see `Engine::maps`).
 pub(crate) const MAP_MIN: u64 = 256 << 10;
+/// Most small files a task sets aside while the disk reads them (each holds a descriptor open
+/// until it is hashed; see [`run_task`]).
+const MAX_PENDING: usize = 64;
 /// Sources taken from the walk per turn of the loop.
 const INTAKE_BATCH: usize = 256;
 /// Longest wait for a result before the loop looks at the interrupt flag again.
@@ -197,16 +200,28 @@ mod bytes {
 }
 
 /// Runs in a worker: hashes every job of the task, with one read buffer per worker process.
+///
+/// A small file whose first pages are not in the page cache is set aside while the kernel
+/// reads it (`digest::NoWait`), and hashed once the task's other jobs are done, or when
+/// [`MAX_PENDING`] files wait (the oldest first); the answers keep the jobs' order.
 pub(crate) fn run_task(task: Task) -> Reply {
     thread_local! {
         static BUF: std::cell::RefCell<ReadBuf> = std::cell::RefCell::new(ReadBuf::new());
     }
-    let mut reply = Reply {
-        answers: Vec::with_capacity(task.jobs.len()),
-        digests: Vec::with_capacity(task.jobs.len() * task.algo.digest_len()),
-    };
+    type Done = io::Result<(Option<Digest>, Answer)>;
+    let mut done: Vec<Option<Done>> = Vec::with_capacity(task.jobs.len());
+    let mut pending: VecDeque<(usize, digest::Pending)> = VecDeque::new();
     let mut opener = Opener::new();
+    let mut nowait = NoWait::new();
+    let max_pending = max_pending();
     let mut paths = &task.paths[..];
+    let finish =
+        |(at, p): (usize, digest::Pending), done: &mut Vec<Option<Done>>, buf: &mut [u8]| {
+            done[at] = Some(
+                p.finish(task.algo, buf)
+                    .map(|(d, n)| (Some(d), Answer::Done(n))),
+            );
+        };
     BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
         let buf = buf.get();
@@ -215,9 +230,7 @@ pub(crate) fn run_task(task: Task) -> Reply {
                 Job::Whole { path_len, .. } | Job::Part { path_len, .. } => path_len as usize,
             };
             let Some(path) = paths.get(..path_len) else {
-                reply
-                    .answers
-                    .push(Answer::Failed("internal error: bad task".into()));
+                done.push(Some(Err(io::Error::other("internal error: bad task"))));
                 continue;
             };
             paths = &paths[path_len..];
@@ -232,31 +245,82 @@ pub(crate) fn run_task(task: Task) -> Reply {
                     map: false,
                     regular,
                     ..
-                } => digest::hash_small(task.algo, &mut opener, path, task.big_from, regular, buf)
-                    .map(|s| match s {
-                        Small::Digest(d, n) => (Some(d), Answer::Done(n)),
-                        Small::Big(n) => (None, Answer::Big(n)),
-                    }),
+                } => {
+                    let small = digest::hash_small(
+                        task.algo,
+                        &mut opener,
+                        path,
+                        task.big_from,
+                        regular,
+                        &mut nowait,
+                        buf,
+                    );
+                    match small {
+                        Ok(Small::Pending(p)) => {
+                            pending.push_back((done.len(), p));
+                            done.push(None);
+                            while pending.len() > max_pending {
+                                let oldest = pending.pop_front().expect("more than none");
+                                finish(oldest, &mut done, buf);
+                            }
+                            continue;
+                        }
+                        Ok(Small::Digest(d, n)) => Ok((Some(d), Answer::Done(n))),
+                        Ok(Small::Big(n)) => Ok((None, Answer::Big(n))),
+                        Err(e) => Err(e),
+                    }
+                }
                 Job::Part { offset, len, .. } => digest::blake3_subtree(path, offset, len, buf)
                     .map(|(cv, id)| {
                         let cv = Digest::new(&cv).expect("a chaining value is 32 bytes");
                         (Some(cv), Answer::Piece(len, id))
                     }),
             };
-            match r {
-                Ok((d, answer)) => {
-                    if let Some(d) = d {
-                        reply.digests.extend_from_slice(d.as_slice());
-                    }
-                    reply.answers.push(answer);
-                }
-                Err(e) => reply
-                    .answers
-                    .push(Answer::Failed(super::format::reason(&e))),
-            }
+            done.push(Some(r));
+        }
+        for p in pending.drain(..) {
+            finish(p, &mut done, buf);
         }
     });
+    let mut reply = Reply {
+        answers: Vec::with_capacity(done.len()),
+        digests: Vec::with_capacity(done.len() * task.algo.digest_len()),
+    };
+    for r in done {
+        match r.expect("every pending file was finished") {
+            Ok((d, answer)) => {
+                if let Some(d) = d {
+                    reply.digests.extend_from_slice(d.as_slice());
+                }
+                reply.answers.push(answer);
+            }
+            Err(e) => reply
+                .answers
+                .push(Answer::Failed(super::format::reason(&e))),
+        }
+    }
     reply
+}
+
+/// How many small files a task may set aside, under this process's soft limit on open
+/// descriptors ([`pending_limit`]).
+fn max_pending() -> usize {
+    // SAFETY: getrlimit writes one `rlimit` into the value we own.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RLIMIT_NOFILE is a valid resource.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    pending_limit(lim.rlim_cur)
+}
+
+/// How many small files a task may set aside when a process may hold `soft` descriptors:
+/// [`MAX_PENDING`], or, under a low `ulimit -n`, a quarter of those above the first 48 (each
+/// file set aside holds one open; the worker's own, and its jobs' other opens, keep the rest,
+/// so a limit that let a run through before still does).
+fn pending_limit(soft: libc::rlim_t) -> usize {
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+    MAX_PENDING.min(soft.saturating_sub(48) / 4)
 }
 
 /// The largest piece a BLAKE3 file of `size` bytes is cut into: [`BLAKE3_PIECE`], or for a file
@@ -1057,6 +1121,56 @@ mod tests {
 
         fn wait(&self, _rx: &mpsc::Receiver<Msg>, _timeout: Duration) -> Option<Msg> {
             self.replies.borrow_mut().pop_front()
+        }
+    }
+
+    #[test]
+    fn a_low_descriptor_limit_sets_fewer_files_aside() {
+        assert_eq!(pending_limit(libc::RLIM_INFINITY), MAX_PENDING);
+        assert_eq!(pending_limit(1024), MAX_PENDING);
+        assert_eq!(pending_limit(112), 16);
+        assert_eq!(pending_limit(50), 0);
+        assert_eq!(pending_limit(0), 0);
+    }
+
+    #[test]
+    fn files_set_aside_for_the_disk_keep_their_place_in_the_answers() {
+        // More cold files in one task than it sets aside at once, between warm ones.
+        let dir = digest::cold::dir("engine");
+        let n = 3 * MAX_PENDING;
+        let inputs: Vec<Vec<u8>> = (0..n)
+            .map(|i| {
+                (0..(i * 37 % 5000 + 1))
+                    .map(|j| (i * 7 + j) as u8)
+                    .collect()
+            })
+            .collect();
+        let paths: Vec<_> = (0..n).map(|i| dir.0.join(format!("f{i:04}"))).collect();
+        for (p, input) in paths.iter().zip(&inputs) {
+            std::fs::write(p, input).unwrap();
+        }
+        let refs: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
+        for algo in [Algo::Sha256, Algo::Blake3] {
+            for (i, p) in paths.iter().enumerate() {
+                if i % 4 != 0 {
+                    digest::cold::evict(p);
+                }
+            }
+            let mut buf = vec![0u8; 4096];
+            let want: Vec<_> = paths
+                .iter()
+                .zip(&inputs)
+                .map(|(p, input)| {
+                    let d = digest::hash_reader(algo, &mut &input[..], &mut buf).unwrap();
+                    (
+                        p.as_os_str().as_encoded_bytes().to_vec(),
+                        Outcome::Digest(d),
+                    )
+                })
+                .collect();
+            let workers = Inline::new(|_, r| r);
+            assert_eq!(hash(&workers, algo, &refs), want);
+            assert_eq!(workers.tasks.get(), 1, "all the files in one task");
         }
     }
 
