@@ -230,6 +230,11 @@ impl Pending {
         let d = hash_open(algo, &mut self.file, Some(self.size), buf)?;
         Ok((d, self.size))
     }
+
+    /// Its size as `fstat` gave it when it was opened.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
 }
 
 /// Reads that do not wait for the disk, tried on the first read of each small file of a task.
