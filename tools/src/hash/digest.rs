@@ -1471,6 +1471,16 @@ mod cold_tests {
         (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
     }
 
+    /// Whether the filesystem of `path` takes reads that do not wait (asked of its first
+    /// byte, in the page cache or not).
+    fn takes_nowait(path: &std::path::Path) -> bool {
+        let f = File::open(path).unwrap();
+        !matches!(
+            read_nowait(&f, &mut [0u8; 1], Some(0)).unwrap(),
+            Try::Refused
+        )
+    }
+
     #[test]
     fn a_small_file_not_in_the_page_cache_is_set_aside_and_hashed_later() {
         let dir = cold::dir("small");
@@ -1484,6 +1494,25 @@ mod cold_tests {
             for algo in [Algo::Sha256, Algo::Sha512, Algo::Blake3] {
                 let want = hash_reader(algo, &mut &input[..], &mut buf).unwrap();
                 let mut nowait = NoWait::new();
+                if !takes_nowait(&path) {
+                    // The build directory is on a filesystem that refuses such reads (overlayfs,
+                    // as in a container, and tmpfs did here, Linux 6.18): a cold file is read
+                    // the usual way, and the task stops trying.
+                    cold::evict(&path);
+                    let s = hash_small(
+                        algo,
+                        &mut Opener::new(),
+                        &p,
+                        u64::MAX,
+                        true,
+                        &mut nowait,
+                        &mut buf,
+                    );
+                    assert!(matches!(s, Ok(Small::Digest(..))), "{s:?}");
+                    assert_eq!(got(s, algo), Got::Digest(want, len as u64));
+                    assert!(!nowait.on);
+                    continue;
+                }
                 // The read that does not wait starts the disk's read itself, and on a fast
                 // (virtual) disk that read can end before the call looks at the page: a
                 // preempted test thread (two busy loops on the two cores) got the bytes at
