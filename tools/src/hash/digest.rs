@@ -248,13 +248,19 @@ impl Pending {
 /// same one system call; one whose first pages are not answers `EAGAIN` at once, having
 /// started their reading (the kernel's readahead), and is set aside ([`Small::Pending`],
 /// with a `POSIX_FADV_WILLNEED` for the rest of it) while the worker hashes the next files of
-/// its task. The files set aside are hashed at the end of the task, or when too many are
-/// waiting ([`MAX_PENDING`](crate::hash::engine)), by then mostly read. On a cold tree this
-/// keeps many reads in flight per worker instead of one.
+/// its task. The files set aside are hashed at the end of the task, or when too many files or
+/// bytes are waiting (`MAX_PENDING`, `MAX_PENDING_BYTES` in `engine`: pages asked for long
+/// before they are hashed may be dropped again under a memory limit, and read twice), by then
+/// mostly read. On a cold tree this keeps many reads in flight per worker instead of one.
 ///
 /// A filesystem or kernel that refuses the flag (`EOPNOTSUPP`: kernfs, some FUSE and network
 /// filesystems; `EINVAL`/`ENOSYS` before Linux 4.14) is read the usual way for the rest of the
-/// task.
+/// task. On Linux 6.18 here, procfs, sysfs, tmpfs, overlayfs, squashfs and erofs all refused
+/// it; ext4 took it.
+///
+/// A read that does not wait may also come back with the bytes of a file that was not in the
+/// page cache: the readahead it starts can finish before the call looks at the page (a fast
+/// virtual disk, a preempted thread). That file is simply hashed at once.
 #[derive(Debug)]
 pub(crate) struct NoWait {
     on: bool,
