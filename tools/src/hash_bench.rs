@@ -159,7 +159,7 @@ fn mb(bytes: u64) -> f64 {
 /// (asynchronously, so a file written just before may keep some pages; the caller syncs it if
 /// that matters) and stay, so no data is ever lost. The cache is shared: every other reader
 /// of those files reads them from disk again afterwards. tmpfs ignores the advice.
-fn evict(paths: &[Vec<u8>]) -> usize {
+pub(crate) fn evict(paths: &[Vec<u8>]) -> usize {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let mut skipped = 0;
@@ -826,40 +826,14 @@ fn check(exe: &str, d: &str) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// Pages of the file at `path` in the page cache, and its pages in all: `mincore` over a
-    /// fresh mapping of it (which faults nothing in).
-    fn resident(path: &Path) -> (usize, usize) {
-        let f = std::fs::File::open(path).unwrap();
-        // SAFETY: the test's own file, which nothing writes or truncates while it is mapped.
-        let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
-        // SAFETY: sysconf with a valid name.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let mut vec = vec![0u8; map.len().div_ceil(page)];
-        // SAFETY: `map` is a live mapping of `map.len()` bytes starting at a page boundary, and
-        // `vec` has one byte for each of its pages, as mincore writes.
-        let r = unsafe {
-            libc::mincore(
-                map.as_ptr() as *mut libc::c_void,
-                map.len(),
-                vec.as_mut_ptr(),
-            )
-        };
-        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
-        (vec.iter().filter(|&&b| b & 1 == 1).count(), vec.len())
-    }
-
     #[test]
     fn evict_drops_a_files_pages_and_the_next_read_counts_them_as_disk_reads() {
+        use crate::hash::digest::cold::{dir, resident};
         use std::os::unix::ffi::OsStrExt;
         // Next to the test binary, in the target directory of the checkout (ext4 here and in
         // CI): /tmp may be tmpfs, which keeps its pages whatever the advice.
-        let dir = std::env::current_exe()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .join(format!("evict-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("file");
+        let dir = dir("evict");
+        let path = dir.0.join("file");
         let len = 8 << 20;
         let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
         std::fs::write(&path, &data).unwrap();
@@ -888,10 +862,9 @@ mod tests {
 
         // What cannot be opened is skipped.
         assert_eq!(
-            evict(&[dir.join("missing").as_os_str().as_bytes().to_vec()]),
+            evict(&[dir.0.join("missing").as_os_str().as_bytes().to_vec()]),
             1
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //!
 //! A file is read into the worker's reused buffer (one `read` for most: a short read that
 //! completes the size `fstat` gave is its end, so the usual extra `read` that returns 0 is
-//! skipped; files that say 0 bytes, as in /proc, are read until a `read` returns 0). For SHA-2
+//! skipped; files that say 0 bytes, as in /proc, are read until a `read` returns 0). That one
+//! read is a `preadv2(RWF_NOWAIT)`: a file whose first pages are not in the page cache is set
+//! aside while the disk reads it, and hashed at the end of its task ([`NoWait`]). For SHA-2
 //! a file of at least `engine::MAP_MIN` (256 KiB) — which the scheduler sends alone in its
 //! task — is hashed through a mapping of its descriptor made in the worker, which saves the
 //! kernel's copy into the buffer (a file that `mmap` refuses is read, as `sha256sum` reads it).
@@ -283,20 +285,29 @@ impl NoWait {
 enum Try {
     /// This many bytes (0: the end of the file).
     Read(usize),
-    /// None of the bytes asked for is in the page cache; the kernel has started reading them.
+    /// `EAGAIN`: none of the bytes asked for is in the page cache, and the kernel has started
+    /// reading them; or a lock the read needs was busy (XFS's inode lock held by a writer, a
+    /// locked page), and nothing started. The callers ask for the bytes either way.
     Cold,
     /// This file (or kernel) does not take `RWF_NOWAIT`.
     Refused,
+    /// Any other failure (`EIO`, a seccomp filter's `EPERM`, an offset `off_t` cannot hold):
+    /// the plain read that follows tells what it is, if anything, and the next file tries
+    /// again.
+    Failed,
 }
 
 /// One `preadv2(RWF_NOWAIT)` of `f` into `buf`: at `offset`, or at (and advancing) the file
 /// position when `offset` is `None`.
-fn read_nowait(f: &File, buf: &mut [u8], offset: Option<u64>) -> io::Result<Try> {
+///
+/// Never an error: the read is only a way to learn what is cached. Whatever it cannot tell, the
+/// plain read after it does, as it did before this read was tried (a file is never failed by
+/// this read alone).
+fn read_nowait(f: &File, buf: &mut [u8], offset: Option<u64>) -> Try {
     use std::os::fd::AsRawFd;
-    let offset = match offset {
-        Some(o) => {
-            libc::off_t::try_from(o).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?
-        }
+    let offset = match offset.map(libc::off_t::try_from) {
+        Some(Ok(o)) => o,
+        Some(Err(_)) => return Try::Failed,
         None => -1,
     };
     let iov = libc::iovec {
@@ -308,20 +319,25 @@ fn read_nowait(f: &File, buf: &mut [u8], offset: Option<u64>) -> io::Result<Try>
         // outlives the call; the descriptor is open (owned by `f`, borrowed for the call).
         let n = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
         if let Ok(n) = usize::try_from(n) {
-            return Ok(Try::Read(n));
+            return Try::Read(n);
         }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
+        match io::Error::last_os_error().raw_os_error() {
             Some(libc::EINTR) => {}
-            Some(libc::EAGAIN) => return Ok(Try::Cold),
-            Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => return Ok(Try::Refused),
-            _ => return Err(e),
+            Some(libc::EAGAIN) => return Try::Cold,
+            Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => return Try::Refused,
+            _ => return Try::Failed,
         }
     }
 }
 
 /// `posix_fadvise(POSIX_FADV_WILLNEED)` of `len` bytes of `f` from `offset`: the kernel starts
 /// reading them into the page cache and returns. Only a hint: a failure changes nothing.
+///
+/// The kernel reads at most `max(read_ahead_kb, max_sectors_kb)` of the device per call
+/// (`force_page_cache_ra`): 8 MiB on this VM's `vda`, whose `read_ahead_kb` is 8192, so a
+/// 4 MiB window or piece is asked for whole here; on a device with the default 128 KiB
+/// readahead, only its first 1–4 MiB (`max_sectors_kb`). The rest then comes as the reads
+/// reach it, as without the hint.
 fn will_need(f: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
@@ -366,17 +382,23 @@ pub(crate) fn hash_small(
     let mut total = 0u64;
     // Files that say 0 bytes (empty, or in /proc) are read the usual way.
     if regular && size > 0 && nowait.on {
-        match read_nowait(&f, buf, None)? {
+        match read_nowait(&f, buf, None) {
             Try::Cold => {
                 will_need(&f, 0, size);
                 return Ok(Small::Pending(Pending { file: f, size }));
             }
             Try::Refused => nowait.on = false,
+            Try::Failed => {}
             Try::Read(n) => {
                 h.update(&buf[..n]);
                 total = n as u64;
                 if n < buf.len() && total == size {
                     return Ok(Small::Digest(h.finish(), size));
+                }
+                // Its first pages were cached and a later one is not (DAMON pages files out
+                // a region at a time, not whole): ask for the rest at once, and read on.
+                if n < buf.len() && total < size {
+                    will_need(&f, total, size - total);
                 }
             }
         }
@@ -647,7 +669,7 @@ pub(crate) fn hash_mapped(algo: Algo, path: &[u8], buf: &mut [u8]) -> io::Result
     // wait tells, without waiting.
     let ask = |at: usize| {
         let mut probe = [0u8; 1];
-        if at < map.len() && matches!(read_nowait(&f, &mut probe, Some(at as u64)), Ok(Try::Cold)) {
+        if at < map.len() && matches!(read_nowait(&f, &mut probe, Some(at as u64)), Try::Cold) {
             will_need(&f, at as u64, MAP_WINDOW as u64);
         }
     };
@@ -751,7 +773,7 @@ pub(crate) fn blake3_subtree(
     // of the piece is asked for at once (`POSIX_FADV_WILLNEED`), so the disk reads ahead of
     // the hash instead of a readahead window at a time (see [`NoWait`]).
     let first = usize::try_from(len.min(buf.len() as u64)).unwrap_or(buf.len());
-    match read_nowait(&f, &mut buf[..first], Some(offset))? {
+    match read_nowait(&f, &mut buf[..first], Some(offset)) {
         Try::Read(n) => {
             h.update(&buf[..n]);
             done = n as u64;
@@ -760,7 +782,7 @@ pub(crate) fn blake3_subtree(
             }
         }
         Try::Cold => will_need(&f, offset, len),
-        Try::Refused => {}
+        Try::Refused | Try::Failed => {}
     }
     while done < len {
         let want = usize::try_from((len - done).min(buf.len() as u64)).unwrap_or(buf.len());
@@ -1416,7 +1438,6 @@ mod fifo_tests {
 /// Files whose pages are not in the page cache, for the tests of the reads that do not wait.
 #[cfg(test)]
 pub(crate) mod cold {
-    use std::os::fd::AsRawFd;
     use std::path::{Path, PathBuf};
 
     /// A fresh directory for such files, removed when the guard drops (a failed test too).
@@ -1442,25 +1463,34 @@ pub(crate) mod cold {
         Dir(d)
     }
 
-    /// Drops the pages of the file at `path` from the page cache (written back first), and
-    /// checks that its first page is gone.
-    pub(crate) fn evict(path: &Path) {
+    /// Pages of the file at `path` in the page cache, and its pages in all: `mincore` over a
+    /// fresh mapping of it, which faults nothing in and starts no reading (a read that does
+    /// not wait would: the file could be back in the cache before the test reads it).
+    pub(crate) fn resident(path: &Path) -> (usize, usize) {
         let f = std::fs::File::open(path).unwrap();
-        f.sync_all().unwrap();
-        // SAFETY: fadvise reads no memory of ours; the descriptor is open (owned by `f`).
-        let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        assert_eq!(r, 0);
-        // Checked with `mincore`, which starts no reading (a read that does not wait would:
-        // the file could then be back in the cache before the test reads it).
-        // SAFETY: the mapping is only passed to `mincore`, never read.
+        // SAFETY: the test's own file, which nothing writes or truncates while it is mapped;
+        // the mapping is only passed to `mincore`, never read.
         let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
-        let mut vec = [0u8; 1];
-        // SAFETY: `map` is a live mapping of at least one page (the files here are not empty);
-        // `mincore` writes one byte per page of the 1-byte range into `vec`.
-        let r = unsafe { libc::mincore(map.as_ptr().cast_mut().cast(), 1, vec.as_mut_ptr()) };
-        assert_eq!(r, 0);
-        assert!(
-            vec[0] & 1 == 0,
+        // SAFETY: sysconf with a valid name.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let mut vec = vec![0u8; map.len().div_ceil(page)];
+        // SAFETY: `map` is a live mapping of `map.len()` bytes starting at a page boundary, and
+        // `vec` has one byte for each of its pages, as mincore writes.
+        let r =
+            unsafe { libc::mincore(map.as_ptr().cast_mut().cast(), map.len(), vec.as_mut_ptr()) };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        (vec.iter().filter(|&&b| b & 1 == 1).count(), vec.len())
+    }
+
+    /// Drops the pages of the file at `path` from the page cache (written back first, with
+    /// the bench's `--cold` eviction), and checks that they are gone.
+    pub(crate) fn evict(path: &Path) {
+        std::fs::File::open(path).unwrap().sync_all().unwrap();
+        let skipped = crate::hash_bench::evict(&[path.as_os_str().as_encoded_bytes().to_vec()]);
+        assert_eq!(skipped, 0, "{}", path.display());
+        assert_eq!(
+            resident(path).0,
+            0,
             "{}: its pages stayed in the page cache (this test needs a filesystem whose clean \
              pages POSIX_FADV_DONTNEED drops, as ext4's and xfs's are)",
             path.display()
@@ -1481,10 +1511,12 @@ mod cold_tests {
     /// byte, in the page cache or not).
     fn takes_nowait(path: &std::path::Path) -> bool {
         let f = File::open(path).unwrap();
-        !matches!(
-            read_nowait(&f, &mut [0u8; 1], Some(0)).unwrap(),
-            Try::Refused
-        )
+        !matches!(read_nowait(&f, &mut [0u8; 1], Some(0)), Try::Refused)
+    }
+
+    /// `hash_small` of the regular file at `p`, whatever its size.
+    fn small(algo: Algo, p: &[u8], nowait: &mut NoWait, buf: &mut [u8]) -> io::Result<Small> {
+        hash_small(algo, &mut Opener::new(), p, u64::MAX, true, nowait, buf)
     }
 
     #[test]
@@ -1505,15 +1537,7 @@ mod cold_tests {
                     // as in a container, and tmpfs did here, Linux 6.18): a cold file is read
                     // the usual way, and the task stops trying.
                     cold::evict(&path);
-                    let s = hash_small(
-                        algo,
-                        &mut Opener::new(),
-                        &p,
-                        u64::MAX,
-                        true,
-                        &mut nowait,
-                        &mut buf,
-                    );
+                    let s = small(algo, &p, &mut nowait, &mut buf);
                     assert!(matches!(s, Ok(Small::Digest(..))), "{s:?}");
                     assert_eq!(got(s, algo), Got::Digest(want, len as u64));
                     assert!(!nowait.on);
@@ -1528,15 +1552,7 @@ mod cold_tests {
                 let pending = (0..10)
                     .find_map(|_| {
                         cold::evict(&path);
-                        match hash_small(
-                            algo,
-                            &mut Opener::new(),
-                            &p,
-                            u64::MAX,
-                            true,
-                            &mut nowait,
-                            &mut buf,
-                        ) {
+                        match small(algo, &p, &mut nowait, &mut buf) {
                             Ok(Small::Pending(pending)) => Some(pending),
                             s => {
                                 assert_eq!(got(s, algo), Got::Digest(want, len as u64));
@@ -1547,30 +1563,61 @@ mod cold_tests {
                     .expect("a cold file was never set aside");
                 assert_eq!(pending.finish(algo, &mut buf).unwrap(), (want, len as u64));
                 // A warm file is hashed at once; so is a cold one when not trying.
-                let s = hash_small(
-                    algo,
-                    &mut Opener::new(),
-                    &p,
-                    u64::MAX,
-                    true,
-                    &mut nowait,
-                    &mut buf,
-                );
+                let s = small(algo, &p, &mut nowait, &mut buf);
                 assert!(matches!(s, Ok(Small::Digest(..))), "{s:?}");
                 assert_eq!(got(s, algo), Got::Digest(want, len as u64));
                 cold::evict(&path);
-                let s = hash_small(
-                    algo,
-                    &mut Opener::new(),
-                    &p,
-                    u64::MAX,
-                    true,
-                    &mut NoWait::off(),
-                    &mut buf,
-                );
+                let s = small(algo, &p, &mut NoWait::off(), &mut buf);
                 assert!(matches!(s, Ok(Small::Digest(..))), "{s:?}");
                 assert_eq!(got(s, algo), Got::Digest(want, len as u64));
             }
+        }
+    }
+
+    #[test]
+    fn a_read_that_does_not_wait_never_fails_a_file_itself() {
+        // An offset `off_t` cannot hold (as a piece past 2 GiB on a 32-bit target): the plain
+        // read after it tells, as before.
+        let f = File::open(std::env::current_exe().unwrap()).unwrap();
+        assert!(matches!(
+            read_nowait(&f, &mut [0u8; 1], Some(u64::MAX)),
+            Try::Failed
+        ));
+        assert!(matches!(
+            read_nowait(&f, &mut [0u8; 1], Some(0)),
+            Try::Read(1) | Try::Cold | Try::Refused
+        ));
+    }
+
+    #[test]
+    fn a_file_cached_in_part_is_read_on_and_hashed_at_once() {
+        use std::os::fd::AsRawFd;
+        let dir = cold::dir("part");
+        let path = dir.0.join("f");
+        let p = path.as_os_str().as_encoded_bytes().to_vec();
+        let input = data(100_000, 3);
+        std::fs::write(&path, &input).unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        for algo in [Algo::Sha256, Algo::Blake3] {
+            let want = hash_reader(algo, &mut &input[..], &mut buf).unwrap();
+            cold::evict(&path);
+            // Its first page back in the cache, and only that one (no readahead).
+            let f = File::open(&path).unwrap();
+            // SAFETY: fadvise reads no memory of ours; the descriptor is open (owned by `f`).
+            let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+            assert_eq!(r, 0);
+            f.read_at(&mut [0u8; 4096], 0).unwrap();
+            let (cached, pages) = cold::resident(&path);
+            assert!(
+                cached >= 1 && cached < pages,
+                "{cached} of {pages} pages cached"
+            );
+            let mut nowait = NoWait::new();
+            let s = small(algo, &p, &mut nowait, &mut buf);
+            // The read that does not wait gives the cached part (or, where the filesystem
+            // refuses such reads, nothing): the rest is read on, not set aside.
+            assert!(matches!(s, Ok(Small::Digest(..))), "{s:?}");
+            assert_eq!(got(s, algo), Got::Digest(want, input.len() as u64));
         }
     }
 

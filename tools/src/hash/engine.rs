@@ -360,9 +360,12 @@ impl<T> SetAside<T> {
 /// How many small files a task may set aside, under this process's soft limit on open
 /// descriptors ([`pending_limit`]).
 fn max_pending() -> usize {
-    // SAFETY: getrlimit writes one `rlimit` into the value we own.
-    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; RLIMIT_NOFILE is a valid resource.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` into `lim`, which we own; RLIMIT_NOFILE is a valid
+    // resource.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return 0;
     }
@@ -1218,8 +1221,10 @@ mod tests {
 
     #[test]
     fn files_set_aside_for_the_disk_keep_their_place_in_the_answers() {
-        // More cold files in one task than it sets aside at once, between warm ones.
+        // More cold files in one task than it sets aside at once, between warm ones and
+        // missing ones (whose failures must keep their places too).
         let dir = digest::cold::dir("engine");
+        let missing = |i: usize| i % 10 == 5;
         let n = 3 * MAX_PENDING;
         let inputs: Vec<Vec<u8>> = (0..n)
             .map(|i| {
@@ -1229,13 +1234,15 @@ mod tests {
             })
             .collect();
         let paths: Vec<_> = (0..n).map(|i| dir.0.join(format!("f{i:04}"))).collect();
-        for (p, input) in paths.iter().zip(&inputs) {
-            std::fs::write(p, input).unwrap();
+        for (i, (p, input)) in paths.iter().zip(&inputs).enumerate() {
+            if !missing(i) {
+                std::fs::write(p, input).unwrap();
+            }
         }
         let refs: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
         for algo in [Algo::Sha256, Algo::Blake3] {
             for (i, p) in paths.iter().enumerate() {
-                if i % 4 != 0 {
+                if i % 4 != 0 && !missing(i) {
                     digest::cold::evict(p);
                 }
             }
@@ -1243,12 +1250,15 @@ mod tests {
             let want: Vec<_> = paths
                 .iter()
                 .zip(&inputs)
-                .map(|(p, input)| {
-                    let d = digest::hash_reader(algo, &mut &input[..], &mut buf).unwrap();
-                    (
-                        p.as_os_str().as_encoded_bytes().to_vec(),
-                        Outcome::Digest(d),
-                    )
+                .enumerate()
+                .map(|(i, (p, input))| {
+                    let outcome = if missing(i) {
+                        Outcome::Failed("No such file or directory".into())
+                    } else {
+                        let d = digest::hash_reader(algo, &mut &input[..], &mut buf).unwrap();
+                        Outcome::Digest(d)
+                    };
+                    (p.as_os_str().as_encoded_bytes().to_vec(), outcome)
                 })
                 .collect();
             let workers = Inline::new(|_, r| r);
