@@ -258,13 +258,7 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, seat: SeatState<'_>, scratc
         }
         let mut f = g.inflight[s].pop_front().expect("front exists");
         g.arenas[s].free_to(f.arg_end);
-        let sample = (d.elapsed_ns as f64).max(1.0);
-        let avg = g.avg_ns[s];
-        g.avg_ns[s] = if avg <= 0.0 {
-            sample
-        } else {
-            0.8 * avg + 0.2 * sample
-        };
+        g.learn(s, d.elapsed_ns, f.queued_behind);
         let woken = g.pump(ctl);
         let segments = std::mem::take(&mut f.segments);
         (

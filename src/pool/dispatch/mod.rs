@@ -6,9 +6,16 @@
 //! Tasks wait in one `pending` queue in the parent (so an idle worker can always get the next one;
 //! nothing is stranded behind a slow task in another worker's ring). `pump` moves tasks from
 //! `pending` into the least-loaded worker's argument arena and ring, up to a per-worker depth that
-//! adapts to the measured task time: `1 + DEPTH_BUDGET / average task time`, capped at
-//! `MAX_DEPTH`. Long tasks therefore go out one at a time (perfect balance, like Python's shared
-//! queue); tiny tasks are pipelined so a worker never waits for the collector.
+//! adapts to the measured task time: `1 + budget / average task time`, capped at `MAX_DEPTH`.
+//! Long tasks therefore go out one at a time (perfect balance, like Python's shared queue); tiny
+//! tasks are pipelined so a worker never waits for the collector.
+//!
+//! The budget (queued work per worker) starts at `DEPTH_BUDGET_NS` and adapts to how fast the
+//! collector comes back ([`DepthBudget`]): a worker that ran through its whole queue while
+//! tasks waited here doubles it, up to `MAX_DEPTH_BUDGET_NS`; each result that finds work still
+//! queued lets it shrink back a little. On a machine with a core to spare the collector answers
+//! in microseconds and the budget stays at its start; where the workers have every core, the
+//! collector waits for a time slice (milliseconds) and the budget grows to cover that.
 //!
 //! # Collection
 //!
@@ -47,16 +54,64 @@ pub(crate) use collector::{CollectorRole, fail_refused, finished, poll_once, run
 
 /// Most tasks queued in one worker's ring.
 pub(crate) const MAX_DEPTH: usize = 16;
-/// Queued work (ns) a worker may hold beyond the task it runs. Large enough that a chunk of the
-/// automatic chunksize (~200 µs) always has a successor waiting, so a worker never idles for a
-/// wake-up round trip between chunks; small enough that a task waits at most ~2 ms behind
-/// another worker's queue while a worker is free (tasks longer than that go out one at a time).
+/// Queued work (ns) a worker may hold beyond the task it runs, at first. Large enough that a
+/// chunk of the automatic chunksize (~200 µs) always has a successor waiting, so a worker never
+/// idles for a wake-up round trip between chunks; small enough that a task waits at most ~2 ms
+/// behind another worker's queue while a worker is free (tasks longer than that go out one at a
+/// time). Grown per worker when the collector proves slower than that ([`DepthBudget`]).
 const DEPTH_BUDGET_NS: f64 = 2_000_000.0;
+/// The most [`DepthBudget`] grows to: a task waits at most this long behind another worker's
+/// queue.
+///
+/// Why it grows at all: with two workers busy on a two-core machine, the collector (a third
+/// thread) gets a core only when the scheduler preempts a worker, which takes up to a time slice
+/// (milliseconds). At a fixed 2 ms budget, `shmpool hash -a blake3` over the toolchain tree
+/// (~1,000 tasks of ~2 ms) left its workers asleep with an empty ring for 110-160 ms of a
+/// 1.1-1.3 s run (`perf sched timehist`: time in state S, waiting for a task); with 8 ms, 20 ms,
+/// and the run 6% faster.
+const MAX_DEPTH_BUDGET_NS: f64 = 16_000_000.0;
+/// How fast a grown [`DepthBudget`] shrinks back: each result that found the worker's queue
+/// not yet empty takes off this fraction of the excess (half of it in ~180 such results).
+const DEPTH_BUDGET_DECAY: f64 = 1.0 / 256.0;
 /// How long the collector thread naps while waiters collect for themselves. Waiters that find
 /// their result leave without waking it (the saving), so it checks back this often.
 const HELPED_NAP: Duration = Duration::from_millis(1);
 /// The shortest nap worth taking instead of spinning (see `Dispatch::pace`).
 const MIN_PACE_NAP: Duration = Duration::from_micros(20);
+/// One worker's queue budget: the queued work (ns) it may hold beyond the task it runs (see the
+/// module docs).
+///
+/// It grows only on proof that the collector came back too late: a task that was queued
+/// behind another (so the worker had a successor when it started it) came back with nothing
+/// left in the worker's queue while tasks waited in `pending`. A worker whose tasks go out one
+/// at a time (each longer than the budget) always comes back empty; that is the design, not a
+/// late collector, and does not count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct DepthBudget(f64);
+
+impl Default for DepthBudget {
+    fn default() -> Self {
+        DepthBudget(DEPTH_BUDGET_NS)
+    }
+}
+
+impl DepthBudget {
+    /// The budget, in ns.
+    pub(crate) fn ns(self) -> f64 {
+        self.0
+    }
+
+    /// A queued task came back and found the worker's queue empty with work waiting: double.
+    pub(crate) fn ran_dry(&mut self) {
+        self.0 = (self.0 * 2.0).min(MAX_DEPTH_BUDGET_NS);
+    }
+
+    /// A queued task came back and found work still queued: shrink towards the start.
+    pub(crate) fn kept_up(&mut self) {
+        self.0 = (self.0 - (self.0 - DEPTH_BUDGET_NS) * DEPTH_BUDGET_DECAY).max(DEPTH_BUDGET_NS);
+    }
+}
+
 /// How long the collector thread spins for the next result when nobody helps, before it sleeps
 /// on the futex (a sleeping collector costs every result a `futex_wake` and a context switch).
 const COLLECTOR_SPIN: Duration = Duration::from_micros(50);
@@ -148,6 +203,8 @@ struct InFlight {
     attempts: u32,
     arg_in_segment: bool,
     reads_shared: bool,
+    /// Another task was in the worker's queue when this one was pushed (see [`DepthBudget`]).
+    queued_behind: bool,
 }
 
 /// Lifecycle of the pool.
@@ -170,6 +227,8 @@ pub(crate) struct Dispatch {
     usable: Vec<bool>,
     /// Average task time per seat (ns), 0 while unknown.
     avg_ns: Vec<f64>,
+    /// Queued work each seat may hold beyond the task it runs.
+    budget: Vec<DepthBudget>,
     /// Why the seat's worker is being killed for breaking the protocol, if it is.
     corrupted: Vec<Option<String>>,
     pending: VecDeque<PendingTask>,
@@ -204,6 +263,7 @@ impl Dispatch {
             inflight: (0..n).map(|_| VecDeque::new()).collect(),
             usable: vec![true; n],
             avg_ns: vec![0.0; n],
+            budget: vec![DepthBudget::default(); n],
             corrupted: vec![None; n],
             pending: VecDeque::new(),
             refused: Vec::new(),
@@ -237,7 +297,26 @@ impl Dispatch {
         if avg <= 0.0 {
             return 1;
         }
-        (1 + (DEPTH_BUDGET_NS / avg) as usize).min(MAX_DEPTH)
+        (1 + (self.budget[seat].ns() / avg) as usize).min(MAX_DEPTH)
+    }
+
+    /// Learns from a task of seat `seat` that just left its in-flight queue (`queued_behind`
+    /// from its record), having run `elapsed_ns`: the average task time, and the budget.
+    fn learn(&mut self, seat: usize, elapsed_ns: u64, queued_behind: bool) {
+        let sample = (elapsed_ns as f64).max(1.0);
+        let avg = self.avg_ns[seat];
+        self.avg_ns[seat] = if avg <= 0.0 {
+            sample
+        } else {
+            0.8 * avg + 0.2 * sample
+        };
+        if queued_behind {
+            if !self.inflight[seat].is_empty() {
+                self.budget[seat].kept_up();
+            } else if !self.pending.is_empty() {
+                self.budget[seat].ran_dry();
+            }
+        }
     }
 
     /// Moves pending tasks into rings. Returns the seats that got work (each once), to be woken
@@ -340,6 +419,7 @@ impl Dispatch {
                 }
             }
             let retry_payload = (task.attempts < self.retries).then_some(task.payload);
+            let queued_behind = !self.inflight[s].is_empty();
             self.inflight[s].push_back(InFlight {
                 id,
                 pos,
@@ -352,6 +432,7 @@ impl Dispatch {
                 attempts: task.attempts,
                 arg_in_segment: task.arg_in_segment,
                 reads_shared: task.reads_shared,
+                queued_behind,
             });
             if !woken.contains(&s) {
                 woken.push(s);
@@ -405,5 +486,130 @@ impl Dispatch {
 pub(crate) fn wake(ctl: &Control, seats: &[usize]) {
     for &s in seats {
         ctl.seat(s).wake.notify();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dispatcher of one seat with `n` tasks of 8 bytes waiting.
+    fn dispatch_with(ctl: &Control, n: usize) -> Dispatch {
+        let mut d = Dispatch::new(ctl, vec![-1]);
+        for _ in 0..n {
+            d.enqueue(PendingTask::new(vec![0u8; 8], 0, Box::new(|_| {})));
+        }
+        d
+    }
+
+    /// The worker's end of seat 0's task ring.
+    fn worker(ctl: &Control) -> crate::shm::ring::Consumer {
+        // SAFETY: the control segment outlives the consumer (each test drops it first), and
+        // nothing else consumes this ring: there is no worker.
+        unsafe { crate::shm::ring::Consumer::attach(&ctl.seat(0).tasks) }
+    }
+
+    /// The worker takes seat 0's next task and answers it after `elapsed_ns`; the collector
+    /// does its bookkeeping (as `on_result` does).
+    fn complete(d: &mut Dispatch, w: &mut crate::shm::ring::Consumer, elapsed_ns: u64) {
+        let task = w.pop().unwrap().expect("a task in the ring");
+        let f = d.inflight[0].pop_front().expect("a task in flight");
+        assert_eq!(task.task_id, f.id);
+        d.arenas[0].free_to(f.arg_end);
+        d.learn(0, elapsed_ns, f.queued_behind);
+        d.outstanding -= 1;
+    }
+
+    #[test]
+    fn a_depth_budget_doubles_up_to_its_cap_and_shrinks_back_to_its_start() {
+        let mut b = DepthBudget::default();
+        assert_eq!(b.ns(), DEPTH_BUDGET_NS);
+        b.kept_up();
+        assert_eq!(b.ns(), DEPTH_BUDGET_NS, "never below the start");
+        b.ran_dry();
+        assert_eq!(b.ns(), 2.0 * DEPTH_BUDGET_NS);
+        for _ in 0..10 {
+            b.ran_dry();
+        }
+        assert_eq!(b.ns(), MAX_DEPTH_BUDGET_NS);
+        b.kept_up();
+        assert!(b.ns() < MAX_DEPTH_BUDGET_NS);
+        for _ in 0..10_000 {
+            b.kept_up();
+        }
+        assert!(b.ns() - DEPTH_BUDGET_NS < 1.0, "{}", b.ns());
+    }
+
+    #[test]
+    fn a_worker_that_ran_dry_while_tasks_waited_gets_a_deeper_queue() {
+        let ctl = Control::new(1, 1 << 20).unwrap();
+        let mut w = worker(&ctl);
+        let mut d = dispatch_with(&ctl, 1000);
+        // Nothing known yet: one task goes out.
+        d.pump(&ctl);
+        assert_eq!(d.inflight[0].len(), 1);
+        // Tasks of 1 ms: two queued behind the running one fill the 2 ms budget.
+        complete(&mut d, &mut w, 1_000_000);
+        assert_eq!(
+            d.budget[0],
+            DepthBudget::default(),
+            "a lone task teaches nothing"
+        );
+        d.pump(&ctl);
+        assert_eq!(d.inflight[0].len(), 3);
+        // The collector keeps up: each result finds the worker's queue not yet empty.
+        complete(&mut d, &mut w, 1_000_000);
+        d.pump(&ctl);
+        assert_eq!(d.budget[0], DepthBudget::default());
+        assert_eq!(d.inflight[0].len(), 3);
+        // The collector comes back late: the worker has answered all three. The last of them
+        // was queued behind another and finds the queue empty while tasks wait: the budget
+        // doubles, and the worker gets a deeper queue.
+        for _ in 0..3 {
+            complete(&mut d, &mut w, 1_000_000);
+        }
+        assert_eq!(d.budget[0].ns(), 2.0 * DEPTH_BUDGET_NS);
+        d.pump(&ctl);
+        assert_eq!(d.inflight[0].len(), 5);
+        // Late every time: it stops at the cap.
+        for _ in 0..10 {
+            while !d.inflight[0].is_empty() {
+                complete(&mut d, &mut w, 1_000_000);
+            }
+            d.pump(&ctl);
+        }
+        assert_eq!(d.budget[0].ns(), MAX_DEPTH_BUDGET_NS);
+        assert_eq!(d.inflight[0].len(), MAX_DEPTH);
+        // On time again: it shrinks back.
+        for _ in 0..100 {
+            complete(&mut d, &mut w, 1_000_000);
+            d.pump(&ctl);
+        }
+        assert!(d.budget[0].ns() < MAX_DEPTH_BUDGET_NS);
+    }
+
+    #[test]
+    fn tasks_that_go_out_one_at_a_time_or_an_empty_queue_leave_the_budget_alone() {
+        let ctl = Control::new(1, 1 << 20).unwrap();
+        let mut w = worker(&ctl);
+        let mut d = dispatch_with(&ctl, 10);
+        // Tasks of 10 ms: one at a time, and each result finds the worker idle, by design.
+        for _ in 0..5 {
+            d.pump(&ctl);
+            assert_eq!(d.inflight[0].len(), 1);
+            complete(&mut d, &mut w, 10_000_000);
+            assert_eq!(d.budget[0], DepthBudget::default());
+        }
+        // Short tasks, but nothing waiting behind them: a worker that runs dry then is not
+        // short of queue.
+        let mut d = dispatch_with(&ctl, 3);
+        d.pump(&ctl);
+        complete(&mut d, &mut w, 100_000);
+        d.pump(&ctl);
+        assert_eq!(d.inflight[0].len(), 2);
+        assert!(d.pending.is_empty());
+        complete(&mut d, &mut w, 100_000);
+        complete(&mut d, &mut w, 100_000);
+        assert_eq!(d.budget[0], DepthBudget::default());
     }
 }
