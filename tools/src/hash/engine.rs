@@ -55,8 +55,15 @@ pub(crate) const WINDOW_PATH_BYTES: usize = 8 << 20;
 pub(crate) const CHUNK_COST_NS: u64 = 2_000_000;
 /// Most files in one task.
 const CHUNK_FILES: usize = 1024;
-/// Tasks in flight per worker.
-const TASKS_PER_WORKER: usize = 4;
+/// Tasks in flight per worker (submitted to the pool, not yet answered).
+///
+/// More than the pool queues in a worker's ring (up to ~9 tasks of [`CHUNK_COST_NS`] when its
+/// queue budget has grown to 16 ms; see the pool's `DepthBudget`), so that the pool's pending
+/// queue, not this engine, refills the rings: a refill from here waits for two thread hops
+/// (the callback thread, then this thread), each a time slice away when the workers have every
+/// core. With 4, the workers of a BLAKE3 run over the toolchain tree slept 15-28 ms waiting
+/// for a task; with 12, 13-21 ms (`perf sched timehist`, three runs each).
+const TASKS_PER_WORKER: usize = 12;
 /// Largest BLAKE3 subtree hashed as one task; files above it are split.
 pub(crate) const BLAKE3_PIECE: u64 = 4 << 20;
 /// Most pieces of [`BLAKE3_PIECE`] bytes a file is cut into; past that the pieces grow.
