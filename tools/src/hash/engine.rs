@@ -23,8 +23,10 @@
 //!
 //! Results come back on the pool's callback thread, through a channel, to the parent, which
 //! marks the slots done and emits the finished prefix of the window in order (or each result as
-//! it lands, with `--unordered`). Before it blocks on the channel it flushes the output, and it
-//! never blocks longer than [`POLL`], so an interrupt is seen within that time.
+//! it lands, with `--unordered`). Before it blocks on the channel it flushes the output. The wait
+//! has no timeout (only the progress line's next tick, when there is one): Ctrl-C ends it with a
+//! message of its own ([`Msg::Interrupt`], sent by the waker the run subscribes to
+//! [`Interrupt`]).
 //!
 //! ## Failure
 //!
@@ -45,6 +47,7 @@ use shmpool::Pool;
 
 use super::Algo;
 use super::digest::{self, Digest, NoWait, Opener, ReadBuf, Small};
+use super::interrupt::Interrupt;
 use super::walk::Source;
 
 /// Most sources held in the window (waiting, in flight, or done and not yet printed).
@@ -86,8 +89,10 @@ const MAX_PENDING: usize = 64;
 const MAX_PENDING_BYTES: u64 = 16 << 20;
 /// Sources taken from the walk per turn of the loop.
 const INTAKE_BATCH: usize = 256;
-/// Longest wait for a result before the loop looks at the interrupt flag again.
-const POLL: Duration = Duration::from_millis(50);
+/// How long a task the pool failed waits for the interrupt flag before its error is reported: a
+/// terminal's Ctrl-C reaches the workers and the parent at about the same time, and a worker
+/// that died from it is not an error (see the module docs).
+const INTERRUPT_GRACE: Duration = Duration::from_millis(50);
 /// Estimated cost of opening, reading and closing one file (7.7 µs measured here).
 const FILE_COST_NS: u64 = 8_000;
 
@@ -441,17 +446,24 @@ enum Work {
     },
 }
 
-/// A reply from the pool's callback thread.
-pub(crate) type Msg = (u64, shmpool::Result<Reply>);
+/// What the engine's channel carries.
+#[derive(Debug)]
+pub(crate) enum Msg {
+    /// The reply to task `id`, from the pool's callback thread.
+    Reply(u64, shmpool::Result<Reply>),
+    /// Ctrl-C came (sent by the run's [`Interrupt`] waker).
+    Interrupt,
+}
 
 /// Where the tasks run: the local pool, or (`shmpool hash --mpi`) the ranks of an MPI job.
 pub(crate) trait Workers {
     /// Worker processes in all.
     fn processes(&self) -> usize;
-    /// Starts `task`; its reply goes to `reply` as `(id, result)`.
+    /// Starts `task`; its reply goes to `reply` as [`Msg::Reply`].
     fn start(&self, id: u64, task: Task, reply: mpsc::Sender<Msg>) -> anyhow::Result<()>;
-    /// Waits at most `timeout` for a reply.
-    fn wait(&self, rx: &mpsc::Receiver<Msg>, timeout: Duration) -> Option<Msg>;
+    /// Waits for the next message (a reply, or one sent to `rx`), for at most `timeout` if
+    /// there is one; `None` if the time ran out.
+    fn wait(&self, rx: &mpsc::Receiver<Msg>, timeout: Option<Duration>) -> Option<Msg>;
 }
 
 impl Workers for Pool {
@@ -463,14 +475,18 @@ impl Workers for Pool {
         self.apply_async_with_callback(run_task, task, move |r| {
             // The receiver is gone only when the run has ended (interrupt, closed stdout):
             // nobody wants this reply any more.
-            let _ = reply.send((id, r));
+            let _ = reply.send(Msg::Reply(id, r));
         })?;
         Ok(())
     }
 
-    fn wait(&self, rx: &mpsc::Receiver<Msg>, timeout: Duration) -> Option<Msg> {
-        // Replies arrive from the pool's callback thread on their own.
-        rx.recv_timeout(timeout).ok()
+    fn wait(&self, rx: &mpsc::Receiver<Msg>, timeout: Option<Duration>) -> Option<Msg> {
+        // Replies arrive from the pool's callback thread on their own. The engine holds a
+        // sender, so the channel is never disconnected.
+        match timeout {
+            None => rx.recv().ok(),
+            Some(t) => rx.recv_timeout(t).ok(),
+        }
     }
 }
 
@@ -488,7 +504,7 @@ pub(crate) struct Options {
 struct Engine<'a, T, S: Sink<T>> {
     pool: &'a dyn Workers,
     opts: Options,
-    interrupted: &'a dyn Fn() -> bool,
+    interrupt: &'a Interrupt,
     sink: S,
     /// Slot of seq `base + i` is `slots[i]`.
     slots: VecDeque<Slot<T>>,
@@ -519,13 +535,20 @@ pub(crate) fn run<T, S: Sink<T>>(
     opts: Options,
     items: impl Iterator<Item = Item<T>>,
     sink: S,
-    interrupted: &dyn Fn() -> bool,
+    interrupt: &Interrupt,
 ) -> anyhow::Result<Finish> {
     let (tx, rx) = mpsc::channel();
+    // Ctrl-C wakes the wait for replies (the receiver outlives the subscription).
+    let _wake = interrupt.subscribe({
+        let tx = tx.clone();
+        move || {
+            let _ = tx.send(Msg::Interrupt);
+        }
+    });
     let mut e = Engine {
         pool,
         opts,
-        interrupted,
+        interrupt,
         sink,
         slots: VecDeque::new(),
         base: 0,
@@ -550,7 +573,7 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
         let start = Instant::now();
         let mut last_progress = start;
         loop {
-            if (self.interrupted)() {
+            if self.interrupt.is_set() {
                 return Ok(Finish::Interrupted);
             }
             let mut taken = 0;
@@ -561,7 +584,7 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                 }
                 // Standard input (hashed in `admit`) and a manifest read from it give up
                 // waiting on Ctrl-C: stop before their failure is reported.
-                if (self.interrupted)() {
+                if self.interrupt.is_set() {
                     return Ok(Finish::Interrupted);
                 }
                 taken += 1;
@@ -569,7 +592,7 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
             self.submit()?;
             let mut got = false;
             // A wait of zero: a cluster makes progress here too, while the walk goes on.
-            while let Some(msg) = self.pool.wait(&self.rx, Duration::ZERO) {
+            while let Some(msg) = self.pool.wait(&self.rx, Some(Duration::ZERO)) {
                 got = true;
                 if self.complete(msg)? == Finish::Interrupted {
                     return Ok(Finish::Interrupted);
@@ -590,8 +613,12 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
             let can_take = !source_done && self.has_room();
             if !got && !can_take {
                 self.sink.flush()?;
-                // `None`: the time ran out (the engine holds a sender, so never disconnected).
-                if let Some(msg) = self.pool.wait(&self.rx, POLL)
+                // Until a reply or Ctrl-C comes, or the progress line is due. `None`: it is due.
+                let due = self
+                    .opts
+                    .progress
+                    .map(|every| every.saturating_sub(last_progress.elapsed()));
+                if let Some(msg) = self.pool.wait(&self.rx, due)
                     && self.complete(msg)? == Finish::Interrupted
                 {
                     return Ok(Finish::Interrupted);
@@ -682,7 +709,7 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
             path_len,
         });
         // Not when interrupted: standard input's read gave up (the caller stops next).
-        if done && !self.opts.ordered && !(self.interrupted)() {
+        if done && !self.opts.ordered && !self.interrupt.is_set() {
             self.emit_unordered(seq)?;
         }
         Ok(())
@@ -797,7 +824,11 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
     }
 
     /// Files one task's reply into its slots.
-    fn complete(&mut self, (id, reply): Msg) -> anyhow::Result<Finish> {
+    fn complete(&mut self, msg: Msg) -> anyhow::Result<Finish> {
+        let (id, reply) = match msg {
+            Msg::Reply(id, reply) => (id, reply),
+            Msg::Interrupt => return Ok(Finish::Interrupted),
+        };
         let Some(works) = self.in_flight.remove(&id) else {
             return Ok(Finish::Completed);
         };
@@ -827,11 +858,11 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
             }
             Err(e) => {
                 // A worker that died from the terminal's Ctrl-C is not an error to report.
-                if (self.interrupted)() {
+                if self.interrupt.is_set() {
                     return Ok(Finish::Interrupted);
                 }
-                std::thread::sleep(POLL);
-                if (self.interrupted)() {
+                std::thread::sleep(INTERRUPT_GRACE);
+                if self.interrupt.is_set() {
                     return Ok(Finish::Interrupted);
                 }
                 (vec![Answer::Failed(e.to_string()); works.len()], Vec::new())
@@ -1062,11 +1093,13 @@ mod tests {
                 let reply = run_task(task);
                 tamper(&copy, reply)
             };
-            self.replies.borrow_mut().push_back((id, Ok(reply)));
+            self.replies
+                .borrow_mut()
+                .push_back(Msg::Reply(id, Ok(reply)));
             Ok(())
         }
 
-        fn wait(&self, _rx: &mpsc::Receiver<Msg>, _timeout: Duration) -> Option<Msg> {
+        fn wait(&self, _rx: &mpsc::Receiver<Msg>, _timeout: Option<Duration>) -> Option<Msg> {
             self.replies.borrow_mut().pop_front()
         }
     }
@@ -1112,7 +1145,7 @@ mod tests {
             ordered: true,
             progress: None,
         };
-        let finish = run(workers, opts, items, &mut out, &|| false).unwrap();
+        let finish = run(workers, opts, items, &mut out, &Interrupt::never()).unwrap();
         assert_eq!(finish, Finish::Completed);
         out.0
     }
@@ -1180,11 +1213,13 @@ mod tests {
                 )
                 .unwrap();
             }
-            self.replies.borrow_mut().push_back((id, Ok(reply)));
+            self.replies
+                .borrow_mut()
+                .push_back(Msg::Reply(id, Ok(reply)));
             Ok(())
         }
 
-        fn wait(&self, _rx: &mpsc::Receiver<Msg>, _timeout: Duration) -> Option<Msg> {
+        fn wait(&self, _rx: &mpsc::Receiver<Msg>, _timeout: Option<Duration>) -> Option<Msg> {
             self.replies.borrow_mut().pop_front()
         }
     }
@@ -1458,5 +1493,122 @@ mod tests {
             assert_eq!(got[2].1, got[1].1);
         }
         drop(d);
+    }
+
+    /// Never answers a task; waits on the channel as the pool does, saying each time how long
+    /// it was asked to wait.
+    struct Silent {
+        waits: mpsc::Sender<Option<Duration>>,
+    }
+
+    impl Workers for Silent {
+        fn processes(&self) -> usize {
+            1
+        }
+
+        fn start(&self, _id: u64, _task: Task, _reply: mpsc::Sender<Msg>) -> anyhow::Result<()> {
+            Ok(())
+        }
+
+        fn wait(&self, rx: &mpsc::Receiver<Msg>, timeout: Option<Duration>) -> Option<Msg> {
+            let _ = self.waits.send(timeout);
+            match timeout {
+                None => rx.recv().ok(),
+                Some(t) => rx.recv_timeout(t).ok(),
+            }
+        }
+    }
+
+    /// Counts the progress ticks it is given.
+    struct Ticks(std::sync::Arc<std::sync::Mutex<u32>>);
+
+    impl Sink<()> for Ticks {
+        fn done(&mut self, _item: Item<()>, _outcome: Outcome) -> io::Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn progress(&mut self, _files: u64, _bytes: u64, _elapsed: Duration) {
+            *self.0.lock().unwrap() += 1;
+        }
+    }
+
+    /// Runs one file through `Silent` workers in a thread, with a progress tick every
+    /// `progress`; returns the interrupt, the waits the run began, the ticks, and its end.
+    #[allow(clippy::type_complexity)]
+    fn silent_run(
+        progress: Option<Duration>,
+    ) -> (
+        std::sync::Arc<Interrupt>,
+        mpsc::Receiver<Option<Duration>>,
+        std::sync::Arc<std::sync::Mutex<u32>>,
+        mpsc::Receiver<Finish>,
+    ) {
+        let interrupt = std::sync::Arc::new(Interrupt::never());
+        let (waits_tx, waits) = mpsc::channel();
+        let ticks = std::sync::Arc::new(std::sync::Mutex::new(0));
+        let (end_tx, end) = mpsc::channel();
+        let (i, t) = (
+            std::sync::Arc::clone(&interrupt),
+            std::sync::Arc::clone(&ticks),
+        );
+        std::thread::spawn(move || {
+            let items = std::iter::once(Item {
+                source: Source::File {
+                    path: b"never-read".to_vec(),
+                    size: Some(3),
+                    regular: true,
+                },
+                tag: (),
+            });
+            let opts = Options {
+                algo: Algo::Sha256,
+                ordered: true,
+                progress,
+            };
+            let w = Silent { waits: waits_tx };
+            let _ = end_tx.send(run(&w, opts, items, Ticks(t), &i).unwrap());
+        });
+        (interrupt, waits, ticks, end)
+    }
+
+    #[test]
+    fn ctrl_c_ends_a_wait_for_a_reply_that_has_no_timeout() {
+        let (interrupt, waits, _ticks, end) = silent_run(None);
+        // The run's task is out and it waits for the reply, with no timeout: only an event
+        // can end that wait.
+        loop {
+            let w = waits
+                .recv_timeout(Duration::from_secs(60))
+                .expect("no wait");
+            if w.is_none() {
+                break;
+            }
+        }
+        assert!(end.try_recv().is_err());
+        interrupt.fire();
+        let finish = end
+            .recv_timeout(Duration::from_secs(60))
+            .expect("Ctrl-C did not end the wait");
+        assert_eq!(finish, Finish::Interrupted);
+    }
+
+    #[test]
+    fn a_run_with_a_progress_line_wakes_for_its_ticks_while_no_reply_comes() {
+        let (interrupt, waits, ticks, end) = silent_run(Some(Duration::from_millis(5)));
+        // Every wait has a bound (the next tick), and the ticks come while nothing else does.
+        for _ in 0..20 {
+            let w = waits
+                .recv_timeout(Duration::from_secs(60))
+                .expect("no wait");
+            assert!(w.is_some_and(|t| t <= Duration::from_millis(5)), "{w:?}");
+        }
+        assert!(*ticks.lock().unwrap() >= 2, "{}", ticks.lock().unwrap());
+        interrupt.fire();
+        let finish = end
+            .recv_timeout(Duration::from_secs(60))
+            .expect("Ctrl-C did not end the wait");
+        assert_eq!(finish, Finish::Interrupted);
     }
 }

@@ -15,6 +15,7 @@
 pub(crate) mod digest;
 pub(crate) mod engine;
 pub(crate) mod format;
+pub(crate) mod interrupt;
 pub(crate) mod manifest;
 #[cfg(feature = "mpi")]
 pub(crate) mod mpi;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use engine::{Finish, Item, Outcome, Sink};
 use format::Escape;
+use interrupt::Interrupt;
 use walk::{Source, Walk};
 
 /// The hash algorithms.
@@ -96,15 +98,15 @@ pub(crate) const EXIT_INTERRUPTED: u8 = 130;
 
 /// Runs `shmpool hash` (or its `--check`); returns the exit status.
 ///
-/// `interrupted` is polled at least every 50 ms; once it says yes the pool is terminated (no
+/// Once `interrupt` comes (it wakes the run's wait for replies) the pool is terminated (no
 /// worker survives) and the status is [`EXIT_INTERRUPTED`].
 ///
 /// # Errors
 ///
 /// Writing to stdout failed (a broken pipe is for the caller to treat as success), or the pool
 /// could not be built.
-pub(crate) fn run(cfg: &Config, interrupted: &dyn Fn() -> bool) -> anyhow::Result<u8> {
-    run_on(cfg, interrupted, None)
+pub(crate) fn run(cfg: &Config, interrupt: &Interrupt) -> anyhow::Result<u8> {
+    run_on(cfg, interrupt, None)
 }
 
 /// [`run`] with the tasks going to `workers` (the ranks of an MPI job) instead of a pool built
@@ -115,7 +117,7 @@ pub(crate) fn run(cfg: &Config, interrupted: &dyn Fn() -> bool) -> anyhow::Resul
 /// As [`run`].
 pub(crate) fn run_on(
     cfg: &Config,
-    interrupted: &dyn Fn() -> bool,
+    interrupt: &Interrupt,
     workers: Option<&dyn engine::Workers>,
 ) -> anyhow::Result<u8> {
     let progress = cfg.progress.unwrap_or_else(|| io::stderr().is_terminal());
@@ -139,7 +141,7 @@ pub(crate) fn run_on(
             progress: Progress::new(progress),
         };
         let items = Manifests::new(cfg.paths.clone(), cfg.algo);
-        run_items(cfg, opts, items, sink, interrupted, workers)
+        run_items(cfg, opts, items, sink, interrupt, workers)
     } else {
         let sink = HashSink {
             out,
@@ -153,9 +155,9 @@ pub(crate) fn run_on(
         let items = Walk::new(cfg.paths.clone(), cfg.follow).map(|source| Item { source, tag: () });
         if only_stdin {
             // No file to share out: hash in this process, no pool.
-            return stdin_only(cfg, items, sink, interrupted);
+            return stdin_only(cfg, items, sink, interrupt);
         }
-        run_items(cfg, opts, items, sink, interrupted, workers)
+        run_items(cfg, opts, items, sink, interrupt, workers)
     }
 }
 
@@ -170,13 +172,13 @@ fn run_items<T, S: Sink<T> + Verdict>(
     opts: engine::Options,
     items: impl Iterator<Item = Item<T>>,
     mut sink: S,
-    interrupted: &dyn Fn() -> bool,
+    interrupt: &Interrupt,
     workers: Option<&dyn engine::Workers>,
 ) -> anyhow::Result<u8> {
     if let Some(workers) = workers {
         let finish = {
             let sink = SinkRef(&mut sink);
-            engine::run(workers, opts, items, sink, interrupted)?
+            engine::run(workers, opts, items, sink, interrupt)?
         };
         if finish == Finish::Interrupted {
             let _ = sink.clear_progress();
@@ -188,7 +190,7 @@ fn run_items<T, S: Sink<T> + Verdict>(
     let pool = shmpool::Pool::builder().processes(cfg.jobs).build()?;
     let finish = {
         let sink = SinkRef(&mut sink);
-        engine::run(&pool, opts, items, sink, interrupted)
+        engine::run(&pool, opts, items, sink, interrupt)
     };
     match finish {
         Ok(Finish::Completed) => {
@@ -214,7 +216,7 @@ fn stdin_only(
     cfg: &Config,
     items: impl Iterator<Item = Item<()>>,
     mut sink: HashSink,
-    interrupted: &dyn Fn() -> bool,
+    interrupt: &Interrupt,
 ) -> anyhow::Result<u8> {
     let mut buf = digest::ReadBuf::new();
     for item in items {
@@ -223,7 +225,7 @@ fn stdin_only(
             Err(e) => Outcome::Failed(format::reason(&e)),
         };
         // Ctrl-C while waiting for input (the read gave up): no line for it.
-        if interrupted() {
+        if interrupt.is_set() {
             return Ok(EXIT_INTERRUPTED);
         }
         sink.done(item, outcome)?;

@@ -46,24 +46,30 @@ impl Workers for ClusterWorkers<'_> {
         Ok(())
     }
 
-    /// Drives the cluster (replies arrive only while rank 0 polls MPI) until a task is answered
-    /// or `timeout` passes, sleeping between polls (at most 0.5 ms, a small part of a task).
-    fn wait(&self, _rx: &mpsc::Receiver<Msg>, timeout: Duration) -> Option<Msg> {
-        let deadline = Instant::now() + timeout;
+    /// Drives the cluster (replies arrive only while rank 0 polls MPI) until a task is answered,
+    /// a message comes on `rx` (Ctrl-C's), or `timeout` passes, sleeping between polls (at most
+    /// 0.5 ms, a small part of a task). Polling is MPI's way: no event wakes this wait.
+    fn wait(&self, rx: &mpsc::Receiver<Msg>, timeout: Option<Duration>) -> Option<Msg> {
+        let deadline = timeout.map(|t| Instant::now() + t);
         let mut nap = Duration::from_micros(20);
         loop {
             {
                 let mut pending = self.pending.borrow_mut();
                 if let Some(i) = pending.iter().position(|(_, r)| r.ready()) {
                     let (id, r) = pending.swap_remove(i);
-                    return Some((id, r.get()));
+                    return Some(Msg::Reply(id, r.get()));
                 }
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
+            if let Ok(msg) = rx.try_recv() {
+                return Some(msg);
             }
-            std::thread::sleep(nap.min(deadline - now));
+            let now = Instant::now();
+            let nap_now = match deadline {
+                Some(d) if now >= d => return None,
+                Some(d) => nap.min(d - now),
+                None => nap,
+            };
+            std::thread::sleep(nap_now);
             nap = (nap * 2).min(Duration::from_micros(500));
         }
     }
