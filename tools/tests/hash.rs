@@ -514,6 +514,37 @@ fn bad_options_are_usage_errors_with_exit_code_2() {
 }
 
 #[test]
+fn more_jobs_than_the_open_file_limit_allows_is_an_error_that_names_the_limit() {
+    let f = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("jobs_limit.txt");
+    fs::write(&f, b"abc").unwrap();
+    let mut cmd = shmpool();
+    cmd.args([os("hash"), os("-j"), os("1000"), f.as_os_str()]);
+    // SAFETY: setrlimit is async-signal-safe, and the closure touches nothing else.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 256,
+                rlim_max: 4096,
+            };
+            // SAFETY: `lim` is a valid rlimit that lives for the call.
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("processes(1000)") && e.contains("ulimit -n"),
+        "{e}"
+    );
+    assert!(e.contains("(256;"), "{e}");
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
 fn check_with_zero_is_a_usage_error() {
     // Manifests are read by lines: `-c -z` was accepted and read a NUL-terminated manifest as
     // lines. coreutils 9 refuses `--check --zero` as a usage error; so do we.
