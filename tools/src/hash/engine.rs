@@ -446,6 +446,24 @@ enum Work {
     },
 }
 
+/// Why the files of a task the pool failed with `e` were not hashed.
+///
+/// A mapped file (a big SHA-2 file, alone in its task) truncated while it is hashed raises
+/// `SIGBUS` in the worker reading the mapping past the new end (see `digest`): say that, not
+/// only that a worker was killed. Nothing else a worker does can raise `SIGBUS` (small files and
+/// BLAKE3 pieces are read, not mapped; the pool's own segments are never truncated).
+fn died(e: &shmpool::Error, works: &[Work]) -> String {
+    match e {
+        shmpool::Error::WorkerDied {
+            signal: Some(libc::SIGBUS),
+            ..
+        } if matches!(works, [Work::Big(_)]) => {
+            format!("file shrank while it was hashed ({e}, reading past the file's new end)")
+        }
+        _ => e.to_string(),
+    }
+}
+
 /// What the engine's channel carries.
 #[derive(Debug)]
 pub(crate) enum Msg {
@@ -865,7 +883,10 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                 if self.interrupt.is_set() {
                     return Ok(Finish::Interrupted);
                 }
-                (vec![Answer::Failed(e.to_string()); works.len()], Vec::new())
+                (
+                    vec![Answer::Failed(died(&e, &works)); works.len()],
+                    Vec::new(),
+                )
             }
         };
         let mut digests = &digests[..];
@@ -1610,5 +1631,71 @@ mod tests {
             .recv_timeout(Duration::from_secs(60))
             .expect("Ctrl-C did not end the wait");
         assert_eq!(finish, Finish::Interrupted);
+    }
+
+    /// Answers every task as if its worker had been killed by `SIGBUS`.
+    struct Bus {
+        replies: RefCell<VecDeque<Msg>>,
+    }
+
+    impl Workers for Bus {
+        fn processes(&self) -> usize {
+            2
+        }
+
+        fn start(&self, id: u64, _task: Task, _reply: mpsc::Sender<Msg>) -> anyhow::Result<()> {
+            let e = shmpool::Error::WorkerDied {
+                worker: 0,
+                pid: 1,
+                signal: Some(libc::SIGBUS),
+                exit_code: None,
+            };
+            self.replies.borrow_mut().push_back(Msg::Reply(id, Err(e)));
+            Ok(())
+        }
+
+        fn wait(&self, _rx: &mpsc::Receiver<Msg>, _timeout: Option<Duration>) -> Option<Msg> {
+            self.replies.borrow_mut().pop_front()
+        }
+    }
+
+    #[test]
+    fn a_mapped_file_whose_worker_got_sigbus_is_reported_as_shrunk() {
+        let mut out = Collect::default();
+        let file = |path: &[u8], size: u64| Item {
+            source: Source::File {
+                path: path.to_vec(),
+                size: Some(size),
+                regular: true,
+            },
+            tag: (),
+        };
+        let items = [file(b"big", 64 << 20), file(b"small", 10)].into_iter();
+        let opts = Options {
+            algo: Algo::Sha512,
+            ordered: true,
+            progress: None,
+        };
+        let w = Bus {
+            replies: RefCell::new(VecDeque::new()),
+        };
+        let finish = run(&w, opts, items, &mut out, &Interrupt::never()).unwrap();
+        assert_eq!(finish, Finish::Completed);
+        let reason = |i: usize| match &out.0[i].1 {
+            Outcome::Failed(r) => r.clone(),
+            o => panic!("{o:?}"),
+        };
+        assert!(
+            reason(0).starts_with("file shrank while it was hashed (worker 0"),
+            "{}",
+            reason(0)
+        );
+        assert!(reason(0).contains("SIGBUS"), "{}", reason(0));
+        // A small file is read, never mapped: its worker's SIGBUS is only that.
+        assert!(
+            reason(1).starts_with("worker 0 (pid 1) was killed by signal 7"),
+            "{}",
+            reason(1)
+        );
     }
 }
