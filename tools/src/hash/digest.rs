@@ -45,9 +45,9 @@
 //! `b3sum` (it maps files too) and any reader of a changing file has: a file written while it is
 //! hashed gives a digest of some mix of its old and new bytes, and a file truncated under the
 //! mapping raises `SIGBUS` in the worker, which dies; the pool replaces it and the file is
-//! reported as failed (`file shrank while it was hashed (worker ... SIGBUS ...)`), exit status
-//! 1. The parent never maps a file, so it is never at risk, and since a mapped file is alone in
-//! its task no other file's result is lost.
+//! reported as failed (`file shrank while it was hashed (worker ... SIGBUS ...)`), and the run
+//! exits with status 1. The parent never maps a file, so it is never at risk, and since a mapped
+//! file is alone in its task no other file's result is lost.
 //!
 //! The pieces of a split BLAKE3 file are read by different tasks, each opening the path anew:
 //! a file replaced during the run (renamed over, as editors, `rsync` and package managers do)
