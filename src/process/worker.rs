@@ -15,7 +15,9 @@ use crate::encoding::bigpayload::{
 };
 use crate::encoding::task::{CallFn, CallOutcome, ResultSink};
 use crate::shm::control::{Control, RUNNING};
-use crate::shm::ring::{Consumer, Descriptor, Producer, STATUS_ERROR, STATUS_OK, STATUS_PANICKED};
+use crate::shm::ring::{
+    Consumer, Descriptor, FLAG_WAITED, Producer, STATUS_ERROR, STATUS_OK, STATUS_PANICKED,
+};
 use crate::shm::wake::DEFAULT_SPIN;
 use crate::sync::Ordering;
 use crate::unwind::{
@@ -258,11 +260,14 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
     };
     let mut done: u64 = 0;
     let mut timer = TaskTimer(None);
+    // Found the ring empty since the last result: the next result says so (`FLAG_WAITED`).
+    let mut waited = false;
 
     loop {
         let d = match tasks.pop() {
             Ok(Some(d)) => d,
             Ok(None) => {
+                waited = true;
                 // Acquire, SYNC: server-request (shutdown flag written with Release by the parent).
                 if header.shutdown.load(Ordering::Acquire) != RUNNING && !tasks.has_data() {
                     exit_now(0, true);
@@ -318,6 +323,7 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
                     d.task_id,
                     (status, enc, None),
                     0,
+                    std::mem::take(&mut waited),
                     &parent_alive,
                 );
                 header.collector.notify();
@@ -390,6 +396,7 @@ fn worker_loop(ctx: &WorkerCtx<'_>) -> ! {
             d.task_id,
             (status, enc, big_result),
             elapsed_ns,
+            std::mem::take(&mut waited),
             &parent_alive,
         );
         header.collector.notify();
@@ -416,6 +423,7 @@ fn push_result(
     task_id: u64,
     result: (u32, crate::encoding::task::Encoded, Option<(u64, bool)>),
     elapsed_ns: u64,
+    waited: bool,
     parent_alive: &dyn Fn() -> bool,
 ) {
     let (status, enc, big) = result;
@@ -431,7 +439,7 @@ fn push_result(
             Some((_, true)) => FLAG_RESULT_SEGMENT | FLAG_RESULT_REUSED,
             Some((_, false)) => FLAG_RESULT_SEGMENT,
             None => 0,
-        },
+        } | if waited { FLAG_WAITED } else { 0 },
         reserved: big.map_or(0, |(n, _)| n),
     };
     loop {

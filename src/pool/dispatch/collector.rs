@@ -9,7 +9,9 @@ use crate::pool::Inner;
 use crate::process::exit::{decode_status, reap_server};
 use crate::shm::channel::SegmentShare;
 use crate::shm::control::{Control, RUNNING};
-use crate::shm::ring::{Consumer, Descriptor, STATUS_ERROR, STATUS_OK, STATUS_PANICKED};
+use crate::shm::ring::{
+    Consumer, Descriptor, FLAG_WAITED, STATUS_ERROR, STATUS_OK, STATUS_PANICKED,
+};
 use crate::sync::Ordering;
 use crate::unwind::EXIT_INIT_FAILED;
 
@@ -258,7 +260,7 @@ fn on_result(inner: &Inner, s: usize, d: Descriptor, seat: SeatState<'_>, scratc
         }
         let mut f = g.inflight[s].pop_front().expect("front exists");
         g.arenas[s].free_to(f.arg_end);
-        g.learn(s, d.elapsed_ns, f.queued_behind);
+        g.learn(s, d.elapsed_ns, f.queued(), d.flags & FLAG_WAITED != 0);
         let woken = g.pump(ctl);
         let segments = std::mem::take(&mut f.segments);
         (
@@ -613,6 +615,8 @@ fn on_death(inner: &Inner, s: usize) -> bool {
                     segments: f.segments,
                     timeout: f.timeout,
                     attempts: f.attempts + 1,
+                    // Not from `enqueue`: lower than any `pumped_through`, it waited.
+                    seq: 0,
                     arg_in_segment: f.arg_in_segment,
                     reads_shared: f.reads_shared,
                 };

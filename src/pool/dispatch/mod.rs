@@ -11,9 +11,9 @@
 //! tasks are pipelined so a worker never waits for the collector.
 //!
 //! The budget (queued work per worker) starts at `DEPTH_BUDGET_NS` and adapts to how fast the
-//! collector comes back ([`DepthBudget`]): a worker that ran through its whole queue while
-//! tasks waited here doubles it, up to `MAX_DEPTH_BUDGET_NS`; each result that finds work still
-//! queued lets it shrink back a little. On a machine with a core to spare the collector answers
+//! collector comes back ([`DepthBudget`]): a worker that had to wait for a task that was meant to
+//! be queued before it needed it (the task waited here, in `pending`, for room) doubles it, up to
+//! `MAX_DEPTH_BUDGET_NS`; each result that finds work still queued lets it shrink back a little. On a machine with a core to spare the collector answers
 //! in microseconds and the budget stays at its start; where the workers have every core, the
 //! collector waits for a time slice (milliseconds) and the budget grows to cover that.
 //!
@@ -43,6 +43,8 @@ use crate::error::Error;
 use crate::shm::arena::LocalArena;
 use crate::shm::channel::{SegmentShare, SentSegments};
 use crate::shm::control::Control;
+#[cfg(doc)]
+use crate::shm::ring::FLAG_WAITED;
 use crate::shm::ring::{Descriptor, Producer};
 use crate::sync::Ordering;
 
@@ -56,12 +58,14 @@ pub(crate) use collector::{CollectorRole, fail_refused, finished, poll_once, run
 pub(crate) const MAX_DEPTH: usize = 16;
 /// Queued work (ns) a worker may hold beyond the task it runs, at first. Large enough that a
 /// chunk of the automatic chunksize (~200 µs) always has a successor waiting, so a worker never
-/// idles for a wake-up round trip between chunks; small enough that a task waits at most ~2 ms
-/// behind another worker's queue while a worker is free (tasks longer than that go out one at a
-/// time). Grown per worker when the collector proves slower than that ([`DepthBudget`]).
+/// idles for a wake-up round trip between chunks; small enough that a task waits behind ~2 ms
+/// of another worker's queue while a worker is free (tasks longer than that go out one at a
+/// time). Grown per worker when the collector proves slower than that ([`DepthBudget`]), so
+/// the wait is up to [`MAX_DEPTH_BUDGET_NS`] then. Both are estimates from the average task
+/// time: a task queued behind one much slower than the average waits as long as that one runs.
 const DEPTH_BUDGET_NS: f64 = 2_000_000.0;
-/// The most [`DepthBudget`] grows to: a task waits at most this long behind another worker's
-/// queue.
+/// The most [`DepthBudget`] grows to: the most queued work (as estimated from the average task
+/// time) a task waits behind in another worker's ring while a worker is free.
 ///
 /// Why it grows at all: with two workers busy on a two-core machine, the collector (a third
 /// thread) gets a core only when the scheduler preempts a worker, which takes up to a time slice
@@ -81,11 +85,20 @@ const MIN_PACE_NAP: Duration = Duration::from_micros(20);
 /// One worker's queue budget: the queued work (ns) it may hold beyond the task it runs (see the
 /// module docs).
 ///
-/// It grows only on proof that the collector came back too late: a task that was queued
-/// behind another (so the worker had a successor when it started it) came back with nothing
-/// left in the worker's queue while tasks waited in `pending`. A worker whose tasks go out one
-/// at a time (each longer than the budget) always comes back empty; that is the design, not a
-/// late collector, and does not count.
+/// It grows only on proof that the collector came back too late: the worker found its ring
+/// empty and waited for a task ([`FLAG_WAITED`] on the result) that the dispatcher had pushed
+/// behind another task (so, as far as the dispatcher knew, before the worker needed it) and
+/// that had waited in `pending` for room in a ring (so the work was there, held back by the
+/// depth limit). A worker whose tasks go out one at a time (each longer than the budget) waits
+/// for every task, and a task a caller submits to an idle pool was not there to be queued
+/// earlier; that is the design, not a late collector, and does not count.
+///
+/// Why not "a queued task came back to an empty queue while tasks were pending" (the first
+/// version of this signal): the collector refills a worker's ring after each of its results,
+/// so its queue empties only when the depth limit has shrunk below it, which one slow task
+/// among fast ones does (the average jumps, the limit drops to 1, the queue drains by design).
+/// That fired on every such task with a core to spare and grew the budget to its cap for any
+/// workload with uneven task times, whatever the collector did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct DepthBudget(f64);
 
@@ -101,7 +114,7 @@ impl DepthBudget {
         self.0
     }
 
-    /// A queued task came back and found the worker's queue empty with work waiting: double.
+    /// The worker waited for a task it should already have had: double.
     pub(crate) fn ran_dry(&mut self) {
         self.0 = (self.0 * 2.0).min(MAX_DEPTH_BUDGET_NS);
     }
@@ -163,6 +176,9 @@ pub(crate) struct PendingTask {
     pub(crate) timeout: Option<Duration>,
     /// Runs this task already had in workers that died (see `PoolBuilder::retries`).
     attempts: u32,
+    /// Order of acceptance (`Dispatch::enqueue`); tells a task that waited in `pending` for room
+    /// from one placed by the pump right after it arrived (see `Dispatch::pumped_through`).
+    pub(crate) seq: u64,
     /// The argument is in `segments[0]`; `payload` only names it (`bigpayload`).
     arg_in_segment: bool,
     /// The completion reads a result in a reused result segment through
@@ -181,9 +197,19 @@ impl PendingTask {
             segments: arg.segment.into_iter().collect(),
             timeout: None,
             attempts: 0,
+            seq: 0,
             reads_shared: false,
         }
     }
+}
+
+/// How a task was queued, for [`DepthBudget`] (from its [`InFlight`] record).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Queued {
+    /// Pushed behind another task of the same worker.
+    behind: bool,
+    /// Waited in `pending` for room in a ring.
+    held_back: bool,
 }
 
 struct InFlight {
@@ -205,6 +231,17 @@ struct InFlight {
     reads_shared: bool,
     /// Another task was in the worker's queue when this one was pushed (see [`DepthBudget`]).
     queued_behind: bool,
+    /// This task waited in `pending` for room in a ring before it was pushed.
+    held_back: bool,
+}
+
+impl InFlight {
+    fn queued(&self) -> Queued {
+        Queued {
+            behind: self.queued_behind,
+            held_back: self.held_back,
+        }
+    }
 }
 
 /// Lifecycle of the pool.
@@ -232,6 +269,11 @@ pub(crate) struct Dispatch {
     /// Why the seat's worker is being killed for breaking the protocol, if it is.
     corrupted: Vec<Option<String>>,
     pending: VecDeque<PendingTask>,
+    /// Tasks accepted so far (the next `PendingTask::seq`).
+    enqueued: u64,
+    /// `enqueued` when the last `pump` ended: a task with a lower `seq` still in `pending` was
+    /// there when a pump gave up for lack of room (it waited).
+    pumped_through: u64,
     /// The parent's end of each seat's segment channel.
     channels: Vec<RawFd>,
     /// Which segments each seat's worker holds.
@@ -266,6 +308,8 @@ impl Dispatch {
             budget: vec![DepthBudget::default(); n],
             corrupted: vec![None; n],
             pending: VecDeque::new(),
+            enqueued: 0,
+            pumped_through: 0,
             refused: Vec::new(),
             sent: (0..n).map(|_| SentSegments::default()).collect(),
             channels,
@@ -287,7 +331,9 @@ impl Dispatch {
     }
 
     /// Accepts a task; the caller then calls `pump`.
-    pub(crate) fn enqueue(&mut self, task: PendingTask) {
+    pub(crate) fn enqueue(&mut self, mut task: PendingTask) {
+        task.seq = self.enqueued;
+        self.enqueued += 1;
         self.pending.push_back(task);
         self.outstanding += 1;
     }
@@ -300,9 +346,11 @@ impl Dispatch {
         (1 + (self.budget[seat].ns() / avg) as usize).min(MAX_DEPTH)
     }
 
-    /// Learns from a task of seat `seat` that just left its in-flight queue (`queued_behind`
-    /// from its record), having run `elapsed_ns`: the average task time, and the budget.
-    fn learn(&mut self, seat: usize, elapsed_ns: u64, queued_behind: bool) {
+    /// Learns from a task of seat `seat` that just left its in-flight queue (`queued` from its
+    /// record: it was pushed behind another task, and it had waited in `pending`), having run
+    /// `elapsed_ns`, the worker having waited for it (`waited`, [`FLAG_WAITED`]) or not: the
+    /// average task time, and the budget.
+    fn learn(&mut self, seat: usize, elapsed_ns: u64, queued: Queued, waited: bool) {
         let sample = (elapsed_ns as f64).max(1.0);
         let avg = self.avg_ns[seat];
         self.avg_ns[seat] = if avg <= 0.0 {
@@ -310,12 +358,10 @@ impl Dispatch {
         } else {
             0.8 * avg + 0.2 * sample
         };
-        if queued_behind {
-            if !self.inflight[seat].is_empty() {
-                self.budget[seat].kept_up();
-            } else if !self.pending.is_empty() {
-                self.budget[seat].ran_dry();
-            }
+        if queued.behind && queued.held_back && waited {
+            self.budget[seat].ran_dry();
+        } else if queued.behind && !self.inflight[seat].is_empty() {
+            self.budget[seat].kept_up();
         }
     }
 
@@ -420,6 +466,7 @@ impl Dispatch {
             }
             let retry_payload = (task.attempts < self.retries).then_some(task.payload);
             let queued_behind = !self.inflight[s].is_empty();
+            let held_back = task.seq < self.pumped_through;
             self.inflight[s].push_back(InFlight {
                 id,
                 pos,
@@ -433,11 +480,13 @@ impl Dispatch {
                 arg_in_segment: task.arg_in_segment,
                 reads_shared: task.reads_shared,
                 queued_behind,
+                held_back,
             });
             if !woken.contains(&s) {
                 woken.push(s);
             }
         }
+        self.pumped_through = self.enqueued;
         woken
     }
 
@@ -493,12 +542,13 @@ pub(crate) fn wake(ctl: &Control, seats: &[usize]) {
 mod tests {
     use super::*;
 
-    /// A dispatcher of one seat with `n` tasks of 8 bytes waiting.
+    /// A dispatcher of one seat given `n` tasks of 8 bytes, pumped once.
     fn dispatch_with(ctl: &Control, n: usize) -> Dispatch {
         let mut d = Dispatch::new(ctl, vec![-1]);
         for _ in 0..n {
             d.enqueue(PendingTask::new(vec![0u8; 8], 0, Box::new(|_| {})));
         }
+        d.pump(ctl);
         d
     }
 
@@ -509,15 +559,23 @@ mod tests {
         unsafe { crate::shm::ring::Consumer::attach(&ctl.seat(0).tasks) }
     }
 
-    /// The worker takes seat 0's next task and answers it after `elapsed_ns`; the collector
-    /// does its bookkeeping (as `on_result` does).
-    fn complete(d: &mut Dispatch, w: &mut crate::shm::ring::Consumer, elapsed_ns: u64) {
+    /// The worker takes seat 0's next task and answers it after `elapsed_ns`, having waited
+    /// for it or not (`waited`, [`FLAG_WAITED`]); the collector does its bookkeeping and pumps
+    /// (as `on_result` does).
+    fn complete(
+        d: &mut Dispatch,
+        ctl: &Control,
+        w: &mut crate::shm::ring::Consumer,
+        elapsed_ns: u64,
+        waited: bool,
+    ) {
         let task = w.pop().unwrap().expect("a task in the ring");
         let f = d.inflight[0].pop_front().expect("a task in flight");
         assert_eq!(task.task_id, f.id);
         d.arenas[0].free_to(f.arg_end);
-        d.learn(0, elapsed_ns, f.queued_behind);
+        d.learn(0, elapsed_ns, f.queued(), waited);
         d.outstanding -= 1;
+        d.pump(ctl);
     }
 
     #[test]
@@ -541,75 +599,104 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_that_ran_dry_while_tasks_waited_gets_a_deeper_queue() {
+    fn a_worker_that_waited_for_a_task_held_back_in_pending_gets_a_deeper_queue() {
         let ctl = Control::new(1, 1 << 20).unwrap();
         let mut w = worker(&ctl);
         let mut d = dispatch_with(&ctl, 1000);
-        // Nothing known yet: one task goes out.
-        d.pump(&ctl);
+        // Nothing known yet: one task goes out, and the worker waited for it (it had none).
         assert_eq!(d.inflight[0].len(), 1);
-        // Tasks of 1 ms: two queued behind the running one fill the 2 ms budget.
-        complete(&mut d, &mut w, 1_000_000);
+        complete(&mut d, &ctl, &mut w, 1_000_000, true);
         assert_eq!(
             d.budget[0],
             DepthBudget::default(),
             "a lone task teaches nothing"
         );
-        d.pump(&ctl);
+        // Tasks of 1 ms: two queued behind the running one fill the 2 ms budget.
         assert_eq!(d.inflight[0].len(), 3);
-        // The collector keeps up: each result finds the worker's queue not yet empty.
-        complete(&mut d, &mut w, 1_000_000);
-        d.pump(&ctl);
-        assert_eq!(d.budget[0], DepthBudget::default());
-        assert_eq!(d.inflight[0].len(), 3);
-        // The collector comes back late: the worker has answered all three. The last of them
-        // was queued behind another and finds the queue empty while tasks wait: the budget
-        // doubles, and the worker gets a deeper queue.
+        // The collector keeps up: the worker never waits.
         for _ in 0..3 {
-            complete(&mut d, &mut w, 1_000_000);
+            complete(&mut d, &ctl, &mut w, 1_000_000, false);
+            assert_eq!(d.inflight[0].len(), 3);
         }
+        assert_eq!(d.budget[0], DepthBudget::default());
+        // The collector comes back late: the worker answered its three tasks and waited; the
+        // tasks pushed behind them (held back in `pending`) came too late. The budget doubles,
+        // and the worker gets a deeper queue.
+        complete(&mut d, &ctl, &mut w, 1_000_000, false);
+        complete(&mut d, &ctl, &mut w, 1_000_000, false);
+        complete(&mut d, &ctl, &mut w, 1_000_000, false);
+        complete(&mut d, &ctl, &mut w, 1_000_000, true);
         assert_eq!(d.budget[0].ns(), 2.0 * DEPTH_BUDGET_NS);
-        d.pump(&ctl);
         assert_eq!(d.inflight[0].len(), 5);
         // Late every time: it stops at the cap.
         for _ in 0..10 {
-            while !d.inflight[0].is_empty() {
-                complete(&mut d, &mut w, 1_000_000);
-            }
-            d.pump(&ctl);
+            complete(&mut d, &ctl, &mut w, 1_000_000, true);
         }
         assert_eq!(d.budget[0].ns(), MAX_DEPTH_BUDGET_NS);
         assert_eq!(d.inflight[0].len(), MAX_DEPTH);
         // On time again: it shrinks back.
         for _ in 0..100 {
-            complete(&mut d, &mut w, 1_000_000);
-            d.pump(&ctl);
+            complete(&mut d, &ctl, &mut w, 1_000_000, false);
         }
         assert!(d.budget[0].ns() < MAX_DEPTH_BUDGET_NS);
     }
 
     #[test]
-    fn tasks_that_go_out_one_at_a_time_or_an_empty_queue_leave_the_budget_alone() {
+    fn a_queue_drained_by_one_slow_task_among_fast_ones_leaves_the_budget_alone() {
+        // The first signal ("a queued task came back to an empty queue while tasks were
+        // pending") fired here, with the collector on time: it grew the budget to its cap for
+        // any workload with uneven task times (chunks of a heterogeneous `map`).
+        let ctl = Control::new(1, 1 << 20).unwrap();
+        let mut w = worker(&ctl);
+        let mut d = dispatch_with(&ctl, 1000);
+        complete(&mut d, &ctl, &mut w, 1_000_000, true);
+        for _ in 0..20 {
+            complete(&mut d, &ctl, &mut w, 1_000_000, false);
+        }
+        assert_eq!(d.inflight[0].len(), 3);
+        // One task of 100 ms: the average jumps, the limit drops to 1, the two queued behind it
+        // run and the queue empties, by design, with hundreds of tasks pending. The worker
+        // waits for each task that now goes out alone.
+        complete(&mut d, &ctl, &mut w, 100_000_000, false);
+        assert_eq!(d.inflight[0].len(), 2);
+        complete(&mut d, &ctl, &mut w, 1_000_000, false);
+        complete(&mut d, &ctl, &mut w, 1_000_000, false);
+        assert_eq!(d.inflight[0].len(), 1);
+        assert!(d.pending.len() > 900);
+        for _ in 0..5 {
+            complete(&mut d, &ctl, &mut w, 1_000_000, true);
+        }
+        assert_eq!(d.budget[0], DepthBudget::default());
+    }
+
+    #[test]
+    fn tasks_that_go_out_one_at_a_time_or_arrive_at_an_idle_worker_leave_the_budget_alone() {
         let ctl = Control::new(1, 1 << 20).unwrap();
         let mut w = worker(&ctl);
         let mut d = dispatch_with(&ctl, 10);
-        // Tasks of 10 ms: one at a time, and each result finds the worker idle, by design.
-        for _ in 0..5 {
-            d.pump(&ctl);
+        // Tasks of 10 ms: one at a time, and the worker waits for each, by design.
+        for _ in 0..10 {
             assert_eq!(d.inflight[0].len(), 1);
-            complete(&mut d, &mut w, 10_000_000);
+            complete(&mut d, &ctl, &mut w, 10_000_000, true);
             assert_eq!(d.budget[0], DepthBudget::default());
         }
-        // Short tasks, but nothing waiting behind them: a worker that runs dry then is not
-        // short of queue.
-        let mut d = dispatch_with(&ctl, 3);
+        assert!(d.inflight[0].is_empty());
+        // Short tasks submitted one by one as a caller gets to them: each goes out at once
+        // (never held back), behind the last one whose result the collector has not seen;
+        // the worker, done with that one, waits. No queue would have helped.
+        let mut d = dispatch_with(&ctl, 0);
+        d.enqueue(PendingTask::new(vec![0u8; 8], 0, Box::new(|_| {})));
         d.pump(&ctl);
-        complete(&mut d, &mut w, 100_000);
-        d.pump(&ctl);
-        assert_eq!(d.inflight[0].len(), 2);
-        assert!(d.pending.is_empty());
-        complete(&mut d, &mut w, 100_000);
-        complete(&mut d, &mut w, 100_000);
+        complete(&mut d, &ctl, &mut w, 100_000, true);
+        for _ in 0..20 {
+            d.enqueue(PendingTask::new(vec![0u8; 8], 0, Box::new(|_| {})));
+            d.pump(&ctl);
+            d.enqueue(PendingTask::new(vec![0u8; 8], 0, Box::new(|_| {})));
+            d.pump(&ctl);
+            assert_eq!(d.inflight[0].len(), 2);
+            complete(&mut d, &ctl, &mut w, 100_000, true);
+            complete(&mut d, &ctl, &mut w, 100_000, true);
+        }
         assert_eq!(d.budget[0], DepthBudget::default());
     }
 }

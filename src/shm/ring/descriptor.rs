@@ -31,6 +31,11 @@ pub struct Descriptor {
 
 const _: () = assert!(size_of::<Descriptor>() == 64);
 
+/// Descriptor flag (result): the worker found its task ring empty and waited before it got this
+/// task (the dispatcher's queue-depth signal, `DepthBudget`). Only a hint: a worker that sets it
+/// falsely can only make its own queue deeper, up to the dispatcher's caps.
+pub const FLAG_WAITED: u32 = 8;
+
 /// The task ran and its encoded result is the payload.
 pub const STATUS_OK: u32 = 0;
 /// The task panicked; the payload is the UTF-8 panic message.
