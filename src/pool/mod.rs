@@ -320,10 +320,11 @@ impl PoolBuilder {
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] for 0 processes, more than 2^22 (Linux's `PID_MAX_LIMIT`),
-    /// more than the open-file limit leaves room for (two descriptors a worker, see
-    /// `ulimit -n`), `max_tasks_per_child(0)`, an arena smaller than 4 KiB, or sizes whose total does not fit
-    /// in the address space (`arena_size(1 << 62)`); [`Error::Os`] if a segment cannot be mapped,
-    /// the process runs out of file descriptors, or a process cannot be forked.
+    /// more than the open-file limit leaves room for (two descriptors a worker while it starts,
+    /// see `ulimit -n`), `max_tasks_per_child(0)`, an arena smaller than 4 KiB, or sizes whose
+    /// total does not fit in the address space (`arena_size(1 << 62)`); [`Error::Os`] if a
+    /// segment cannot be mapped, the process runs out of file descriptors later, or a process
+    /// cannot be forked.
     /// Construction is all-or-nothing: on error, no process or segment is left.
     /// # Examples
     ///
@@ -353,17 +354,24 @@ impl PoolBuilder {
         if self.task_timeout == Some(Duration::ZERO) {
             return Err(Error::invalid("task_timeout must be more than zero"));
         }
-        check_fd_limit(
-            processes,
-            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok(),
-        )?;
         // The channels first: they are cheap, and an absurd worker count meets the fd limit here
         // before the control segment's per-seat words are written.
-        let (channels, worker_channels): (Vec<OwnedFd>, Vec<OwnedFd>) = (0..processes)
-            .map(|_| channel::pair())
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .unzip();
+        let mut pairs = Vec::with_capacity(processes.min(1 << 16));
+        for made in 0..processes {
+            match channel::pair() {
+                Ok(pair) => pairs.push(pair),
+                Err(Error::Os { source, .. }) if source.raw_os_error() == Some(libc::EMFILE) => {
+                    return Err(out_of_fds(
+                        processes,
+                        made,
+                        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                            .ok(),
+                    ));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let (channels, worker_channels): (Vec<OwnedFd>, Vec<OwnedFd>) = pairs.into_iter().unzip();
         let ctl = Control::new(processes, self.arena_size)?;
         let mut dispatch = Dispatch::new(&ctl, channels.iter().map(AsRawFd::as_raw_fd).collect());
         dispatch.task_timeout = self.task_timeout;
@@ -413,38 +421,29 @@ impl PoolBuilder {
     }
 }
 
-/// Descriptors the parent holds per worker while `build` runs: the two ends of the worker's
-/// segment channel (the worker's end goes to the fork server).
-const FDS_PER_WORKER: u64 = 2;
-/// Descriptors `build` needs besides those, with room for the caller's own.
-const FDS_BESIDES: u64 = 32;
-
-/// Refuses a pool whose descriptors cannot fit under the open-file limit `(soft, hard)`, with
-/// a message that says so. Without this check an absurd `processes(100000)` failed in its
-/// 500th `socketpair` with a bare `Too many open files`.
-fn check_fd_limit(processes: usize, limit: Option<(u64, u64)>) -> Result<()> {
-    let Some((soft, hard)) = limit else {
-        return Ok(());
+/// The error for a pool whose channels ran out of file descriptors after `made` of
+/// `processes` workers, with the open-file limit `(soft, hard)` when known. Without it an absurd
+/// `processes(100000)` failed in its 500th `socketpair` with a bare `Too many open files`.
+fn out_of_fds(processes: usize, made: usize, limit: Option<(u64, u64)>) -> Error {
+    let show = |n: u64| {
+        if n == libc::RLIM_INFINITY {
+            "unlimited".to_string()
+        } else {
+            n.to_string()
+        }
     };
-    if soft == libc::RLIM_INFINITY {
-        return Ok(());
-    }
-    let need = (processes as u64)
-        .saturating_mul(FDS_PER_WORKER)
-        .saturating_add(FDS_BESIDES);
-    if need <= soft {
-        return Ok(());
-    }
-    let hard = if hard == libc::RLIM_INFINITY {
-        "unlimited".to_string()
-    } else {
-        hard.to_string()
-    };
-    Err(Error::invalid(format!(
-        "processes({processes}) needs about {need} file descriptors in this process, more than \
-         its open-file limit allows ({soft}; `ulimit -n`, which can go up to {hard}): raise the \
-         limit or use fewer processes"
-    )))
+    let limit = limit.map_or(String::new(), |(soft, hard)| {
+        format!(
+            " ({}; `ulimit -n`, which can go up to {})",
+            show(soft),
+            show(hard)
+        )
+    });
+    Error::invalid(format!(
+        "processes({processes}): this process ran out of file descriptors after {made} workers \
+         (each takes 2 while the pool starts, 1 after); the open-file limit{limit} is too low \
+         for that many: raise it or use fewer processes"
+    ))
 }
 
 /// The collector thread: forks the server (so the parent-death signal follows a thread that
@@ -1648,25 +1647,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_pool_too_big_for_the_open_file_limit_is_refused_with_the_limit_named() {
-        assert!(check_fd_limit(100, Some((1024, 4096))).is_ok());
-        assert!(check_fd_limit(100_000, None).is_ok(), "no limit known");
-        assert!(check_fd_limit(100_000, Some((libc::RLIM_INFINITY, libc::RLIM_INFINITY))).is_ok());
-        let e = check_fd_limit(100_000, Some((1024, 524_288))).unwrap_err();
+    fn running_out_of_descriptors_is_an_error_that_names_the_limit() {
+        let e = out_of_fds(100_000, 506, Some((1024, 524_288)));
         assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
         let msg = e.to_string();
         assert!(msg.contains("processes(100000)"), "{msg}");
-        assert!(msg.contains("200032 file descriptors"), "{msg}");
+        assert!(msg.contains("after 506 workers"), "{msg}");
         assert!(
             msg.contains("(1024; `ulimit -n`, which can go up to 524288)"),
             "{msg}"
         );
-        let msg = check_fd_limit(usize::MAX, Some((1024, libc::RLIM_INFINITY)))
-            .unwrap_err()
-            .to_string();
+        let msg = out_of_fds(10, 3, Some((1024, libc::RLIM_INFINITY))).to_string();
         assert!(msg.contains("up to unlimited"), "{msg}");
-        // The edge: exactly at the limit fits.
-        assert!(check_fd_limit(496, Some((1024, 1024))).is_ok());
-        assert!(check_fd_limit(497, Some((1024, 1024))).is_err());
+        let msg = out_of_fds(10, 3, None).to_string();
+        assert!(msg.contains("the open-file limit is too low"), "{msg}");
     }
 }

@@ -522,10 +522,17 @@ fn more_jobs_than_the_open_file_limit_allows_is_an_error_that_names_the_limit() 
     // SAFETY: setrlimit is async-signal-safe, and the closure touches nothing else.
     unsafe {
         cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 256,
-                rlim_max: 4096,
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
             };
+            // SAFETY: `lim` is a valid rlimit that lives for the call.
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The soft limit only: the hard one cannot be raised back, and may be lower than
+            // any number we would pick.
+            lim.rlim_cur = lim.rlim_max.min(256);
             // SAFETY: `lim` is a valid rlimit that lives for the call.
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -540,7 +547,7 @@ fn more_jobs_than_the_open_file_limit_allows_is_an_error_that_names_the_limit() 
         e.contains("processes(1000)") && e.contains("ulimit -n"),
         "{e}"
     );
-    assert!(e.contains("(256;"), "{e}");
+    assert!(e.contains("ran out of file descriptors"), "{e}");
     assert!(o.stdout.is_empty());
 }
 
@@ -639,6 +646,56 @@ fn ctrl_c_to_the_process_group_exits_130_and_leaves_no_process() {
 #[test]
 fn sigint_to_the_parent_alone_exits_130_and_leaves_no_process() {
     interrupt(false);
+}
+
+#[test]
+fn ctrl_c_ends_a_run_whose_only_task_never_answers() {
+    // A FIFO named on the command line is read as sha256sum reads it: the worker blocks in
+    // `open` (nobody writes), so no reply will ever come. The engine's wait has no timeout:
+    // only Ctrl-C's wake-up (the SIGINT handler's byte, the watcher thread) can end it.
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ctrl_c_fifo");
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    let fifo = d.join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut child = shmpool()
+        .args([os("hash"), os("-j"), os("1"), fifo.as_os_str()])
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pgid = child.id() as i32;
+    // The parent, its fork server and the worker. A bound on the wait only so that a broken
+    // build cannot spin forever.
+    let start = Instant::now();
+    while group_members(pgid).len() < 3 && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: kill with our child's pid and a valid signal.
+    assert_eq!(unsafe { libc::kill(pgid, libc::SIGINT) }, 0);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            // SAFETY: as above.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = child.wait();
+            panic!("still running 60 s after SIGINT: Ctrl-C did not wake the engine's wait");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.is_empty(), "{err}");
+    assert_eq!(group_members(pgid), Vec::<i32>::new(), "left behind");
+    fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]

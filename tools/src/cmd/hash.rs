@@ -54,9 +54,8 @@ pub(crate) fn run(args: HashArgs) -> anyhow::Result<ExitCode> {
         },
     };
     // Ctrl-C sets the flag and wakes the engine, which terminates the pool, and we exit 130.
-    // The handler is installed before the pool is built, so forked workers inherit it too, and
-    // do not die from the terminal's SIGINT: the parent ends them (and the engine copes if a
-    // library change makes them die or ignore it instead).
+    // The pool's processes do not die from a terminal's SIGINT (the library ignores it in the
+    // fork server and gives workers a handler that does nothing): the parent ends them.
     //
     // The self-pipe that ends a wait for standard input (see crate::stdfds): a socket pair,
     // created close-on-exec by std, so no program a task runs inherits it. Nothing reads it;

@@ -32,9 +32,9 @@
 //!
 //! A file that cannot be opened or read is an answer (`Outcome::Failed` with the reason); the
 //! run goes on. A task the pool fails (a worker died) fails each of its files with the pool's
-//! error, unless the run was interrupted (a terminal's Ctrl-C reaches the workers too, and their
-//! deaths are then not errors to report): the interrupt flag is checked first, and again after
-//! a short grace, before such an error is reported.
+//! error, unless the run was interrupted (then nothing more is reported). The pool's workers
+//! never die from a terminal's Ctrl-C (the library gives them a handler that does nothing), so
+//! a worker's death is reported as soon as it is known, with no grace to wait out.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use shmpool::Pool;
 
 use super::Algo;
-use super::digest::{self, Digest, NoWait, Opener, ReadBuf, Small};
+use super::digest::{self, Digest, NoWait, Opener, ReadBuf, Small, os_path};
 use super::interrupt::Interrupt;
 use super::walk::Source;
 
@@ -60,7 +60,7 @@ pub(crate) const CHUNK_COST_NS: u64 = 2_000_000;
 const CHUNK_FILES: usize = 1024;
 /// Tasks in flight per worker (submitted to the pool, not yet answered).
 ///
-/// More than the pool queues in a worker's ring (up to ~9 tasks of [`CHUNK_COST_NS`] when its
+/// More than the pool usually queues in a worker's ring (~9 tasks of [`CHUNK_COST_NS`] when its
 /// queue budget has grown to 16 ms; see the pool's `DepthBudget`), so that the pool's pending
 /// queue, not this engine, refills the rings: a refill from here waits for two thread hops
 /// (the callback thread, then this thread), each a time slice away when the workers have every
@@ -89,10 +89,6 @@ const MAX_PENDING: usize = 64;
 const MAX_PENDING_BYTES: u64 = 16 << 20;
 /// Sources taken from the walk per turn of the loop.
 const INTAKE_BATCH: usize = 256;
-/// How long a task the pool failed waits for the interrupt flag before its error is reported: a
-/// terminal's Ctrl-C reaches the workers and the parent at about the same time, and a worker
-/// that died from it is not an error (see the module docs).
-const INTERRUPT_GRACE: Duration = Duration::from_millis(50);
 /// Estimated cost of opening, reading and closing one file (7.7 µs measured here).
 const FILE_COST_NS: u64 = 8_000;
 
@@ -446,24 +442,6 @@ enum Work {
     },
 }
 
-/// Why the files of a task the pool failed with `e` were not hashed.
-///
-/// A mapped file (a big SHA-2 file, alone in its task) truncated while it is hashed raises
-/// `SIGBUS` in the worker reading the mapping past the new end (see `digest`): say that, not
-/// only that a worker was killed. Nothing else a worker does can raise `SIGBUS` (small files and
-/// BLAKE3 pieces are read, not mapped; the pool's own segments are never truncated).
-fn died(e: &shmpool::Error, works: &[Work]) -> String {
-    match e {
-        shmpool::Error::WorkerDied {
-            signal: Some(libc::SIGBUS),
-            ..
-        } if matches!(works, [Work::Big(_)]) => {
-            format!("file shrank while it was hashed ({e}, reading past the file's new end)")
-        }
-        _ => e.to_string(),
-    }
-}
-
 /// What the engine's channel carries.
 #[derive(Debug)]
 pub(crate) enum Msg {
@@ -556,7 +534,8 @@ pub(crate) fn run<T, S: Sink<T>>(
     interrupt: &Interrupt,
 ) -> anyhow::Result<Finish> {
     let (tx, rx) = mpsc::channel();
-    // Ctrl-C wakes the wait for replies (the receiver outlives the subscription).
+    // Ctrl-C wakes the wait for replies. Dropped after the engine (declared before it): a
+    // waker that runs after the receiver is gone sends into nothing, which it ignores.
     let _wake = interrupt.subscribe({
         let tx = tx.clone();
         move || {
@@ -747,6 +726,39 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
         &mut self.slots[(seq - self.base) as usize]
     }
 
+    /// Why the files of `works`, a task the pool failed with `e`, were not hashed.
+    ///
+    /// A mapped file (a big SHA-2 file, alone in its task) raises `SIGBUS` in the worker that
+    /// reads a page of the mapping the file cannot give: past its end, if it was truncated
+    /// while hashed (see `digest`), or a page the disk could not read (an I/O error, a network
+    /// file system gone). The file's size now tells which. Nothing else a worker does for us
+    /// raises `SIGBUS` (small files and BLAKE3 pieces are read; the pool never truncates its own
+    /// segments), and other deaths are the pool's message alone.
+    fn died(&self, e: &shmpool::Error, works: &[Work]) -> String {
+        let sigbus = matches!(
+            e,
+            shmpool::Error::WorkerDied {
+                signal: Some(libc::SIGBUS),
+                ..
+            }
+        );
+        let &[Work::Big(seq)] = works else {
+            return e.to_string();
+        };
+        let (path, size, _) = self.file(seq);
+        let Some(size) = size.filter(|&n| sigbus && self.maps(n)) else {
+            return e.to_string();
+        };
+        match std::fs::metadata(os_path(path)) {
+            Ok(m) if m.len() < size => format!(
+                "file shrank while it was hashed, from {size} to {} bytes ({e}, reading past the \
+                 file's new end)",
+                m.len()
+            ),
+            _ => format!("could not read the file through its mapping ({e}; an I/O error?)"),
+        }
+    }
+
     /// Path, size and `regular` of the file in slot `seq`.
     fn file(&self, seq: u64) -> (&[u8], Option<u64>, bool) {
         match self.slots[(seq - self.base) as usize]
@@ -875,18 +887,12 @@ impl<T, S: Sink<T>> Engine<'_, T, S> {
                 }
             }
             Err(e) => {
-                // A worker that died from the terminal's Ctrl-C is not an error to report.
+                // Interrupted: the pool is being terminated, and no more lines are wanted.
                 if self.interrupt.is_set() {
                     return Ok(Finish::Interrupted);
                 }
-                std::thread::sleep(INTERRUPT_GRACE);
-                if self.interrupt.is_set() {
-                    return Ok(Finish::Interrupted);
-                }
-                (
-                    vec![Answer::Failed(died(&e, &works)); works.len()],
-                    Vec::new(),
-                )
+                let reason = self.died(&e, &works);
+                (vec![Answer::Failed(reason); works.len()], Vec::new())
             }
         };
         let mut digests = &digests[..];
@@ -1660,17 +1666,30 @@ mod tests {
     }
 
     #[test]
-    fn a_mapped_file_whose_worker_got_sigbus_is_reported_as_shrunk() {
+    fn a_mapped_file_whose_worker_got_sigbus_is_reported_as_shrunk_or_unreadable() {
+        let d = tmp("sigbus");
+        let shrunk = d.join("shrunk");
+        let whole = d.join("whole");
+        let small = d.join("small");
+        // Planned at 64 MiB; 1 MiB when the worker dies.
+        std::fs::write(&shrunk, vec![0u8; 1 << 20]).unwrap();
+        std::fs::write(&whole, vec![0u8; 1 << 20]).unwrap();
+        std::fs::write(&small, b"abc").unwrap();
         let mut out = Collect::default();
-        let file = |path: &[u8], size: u64| Item {
+        let file = |path: &std::path::Path, size: u64| Item {
             source: Source::File {
-                path: path.to_vec(),
+                path: path.as_os_str().as_encoded_bytes().to_vec(),
                 size: Some(size),
                 regular: true,
             },
             tag: (),
         };
-        let items = [file(b"big", 64 << 20), file(b"small", 10)].into_iter();
+        let items = [
+            file(&shrunk, 64 << 20),
+            file(&whole, 1 << 20),
+            file(&small, 3),
+        ]
+        .into_iter();
         let opts = Options {
             algo: Algo::Sha512,
             ordered: true,
@@ -1685,17 +1704,15 @@ mod tests {
             Outcome::Failed(r) => r.clone(),
             o => panic!("{o:?}"),
         };
-        assert!(
-            reason(0).starts_with("file shrank while it was hashed (worker 0"),
-            "{}",
-            reason(0)
-        );
+        let want = "file shrank while it was hashed, from 67108864 to 1048576 bytes (worker 0";
+        assert!(reason(0).starts_with(want), "{}", reason(0));
         assert!(reason(0).contains("SIGBUS"), "{}", reason(0));
+        // As big as planned: the mapping could not be read.
+        let want = "could not read the file through its mapping (worker 0";
+        assert!(reason(1).starts_with(want), "{}", reason(1));
         // A small file is read, never mapped: its worker's SIGBUS is only that.
-        assert!(
-            reason(1).starts_with("worker 0 (pid 1) was killed by signal 7"),
-            "{}",
-            reason(1)
-        );
+        let want = "worker 0 (pid 1) was killed by signal 7";
+        assert!(reason(2).starts_with(want), "{}", reason(2));
+        drop(d);
     }
 }

@@ -8,8 +8,12 @@
 //!
 //! The watcher thread lives as long as the process (the handler stays installed too). It takes
 //! the wakers' lock only to run them; a fork while it holds the lock leaves the child a locked
-//! copy, which no child touches (the pool's processes never look at Ctrl-C this way: they
-//! inherit the handler and are ended by the parent).
+//! copy, which no child touches (the pool's fork server ignores SIGINT and its workers replace
+//! the disposition with a handler that does nothing; the parent ends them).
+//!
+//! A waker runs under that lock, on the watcher thread: it must be quick, must not block, and
+//! must not subscribe or drop a subscription. One that panics is caught (the watcher goes on
+//! for the next Ctrl-C; the flag is set whatever wakers do).
 
 use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
@@ -118,12 +122,13 @@ impl Interrupt {
     }
 }
 
-/// Runs every waker. A waker that panics is the caller's bug; the lock it poisons is still used
-/// (the list itself is never left half-changed).
+/// Runs every waker (see the module docs).
 fn run_wakers(wakers: &Mutex<Wakers>) {
     let w = wakers.lock().unwrap_or_else(PoisonError::into_inner);
     for (_, wake) in &w.list {
-        wake();
+        // A panicking waker must not end the watcher thread: every later Ctrl-C would wake
+        // nobody. Its message went to stderr through the panic hook.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(wake));
     }
 }
 
@@ -176,5 +181,18 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let _s = i.subscribe(move || tx.send(()).unwrap());
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(()));
+    }
+
+    #[test]
+    fn a_panicking_waker_does_not_stop_the_others() {
+        let i = Interrupt::never();
+        let (tx, rx) = mpsc::channel();
+        let _a = i.subscribe(|| panic!("a waker that panics"));
+        let _b = i.subscribe(move || tx.send(()).unwrap());
+        i.fire();
+        assert_eq!(rx.try_recv(), Ok(()));
+        // And again, on a second Ctrl-C.
+        i.fire();
+        assert_eq!(rx.try_recv(), Ok(()));
     }
 }
