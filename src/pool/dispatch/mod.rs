@@ -99,6 +99,9 @@ const MIN_PACE_NAP: Duration = Duration::from_micros(20);
 /// among fast ones does (the average jumps, the limit drops to 1, the queue drains by design).
 /// That fired on every such task with a core to spare and grew the budget to its cap for any
 /// workload with uneven task times, whatever the collector did.
+///
+/// A replacement worker inherits its seat's budget (and average task time): both describe the
+/// parent's collector and the task mix, not the worker process that died.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct DepthBudget(f64);
 
