@@ -219,6 +219,7 @@ pub(crate) fn finished(inner: &Inner, count: usize) {
     let mut d = lock(inner);
     d.outstanding -= count;
     if d.outstanding == 0 {
+        d.rest();
         inner.idle.notify_all();
     }
 }

@@ -12,10 +12,12 @@
 //!
 //! The budget (queued work per worker) starts at `DEPTH_BUDGET_NS` and adapts to how fast the
 //! collector comes back ([`DepthBudget`]): a worker that had to wait for a task that was meant to
-//! be queued before it needed it (the task waited here, in `pending`, for room) doubles it, up to
-//! `MAX_DEPTH_BUDGET_NS`; each result that finds work still queued lets it shrink back a little. On a machine with a core to spare the collector answers
-//! in microseconds and the budget stays at its start; where the workers have every core, the
-//! collector waits for a time slice (milliseconds) and the budget grows to cover that.
+//! be queued before it needed it (the task waited here, in `pending`, for room) doubles it, up
+//! to `MAX_DEPTH_BUDGET_NS`; each result that finds work still queued lets it shrink back a
+//! little, and every budget starts over when the pool has nothing left to do. On a machine with
+//! a core to spare the collector answers in microseconds and the budget stays at its start;
+//! where the workers have every core, the collector waits for a time slice (milliseconds) and
+//! the budget grows to cover that.
 //!
 //! # Collection
 //!
@@ -368,6 +370,14 @@ impl Dispatch {
         }
     }
 
+    /// The pool has nothing left to do: every budget starts over, so that what one busy stretch
+    /// taught does not queue later, unrelated work deeper than it needs (a long-lived pool that
+    /// once grew its budgets to 16 ms would otherwise keep them through idle time, since only
+    /// results of queued tasks shrink them).
+    pub(crate) fn rest(&mut self) {
+        self.budget.fill(DepthBudget::default());
+    }
+
     /// Moves pending tasks into rings. Returns the seats that got work (each once), to be woken
     /// with [`wake`] after the lock is released.
     pub(crate) fn pump(&mut self, ctl: &Control) -> Vec<usize> {
@@ -642,6 +652,10 @@ mod tests {
             complete(&mut d, &ctl, &mut w, 1_000_000, false);
         }
         assert!(d.budget[0].ns() < MAX_DEPTH_BUDGET_NS);
+        assert!(d.budget[0].ns() > DEPTH_BUDGET_NS);
+        // The pool runs out of work (`finished`): it starts over.
+        d.rest();
+        assert_eq!(d.budget[0], DepthBudget::default());
     }
 
     #[test]
