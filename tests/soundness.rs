@@ -552,3 +552,96 @@ fn at_the_parents_fd_limit_a_large_result_fails_without_blaming_the_worker() {
     pool.close();
     pool.join().unwrap();
 }
+
+/// Descriptors open in this process (the directory's own one included, the same every time).
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Shared-memory mappings of this process (memfd segments).
+fn memfd_maps() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("memfd:"))
+        .count()
+}
+
+/// This process has no child, live or zombie.
+fn no_children() -> bool {
+    // SAFETY: waitpid(2) with a null status pointer; WNOHANG so it never blocks.
+    let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+    r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
+}
+
+fn set_soft_fd_limit(soft: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit; only the soft limit moves,
+    // below the hard one, so it can go back up.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = soft.min(lim.rlim_max);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+}
+
+/// `build` meeting the open-file limit at every step it opens a descriptor (channels, control
+/// segment, collector, fork server, workers) fails with an error and leaves nothing behind: no
+/// descriptor, no mapping, no process. In a child copy of this test binary: its limit is lowered.
+#[test]
+fn a_build_that_runs_out_of_descriptors_anywhere_leaves_nothing_behind() {
+    let _w = common::arm(300);
+    if common::scenario().as_deref() != Some("build-fd-limit") {
+        let out = common::reexec(
+            "a_build_that_runs_out_of_descriptors_anywhere_leaves_nothing_behind",
+            "build-fd-limit",
+        )
+        .output()
+        .unwrap();
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "the scenario failed: {:?}",
+            out.status
+        );
+        return;
+    }
+    let build = || Pool::builder().processes(3).build();
+    // Once at full limit: whatever a first pool opens for good (lazily) is open from now on.
+    let p = build().unwrap();
+    p.close();
+    p.join().unwrap();
+    drop(p);
+    let (fds, maps) = (open_fds(), memfd_maps());
+    assert!(no_children());
+    let mut built = 0;
+    for extra in 0..64 {
+        set_soft_fd_limit((fds + extra) as u64);
+        let r = build();
+        set_soft_fd_limit(u64::MAX);
+        match r {
+            Ok(p) => {
+                built += 1;
+                p.close();
+                p.join().unwrap();
+            }
+            // Whichever descriptor it was (a channel, the control segment's memfd), the
+            // error names the limit.
+            Err(e) => assert!(
+                matches!(e, Error::InvalidArgument { .. })
+                    && e.to_string().contains("the open-file limit ("),
+                "limit open+{extra}: {e:?}"
+            ),
+        }
+        assert_eq!(open_fds(), fds, "descriptors left after limit open+{extra}");
+        assert_eq!(memfd_maps(), maps, "mappings left after limit open+{extra}");
+        assert!(no_children(), "a process left after limit open+{extra}");
+        if built == 3 {
+            return;
+        }
+    }
+    panic!("no pool built even 63 descriptors above what was open");
+}

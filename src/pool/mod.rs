@@ -356,23 +356,22 @@ impl PoolBuilder {
         }
         // The channels first: they are cheap, and an absurd worker count meets the fd limit here
         // before the control segment's per-seat words are written.
+        // EMFILE, from the channels or from the control segment's memfd right after them, is
+        // the open-file limit: the error says so.
+        let emfile = |made: usize, e: Error| match e {
+            Error::Os { source, .. } if source.raw_os_error() == Some(libc::EMFILE) => out_of_fds(
+                processes,
+                made,
+                nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok(),
+            ),
+            e => e,
+        };
         let mut pairs = Vec::with_capacity(processes.min(1 << 16));
         for made in 0..processes {
-            match channel::pair() {
-                Ok(pair) => pairs.push(pair),
-                Err(Error::Os { source, .. }) if source.raw_os_error() == Some(libc::EMFILE) => {
-                    return Err(out_of_fds(
-                        processes,
-                        made,
-                        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-                            .ok(),
-                    ));
-                }
-                Err(e) => return Err(e),
-            }
+            pairs.push(channel::pair().map_err(|e| emfile(made, e))?);
         }
         let (channels, worker_channels): (Vec<OwnedFd>, Vec<OwnedFd>) = pairs.into_iter().unzip();
-        let ctl = Control::new(processes, self.arena_size)?;
+        let ctl = Control::new(processes, self.arena_size).map_err(|e| emfile(processes, e))?;
         let mut dispatch = Dispatch::new(&ctl, channels.iter().map(AsRawFd::as_raw_fd).collect());
         dispatch.task_timeout = self.task_timeout;
         dispatch.retries = self.retries;
@@ -421,9 +420,11 @@ impl PoolBuilder {
     }
 }
 
-/// The error for a pool whose channels ran out of file descriptors after `made` of
-/// `processes` workers, with the open-file limit `(soft, hard)` when known. Without it an absurd
-/// `processes(100000)` failed in its 500th `socketpair` with a bare `Too many open files`.
+/// The error for a pool that ran out of file descriptors (in its channels or in its control
+/// segment's memfd) after the channels of `made` of `processes` workers, with the open-file limit
+/// `(soft, hard)` when known. Without it an absurd `processes(100000)` failed in its 500th
+/// `socketpair` with a bare `Too many open files`, and a limit met at the memfd with a bare
+/// `memfd_create failed`.
 fn out_of_fds(processes: usize, made: usize, limit: Option<(u64, u64)>) -> Error {
     let show = |n: u64| {
         if n == libc::RLIM_INFINITY {
