@@ -131,3 +131,77 @@ fn tasks_queued_behind_a_task_whose_worker_is_killed_from_outside_run_in_the_rep
     pool.close();
     pool.join().unwrap();
 }
+
+/// Workers that exit after every 3 tasks while up to 16 are queued in their rings, fed by many
+/// threads at once while the pool goes idle (every budget starts over) and busy again: every
+/// result is its own item's, in order, and imap dropped half-way or read lazily loses nothing
+/// for the others.
+#[test]
+fn many_callers_over_short_lived_workers_with_deep_queues_get_every_result_in_order() {
+    let _w = common::arm(300);
+    let pool = Pool::builder()
+        .processes(2)
+        .max_tasks_per_child(3)
+        .build()
+        .unwrap();
+    teach_fast(&pool);
+    std::thread::scope(|s| {
+        for t in 0..6u64 {
+            let pool = &pool;
+            s.spawn(move || {
+                for round in 0..8u64 {
+                    let base = t * 1_000_000 + round * 1000;
+                    let items: Vec<u64> = (base..base + 150).collect();
+                    let want: Vec<u64> = items.iter().map(|x| x + 1).collect();
+                    match (t + round) % 3 {
+                        0 => assert_eq!(pool.map(inc, items).unwrap(), want),
+                        1 => {
+                            let got: Vec<u64> = pool.imap(inc, items).map(|r| r.unwrap()).collect();
+                            assert_eq!(got, want);
+                        }
+                        _ => {
+                            // Half read, the rest dropped.
+                            let mut it = pool.imap(inc, items);
+                            for w in &want[..75] {
+                                assert_eq!(it.next().unwrap().unwrap(), *w);
+                            }
+                        }
+                    }
+                    // Now and then everyone is idle for a moment: outstanding hits 0.
+                    if round % 3 == 2 {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(pool.apply(inc, 41).unwrap(), 42);
+    pool.close();
+    pool.join().unwrap();
+}
+
+/// `terminate` from another thread while a map with deep queues is in flight: the map ends with
+/// an answer (all results or an error), never a hang, and the pool's processes are gone.
+#[test]
+fn terminate_during_a_deep_queued_map_answers_the_map() {
+    let _w = common::arm(120);
+    let pool = Pool::new(2).unwrap();
+    teach_fast(&pool);
+    let pids = pool.worker_pids();
+    std::thread::scope(|s| {
+        let pool = &pool;
+        let h = s.spawn(move || pool.map(sleep_ms, vec![1u64; 2000]));
+        std::thread::sleep(Duration::from_millis(100));
+        pool.terminate();
+        match h.join().unwrap() {
+            Ok(v) => assert_eq!(v.len(), 2000),
+            Err(e) => assert!(!matches!(e, Error::InvalidArgument { .. }), "{e:?}"),
+        }
+    });
+    pool.join().unwrap();
+    for pid in pids {
+        // SAFETY: kill(2) with signal 0 only checks whether the process exists.
+        let r = unsafe { libc::kill(pid as i32, 0) };
+        assert_eq!(r, -1, "worker {pid} still exists after join");
+    }
+}
