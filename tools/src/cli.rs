@@ -33,7 +33,8 @@ pub(crate) enum Command {
 /// followed; no PATH, or `-`, reads standard input. A file that cannot be hashed is reported
 /// on stderr as `shmpool: PATH: REASON`, its name escaped as in the output lines. Exit status:
 /// 0 if every file was hashed (and, with --check, matched), 1 if any failed, 2 on a usage
-/// error, 130 on Ctrl-C.
+/// error, 130 on Ctrl-C (the process ends by SIGINT once its workers are gone, as `sha256sum`
+/// does, so a shell script running it stops too).
 #[derive(Debug, Args)]
 pub(crate) struct HashArgs {
     /// Files or directories to hash (with --check: manifests to read)

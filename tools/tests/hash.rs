@@ -13,7 +13,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::symlink;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Once, OnceLock};
@@ -633,7 +633,7 @@ fn interrupt(whole_group: bool) {
     // SAFETY: kill with a pid we own (our child or its process group) and a valid signal.
     assert_eq!(unsafe { libc::kill(target, libc::SIGINT) }, 0);
     let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert_eq!(o.status.signal(), Some(libc::SIGINT), "{}", stderr(&o));
     assert!(stderr(&o).is_empty(), "{}", stderr(&o));
     assert_eq!(group_members(pgid), Vec::<i32>::new(), "left behind");
 }
@@ -692,7 +692,7 @@ fn ctrl_c_ends_a_run_whose_only_task_never_answers() {
     };
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert_eq!(status.code(), Some(130), "{err}");
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{err}");
     assert!(err.is_empty(), "{err}");
     assert_eq!(group_members(pgid), Vec::<i32>::new(), "left behind");
     fs::remove_dir_all(&d).unwrap();
@@ -987,7 +987,12 @@ fn ctrl_c_stops_a_run_waiting_for_standard_input() {
         }
         drop(child.stdin.take());
         let o = child.wait_with_output().unwrap();
-        assert_eq!(o.status.code(), Some(130), "{args:?}: {}", stderr(&o));
+        assert_eq!(
+            o.status.signal(),
+            Some(libc::SIGINT),
+            "{args:?}: {}",
+            stderr(&o)
+        );
         assert!(o.stdout.is_empty(), "{args:?}");
         assert!(stderr(&o).is_empty(), "{args:?}: {}", stderr(&o));
         assert_eq!(
@@ -996,4 +1001,51 @@ fn ctrl_c_stops_a_run_waiting_for_standard_input() {
             "{args:?}: left behind"
         );
     }
+}
+
+/// Ctrl-C in a shell script stops the script, not only `shmpool hash`: bash, waiting for a
+/// foreground program when it gets SIGINT itself, goes on with the script if the program
+/// exited normally (it "handled" Ctrl-C), and stops if the program was killed by SIGINT.
+/// `shmpool hash` used to exit with status 130, so the script printed `survived`.
+#[test]
+fn ctrl_c_stops_the_shell_script_that_runs_it() {
+    watchdog();
+    let mut child = Command::new("bash")
+        .args(["-c", "\"$0\" hash -; echo survived"])
+        .arg(env!("CARGO_BIN_EXE_shmpool"))
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pgid = child.id() as i32;
+    // bash and shmpool (reading standard input, which stays open and empty). A bound on the
+    // wait only so that a broken build cannot spin forever.
+    let start = Instant::now();
+    while group_members(pgid).len() < 2 && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Time to install the handler: a SIGINT before it kills shmpool as well, and passes.
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill with our child's process group and a valid signal, as a terminal does.
+    assert_eq!(unsafe { libc::kill(-pgid, libc::SIGINT) }, 0);
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if child.try_wait().unwrap().is_none() {
+        // SAFETY: as above.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    }
+    drop(child.stdin.take());
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("survived"),
+        "the script went on after Ctrl-C ({:?}): {}",
+        o.status,
+        stderr(&o)
+    );
+    assert_eq!(o.status.signal(), Some(libc::SIGINT), "{}", stderr(&o));
+    assert_eq!(group_members(pgid), Vec::<i32>::new(), "left behind");
 }

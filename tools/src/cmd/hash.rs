@@ -53,7 +53,8 @@ pub(crate) fn run(args: HashArgs) -> anyhow::Result<ExitCode> {
             None
         },
     };
-    // Ctrl-C sets the flag and wakes the engine, which terminates the pool, and we exit 130.
+    // Ctrl-C sets the flag and wakes the engine, which terminates the pool, and we die of
+    // SIGINT once it is gone (`die_of_sigint`: status 130 in a shell).
     // The pool's processes do not die from a terminal's SIGINT (the library ignores it in the
     // fork server and gives workers a handler that does nothing): the parent ends them.
     //
@@ -76,5 +77,33 @@ pub(crate) fn run(args: HashArgs) -> anyhow::Result<ExitCode> {
     };
     #[cfg(not(feature = "mpi"))]
     let code = hash::run(&cfg, &interrupt)?;
+    #[cfg(feature = "mpi")]
+    drop(cluster);
+    if code == hash::EXIT_INTERRUPTED {
+        die_of_sigint();
+    }
     Ok(ExitCode::from(code))
+}
+
+/// Ends the process by SIGINT, its default action, now that the pool is gone: a shell then
+/// sees a program killed by Ctrl-C (status 130, as for `sha256sum`) and stops too. Exiting
+/// with 130 instead tells a shell the program caught Ctrl-C and handled it: bash (which waits
+/// for a foreground program to end before it acts on a SIGINT it got itself) then goes on,
+/// and `for f in *; do shmpool hash "$f"; done` ran the next iteration after every Ctrl-C.
+/// If the process is somehow still alive afterwards, the caller exits with 130.
+fn die_of_sigint() {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // SAFETY: signal(2) with the default disposition and sigprocmask(2)/raise(3) with a set
+    // built by sigemptyset/sigaddset on a local: no memory is shared with anything else. The
+    // handler that signal-hook installed is replaced, which nothing needs any more (the run is
+    // over; the watcher thread only ever reads its socket).
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(libc::SIGINT);
+    }
 }

@@ -99,7 +99,8 @@ pub(crate) const EXIT_INTERRUPTED: u8 = 130;
 /// Runs `shmpool hash` (or its `--check`); returns the exit status.
 ///
 /// Once `interrupt` comes (it wakes the run's wait for replies) the pool is terminated (no
-/// worker survives) and the status is [`EXIT_INTERRUPTED`].
+/// worker survives) and the status is [`EXIT_INTERRUPTED`] (on which `cmd::hash` ends the
+/// process by SIGINT).
 ///
 /// # Errors
 ///
