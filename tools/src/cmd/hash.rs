@@ -79,10 +79,17 @@ pub(crate) fn run(args: HashArgs) -> anyhow::Result<ExitCode> {
     let code = hash::run(&cfg, &interrupt)?;
     #[cfg(feature = "mpi")]
     drop(cluster);
-    if code == hash::EXIT_INTERRUPTED {
+    if ends_by_sigint(code, &interrupt) {
         die_of_sigint();
     }
     Ok(ExitCode::from(code))
+}
+
+/// Whether the run ends by SIGINT: it was interrupted, or Ctrl-C came after its last line,
+/// while the pool was being dropped (the run said 0 or 1, but the user asked it to stop before
+/// it did, and `sha256sum` would have died of that Ctrl-C too).
+fn ends_by_sigint(code: u8, interrupt: &Interrupt) -> bool {
+    code == hash::EXIT_INTERRUPTED || interrupt.is_set()
 }
 
 /// Ends the process by SIGINT, its default action, now that the pool is gone: a shell then
@@ -105,5 +112,22 @@ fn die_of_sigint() {
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
         libc::raise(libc::SIGINT);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ctrl_c_after_the_last_line_still_ends_the_process_by_sigint() {
+        let i = Interrupt::never();
+        assert!(!ends_by_sigint(0, &i));
+        assert!(!ends_by_sigint(hash::EXIT_FAILED, &i));
+        assert!(ends_by_sigint(hash::EXIT_INTERRUPTED, &i));
+        // Ctrl-C while the finished run's pool was dropped.
+        i.fire();
+        assert!(ends_by_sigint(0, &i));
+        assert!(ends_by_sigint(hash::EXIT_FAILED, &i));
     }
 }
