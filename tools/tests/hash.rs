@@ -1049,3 +1049,35 @@ fn ctrl_c_stops_the_shell_script_that_runs_it() {
     assert_eq!(o.status.signal(), Some(libc::SIGINT), "{}", stderr(&o));
     assert_eq!(group_members(pgid), Vec::<i32>::new(), "left behind");
 }
+
+/// Started with SIGINT ignored (`cmd &` in a script, `nohup`), `shmpool hash` leaves it
+/// ignored, as programs that do not catch it do: a Ctrl-C meant for the foreground program does
+/// not stop it. It used to install its handler anyway and stop with the foreground program.
+#[test]
+fn started_with_sigint_ignored_it_stays_ignored() {
+    watchdog();
+    // `trap '' INT` ignores SIGINT, and `exec` keeps that.
+    let mut child = Command::new("bash")
+        .args(["-c", "trap '' INT; exec \"$0\" hash -"])
+        .arg(env!("CARGO_BIN_EXE_shmpool"))
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    // Time for bash to exec and for shmpool to set up (and, before the fix, to install its
+    // handler): it then waits for standard input.
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill with our child's process group and a valid signal, as a terminal does.
+    assert_eq!(unsafe { libc::kill(-pid, libc::SIGINT) }, 0);
+    // Standard input ends: the run hashes it, as if no Ctrl-C had come.
+    drop(child.stdin.take());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{:?}: {}", o.status, stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855  -\n"
+    );
+}

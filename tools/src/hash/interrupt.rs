@@ -59,6 +59,16 @@ impl Interrupt {
     /// The handler, the socket pair or the thread could not be set up.
     pub(crate) fn on_sigint(stdin_wake: UnixStream) -> io::Result<Interrupt> {
         let interrupt = Interrupt::never();
+        // Started with SIGINT ignored (`cmd &` in a script, `nohup`): Ctrl-C is meant for
+        // another program, as for any program that leaves SIGINT alone. Catching it would stop
+        // a background run whenever the user stops the foreground one.
+        if sigint_ignored()? {
+            // Its write end stays open for the life of the process, as it does once
+            // registered below: closed, the read end would be readable (end of file), and
+            // every read of standard input would give up as if Ctrl-C had come.
+            std::mem::forget(stdin_wake);
+            return Ok(interrupt);
+        }
         signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupt.flag))?;
         // Both writers non-blocking (signal-hook sends with MSG_DONTWAIT on a socket anyway):
         // once a buffer is full, a further Ctrl-C drops its byte instead of blocking in the
@@ -120,6 +130,20 @@ impl Interrupt {
         self.flag.store(true, Ordering::SeqCst);
         run_wakers(&self.wakers);
     }
+}
+
+/// Whether SIGINT is ignored (its disposition is `SIG_IGN`, inherited across `exec`).
+fn sigint_ignored() -> io::Result<bool> {
+    // SAFETY: sigaction(2) with a null new action only reads the current one into `old`, a
+    // zeroed `sigaction` that lives across the call.
+    let old = unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGINT, std::ptr::null(), &mut old) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        old
+    };
+    Ok(old.sa_sigaction == libc::SIG_IGN)
 }
 
 /// Runs every waker (see the module docs).
