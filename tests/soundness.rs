@@ -640,8 +640,47 @@ fn a_build_that_runs_out_of_descriptors_anywhere_leaves_nothing_behind() {
         assert_eq!(memfd_maps(), maps, "mappings left after limit open+{extra}");
         assert!(no_children(), "a process left after limit open+{extra}");
         if built == 3 {
-            return;
+            break;
         }
     }
-    panic!("no pool built even 63 descriptors above what was open");
+    assert_eq!(
+        built, 3,
+        "no pool built even 63 descriptors above what was open"
+    );
+    // Many pools built at once from threads, at a limit that holds only some of them: each
+    // build is a pool or the error naming the limit, and once all are dropped nothing is left.
+    set_soft_fd_limit((fds + 20) as u64);
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8).map(|_| s.spawn(build)).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    set_soft_fd_limit(u64::MAX);
+    let mut ok = 0;
+    for r in results {
+        match r {
+            Ok(p) => {
+                ok += 1;
+                assert_eq!(p.apply(|x: u32| x + 1, 1).unwrap(), 2);
+                p.close();
+                p.join().unwrap();
+            }
+            Err(e) => assert!(
+                matches!(e, Error::InvalidArgument { .. })
+                    && e.to_string().contains("the open-file limit ("),
+                "{e:?}"
+            ),
+        }
+    }
+    println!("{ok} of 8 pools built at once at open+20");
+    assert_eq!(
+        open_fds(),
+        fds,
+        "descriptors left after the concurrent builds"
+    );
+    assert_eq!(
+        memfd_maps(),
+        maps,
+        "mappings left after the concurrent builds"
+    );
+    assert!(no_children(), "a process left after the concurrent builds");
 }
