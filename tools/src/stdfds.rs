@@ -17,6 +17,12 @@
 //! input and the pipe's read end, with no timeout: whichever comes first ends the wait, and
 //! once the pipe is readable the read gives up with [`interrupted`]. Nothing reads the pipe,
 //! so it stays readable: every later wait gives up at once too.
+//!
+//! Writes to standard output end on Ctrl-C the same way, where they can block: when standard
+//! output is a pipe or a socket ([`Stdout`] waits in one `poll` for room or the self-pipe, then
+//! writes at most `PIPE_BUF` bytes, which a pipe with room takes without blocking). Before,
+//! `shmpool hash DIR | less` with `less` not reading (it ignores SIGINT) kept `shmpool hash`, its
+//! fork server and a worker alive after Ctrl-C, blocked in a `write` the handler restarts.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -130,8 +136,66 @@ impl Read for Stdin {
     }
 }
 
-/// Writes to standard output; fails with `EBADF` on the first write if it was closed at
-/// start (a run that writes nothing, as `--check --status`, succeeds, as with coreutils).
+/// Whether standard output is a pipe or a socket: where a `write` blocks until a reader makes
+/// room (asked once).
+fn stdout_blocks() -> bool {
+    static BLOCKS: OnceLock<bool> = OnceLock::new();
+    *BLOCKS.get_or_init(|| {
+        // SAFETY: all-zero bytes are a valid `stat` (integers only).
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat writes one `stat` into `st`, which we own; on any error (descriptor 1
+        // closed) we say no.
+        if unsafe { libc::fstat(1, &mut st) } != 0 {
+            return false;
+        }
+        matches!(st.st_mode & libc::S_IFMT, libc::S_IFIFO | libc::S_IFSOCK)
+    })
+}
+
+/// Waits until standard output (a pipe or a socket) has room for `PIPE_BUF` bytes, or fails
+/// with [`interrupted`] once the SIGINT self-pipe is readable. Returns how many bytes a write
+/// may take without blocking: all of them if standard output cannot block or no Ctrl-C can
+/// end a wait ([`interrupt_reads_on`] was not called). The wait ends by an event only.
+fn wait_writable() -> io::Result<Option<usize>> {
+    let Some(wake) = INTERRUPT.get() else {
+        return Ok(None);
+    };
+    if !stdout_blocks() {
+        return Ok(None);
+    }
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: 1,
+                events: libc::POLLOUT,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: as in `wait_readable`.
+        match unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } {
+            n if n > 0 && fds[1].revents != 0 => return Err(interrupted()),
+            // Room, or an error or hang-up that the write reports.
+            n if n > 0 => return Ok(Some(libc::PIPE_BUF)),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// Writes to standard output, unbuffered (callers buffer: a `BufWriter` of 64 KiB); fails with
+/// `EBADF` on the first write if it was closed at start (a run that writes nothing, as
+/// `--check --status`, succeeds, as with coreutils), and with [`interrupted`] if Ctrl-C comes
+/// while it waits for a reader to make room. Not through `io::stdout()`: its line buffer would
+/// make its own blocking writes of what it held.
 pub(crate) struct Stdout;
 
 impl Write for Stdout {
@@ -139,13 +203,26 @@ impl Write for Stdout {
         if closed(1) {
             return Err(ebadf());
         }
-        io::stdout().write(buf)
+        let len = match wait_writable()? {
+            Some(room) => buf.len().min(room),
+            None => buf.len(),
+        };
+        loop {
+            // SAFETY: `buf[..len]` is valid for reads of `len` bytes for the call; descriptor 1
+            // is open (`closed(1)` said so; Rust's runtime keeps it open).
+            let n = unsafe { libc::write(1, buf.as_ptr().cast(), len) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if closed(1) {
-            return Ok(());
-        }
-        io::stdout().flush()
+        // Nothing is held here.
+        Ok(())
     }
 }

@@ -649,6 +649,54 @@ fn sigint_to_the_parent_alone_exits_130_and_leaves_no_process() {
 }
 
 #[test]
+fn ctrl_c_ends_a_run_blocked_on_a_full_stdout_pipe() {
+    // Nobody reads the output (as `shmpool hash DIR | less` when less is not reading): the
+    // parent blocks writing its lines to a full pipe, and Ctrl-C must still end it.
+    let mut child = shmpool()
+        .args([os("hash"), os("-j"), os("2"), tree().as_os_str()])
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pgid = child.id() as i32;
+    // Until the pipe is full: the parent sleeps in a write (state S, in `pipe_write`) or a
+    // poll for room. A bound on the wait only so that a broken build cannot spin forever.
+    let start = Instant::now();
+    loop {
+        let wchan = fs::read_to_string(format!("/proc/{pgid}/wchan")).unwrap_or_default();
+        if wchan.contains("pipe_write") || wchan.contains("poll") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never blocked: {wchan}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill with our child's pid and a valid signal.
+    assert_eq!(unsafe { libc::kill(pgid, libc::SIGINT) }, 0);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            // SAFETY: as above.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = child.wait();
+            panic!("still running 60 s after SIGINT, blocked on its full stdout pipe");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}: {err}");
+    assert!(err.is_empty(), "{err}");
+    assert_eq!(group_members(pgid), Vec::<i32>::new(), "left behind");
+}
+
+#[test]
 fn ctrl_c_ends_a_run_whose_only_task_never_answers() {
     // A FIFO named on the command line is read as sha256sum reads it: the worker blocks in
     // `open` (nobody writes), so no reply will ever come. The engine's wait has no timeout:

@@ -68,15 +68,22 @@ pub(crate) fn run(args: HashArgs) -> anyhow::Result<ExitCode> {
         Interrupt::on_sigint(stdin_wake_write).context("cannot install the SIGINT handler")?;
     crate::stdfds::interrupt_reads_on(stdin_wake_read.into());
     #[cfg(feature = "mpi")]
-    let code = match &cluster {
+    let run = match &cluster {
         Some(c) => {
             let workers = hash::mpi::ClusterWorkers::new(c);
-            hash::run_on(&cfg, &interrupt, Some(&workers))?
+            hash::run_on(&cfg, &interrupt, Some(&workers))
         }
-        None => hash::run(&cfg, &interrupt)?,
+        None => hash::run(&cfg, &interrupt),
     };
     #[cfg(not(feature = "mpi"))]
-    let code = hash::run(&cfg, &interrupt)?;
+    let run = hash::run(&cfg, &interrupt);
+    // A run that failed after Ctrl-C (a write to a full stdout pipe that Ctrl-C ended, see
+    // `crate::stdfds`) was interrupted: its pool is gone, and the error is not one to report.
+    let code = match run {
+        Ok(code) => code,
+        Err(_) if interrupt.is_set() => hash::EXIT_INTERRUPTED,
+        Err(e) => return Err(e),
+    };
     #[cfg(feature = "mpi")]
     drop(cluster);
     if ends_by_sigint(code, &interrupt) {
