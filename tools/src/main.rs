@@ -4,8 +4,9 @@
 //! Exit codes: 0 on success (a closed stdout, as in `shmpool bench | head`, counts as success),
 //! 2 on any error, printed to stderr as `shmpool: <error>: <cause>...`. Usage errors come from
 //! clap, also with exit code 2. `shmpool hash` adds 1 (a file could not be hashed, or did not
-//! match with `--check`; each reported on stderr) and 130 (interrupted by Ctrl-C: it ends by SIGINT once its pool is gone, which a shell
-//! reports as 130, so a script running it stops too).
+//! match with `--check`; each reported on stderr) and 130 (interrupted by Ctrl-C: it ends by
+//! SIGINT once its pool is gone, which a shell reports as 130, so a script running it stops
+//! too).
 
 use std::process::ExitCode;
 

@@ -86,18 +86,16 @@ pub(crate) fn interrupted() -> io::Error {
     io::Error::other("interrupted")
 }
 
-/// Waits until standard input has data, its end or an error to report (so a `read` will not
-/// block), or fails with [`interrupted`] once the SIGINT self-pipe is readable. The wait ends
-/// by one of these events only: `poll` has no timeout.
-fn wait_readable() -> io::Result<()> {
-    let Some(wake) = INTERRUPT.get() else {
-        return Ok(());
-    };
+/// Waits in one `poll`, with no timeout, until descriptor `fd` has `events` (or an error or
+/// hang-up to report), or fails with [`interrupted`] once the SIGINT self-pipe `wake` is
+/// readable (Ctrl-C wins over a descriptor that is ready too). A `poll` that fails is left to
+/// the caller's read or write to report.
+fn wait_for(fd: libc::c_int, events: libc::c_short, wake: &OwnedFd) -> io::Result<()> {
     loop {
         let mut fds = [
             libc::pollfd {
-                fd: 0,
-                events: libc::POLLIN,
+                fd,
+                events,
                 revents: 0,
             },
             libc::pollfd {
@@ -110,17 +108,23 @@ fn wait_readable() -> io::Result<()> {
         // is passed; poll writes only their `revents`. `wake` is open for the life of the
         // process (a static).
         match unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } {
-            // The pipe first: Ctrl-C wins over data that is waiting too.
             n if n > 0 && fds[1].revents != 0 => return Err(interrupted()),
             n if n > 0 => return Ok(()),
             _ => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    // Let the read report whatever it is.
+                if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
                     return Ok(());
                 }
             }
         }
+    }
+}
+
+/// Waits until standard input has data, its end or an error to report (so a `read` will not
+/// block), or fails with [`interrupted`] once the SIGINT self-pipe is readable.
+fn wait_readable() -> io::Result<()> {
+    match INTERRUPT.get() {
+        Some(wake) => wait_for(0, libc::POLLIN, wake),
+        None => Ok(()),
     }
 }
 
@@ -163,32 +167,8 @@ fn wait_writable() -> io::Result<Option<usize>> {
     if !stdout_blocks() {
         return Ok(None);
     }
-    loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: 1,
-                events: libc::POLLOUT,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: wake.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: as in `wait_readable`.
-        match unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } {
-            n if n > 0 && fds[1].revents != 0 => return Err(interrupted()),
-            // Room, or an error or hang-up that the write reports.
-            n if n > 0 => return Ok(Some(libc::PIPE_BUF)),
-            _ => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Ok(None);
-                }
-            }
-        }
-    }
+    wait_for(1, libc::POLLOUT, wake)?;
+    Ok(Some(libc::PIPE_BUF))
 }
 
 /// Writes to standard output, unbuffered (callers buffer: a `BufWriter` of 64 KiB); fails with

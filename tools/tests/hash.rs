@@ -605,6 +605,44 @@ fn group_members(pgid: i32) -> Vec<i32> {
     pids
 }
 
+/// Waits until `ready` says yes; at most 60 s, only so that a broken build cannot spin forever.
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < Duration::from_secs(60), "never {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends SIGINT to `child` (the leader of its own process group), waits for it to end, and
+/// checks that it died of SIGINT, printed nothing on stderr, and left no process of its group.
+/// Still running 60 s later: kills the group and fails with `hung`.
+fn sigint_ends(mut child: std::process::Child, hung: &str) {
+    let pgid = child.id() as i32;
+    // SAFETY: kill with our child's pid and a valid signal.
+    assert_eq!(unsafe { libc::kill(pgid, libc::SIGINT) }, 0);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            // SAFETY: as above, its process group.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = child.wait();
+            panic!("still running 60 s after SIGINT: {hung}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut err).unwrap();
+    }
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}: {err}");
+    assert!(err.is_empty(), "{err}");
+    assert_eq!(group_members(pgid), Vec::<i32>::new(), "left behind");
+}
+
 /// Starts a long SHA-512 run (the sparse file, many times) in its own process group, waits
 /// until its workers exist, sends SIGINT (to the whole group, as a terminal does, or to the
 /// parent alone) and checks the exit status and that no process of the group is left.
@@ -622,12 +660,8 @@ fn interrupt(whole_group: bool) {
         .spawn()
         .unwrap();
     let pgid = child.id() as i32;
-    // Wait for the workers (the parent, its fork server and two workers). A bound on the
-    // wait only so that a broken build cannot spin forever; the watchdog would catch it too.
-    let start = Instant::now();
-    while group_members(pgid).len() < 4 && start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // The parent, its fork server and two workers.
+    wait_until("4 processes", || group_members(pgid).len() >= 4);
     std::thread::sleep(Duration::from_millis(200));
     let target = if whole_group { -pgid } else { pgid };
     // SAFETY: kill with a pid we own (our child or its process group) and a valid signal.
@@ -652,48 +686,21 @@ fn sigint_to_the_parent_alone_exits_130_and_leaves_no_process() {
 fn ctrl_c_ends_a_run_blocked_on_a_full_stdout_pipe() {
     // Nobody reads the output (as `shmpool hash DIR | less` when less is not reading): the
     // parent blocks writing its lines to a full pipe, and Ctrl-C must still end it.
-    let mut child = shmpool()
+    let child = shmpool()
         .args([os("hash"), os("-j"), os("2"), tree().as_os_str()])
         .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let pgid = child.id() as i32;
-    // Until the pipe is full: the parent sleeps in a write (state S, in `pipe_write`) or a
-    // poll for room. A bound on the wait only so that a broken build cannot spin forever.
-    let start = Instant::now();
-    loop {
-        let wchan = fs::read_to_string(format!("/proc/{pgid}/wchan")).unwrap_or_default();
-        if wchan.contains("pipe_write") || wchan.contains("poll") {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "never blocked: {wchan}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // SAFETY: kill with our child's pid and a valid signal.
-    assert_eq!(unsafe { libc::kill(pgid, libc::SIGINT) }, 0);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            // SAFETY: as above.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            let _ = child.wait();
-            panic!("still running 60 s after SIGINT, blocked on its full stdout pipe");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}: {err}");
-    assert!(err.is_empty(), "{err}");
-    assert_eq!(group_members(pgid), Vec::<i32>::new(), "left behind");
+    let pid = child.id();
+    // Until the pipe is full: the parent sleeps in a write (in `pipe_write`) or a poll for
+    // room.
+    wait_until("blocked on the full pipe", || {
+        let wchan = fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+        wchan.contains("pipe_write") || wchan.contains("poll")
+    });
+    sigint_ends(child, "blocked on its full stdout pipe");
 }
 
 #[test]
@@ -708,7 +715,7 @@ fn ctrl_c_ends_a_run_whose_only_task_never_answers() {
     let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
     // SAFETY: `c` is a NUL-terminated path that outlives the call.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    let mut child = shmpool()
+    let child = shmpool()
         .args([os("hash"), os("-j"), os("1"), fifo.as_os_str()])
         .process_group(0)
         .stdout(Stdio::null())
@@ -716,33 +723,10 @@ fn ctrl_c_ends_a_run_whose_only_task_never_answers() {
         .spawn()
         .unwrap();
     let pgid = child.id() as i32;
-    // The parent, its fork server and the worker. A bound on the wait only so that a broken
-    // build cannot spin forever.
-    let start = Instant::now();
-    while group_members(pgid).len() < 3 && start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // The parent, its fork server and the worker, blocked in `open`.
+    wait_until("3 processes", || group_members(pgid).len() >= 3);
     std::thread::sleep(Duration::from_millis(200));
-    // SAFETY: kill with our child's pid and a valid signal.
-    assert_eq!(unsafe { libc::kill(pgid, libc::SIGINT) }, 0);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            // SAFETY: as above.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            let _ = child.wait();
-            panic!("still running 60 s after SIGINT: Ctrl-C did not wake the engine's wait");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert_eq!(status.signal(), Some(libc::SIGINT), "{err}");
-    assert!(err.is_empty(), "{err}");
-    assert_eq!(group_members(pgid), Vec::<i32>::new(), "left behind");
+    sigint_ends(child, "Ctrl-C did not wake the engine's wait");
     fs::remove_dir_all(&d).unwrap();
 }
 
