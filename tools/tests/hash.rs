@@ -614,6 +614,25 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
+/// Waits for `child`, the leader of process group `pgid`, to end after a signal; still running
+/// 60 s later (a bound only so that a broken build fails instead of hanging): kills the group
+/// and fails with `hung`.
+fn ends(child: &mut std::process::Child, pgid: i32, hung: &str) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            // SAFETY: kill of a process group we made, with a valid signal.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = child.wait();
+            panic!("still running 60 s after SIGINT: {hung}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Sends SIGINT to `child` (the leader of its own process group), waits for it to end, and
 /// checks that it died of SIGINT, printed nothing on stderr, and left no process of its group.
 /// Still running 60 s later: kills the group and fails with `hung`.
@@ -621,19 +640,7 @@ fn sigint_ends(mut child: std::process::Child, hung: &str) {
     let pgid = child.id() as i32;
     // SAFETY: kill with our child's pid and a valid signal.
     assert_eq!(unsafe { libc::kill(pgid, libc::SIGINT) }, 0);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            // SAFETY: as above, its process group.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            let _ = child.wait();
-            panic!("still running 60 s after SIGINT: {hung}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = ends(&mut child, pgid, hung);
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
         std::io::Read::read_to_string(&mut e, &mut err).unwrap();
@@ -1005,18 +1012,11 @@ fn ctrl_c_stops_a_run_waiting_for_standard_input() {
         assert_eq!(poll_args(pid), Some((2, -1)), "{args:?}");
         // SAFETY: kill of the process group we made, with a valid signal.
         assert_eq!(unsafe { libc::kill(-(pid as i32), libc::SIGINT) }, 0);
-        // A bound only so that the unfixed build fails instead of hanging (the watchdog is
-        // the backstop); the run stops at once.
-        let start = Instant::now();
-        while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(60) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if child.try_wait().unwrap().is_none() {
-            // SAFETY: as above.
-            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-            let _ = child.wait();
-            panic!("{args:?}: still running 60 s after SIGINT, waiting for standard input");
-        }
+        ends(
+            &mut child,
+            pid as i32,
+            &format!("{args:?}, waiting for standard input"),
+        );
         drop(child.stdin.take());
         let o = child.wait_with_output().unwrap();
         assert_eq!(
@@ -1052,24 +1052,13 @@ fn ctrl_c_stops_the_shell_script_that_runs_it() {
         .spawn()
         .unwrap();
     let pgid = child.id() as i32;
-    // bash and shmpool (reading standard input, which stays open and empty). A bound on the
-    // wait only so that a broken build cannot spin forever.
-    let start = Instant::now();
-    while group_members(pgid).len() < 2 && start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // bash and shmpool (reading standard input, which stays open and empty).
+    wait_until("2 processes", || group_members(pgid).len() >= 2);
     // Time to install the handler: a SIGINT before it kills shmpool as well, and passes.
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: kill with our child's process group and a valid signal, as a terminal does.
     assert_eq!(unsafe { libc::kill(-pgid, libc::SIGINT) }, 0);
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    if child.try_wait().unwrap().is_none() {
-        // SAFETY: as above.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-    }
+    ends(&mut child, pgid, "the script");
     drop(child.stdin.take());
     let o = child.wait_with_output().unwrap();
     assert!(
