@@ -1035,6 +1035,20 @@ fn ctrl_c_stops_a_run_waiting_for_standard_input() {
     }
 }
 
+/// `bash -c SCRIPT` with `$0` the shmpool binary, in its own process group, its standard
+/// streams piped.
+fn bash_running_shmpool(script: &str) -> std::process::Child {
+    Command::new("bash")
+        .args(["-c", script])
+        .arg(env!("CARGO_BIN_EXE_shmpool"))
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Ctrl-C in a shell script stops the script, not only `shmpool hash`: bash, waiting for a
 /// foreground program when it gets SIGINT itself, goes on with the script if the program
 /// exited normally (it "handled" Ctrl-C), and stops if the program was killed by SIGINT.
@@ -1042,15 +1056,7 @@ fn ctrl_c_stops_a_run_waiting_for_standard_input() {
 #[test]
 fn ctrl_c_stops_the_shell_script_that_runs_it() {
     watchdog();
-    let mut child = Command::new("bash")
-        .args(["-c", "\"$0\" hash -; echo survived"])
-        .arg(env!("CARGO_BIN_EXE_shmpool"))
-        .process_group(0)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = bash_running_shmpool("\"$0\" hash -; echo survived");
     let pgid = child.id() as i32;
     // bash and shmpool (reading standard input, which stays open and empty).
     wait_until("2 processes", || group_members(pgid).len() >= 2);
@@ -1078,15 +1084,7 @@ fn ctrl_c_stops_the_shell_script_that_runs_it() {
 fn started_with_sigint_ignored_it_stays_ignored() {
     watchdog();
     // `trap '' INT` ignores SIGINT, and `exec` keeps that.
-    let mut child = Command::new("bash")
-        .args(["-c", "trap '' INT; exec \"$0\" hash -"])
-        .arg(env!("CARGO_BIN_EXE_shmpool"))
-        .process_group(0)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = bash_running_shmpool("trap '' INT; exec \"$0\" hash -");
     let pid = child.id() as i32;
     // Time for bash to exec and for shmpool to set up (and, before the fix, to install its
     // handler): it then waits for standard input.
