@@ -87,7 +87,20 @@ fn fds() -> usize {
 
 /// Live (non-zombie) descendants of this process: the fork server and the workers.
 fn descendants() -> usize {
-    fn children(pid: u32) -> Vec<u32> {
+    tree().iter().filter(|p| p.state != "Z").count()
+}
+
+/// A descendant of this process, as `/proc` shows it.
+struct Proc {
+    pid: u32,
+    parent: u32,
+    state: String,
+    name: String,
+}
+
+/// Every descendant of this process, zombies included.
+fn tree() -> Vec<Proc> {
+    fn children(pid: u32) -> Vec<Proc> {
         let mut out = Vec::new();
         for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -96,25 +109,48 @@ fn descendants() -> usize {
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
                 continue;
             };
-            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
                 continue;
             };
-            let mut it = rest.split_whitespace();
+            let mut it = stat[close + 1..].split_whitespace();
             let state = it.next().unwrap_or("");
-            if it.next().and_then(|s| s.parse::<u32>().ok()) == Some(pid) && state != "Z" {
-                out.push(p);
+            if it.next().and_then(|s| s.parse::<u32>().ok()) == Some(pid) {
+                out.push(Proc {
+                    pid: p,
+                    parent: pid,
+                    state: state.to_owned(),
+                    name: stat[open + 1..close].to_owned(),
+                });
             }
         }
         out
     }
-    let mut n = 0;
+    let mut all = Vec::new();
     let mut todo = vec![std::process::id()];
     while let Some(p) = todo.pop() {
         let c = children(p);
-        n += c.len();
-        todo.extend(c);
+        todo.extend(c.iter().map(|c| c.pid));
+        all.extend(c);
     }
-    n
+    all
+}
+
+/// The pool's processes and what the pool says of them, for a failed process count.
+fn describe_tree(pool: &Pool) -> String {
+    let procs: Vec<String> = tree()
+        .iter()
+        .map(|p| {
+            format!(
+                "{} ({}, child of {}, state {})",
+                p.pid, p.name, p.parent, p.state
+            )
+        })
+        .collect();
+    format!(
+        "descendants: [{}]; the pool's worker pids: {:?}",
+        procs.join(", "),
+        pool.worker_pids()
+    )
 }
 
 #[derive(Default)]
@@ -134,19 +170,34 @@ fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), Box<dyn Error>
     if cond { Ok(()) } else { Err(what().into()) }
 }
 
+/// How many kinds of round there are (`round`'s `kind`).
+const KINDS: u64 = 6;
+
+/// A size in `lo..=hi`: random, or `hi` for the warm-up round of a kind (`largest`).
+fn size(rng: &mut Rng, lo: u64, hi: u64, largest: bool) -> u64 {
+    if largest {
+        hi
+    } else {
+        lo + rng.below(hi - lo + 1)
+    }
+}
+
+/// One round of `kind` (below [`KINDS`]); `largest` makes it the largest round of that kind.
 fn round(
     pool: &Pool,
     q: &Queue<u64>,
     data: &SharedVec<u64>,
     rng: &mut Rng,
     c: &mut Counts,
+    kind: u64,
+    largest: bool,
 ) -> Result<(), Box<dyn Error>> {
     use shmpool::Error as E;
     c.rounds += 1;
-    match rng.below(6) {
+    match kind {
         // apply with one faulty task among many good ones: only the faulty one fails.
         0 | 1 => {
-            let n = 20 + rng.below(60);
+            let n = size(rng, 20, 79, largest);
             let bad_at = rng.below(n);
             let kind = rng.below(3);
             let mut handles = Vec::new();
@@ -188,7 +239,7 @@ fn round(
         }
         // map over numbers.
         2 => {
-            let n = 1 + rng.below(20_000);
+            let n = size(rng, 1, 20_000, largest);
             let out = pool.map(f, 0..n)?;
             check(out.len() as u64 == n, || format!("map gave {}", out.len()))?;
             for (i, &y) in out.iter().enumerate() {
@@ -199,7 +250,7 @@ fn round(
         // imap with panicking items, and a worker killed from outside meanwhile: an item may
         // then fail with WorkerDied, any other outcome is wrong.
         3 => {
-            let n = 1 + rng.below(5_000);
+            let n = size(rng, 1, 5_000, largest);
             let kill = rng.below(3) == 0;
             let victim = pool.worker_pids()[rng.below(pool.processes() as u64) as usize];
             let mut died = 0;
@@ -221,7 +272,14 @@ fn round(
         }
         // bulk: sums of chunks of a shared vector.
         4 => {
-            let chunk = 1 + rng.below(50_000) as usize;
+            // At least 64 elements: at most 15,625 chunks, all queued at once (`map_chunks`
+            // holds one task per chunk, a few hundred bytes each, until the call returns). The
+            // largest round has the most chunks.
+            let chunk = if largest {
+                64
+            } else {
+                size(rng, 64, 50_000, false) as usize
+            };
             let sums = pool.map_chunks(data, chunk, chunk_sum)?;
             let want: Vec<u64> = data.chunks(chunk).map(chunk_sum).collect();
             check(sums == want, || {
@@ -231,7 +289,7 @@ fn round(
         }
         // queue: a task fills it, the parent drains it in order.
         _ => {
-            let n = 1 + rng.below(200);
+            let n = size(rng, 1, 200, largest);
             let start = rng.next() >> 16;
             let h = pool
                 .apply_async(fill, (q.clone(), start, n))
@@ -278,9 +336,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     let data = SharedVec::try_from_iter((0..1_000_000u64).map(|i| i.wrapping_mul(0x9e37)))?;
     let mut rng = Rng(seed.max(1) * 0x2545_f491_4f6c_dd1d);
     let mut c = Counts::default();
-    // One round of each kind first, so the baseline includes warmed-up allocations.
-    for _ in 0..12 {
-        round(&pool, &q, &data, &mut rng, &mut c)?;
+    // The largest round of each kind first, twice, so the baseline includes the allocator's
+    // high-water mark: what a big round frees, malloc may keep (a step of 15 MB after a
+    // `map_chunks` of 50,000 chunks, never given back), and later rounds reuse it.
+    for kind in (0..KINDS).chain(0..KINDS) {
+        round(&pool, &q, &data, &mut rng, &mut c, kind, true)?;
     }
     let (rss0, fds0) = (rss_kib(), fds());
     println!(
@@ -291,7 +351,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     let ok0 = c.ok;
     let mut halfway = None;
     while t.elapsed() < Duration::from_secs(seconds) {
-        round(&pool, &q, &data, &mut rng, &mut c)?;
+        let kind = rng.below(KINDS);
+        round(&pool, &q, &data, &mut rng, &mut c, kind, false)?;
         if halfway.is_none() && t.elapsed() >= Duration::from_secs(seconds) / 2 {
             halfway = Some((rss_kib(), fds()));
             println!("half:  RSS {} KiB, {} fds", rss_kib(), fds());
@@ -319,7 +380,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     );
     check(fds1 == fds0, || format!("fds grew: {fds0} -> {fds1}"))?;
     check(procs == processes + 1, || {
-        format!("{procs} pool processes, expected {}", processes + 1)
+        format!(
+            "{procs} pool processes, expected {}; {}",
+            processes + 1,
+            describe_tree(&pool)
+        )
     })?;
     // Allocator slack allowed, growth not: a leak of even 1 KiB per round would exceed this.
     check(rss1 <= rss0 + rss0 / 4 + 8 * 1024, || {
