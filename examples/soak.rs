@@ -85,6 +85,48 @@ fn fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
+/// A worker to kill from outside, by pidfd.
+struct Pidfd(std::os::fd::OwnedFd);
+
+impl Pidfd {
+    /// `None` if the process is gone already.
+    fn open(pid: u32) -> Option<Pidfd> {
+        // SAFETY: pidfd_open(pid, 0) takes two integers and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        // SAFETY: a fresh descriptor that nobody else owns.
+        (fd >= 0).then(|| Pidfd(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) }))
+    }
+
+    fn kill(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal on our pidfd, no siginfo; a process that already exited
+        // gets nothing (ESRCH).
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+
+    /// Waits until the process has exited (a pidfd turns readable then).
+    fn wait_exit(&self) {
+        use std::os::fd::AsRawFd;
+        let mut p = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one valid pollfd that lives across the call; EINTR retries.
+        while unsafe { libc::poll(&mut p, 1, -1) } < 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+        {}
+    }
+}
+
 /// Live (non-zombie) descendants of this process: the fork server and the workers.
 fn descendants() -> usize {
     tree().iter().filter(|p| p.state != "Z").count()
@@ -253,11 +295,15 @@ fn round(
             let n = size(rng, 1, 5_000, largest);
             let kill = rng.below(3) == 0;
             let victim = pool.worker_pids()[rng.below(pool.processes() as u64) as usize];
+            // Held from before the kill to the victim's end: it names that process, never a
+            // later one that reuses its pid.
+            let victim = (kill && victim != 0).then(|| Pidfd::open(victim)).flatten();
             let mut died = 0;
             for (i, r) in pool.imap(f_or_panic, 0..n).enumerate() {
-                if kill && i as u64 == n / 2 && victim != 0 {
-                    // SAFETY: kill(2) on one of our pool's workers.
-                    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+                if i as u64 == n / 2
+                    && let Some(v) = &victim
+                {
+                    v.kill();
                     c.outside_kills += 1;
                 }
                 let x = i as u64;
@@ -269,6 +315,11 @@ fn round(
                 }
             }
             c.lost_to_outside_kills += died;
+            // The imap can end before the victim does (it may have had no item left): wait for
+            // it, or the pool's process count could drop after the soak's final check.
+            if let Some(v) = victim {
+                v.wait_exit();
+            }
         }
         // bulk: sums of chunks of a shared vector.
         4 => {
