@@ -89,12 +89,24 @@ fn fds() -> usize {
 struct Pidfd(std::os::fd::OwnedFd);
 
 impl Pidfd {
-    /// `None` if the process is gone already.
+    /// `None` if the process is gone already. Panics if the kernel has no pidfds (before
+    /// Linux 5.3): the soak would otherwise skip every outside kill without a word.
     fn open(pid: u32) -> Option<Pidfd> {
         // SAFETY: pidfd_open(pid, 0) takes two integers and returns a new fd or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::ESRCH),
+                "pidfd_open({pid}): {e}"
+            );
+            return None;
+        }
         // SAFETY: a fresh descriptor that nobody else owns.
-        (fd >= 0).then(|| Pidfd(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) }))
+        Some(Pidfd(unsafe {
+            std::os::fd::FromRawFd::from_raw_fd(fd as i32)
+        }))
     }
 
     fn kill(&self) {
