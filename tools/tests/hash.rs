@@ -583,6 +583,33 @@ fn a_closed_stdout_is_success() {
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
 
+/// How a shell with job control starts a foreground job, for the Ctrl-C tests: in its own
+/// process group (the terminal's Ctrl-C goes to the whole group) and with SIGINT at its default
+/// action. The test process may have inherited SIGINT *ignored* (a non-interactive shell ignores
+/// it in a job started with `&`, as `cargo test &` in a script or a CI runner that does so), and
+/// `shmpool hash` rightly leaves an inherited SIG_IGN alone (see
+/// `started_with_sigint_ignored_it_stays_ignored`): without the reset every Ctrl-C test failed
+/// there, the runs never ending on SIGINT.
+trait Foreground {
+    fn foreground(&mut self) -> &mut Self;
+}
+
+impl Foreground for Command {
+    fn foreground(&mut self) -> &mut Command {
+        self.process_group(0);
+        // SAFETY: the closure only calls signal(2), which is async-signal-safe.
+        unsafe {
+            self.pre_exec(|| {
+                // SAFETY: SIGINT and SIG_DFL are valid arguments; no handler is installed.
+                if libc::signal(libc::SIGINT, libc::SIG_DFL) == libc::SIG_ERR {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
 /// Pids of live processes in process group `pgid` (zombies count: they were not reaped).
 fn group_members(pgid: i32) -> Vec<i32> {
     let mut pids = Vec::new();
@@ -661,7 +688,7 @@ fn interrupt(whole_group: bool) {
         cmd.arg(&sparse);
     }
     let child = cmd
-        .process_group(0)
+        .foreground()
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -695,7 +722,7 @@ fn ctrl_c_ends_a_run_blocked_on_a_full_stdout_pipe() {
     // parent blocks writing its lines to a full pipe, and Ctrl-C must still end it.
     let child = shmpool()
         .args([os("hash"), os("-j"), os("2"), tree().as_os_str()])
-        .process_group(0)
+        .foreground()
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -724,7 +751,7 @@ fn ctrl_c_ends_a_run_whose_only_task_never_answers() {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     let child = shmpool()
         .args([os("hash"), os("-j"), os("1"), fifo.as_os_str()])
-        .process_group(0)
+        .foreground()
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -966,6 +993,13 @@ fn waiting_for_input(pid: u32) -> bool {
     )
 }
 
+/// Whether `pid` runs the shmpool binary (a child of bash has exec'd it) and waits for input.
+fn is_shmpool_waiting_for_input(pid: u32) -> bool {
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let bin = fs::canonicalize(env!("CARGO_BIN_EXE_shmpool")).ok();
+    exe.is_some() && exe == bin && waiting_for_input(pid)
+}
+
 /// The `nfds` and `timeout` arguments of the `poll` the main thread of `pid` sits in, if it
 /// does (x86_64: `poll` is syscall 7; the timeout is an `int`, shown as a register).
 fn poll_args(pid: u32) -> Option<(u64, i32)> {
@@ -992,7 +1026,7 @@ fn ctrl_c_stops_a_run_waiting_for_standard_input() {
     ] {
         let mut child = shmpool()
             .args(&args)
-            .process_group(0)
+            .foreground()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -1041,7 +1075,7 @@ fn bash_running_shmpool(script: &str) -> std::process::Child {
     Command::new("bash")
         .args(["-c", script])
         .arg(env!("CARGO_BIN_EXE_shmpool"))
-        .process_group(0)
+        .foreground()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1058,10 +1092,13 @@ fn ctrl_c_stops_the_shell_script_that_runs_it() {
     watchdog();
     let mut child = bash_running_shmpool("\"$0\" hash -; echo survived");
     let pgid = child.id() as i32;
-    // bash and shmpool (reading standard input, which stays open and empty).
-    wait_until("2 processes", || group_members(pgid).len() >= 2);
-    // Time to install the handler: a SIGINT before it kills shmpool as well, and passes.
-    std::thread::sleep(Duration::from_millis(300));
+    // bash and shmpool, waiting for standard input (which stays open and empty): its handler
+    // is installed by then (a SIGINT before it would kill shmpool by default and prove nothing).
+    wait_until("shmpool waiting for standard input", || {
+        group_members(pgid)
+            .into_iter()
+            .any(|p| p != pgid && is_shmpool_waiting_for_input(p as u32))
+    });
     // SAFETY: kill with our child's process group and a valid signal, as a terminal does.
     assert_eq!(unsafe { libc::kill(-pgid, libc::SIGINT) }, 0);
     ends(&mut child, pgid, "the script");
@@ -1086,9 +1123,12 @@ fn started_with_sigint_ignored_it_stays_ignored() {
     // `trap '' INT` ignores SIGINT, and `exec` keeps that.
     let mut child = bash_running_shmpool("trap '' INT; exec \"$0\" hash -");
     let pid = child.id() as i32;
-    // Time for bash to exec and for shmpool to set up (and, before the fix, to install its
-    // handler): it then waits for standard input.
-    std::thread::sleep(Duration::from_millis(500));
+    // Until bash has ignored SIGINT and exec'd shmpool, and shmpool has set up (and, before the
+    // fix, installed its handler): it then waits for standard input. (After a fixed sleep, a
+    // SIGINT on a loaded machine could reach bash before its `trap` and kill it.)
+    wait_until("shmpool waiting for standard input", || {
+        is_shmpool_waiting_for_input(pid as u32)
+    });
     // SAFETY: kill with our child's process group and a valid signal, as a terminal does.
     assert_eq!(unsafe { libc::kill(-pid, libc::SIGINT) }, 0);
     // Standard input ends: the run hashes it, as if no Ctrl-C had come.
