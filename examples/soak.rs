@@ -335,9 +335,7 @@ fn round(
         }
         // bulk: sums of chunks of a shared vector.
         4 => {
-            // At least 64 elements: at most 15,625 chunks, all queued at once (`map_chunks`
-            // holds one task per chunk, a few hundred bytes each, until the call returns). The
-            // largest round has the most chunks.
+            // At least 64 elements: at most 15,625 chunks. The largest round has the most.
             let chunk = if largest {
                 64
             } else {

@@ -609,3 +609,156 @@ fn imap_chunks_and_imap_reader_made_before_close_run_to_their_end_after_close() 
     assert_eq!(first + lens.iter().sum::<usize>(), bytes.len());
     pool.join().unwrap();
 }
+
+#[test]
+fn map_chunks_with_more_chunks_than_its_window_keeps_every_result_and_the_first_error() {
+    let _w = common::arm(120);
+    // A chunk of one element: 1,000 (and 5,000) chunks, far more than the ~20 per worker a
+    // chunk map keeps in flight, so most are submitted by completions of earlier ones.
+    let pool = Pool::new(2).unwrap();
+    let v: SharedVec<u32> = (0..1000).collect();
+    let got = pool.map_chunks(&v, 1, |s: &[u32]| s[0] * 3).unwrap();
+    assert_eq!(got, (0..1000).map(|x| x * 3).collect::<Vec<u32>>());
+    let e = pool
+        .map_chunks(&v, 1, |s: &[u32]| {
+            if s[0] == 300 || s[0] == 700 {
+                panic!("bad chunk at {}", s[0]);
+            }
+            s[0]
+        })
+        .unwrap_err();
+    assert!(e.to_string().ends_with(": bad chunk at 300"), "{e}");
+    let input: SharedVec<u32> = (0..5000).collect();
+    let mut out = SharedVec::<u64>::zeroed(5000).unwrap();
+    pool.map_chunks_into(&input, &mut out, 1, |s: &[u32], d: &mut [u64]| {
+        d[0] = u64::from(s[0]) + 1;
+    })
+    .unwrap();
+    assert!(out.iter().enumerate().all(|(i, &x)| x == i as u64 + 1));
+}
+
+#[test]
+fn after_a_failed_chunk_map_chunks_starts_no_further_chunks() {
+    let _w = common::arm(120);
+    // 10,000 chunks of 1 ms; the first panics at once. Queued all at once, every other chunk
+    // ran anyway (5 s on two workers) and wrote its mark; now only those already submitted do.
+    let pool = Pool::new(2).unwrap();
+    let mut input = SharedVec::<u8>::zeroed(10_000).unwrap();
+    input[0] = 1;
+    let mut ran = SharedVec::<u8>::zeroed(10_000).unwrap();
+    let e = pool
+        .map_chunks_into(&input, &mut ran, 1, |s: &[u8], d: &mut [u8]| {
+            if s[0] == 1 {
+                panic!("the first chunk fails");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            d[0] = 1;
+        })
+        .unwrap_err();
+    assert!(matches!(e, Error::TaskPanicked { .. }), "{e:?}");
+    let started = ran.iter().filter(|&&x| x == 1).count();
+    assert!(
+        started < 5_000,
+        "{started} of 9,999 chunks ran after the first one failed"
+    );
+    // The pool goes on.
+    assert_eq!(
+        pool.map_chunks(&ran, 5_000, |s: &[u8]| s.len()).unwrap(),
+        [5_000, 5_000]
+    );
+}
+
+/// Chunk body for the close test: the chunk that holds a path (the first) marks itself started
+/// and waits for the gate at that path; every other chunk returns its length.
+fn gate_in_first_chunk(s: &[u8]) -> usize {
+    if s[0] != 0 {
+        let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
+        let gate = PathBuf::from(std::str::from_utf8(&s[..end]).unwrap());
+        std::fs::write(gate.with_extension("started"), b"").unwrap();
+        common::wait_gate(&gate);
+    }
+    s.len()
+}
+
+#[test]
+fn a_map_chunks_started_before_close_runs_to_its_end_and_join_waits_for_it() {
+    let _w = common::arm(120);
+    // Its later chunks are submitted after `close`, as continuations of an accepted call (as
+    // `map` and `imap_chunks`); `join` meanwhile must not see the pool idle between a chunk's
+    // end and its successor's submission.
+    let dir = std::env::temp_dir().join(format!("shmpool-bulk-close-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let gate = dir.join("gate");
+    let mut bytes = vec![0u8; 256 * 2_000];
+    let path = gate.to_str().unwrap().as_bytes();
+    bytes[..path.len()].copy_from_slice(path);
+    let v = SharedVec::from_slice(&bytes).unwrap();
+    let pool = Pool::new(2).unwrap();
+    let got = std::thread::scope(|scope| {
+        let call = scope.spawn(|| pool.map_chunks(&v, 256, gate_in_first_chunk));
+        assert!(
+            common::eventually(std::time::Duration::from_secs(60), || gate
+                .with_extension("started")
+                .exists()),
+            "the first chunk never started"
+        );
+        pool.close();
+        std::fs::write(&gate, b"").unwrap();
+        pool.join().unwrap();
+        call.join().unwrap()
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(got.unwrap(), vec![256; 2_000]);
+}
+
+/// Peak resident memory of this process (`VmHWM`) in KiB.
+fn peak_kib() -> usize {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn map_chunks_over_200_000_chunks_holds_a_window_of_tasks_not_one_per_chunk() {
+    if common::scenario().as_deref() != Some("peak") {
+        // In a process of its own: other tests' allocations would raise the peak.
+        let _w = common::arm(300);
+        let out = common::reexec(
+            "map_chunks_over_200_000_chunks_holds_a_window_of_tasks_not_one_per_chunk",
+            "peak",
+        )
+        .output()
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{:?}\n{stdout}", out.status);
+        assert!(stdout.contains("peak RSS"), "{stdout}");
+        return;
+    }
+    let _w = common::arm(250);
+    let pool = Pool::new(2).unwrap();
+    let v: SharedVec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+    assert_eq!(
+        pool.map_chunks(&v, 100_000, |s: &[u8]| s.len())
+            .unwrap()
+            .len(),
+        2
+    );
+    // Writing 5 to clear_refs resets the peak to the current RSS (Linux 4.0).
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    let base = peak_kib();
+    let got = pool.map_chunks(&v, 1, |s: &[u8]| u32::from(s[0])).unwrap();
+    let peak = peak_kib();
+    println!("peak RSS {base} -> {peak} KiB");
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, &x)| x == u32::from(i as u8))
+    );
+    // The results: 800 KB, plus a slot each while they arrive (1.6 MB), plus the result arena
+    // pages the parent reads. One queued task per chunk took ~90 MB.
+    assert!(
+        peak < base + 24 * 1024,
+        "map_chunks of 200,000 chunks raised the parent's peak RSS by {} MiB",
+        (peak - base) / 1024
+    );
+}

@@ -2,16 +2,17 @@
 //! `imap_chunks_unordered` (their window of chunks in flight is `pool::window::Window`).
 
 use std::marker::PhantomData;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 
 use bytemuck::Pod;
 
+use crate::encoding::bigpayload::SpareArgs;
 use crate::encoding::payload::Payload;
 use crate::encoding::task::{CallFn, assert_task_fn};
 use crate::error::{Error, Result};
-use crate::pool::dispatch::{Completion, PendingTask, encode};
+use crate::pool::dispatch::{Completion, MAX_DEPTH, PendingTask, encode};
 use crate::pool::window::Window;
-use crate::pool::{Pool, decode_result};
+use crate::pool::{Inner, Pool, decode_result};
 use crate::shm::channel::SegmentShare;
 
 use super::worker::{call_chunk, call_chunk_into};
@@ -34,54 +35,200 @@ pub(super) fn chunk_task(
     Ok(task)
 }
 
-/// Results of a whole `map_chunks`, filled by completions in any order.
-struct Gather<R> {
-    state: Mutex<GatherState<R>>,
+/// Chunks a whole `map_chunks` or `map_chunks_into` keeps submitted and not yet finished, per
+/// worker: a full ring ([`MAX_DEPTH`]) and a few more waiting in the dispatcher, so workers find
+/// as much work queued as if every chunk had been submitted at once, while the parent holds a
+/// few dozen tasks instead of one per chunk (a task costs ~450 bytes at its peak: a million
+/// chunks took 470 MB of the parent's memory when they were all queued at the call).
+const WINDOW_PER_WORKER: usize = MAX_DEPTH + 4;
+
+/// Where chunk `i`'s task reads (and writes, for `map_chunks_into`).
+#[derive(Debug, Clone, Copy)]
+struct Spans {
+    plan: Plan,
+    input: Side,
+    output: Option<Side>,
+}
+
+/// One segment of a chunk map: its id, whether it is one of our memfds, its element size.
+#[derive(Debug, Clone, Copy)]
+struct Side {
+    seg: u64,
+    memfd: bool,
+    elem_size: usize,
+}
+
+impl Side {
+    fn span(self, plan: &Plan, i: usize) -> Span {
+        let (start, len) = plan.range(i);
+        Span {
+            seg: self.seg,
+            offset: (start * self.elem_size) as u64,
+            len: (len * self.elem_size) as u64,
+            memfd: self.memfd,
+        }
+    }
+}
+
+impl Spans {
+    fn arg(&self, i: usize) -> ChunkArg {
+        ChunkArg {
+            input: self.input.span(&self.plan, i),
+            output: self.output.map(|o| o.span(&self.plan, i)),
+        }
+    }
+}
+
+/// A whole `map_chunks` (or `map_chunks_into`): submits the chunks in input order, each as an
+/// earlier one finishes, keeping at most a window of them in flight; keeps each chunk's result;
+/// submits nothing more once a chunk failed.
+///
+/// The caller submits the first window (all or none: a closed pool refuses the call before any
+/// chunk runs); each completion then submits the next chunk before it returns, which is before
+/// the pool counts its own task finished, so `join` never sees the pool idle mid-call. Later
+/// chunks are continuations of an accepted call: they are taken after `close` too.
+struct Feeder<R> {
+    pool: Weak<Inner>,
+    call: usize,
+    state: Mutex<FeedState<R>>,
     all_done: Condvar,
 }
 
-struct GatherState<R> {
-    results: Vec<Option<Result<R>>>,
-    left: usize,
+struct FeedState<R> {
+    /// Chunks before this one were submitted.
+    next: usize,
+    /// Submitted and not yet completed.
+    in_flight: usize,
+    results: Vec<Option<R>>,
+    /// The first failed chunk in input order, and its error.
+    error: Option<(usize, Error)>,
+    /// What the chunks still to submit need, until none will be: then dropped, so the pool
+    /// holds no share of the input (or output) once the call returns.
+    source: Option<(Spans, Vec<SegmentShare>)>,
 }
 
-impl<R: Payload> Gather<R> {
-    fn new(n: usize) -> Arc<Gather<R>> {
-        Arc::new(Gather {
-            state: Mutex::new(GatherState {
-                results: (0..n).map(|_| None).collect(),
-                left: n,
+impl<R: Payload> Feeder<R> {
+    /// Runs every chunk of `spans` as a task of `call` over `segments`; the results in order,
+    /// or the error of the first failed chunk in input order.
+    fn run(pool: &Pool, call: usize, spans: Spans, segments: Vec<SegmentShare>) -> Result<Vec<R>> {
+        let chunks = spans.plan.chunks();
+        let first = chunks.min(WINDOW_PER_WORKER * pool.processes());
+        let feeder = Arc::new(Feeder {
+            pool: Arc::downgrade(pool.inner()),
+            call,
+            state: Mutex::new(FeedState {
+                next: first,
+                in_flight: first,
+                results: (0..chunks).map(|_| None).collect(),
+                error: None,
+                source: (first < chunks).then(|| (spans, segments.clone())),
             }),
             all_done: Condvar::new(),
-        })
+        });
+        let tasks = (0..first)
+            .map(|i| feeder.task(pool.arena_cap(), pool.spare_args(), &spans, &segments, i))
+            .collect::<Result<Vec<PendingTask>>>()?;
+        drop(segments);
+        // Refused: the tasks (and their completions) are dropped unrun, nothing waits.
+        pool.submit(tasks)?;
+        feeder.wait()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FeedState<R>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn task(
+        self: &Arc<Self>,
+        cap: usize,
+        spares: &Arc<SpareArgs>,
+        spans: &Spans,
+        segments: &[SegmentShare],
+        i: usize,
+    ) -> Result<PendingTask> {
+        let mut task = PendingTask::new(
+            encode(&spans.arg(i), cap, spares)?,
+            self.call,
+            self.completion(i),
+        );
+        task.segments = segments.to_vec();
+        Ok(task)
     }
 
     fn completion(self: &Arc<Self>, i: usize) -> Completion {
-        let g = Arc::clone(self);
+        let feeder = Arc::clone(self);
         Box::new(move |r| {
+            // The user's `Deserialize` runs here; a panic in it fails this chunk only.
             let value = decode_result::<R>(r);
-            let mut s = g.state.lock().unwrap_or_else(|e| e.into_inner());
-            debug_assert!(s.results[i].is_none(), "chunk {i} completed twice");
-            s.results[i] = Some(value);
-            s.left -= 1;
-            if s.left == 0 {
-                g.all_done.notify_all();
+            let mut s = feeder.lock();
+            s.in_flight -= 1;
+            match value {
+                Ok(v) => s.results[i] = Some(v),
+                Err(e) => feeder.fail(&mut s, i, e),
             }
+            feeder.feed(s);
         })
     }
 
-    /// Waits for every chunk (even after a failure: workers may still be reading the input the
-    /// caller is about to get back), then returns the results in order or the first chunk's
-    /// error. Completions always run (a dead worker or a terminated pool fails them).
+    /// Records chunk `i`'s error (if it is the first in input order) and stops submitting.
+    fn fail(&self, s: &mut FeedState<R>, i: usize, e: Error) {
+        if s.error.as_ref().is_none_or(|&(j, _)| i < j) {
+            s.error = Some((i, e));
+        }
+        s.source = None;
+    }
+
+    /// Submits the next chunk, if any is left and nothing failed; wakes the caller when the
+    /// last chunk has finished. Takes the lock to release it before submitting: a submission
+    /// can complete a task at once (a refused one fails on the spot), which locks it again.
+    fn feed(self: &Arc<Self>, mut s: std::sync::MutexGuard<'_, FeedState<R>>) {
+        let Some((spans, segments)) = &s.source else {
+            if s.in_flight == 0 {
+                self.all_done.notify_all();
+            }
+            return;
+        };
+        let i = s.next;
+        let made = match self.pool.upgrade() {
+            Some(inner) => self
+                .task(inner.ctl.arena_cap(), &inner.spare_args, spans, segments, i)
+                .map(|t| (inner, t)),
+            None => Err(Error::PoolTerminated),
+        };
+        let last = i + 1 == spans.plan.chunks();
+        s.next += 1;
+        s.in_flight += 1;
+        if last {
+            s.source = None;
+        }
+        drop(s);
+        let submitted = made.and_then(|(inner, task)| inner.submit(vec![task], true));
+        if let Err(e) = submitted {
+            let mut s = self.lock();
+            s.in_flight -= 1;
+            self.fail(&mut s, i, e);
+            if s.in_flight == 0 {
+                self.all_done.notify_all();
+            }
+        }
+    }
+
+    /// Waits for every chunk submitted (even after a failure: workers may still be reading the
+    /// input the caller is about to get back), then returns the results in order or the first
+    /// failed chunk's error. Completions always run (a dead worker or a terminated pool fails
+    /// them).
     fn wait(&self) -> Result<Vec<R>> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        while s.left > 0 {
+        let mut s = self.lock();
+        while s.in_flight > 0 || s.source.is_some() {
             s = self.all_done.wait(s).unwrap_or_else(|e| e.into_inner());
         }
-        s.results
+        if let Some((_, e)) = s.error.take() {
+            return Err(e);
+        }
+        Ok(s.results
             .drain(..)
             .map(|r| r.expect("every chunk completed"))
-            .collect()
+            .collect())
     }
 }
 
@@ -239,10 +386,12 @@ impl Pool {
     /// shared mapping of a [`SharedVec`] or the page cache of a [`MappedFile`](crate::MappedFile): only
     /// `(segment, offset, length)` crosses, never the data.
     ///
-    /// All chunks are queued at once (like [`map`](Pool::map)); use
-    /// [`imap_chunks`](Pool::imap_chunks) to keep only a bounded window in flight. `input` stays
-    /// borrowed until every chunk has finished, even when one fails, so it cannot change while a
-    /// worker reads it. `f` is a `fn` item or a non-capturing closure.
+    /// Chunks are submitted in order, each as an earlier one finishes, about 20 per worker at a
+    /// time: enough that no worker waits for one, and the parent's memory does not grow with the
+    /// number of chunks (only the results do; [`imap_chunks`](Pool::imap_chunks) does not keep
+    /// those either). Once a chunk fails, no further chunk starts. `input` stays borrowed until
+    /// every started chunk has finished, even when one fails, so it cannot change while a worker
+    /// reads it. `f` is a `fn` item or a non-capturing closure.
     ///
     /// # Errors
     ///
@@ -277,18 +426,16 @@ impl Pool {
             self.submit(Vec::new())?;
             return Ok(Vec::new());
         };
-        let gather = Gather::<R>::new(plan.chunks());
-        let tasks = (0..plan.chunks())
-            .map(|i| {
-                let arg = ChunkArg {
-                    input: plan.span::<I::Elem>(share.id, input.is_memfd(), i),
-                    output: None,
-                };
-                chunk_task(self, &arg, call, vec![share.clone()], gather.completion(i))
-            })
-            .collect::<Result<Vec<PendingTask>>>()?;
-        self.submit(tasks)?;
-        gather.wait()
+        let spans = Spans {
+            plan,
+            input: Side {
+                seg: share.id,
+                memfd: input.is_memfd(),
+                elem_size: size_of::<I::Elem>(),
+            },
+            output: None,
+        };
+        Feeder::run(self, call, spans, vec![share])
     }
 
     /// Like [`map_chunks`](Pool::map_chunks), but `f` writes its results in place: chunk `i` of
@@ -300,7 +447,7 @@ impl Pool {
     ///
     /// [`Error::InvalidArgument`] for `chunk_len == 0` or lengths that differ; otherwise as
     /// [`map_chunks`](Pool::map_chunks). After an error, ranges of chunks that failed may be
-    /// partly written.
+    /// partly written, and those of chunks that never started (see `map_chunks`) are untouched.
     ///
     /// # Examples
     ///
@@ -345,19 +492,20 @@ impl Pool {
             self.submit(Vec::new())?;
             return Ok(());
         };
-        let gather = Gather::<()>::new(plan.chunks());
-        let tasks = (0..plan.chunks())
-            .map(|i| {
-                let arg = ChunkArg {
-                    input: plan.span::<I::Elem>(share.id, input.is_memfd(), i),
-                    output: Some(plan.span::<U>(out_share.id, true, i)),
-                };
-                let segments = vec![share.clone(), out_share.clone()];
-                chunk_task(self, &arg, call, segments, gather.completion(i))
-            })
-            .collect::<Result<Vec<PendingTask>>>()?;
-        self.submit(tasks)?;
-        gather.wait().map(|_| ())
+        let spans = Spans {
+            plan,
+            input: Side {
+                seg: share.id,
+                memfd: input.is_memfd(),
+                elem_size: size_of::<I::Elem>(),
+            },
+            output: Some(Side {
+                seg: out_share.id,
+                memfd: true,
+                elem_size: size_of::<U>(),
+            }),
+        };
+        Feeder::<()>::run(self, call, spans, vec![share, out_share]).map(|_| ())
     }
 
     /// A lazy, ordered iterator of `f(chunk)` over chunks of `chunk_len` elements of `input`,

@@ -575,15 +575,4 @@ impl Plan {
         let start = i * self.chunk_len;
         (start, self.chunk_len.min(self.elems - start))
     }
-
-    /// The byte span of chunk `i` of a segment of `T`s.
-    fn span<T>(&self, seg: u64, memfd: bool, i: usize) -> Span {
-        let (start, len) = self.range(i);
-        Span {
-            seg,
-            offset: (start * size_of::<T>()) as u64,
-            len: (len * size_of::<T>()) as u64,
-            memfd,
-        }
-    }
 }

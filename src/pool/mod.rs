@@ -593,6 +593,12 @@ impl Pool {
         weak
     }
 
+    /// The pool's shared state, for a call that submits more tasks from its completions (a
+    /// `Weak` of it, so that pending tasks do not keep the pool alive).
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
     pub(crate) fn arena_cap(&self) -> usize {
         self.inner.ctl.arena_cap()
     }
