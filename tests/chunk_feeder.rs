@@ -596,3 +596,50 @@ fn a_mapped_file_dropped_right_after_a_chunk_map_is_held_by_no_worker_after_the_
         }
     }
 }
+
+thread_local! {
+    static IS_CALLER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Values of `Tracked` dropped on a thread other than a test's calling thread.
+static DROPPED_ELSEWHERE: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+
+/// A result that counts where it is dropped (its `Drop` is user code, which may panic: on a
+/// pool thread, that would unwind through the pool).
+#[derive(Debug, Serialize, Deserialize)]
+struct Tracked(u32);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if !IS_CALLER.with(|c| c.get()) {
+            *DROPPED_ELSEWHERE.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        }
+    }
+}
+
+fn tracked_or_panic_at_marker(s: &[u32]) -> Tracked {
+    if s[0] == u32::MAX {
+        panic!("the marked chunk");
+    }
+    Tracked(s[0])
+}
+
+#[test]
+fn the_results_of_a_failed_chunk_map_are_dropped_on_the_callers_thread() {
+    let _w = common::arm(300);
+    IS_CALLER.with(|c| c.set(true));
+    let pool = Pool::new(1).unwrap();
+    // The last chunk fails: every other chunk's result is kept until the call returns.
+    let v = SharedVec::from_slice(&marked_input(41, 39, 0)).unwrap();
+    for _ in 0..300 {
+        let e = pool
+            .map_chunks(&v, 1, tracked_or_panic_at_marker)
+            .unwrap_err();
+        assert!(e.to_string().ends_with("the marked chunk"), "{e}");
+    }
+    assert_eq!(
+        *DROPPED_ELSEWHERE.lock().unwrap(),
+        0,
+        "results of a failed map_chunks were dropped on a pool thread"
+    );
+}

@@ -223,6 +223,13 @@ impl<R: Payload> Feeder<R> {
             s = self.all_done.wait(s).unwrap_or_else(|e| e.into_inner());
         }
         if let Some((_, e)) = s.error.take() {
+            // The results of the chunks that did succeed go here, on the caller's thread, as
+            // they would have in the caller's hands: left in the feeder, they went with its
+            // last reference, most often the completion that woke us, on a pool thread, where
+            // a panic in the user's `Drop` unwinds through the pool.
+            let kept = std::mem::take(&mut s.results);
+            drop(s);
+            drop(kept);
             return Err(e);
         }
         Ok(s.results
