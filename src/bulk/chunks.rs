@@ -396,7 +396,8 @@ impl Pool {
     /// Chunks are submitted in order, each as an earlier one finishes, about 20 per worker at a
     /// time: enough that no worker waits for one, and the parent's memory does not grow with the
     /// number of chunks (only the results do; [`imap_chunks`](Pool::imap_chunks) does not keep
-    /// those either). Once a chunk fails, no further chunk starts. `input` stays borrowed until
+    /// those either). Once a chunk fails, no further chunk is submitted; those already submitted
+    /// (at most that window) still run, so a failure early in a long input ends the call soon. `input` stays borrowed until
     /// every started chunk has finished, even when one fails, so it cannot change while a worker
     /// reads it. `f` is a `fn` item or a non-capturing closure.
     ///
@@ -454,7 +455,7 @@ impl Pool {
     ///
     /// [`Error::InvalidArgument`] for `chunk_len == 0` or lengths that differ; otherwise as
     /// [`map_chunks`](Pool::map_chunks). After an error, ranges of chunks that failed may be
-    /// partly written, and those of chunks that never started (see `map_chunks`) are untouched.
+    /// partly written, and those of chunks never submitted (see `map_chunks`) are untouched.
     ///
     /// # Examples
     ///
