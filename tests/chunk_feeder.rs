@@ -643,3 +643,122 @@ fn the_results_of_a_failed_chunk_map_are_dropped_on_the_callers_thread() {
         "results of a failed map_chunks were dropped on a pool thread"
     );
 }
+
+#[test]
+fn a_fork_server_killed_mid_call_fails_a_long_chunk_map_with_pool_broken() {
+    let _w = common::arm(200);
+    let pool = Pool::new(2).unwrap();
+    let workers = pool.worker_pids();
+    let server = common::ppid_of(workers[0]).unwrap();
+    let v: SharedVec<u32> = (0..20_000).collect();
+    let (r1, r2) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| pool.map_chunks(&v, 1, sleepy));
+        let b = scope.spawn(|| {
+            let mut out = SharedVec::<u64>::zeroed(v.len()).unwrap();
+            pool.map_chunks_into(&v, &mut out, 1, |s: &[u32], d: &mut [u64]| {
+                d[0] = u64::from(sleepy(s));
+            })
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        common::kill(server, libc::SIGKILL);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(
+        matches!(r1, Err(Error::PoolBroken { .. })),
+        "{:?}",
+        r1.map(|v| v.len())
+    );
+    assert!(matches!(r2, Err(Error::PoolBroken { .. })), "{r2:?}");
+    assert!(matches!(
+        pool.map_chunks(&v, 1, sleepy),
+        Err(Error::PoolBroken { .. })
+    ));
+    for w in workers {
+        assert!(common::dead(w), "worker {w} outlived its fork server");
+    }
+}
+
+#[test]
+fn a_fresh_worker_for_every_chunk_still_gives_every_result() {
+    let _w = common::arm(300);
+    let pool = Pool::builder()
+        .processes(2)
+        .max_tasks_per_child(1)
+        .build()
+        .unwrap();
+    let v: SharedVec<u32> = (0..300).collect();
+    let got = pool.map_chunks(&v, 1, triple_plus_one).unwrap();
+    assert_eq!(got, (0..300u64).map(|x| x * 3 + 1).collect::<Vec<_>>());
+    let mut out = SharedVec::<u64>::zeroed(300).unwrap();
+    pool.map_chunks_into(&v, &mut out, 1, square_into).unwrap();
+    assert!(out.iter().enumerate().all(|(i, &o)| o == (i * i) as u64));
+}
+
+#[test]
+fn terminate_amid_many_callers_ends_every_call_and_none_hangs() {
+    let _w = common::arm(300);
+    let pool = Pool::new(3).unwrap();
+    let (stuck, tag) = stuck_input(5_000, 3);
+    std::thread::scope(|scope| {
+        let mut calls = Vec::new();
+        for _ in 0..3 {
+            calls.push(scope.spawn(|| pool.map_chunks(&stuck, 2, stuck_from_200).map(|_| ())));
+        }
+        for t in 0..3u32 {
+            let pool = &pool;
+            calls.push(scope.spawn(move || {
+                let v: SharedVec<u32> = (t..t + 3_000).collect();
+                // Until terminate refuses or fails one.
+                loop {
+                    let got = pool.map_chunks(&v, 1, triple_plus_one)?;
+                    assert_eq!(
+                        got,
+                        v.iter().map(|&x| u64::from(x) * 3 + 1).collect::<Vec<_>>()
+                    );
+                }
+            }));
+        }
+        wait_stuck(tag);
+        std::thread::sleep(Duration::from_millis(200));
+        pool.terminate();
+        for (k, c) in calls.into_iter().enumerate() {
+            let r: Result<(), Error> = c.join().unwrap();
+            assert!(
+                matches!(r, Err(Error::PoolTerminated | Error::PoolClosed)),
+                "call {k}: {r:?}"
+            );
+        }
+    });
+    let _ = std::fs::remove_file(stuck_marker(tag));
+}
+
+fn mark_unless_first(s: &[u8], d: &mut [u8]) {
+    if s[0] == 1 {
+        panic!("the first chunk fails");
+    }
+    d[0] = 1;
+}
+
+#[test]
+fn when_the_first_chunk_fails_only_the_first_window_runs_and_later_chunks_stay_untouched() {
+    let _w = common::arm(120);
+    // One worker: the first window (20 chunks) is submitted at the call, before chunk 0 fails;
+    // its other 19 chunks still run after the failure, and no chunk after it is submitted.
+    let pool = Pool::new(1).unwrap();
+    let mut input = SharedVec::<u8>::zeroed(3_000).unwrap();
+    input[0] = 1;
+    for _ in 0..3 {
+        let mut ran = SharedVec::<u8>::zeroed(3_000).unwrap();
+        let e = pool
+            .map_chunks_into(&input, &mut ran, 1, mark_unless_first)
+            .unwrap_err();
+        assert!(e.to_string().ends_with("the first chunk fails"), "{e}");
+        let late: Vec<usize> = (WINDOW_PER_WORKER..3_000)
+            .filter(|&i| ran[i] != 0)
+            .collect();
+        assert!(
+            late.is_empty(),
+            "chunks past the first window ran: {late:?}"
+        );
+    }
+}
