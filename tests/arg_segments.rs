@@ -69,8 +69,8 @@ fn bytes(seed: usize, len: usize) -> Vec<u8> {
 
 #[test]
 fn concurrent_large_arguments_each_arrive_intact() {
-    let _w = common::arm(180);
     let _s = common::serial();
+    let _w = common::arm(180);
     let pool = small_pool(2);
     // Rounds of many calls in flight at once, with distinct contents and sizes from larger to
     // smaller (a reused segment is then larger than the argument written into it) and back up
@@ -114,8 +114,8 @@ fn concurrent_large_arguments_each_arrive_intact() {
 
 #[test]
 fn a_worker_holds_its_argument_segment_read_only() {
-    let _w = common::arm(120);
     let _s = common::serial();
+    let _w = common::arm(120);
     let pool = small_pool(1);
     // Run in the worker while it holds the argument's segment: every `shmpool-arg` fd it has
     // must be read-only, and writing through it must fail.
@@ -157,8 +157,8 @@ fn a_worker_holds_its_argument_segment_read_only() {
 
 #[test]
 fn the_spares_are_bounded_and_closed_with_the_pool() {
-    let _w = common::arm(120);
     let _s = common::serial();
+    let _w = common::arm(120);
     let before = arg_segments("self");
     assert_eq!(before.0, 0, "another pool's segments are open");
     let pool = small_pool(2);
@@ -205,8 +205,8 @@ fn the_spares_are_bounded_and_closed_with_the_pool() {
 
 #[test]
 fn a_worker_killed_while_reading_a_reused_segment_harms_no_other_call() {
-    let _w = common::arm(180);
     let _s = common::serial();
+    let _w = common::arm(180);
     let pool = small_pool(2);
     let len = SMALL_ARENA * 4;
     // A spare exists before the deaths.
@@ -252,8 +252,8 @@ fn a_worker_killed_while_reading_a_reused_segment_harms_no_other_call() {
 
 #[test]
 fn a_pool_built_while_another_keeps_a_spare_does_not_hold_it() {
-    let _w = common::arm(120);
     let _s = common::serial();
+    let _w = common::arm(120);
     let first = small_pool(1);
     let v = bytes(3, SMALL_ARENA * 5);
     assert!(first.apply(|v: Vec<u8>| v, v.clone()).unwrap() == v);

@@ -443,7 +443,9 @@ pub(crate) fn noise(n: usize, seed: u64) -> Vec<u8> {
 
 /// Held by every test of a file whose tests must not overlap: they count this process's fds,
 /// mappings or memory, which another test's pool running at the same time would change. (One
-/// lock per test binary: each compiles this module on its own.)
+/// lock per test binary: each compiles this module on its own.) Take it *before* arming the
+/// watchdog: the wait for the lock (every other test of the file, on a loaded machine with
+/// `--test-threads` above the core count) is not the test's own time.
 pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
