@@ -762,3 +762,63 @@ fn when_the_first_chunk_fails_only_the_first_window_runs_and_later_chunks_stay_u
         );
     }
 }
+
+/// 100,000 bytes derived from the chunk: larger than a 64 KiB arena, so each result crosses in
+/// a segment of its own.
+fn big_result(s: &[u32]) -> Vec<u8> {
+    let seed = s[0];
+    (0..100_000u32).map(|i| (i ^ seed) as u8).collect()
+}
+
+#[test]
+fn results_larger_than_the_arena_from_hundreds_of_chunks_arrive_whole_and_in_order() {
+    let _w = common::arm(300);
+    let pool = Pool::builder()
+        .processes(2)
+        .arena_size(1 << 16)
+        .build()
+        .unwrap();
+    let v: SharedVec<u32> = (0..400).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                let got = pool.map_chunks(&v, 1, big_result).unwrap();
+                assert_eq!(got.len(), 400);
+                for (k, r) in got.iter().enumerate() {
+                    assert!(
+                        r.len() == 100_000
+                            && r.iter()
+                                .enumerate()
+                                .all(|(i, &b)| b == (i as u32 ^ k as u32) as u8),
+                        "chunk {k}"
+                    );
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn dozens_of_callers_each_with_segments_of_their_own_share_two_workers() {
+    let _w = common::arm(300);
+    // Every call sends its own two segments to each worker while the others' are in use.
+    let pool = Pool::new(2).unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..48u32 {
+            let pool = &pool;
+            scope.spawn(move || {
+                for round in 0..2u32 {
+                    let v: SharedVec<u32> = (0..500).map(|i| i + t * 1_000 + round).collect();
+                    let mut out = SharedVec::<u64>::zeroed(500).unwrap();
+                    pool.map_chunks_into(&v, &mut out, 1, square_into).unwrap();
+                    assert!(
+                        out.iter()
+                            .zip(v.iter())
+                            .all(|(&o, &x)| o == u64::from(x) * u64::from(x)),
+                        "thread {t} round {round}"
+                    );
+                }
+            });
+        }
+    });
+}
