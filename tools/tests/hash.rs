@@ -610,6 +610,21 @@ impl Foreground for Command {
     }
 }
 
+/// The processes of group `pgid` as `/proc/PID/stat` shows them (pid, name, state, parent),
+/// for a failure message.
+fn describe(pgid: i32) -> String {
+    group_members(pgid)
+        .iter()
+        .map(|p| {
+            fs::read_to_string(format!("/proc/{p}/stat")).map_or_else(
+                |_| format!("{p} (gone)"),
+                |s| s.split(' ').take(4).collect::<Vec<_>>().join(" "),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Pids of live processes in process group `pgid` (zombies count: they were not reaped).
 fn group_members(pgid: i32) -> Vec<i32> {
     let mut pids = Vec::new();
@@ -674,7 +689,12 @@ fn sigint_ends(mut child: std::process::Child, hung: &str) {
     }
     assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}: {err}");
     assert!(err.is_empty(), "{err}");
-    assert_eq!(group_members(pgid), Vec::<i32>::new(), "left behind");
+    assert_eq!(
+        group_members(pgid),
+        Vec::<i32>::new(),
+        "left behind: {}",
+        describe(pgid)
+    );
 }
 
 /// Starts a long SHA-512 run (the sparse file, many times) in its own process group, waits
@@ -703,7 +723,12 @@ fn interrupt(whole_group: bool) {
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.signal(), Some(libc::SIGINT), "{}", stderr(&o));
     assert!(stderr(&o).is_empty(), "{}", stderr(&o));
-    assert_eq!(group_members(pgid), Vec::<i32>::new(), "left behind");
+    assert_eq!(
+        group_members(pgid),
+        Vec::<i32>::new(),
+        "left behind: {}",
+        describe(pgid)
+    );
 }
 
 #[test]
@@ -1000,6 +1025,19 @@ fn is_shmpool_waiting_for_input(pid: u32) -> bool {
     exe.is_some() && exe == bin && waiting_for_input(pid)
 }
 
+/// Whether `pid` has a handler for SIGINT (`SigCgt` of `/proc/PID/status`, a hex mask of
+/// signals 1..=64).
+fn catches_sigint(pid: u32) -> bool {
+    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|m| m & (1 << (libc::SIGINT - 1)) != 0)
+}
+
 /// The `nfds` and `timeout` arguments of the `poll` the main thread of `pid` sits in, if it
 /// does (x86_64: `poll` is syscall 7; the timeout is an `int`, shown as a register).
 fn poll_args(pid: u32) -> Option<(u64, i32)> {
@@ -1064,7 +1102,8 @@ fn ctrl_c_stops_a_run_waiting_for_standard_input() {
         assert_eq!(
             group_members(pid as i32),
             Vec::<i32>::new(),
-            "{args:?}: left behind"
+            "{args:?}: left behind: {}",
+            describe(pid as i32)
         );
     }
 }
@@ -1092,13 +1131,21 @@ fn ctrl_c_stops_the_shell_script_that_runs_it() {
     watchdog();
     let mut child = bash_running_shmpool("\"$0\" hash -; echo survived");
     let pgid = child.id() as i32;
-    // bash and shmpool, waiting for standard input (which stays open and empty): its handler
-    // is installed by then (a SIGINT before it would kill shmpool by default and prove nothing).
-    wait_until("shmpool waiting for standard input", || {
-        group_members(pgid)
-            .into_iter()
-            .any(|p| p != pgid && is_shmpool_waiting_for_input(p as u32))
-    });
+    // shmpool waiting for standard input (which stays open and empty): its handler is
+    // installed by then (a SIGINT before it would kill shmpool by default and prove nothing).
+    // And bash waiting for it: only then does bash catch SIGINT (its `wait_for` handler).
+    // Before, a non-interactive bash has SIGINT at its default action, so a Ctrl-C that came
+    // while a loaded machine had not yet run bash from its fork to its wait killed bash at
+    // once, and shmpool, still stopping its pool, was "left behind".
+    wait_until(
+        "bash waiting for shmpool waiting for standard input",
+        || {
+            catches_sigint(pgid as u32)
+                && group_members(pgid)
+                    .into_iter()
+                    .any(|p| p != pgid && is_shmpool_waiting_for_input(p as u32))
+        },
+    );
     // SAFETY: kill with our child's process group and a valid signal, as a terminal does.
     assert_eq!(unsafe { libc::kill(-pgid, libc::SIGINT) }, 0);
     ends(&mut child, pgid, "the script");
@@ -1111,7 +1158,12 @@ fn ctrl_c_stops_the_shell_script_that_runs_it() {
         stderr(&o)
     );
     assert_eq!(o.status.signal(), Some(libc::SIGINT), "{}", stderr(&o));
-    assert_eq!(group_members(pgid), Vec::<i32>::new(), "left behind");
+    assert_eq!(
+        group_members(pgid),
+        Vec::<i32>::new(),
+        "left behind: {}",
+        describe(pgid)
+    );
 }
 
 /// Started with SIGINT ignored (`cmd &` in a script, `nohup`), `shmpool hash` leaves it
