@@ -313,9 +313,36 @@ fn a_worker_killing_itself_mid_call_fails_that_chunk_and_retries_or_replacements
     let _ = std::fs::remove_file(&marker);
 }
 
+/// The marker chunk 100 of [`sleepy`] writes for test `tag`.
+fn running_marker(tag: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("shmpool-feeder-running-{tag}"))
+}
+
+/// `n` chunks of `[i, tag]` for [`sleepy`]; `k` tells the tests of one process apart.
+fn sleepy_input(n: u32, k: u32) -> (SharedVec<u32>, u32) {
+    let tag = std::process::id() + (k << 23);
+    let _ = std::fs::remove_file(running_marker(tag));
+    let vals: Vec<u32> = (0..n).flat_map(|i| [i, tag]).collect();
+    (SharedVec::from_slice(&vals).unwrap(), tag)
+}
+
+/// Chunks of `[i, tag]`: each sleeps 200 µs and returns `i`; chunk 100 first writes its test's
+/// marker (the call is under way, with chunks coming from completions).
 fn sleepy(s: &[u32]) -> u32 {
+    if s[0] == 100 {
+        std::fs::write(running_marker(s[1]), b"").unwrap();
+    }
     std::thread::sleep(Duration::from_micros(200));
     s[0]
+}
+
+/// Waits until chunk 100 of test `tag` ran.
+fn wait_running(tag: u32) {
+    assert!(
+        common::eventually(Duration::from_secs(60), || running_marker(tag).exists()),
+        "chunk 100 never ran"
+    );
+    let _ = std::fs::remove_file(running_marker(tag));
 }
 
 #[test]
@@ -327,13 +354,15 @@ fn workers_killed_from_outside_mid_call_give_worker_died_or_with_retries_every_r
             .retries(retries)
             .build()
             .unwrap();
-        let v: SharedVec<u32> = (0..20_000).collect();
+        let (v, tag) = sleepy_input(20_000, 5 + retries);
         let got = std::thread::scope(|scope| {
-            let call = scope.spawn(|| pool.map_chunks(&v, 1, sleepy));
-            std::thread::sleep(Duration::from_millis(300));
+            let call = scope.spawn(|| pool.map_chunks(&v, 2, sleepy));
+            wait_running(tag);
             for _ in 0..3 {
-                for pid in pool.worker_pids() {
-                    // It may be gone already (replaced); a stale pid is harmless to try.
+                // 0 for a seat whose worker is being replaced: kill(0) would hit this
+                // process group (the test binary and whatever started it).
+                for pid in pool.worker_pids().into_iter().filter(|&p| p != 0) {
+                    // It may be gone already (replaced); a dead pid is harmless to try.
                     // SAFETY: kill(2) has no memory-safety preconditions.
                     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
                 }
@@ -348,8 +377,8 @@ fn workers_killed_from_outside_mid_call_give_worker_died_or_with_retries_every_r
             (_, Err(e)) => panic!("with retries: {e:?}"),
         }
         assert_eq!(
-            pool.map_chunks(&v, 10_000, |s: &[u32]| s.len()).unwrap(),
-            [10_000; 2]
+            pool.map_chunks(&v, 20_000, |s: &[u32]| s.len()).unwrap(),
+            [20_000; 2]
         );
     }
 }
@@ -418,32 +447,37 @@ fn wait_stuck(tag: u32) {
 #[test]
 fn terminate_from_another_thread_ends_a_long_chunk_map_with_an_error_and_leaves_no_process() {
     let _w = common::arm(200);
-    let pool = Pool::new(2).unwrap();
-    let pids = pool.worker_pids();
-    let server = common::ppid_of(pids[0]).unwrap();
-    let (v, tag) = stuck_input(25_000, 1);
-    let (r1, r2) = std::thread::scope(|scope| {
-        let a = scope.spawn(|| pool.map_chunks(&v, 2, stuck_from_200));
-        let b = scope.spawn(|| {
-            let mut out = SharedVec::<u64>::zeroed(v.len()).unwrap();
-            pool.map_chunks_into(&v, &mut out, 2, |s: &[u32], d: &mut [u64]| {
-                d[0] = u64::from(stuck_from_200(s));
-            })
+    // Once with map_chunks, once with map_chunks_into, each on a pool of its own (two calls on
+    // one pool: the first one's stuck chunks can hold every worker before the second starts).
+    for into in [false, true] {
+        let pool = Pool::new(2).unwrap();
+        let pids = pool.worker_pids();
+        let server = common::ppid_of(pids[0]).unwrap();
+        let (v, tag) = stuck_input(25_000, if into { 4 } else { 1 });
+        let r = std::thread::scope(|scope| {
+            let call = scope.spawn(|| {
+                if into {
+                    let mut out = SharedVec::<u64>::zeroed(v.len()).unwrap();
+                    pool.map_chunks_into(&v, &mut out, 2, |s: &[u32], d: &mut [u64]| {
+                        d[0] = u64::from(stuck_from_200(s));
+                    })
+                } else {
+                    pool.map_chunks(&v, 2, stuck_from_200).map(|_| ())
+                }
+            });
+            wait_stuck(tag);
+            pool.terminate();
+            call.join().unwrap()
         });
-        wait_stuck(tag);
-        pool.terminate();
-        (a.join().unwrap(), b.join().unwrap())
-    });
-    let _ = std::fs::remove_file(stuck_marker(tag));
-    assert!(
-        matches!(r1, Err(Error::PoolTerminated)),
-        "{:?}",
-        r1.map(|v| v.len())
-    );
-    assert!(matches!(r2, Err(Error::PoolTerminated)), "{r2:?}");
-    drop(pool);
-    for pid in pids.into_iter().chain([server]) {
-        assert!(common::dead(pid), "process {pid} outlived the pool");
+        let _ = std::fs::remove_file(stuck_marker(tag));
+        assert!(
+            matches!(r, Err(Error::PoolTerminated)),
+            "into: {into}: {r:?}"
+        );
+        drop(pool);
+        for pid in pids.into_iter().chain([server]) {
+            assert!(common::dead(pid), "process {pid} outlived the pool");
+        }
     }
 }
 
@@ -650,16 +684,19 @@ fn a_fork_server_killed_mid_call_fails_a_long_chunk_map_with_pool_broken() {
     let pool = Pool::new(2).unwrap();
     let workers = pool.worker_pids();
     let server = common::ppid_of(workers[0]).unwrap();
-    let v: SharedVec<u32> = (0..20_000).collect();
+    let (v, tag) = sleepy_input(20_000, 10);
+    let (w, tag_w) = sleepy_input(20_000, 11);
     let (r1, r2) = std::thread::scope(|scope| {
-        let a = scope.spawn(|| pool.map_chunks(&v, 1, sleepy));
+        let a = scope.spawn(|| pool.map_chunks(&v, 2, sleepy));
         let b = scope.spawn(|| {
-            let mut out = SharedVec::<u64>::zeroed(v.len()).unwrap();
-            pool.map_chunks_into(&v, &mut out, 1, |s: &[u32], d: &mut [u64]| {
+            let mut out = SharedVec::<u64>::zeroed(w.len()).unwrap();
+            pool.map_chunks_into(&w, &mut out, 2, |s: &[u32], d: &mut [u64]| {
                 d[0] = u64::from(sleepy(s));
             })
         });
-        std::thread::sleep(Duration::from_millis(300));
+        // Both calls are under way, far from their end.
+        wait_running(tag);
+        wait_running(tag_w);
         common::kill(server, libc::SIGKILL);
         (a.join().unwrap(), b.join().unwrap())
     });
@@ -670,7 +707,7 @@ fn a_fork_server_killed_mid_call_fails_a_long_chunk_map_with_pool_broken() {
     );
     assert!(matches!(r2, Err(Error::PoolBroken { .. })), "{r2:?}");
     assert!(matches!(
-        pool.map_chunks(&v, 1, sleepy),
+        pool.map_chunks(&v, 2, sleepy),
         Err(Error::PoolBroken { .. })
     ));
     for w in workers {
