@@ -19,6 +19,13 @@ fn sleep_then(ms: u64) -> u64 {
     ms
 }
 
+/// Says it started (creates `started`), then runs until the test opens `gate`.
+fn started_then_gated((started, gate): (std::path::PathBuf, std::path::PathBuf)) -> u64 {
+    std::fs::write(&started, b"").unwrap();
+    common::wait_gate(&gate);
+    300
+}
+
 static PARENT_GOT_SIGINT: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_sigint(_: libc::c_int) {
@@ -42,16 +49,32 @@ fn ctrl_c_scenario() {
         libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
     }
     let pids = pool.worker_pids();
-    let busy = pool.apply_async(sleep_then, 300).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    // A task surely in flight when Ctrl-C comes: started, and held until the gate opens. (A
+    // 300 ms sleep and a 50 ms pause were not: on a loaded machine the pause outlasted the
+    // task, and the check of the handler below then came at once.)
+    let (started, gate) = (common::Gate::new(), common::Gate::new());
+    let busy = pool
+        .apply_async(started_then_gated, (started.path(), gate.path()))
+        .unwrap();
+    assert!(common::eventually(Duration::from_secs(60), || {
+        started.path().exists()
+    }));
     // SAFETY: kill(2) on our own process group (this child and the pool's processes).
     assert_eq!(unsafe { libc::kill(0, libc::SIGINT) }, 0);
     // A second Ctrl-C straight at each worker, idle or busy.
     for &p in &pids {
         common::kill(p, libc::SIGINT);
     }
+    // The kernel hands a process-directed signal to a thread of its choice, often not this one
+    // (the main thread, parked in the test harness), which runs the handler whenever it is
+    // next scheduled: wait for that, never assume it has happened by now.
+    assert!(
+        common::eventually(Duration::from_secs(60), || PARENT_GOT_SIGINT
+            .load(Ordering::SeqCst)),
+        "the parent's SIGINT handler never ran"
+    );
+    gate.open();
     assert_eq!(busy.get().unwrap(), 300, "the task in flight is not lost");
-    assert!(PARENT_GOT_SIGINT.load(Ordering::SeqCst));
     // A killed server would take the workers with it (parent-death signal); give it time.
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(pool.map(double, 0..100u64).unwrap()[99], 198);
