@@ -565,6 +565,12 @@ impl Pool {
     }
 
     /// The pids of the live workers, by seat (0 while a seat's worker is being replaced).
+    ///
+    /// Skip the zeros before signalling a pid: `kill(0, sig)` signals the caller's whole
+    /// process group (a test that did so killed itself and the shell running it). A pid read
+    /// here can also be stale by the time it is used, if that worker died and was replaced
+    /// meanwhile; `examples/soak.rs` opens a pidfd at once and signals through it.
+    ///
     /// # Examples
     ///
     /// ```

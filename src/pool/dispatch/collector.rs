@@ -598,7 +598,11 @@ fn on_death(inner: &Inner, s: usize) -> bool {
             && signal == Some(libc::SIGKILL)
             && ran >= limit
         {
-            (f.done)(TaskResult::Err(Error::TaskTimedOut {
+            // Its shares of its segments go before the completion, as on every other path: once
+            // the call has returned, the pool holds no share of its inputs (see `on_result`).
+            let InFlight { done, segments, .. } = f;
+            drop(segments);
+            done(TaskResult::Err(Error::TaskTimedOut {
                 worker: s,
                 pid,
                 limit,
