@@ -363,8 +363,10 @@ fn workers_killed_around_their_reused_result_segments_lose_only_their_task() {
             .map(|v| p.apply_async(common::flip, v.clone()).unwrap())
             .collect();
         // Kill one worker mid-stream.
-        let victims = p.worker_pids();
-        common::kill(victims[(round % 2) as usize], libc::SIGKILL);
+        common::kill(
+            common::live_worker(|| p.worker_pids(), (round % 2) as usize),
+            libc::SIGKILL,
+        );
         let mut ok = 0;
         for (v, r) in inputs.iter().zip(results) {
             match r.get() {

@@ -273,7 +273,7 @@ fn the_initializer_runs_in_each_worker_and_never_in_the_parent() {
     );
     assert!(INIT_VALUE.get().is_none());
     // Replacements run it too.
-    let victim = pool.worker_pids()[0];
+    let victim = common::live_worker(|| pool.worker_pids(), 0);
     common::kill(victim, libc::SIGKILL);
     assert!(common::eventually(Duration::from_secs(30), || {
         let p = pool.worker_pids()[0];

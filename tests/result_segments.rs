@@ -564,7 +564,7 @@ fn a_thread_scribbling_on_the_result_segment_while_the_parent_copies_cannot_hurt
             Err(e) => panic!("{e}"),
         }
     }
-    common::kill(p.worker_pids()[0], libc::SIGKILL);
+    common::kill(common::live_worker(|| p.worker_pids(), 0), libc::SIGKILL);
     assert!(common::eventually(
         std::time::Duration::from_secs(30),
         || {

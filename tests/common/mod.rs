@@ -405,7 +405,17 @@ pub(crate) fn reexec(test_name: &str, scenario: &str) -> Command {
 }
 
 /// Sends `sig` to `pid`.
+///
+/// Refuses pid 0 and pids past `i32::MAX`: kill(2) reads 0 as "my process group" (the test
+/// binary, cargo and the CI script that ran it) and -1 as "every process I may signal". A pid
+/// of 0 is what `Pool::worker_pids` reports for a seat whose worker is being replaced (the
+/// kill(0, SIGKILL) of chunk_feeder, c30e279, took down a whole `cargo test`): take a seat's
+/// pid with [`live_worker`] instead.
 pub(crate) fn kill(pid: u32, sig: i32) {
+    assert!(
+        pid != 0 && i32::try_from(pid).is_ok(),
+        "kill({pid}, {sig}) would signal a whole process group or every process"
+    );
     // SAFETY: kill(2) has no memory-safety preconditions; the test owns the target process.
     let r = unsafe { libc::kill(pid as i32, sig) };
     assert_eq!(
@@ -414,6 +424,21 @@ pub(crate) fn kill(pid: u32, sig: i32) {
         "kill({pid}, {sig}): {}",
         std::io::Error::last_os_error()
     );
+}
+
+/// The pid of the worker in `seat` of a pool, once it has one (`worker_pids` is the pool's
+/// `Pool::worker_pids`): a seat whose worker died (or was recycled) reads 0 until its
+/// replacement runs, which on a loaded machine can take a while.
+pub(crate) fn live_worker(worker_pids: impl Fn() -> Vec<u32>, seat: usize) -> u32 {
+    let mut pid = 0;
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            pid = worker_pids()[seat];
+            pid != 0
+        }),
+        "seat {seat} never got a worker"
+    );
+    pid
 }
 
 /// Turns off core dumps for this process (called in a task before it crashes its worker on
