@@ -181,6 +181,16 @@ impl SpareBytes {
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return,
         };
+        self.put(bytes, registry);
+    }
+
+    /// Makes `bytes` the spare while `registry` (the lock of [`POOL_SPARES`]) is held; the
+    /// replaced spare is freed after the lock.
+    fn put(
+        &self,
+        bytes: Vec<u8>,
+        registry: std::sync::MutexGuard<'_, Vec<std::sync::Weak<SpareBytes>>>,
+    ) {
         let old = self.slot().replace(bytes);
         drop(registry);
         drop(old);
@@ -877,6 +887,16 @@ mod tests {
             .map(|v| (v.as_ptr() as usize, v.capacity()))
     }
 
+    /// [`SpareBytes::keep`] of a byte vector that suits keeping, except that it waits for the
+    /// registry's lock where `keep` gives up: other tests of this binary build pools, and so
+    /// fork fork servers, at any time (holding that lock), and a `keep` that meets one keeps
+    /// nothing, by design. (With plain `keep`, `--test-threads 8` failed this test.)
+    fn keep_surely<T: 'static>(s: &SpareBytes, v: T) {
+        let bytes = into_byte_vector(v).ok().expect("a byte vector");
+        assert!(s.suits_keeping(&bytes));
+        s.put(bytes, POOL_SPARES.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
     #[test]
     fn a_spare_byte_vector_is_reused_only_within_its_bounds() {
         // Arena of 8 KiB: kept from 1 KiB to 128 KiB of capacity.
@@ -891,7 +911,7 @@ mod tests {
         let mut v = Vec::with_capacity(10_000);
         v.extend_from_slice(&[9u8; 7000]);
         let (ptr, cap) = (v.as_ptr() as usize, v.capacity());
-        spares.keep(v);
+        keep_surely(&spares, v);
         assert_eq!(spare_of(&spares), Some((ptr, cap)));
         // Not for a vector it cannot hold, nor one less than half its size (a user must not get
         // a capacity much larger than the length), nor one under the threshold: it stays.
@@ -905,12 +925,12 @@ mod tests {
         assert_eq!(back, vec![2u8; 5000], "only the new bytes, none of the old");
         assert_eq!(spare_of(&spares), None, "taken");
         // A boxed slice keeps exactly its length (the spare is shrunk into it).
-        spares.keep(back);
+        keep_surely(&spares, back);
         let boxed: Box<[u8]> = spares.read(&enc(6000, 3)).unwrap().unwrap();
         assert_eq!(&*boxed, &[3u8; 6000][..]);
         // A newer vector replaces the spare; a boxed slice is kept too.
-        spares.keep(vec![0u8; 2000]);
-        spares.keep(vec![0u8; 3000].into_boxed_slice());
+        keep_surely(&spares, vec![0u8; 2000]);
+        keep_surely(&spares, vec![0u8; 3000].into_boxed_slice());
         assert_eq!(spare_of(&spares).map(|s| s.1), Some(3000));
         // A length that lies is an error, and the spare is left alone.
         assert!(
