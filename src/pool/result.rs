@@ -263,9 +263,9 @@ impl<R> AsyncResult<R> {
     /// ```
     /// use std::time::Duration;
     /// let pool = shmpool::Pool::new(1)?;
-    /// let mut r = pool.apply_async(|ms: u64| { std::thread::sleep(Duration::from_millis(ms)); ms }, 300)?;
+    /// let mut r = pool.apply_async(|ms: u64| { std::thread::sleep(Duration::from_millis(ms)); ms }, 1000)?;
     /// assert!(matches!(r.get_timeout(Duration::from_millis(1)), Err(shmpool::Error::Timeout)));
-    /// assert_eq!(r.get_timeout(Duration::from_secs(30))?, 300);
+    /// assert_eq!(r.get_timeout(Duration::from_secs(30))?, 1000);
     /// # Ok::<(), shmpool::Error>(())
     /// ```
     pub fn get_timeout(&mut self, timeout: Duration) -> Result<R> {

@@ -187,7 +187,10 @@ fn gdb_backtraces(pid: u32, cap: Duration) {
     raw_stderr(&format!("=== gdb backtraces of {pid}\n"));
     // `timeout` is a process gdb does not stop: when gdb hangs attached to this very process
     // (every thread of it stopped, the loop below too), it still gets killed, which detaches.
-    let secs = cap.as_secs().max(1).to_string();
+    // In fractions of a second (coreutils' `timeout` takes them): rounded up to whole seconds,
+    // the last gdb of a dump could outlast the dump's own deadline, which the caller gives
+    // only one second more.
+    let secs = format!("{:.3}", cap.as_secs_f64().max(0.1));
     let child = Command::new("timeout")
         .args([
             "-s",
