@@ -59,6 +59,15 @@ struct Side {
 }
 
 impl Side {
+    /// The input of a chunk map, shared as `share`.
+    fn input<I: BulkInput + ?Sized>(input: &I, share: &SegmentShare) -> Side {
+        Side {
+            seg: share.id,
+            memfd: input.is_memfd(),
+            elem_size: size_of::<I::Elem>(),
+        }
+    }
+
     fn span(self, plan: &Plan, i: usize) -> Span {
         let (start, len) = plan.range(i);
         Span {
@@ -436,11 +445,7 @@ impl Pool {
         };
         let spans = Spans {
             plan,
-            input: Side {
-                seg: share.id,
-                memfd: input.is_memfd(),
-                elem_size: size_of::<I::Elem>(),
-            },
+            input: Side::input(input, &share),
             output: None,
         };
         Feeder::run(self, call, spans, vec![share])
@@ -502,11 +507,7 @@ impl Pool {
         };
         let spans = Spans {
             plan,
-            input: Side {
-                seg: share.id,
-                memfd: input.is_memfd(),
-                elem_size: size_of::<I::Elem>(),
-            },
+            input: Side::input(input, &share),
             output: Some(Side {
                 seg: out_share.id,
                 memfd: true,
