@@ -625,6 +625,16 @@ fn describe(pgid: i32) -> String {
         .join("; ")
 }
 
+/// Fails, naming them, if any process of group `pgid` is left (zombies included).
+fn assert_group_gone(pgid: i32) {
+    assert_eq!(
+        group_members(pgid),
+        Vec::<i32>::new(),
+        "left behind: {}",
+        describe(pgid)
+    );
+}
+
 /// Pids of live processes in process group `pgid` (zombies count: they were not reaped).
 fn group_members(pgid: i32) -> Vec<i32> {
     let mut pids = Vec::new();
@@ -689,12 +699,7 @@ fn sigint_ends(mut child: std::process::Child, hung: &str) {
     }
     assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}: {err}");
     assert!(err.is_empty(), "{err}");
-    assert_eq!(
-        group_members(pgid),
-        Vec::<i32>::new(),
-        "left behind: {}",
-        describe(pgid)
-    );
+    assert_group_gone(pgid);
 }
 
 /// Starts a long SHA-512 run (the sparse file, many times) in its own process group, waits
@@ -723,12 +728,7 @@ fn interrupt(whole_group: bool) {
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.signal(), Some(libc::SIGINT), "{}", stderr(&o));
     assert!(stderr(&o).is_empty(), "{}", stderr(&o));
-    assert_eq!(
-        group_members(pgid),
-        Vec::<i32>::new(),
-        "left behind: {}",
-        describe(pgid)
-    );
+    assert_group_gone(pgid);
 }
 
 #[test]
@@ -1158,12 +1158,7 @@ fn ctrl_c_stops_the_shell_script_that_runs_it() {
         stderr(&o)
     );
     assert_eq!(o.status.signal(), Some(libc::SIGINT), "{}", stderr(&o));
-    assert_eq!(
-        group_members(pgid),
-        Vec::<i32>::new(),
-        "left behind: {}",
-        describe(pgid)
-    );
+    assert_group_gone(pgid);
 }
 
 /// Started with SIGINT ignored (`cmd &` in a script, `nohup`), `shmpool hash` leaves it
