@@ -688,10 +688,11 @@ fn ends(child: &mut std::process::Child, pgid: i32, hung: &str) -> std::process:
 /// Sends SIGINT to `child` (the leader of its own process group), waits for it to end, and
 /// checks that it died of SIGINT, printed nothing on stderr, and left no process of its group.
 /// Still running 60 s later: kills the group and fails with `hung`.
-fn sigint_ends(mut child: std::process::Child, hung: &str) {
+fn sigint_ends(mut child: std::process::Child, whole_group: bool, hung: &str) {
     let pgid = child.id() as i32;
-    // SAFETY: kill with our child's pid and a valid signal.
-    assert_eq!(unsafe { libc::kill(pgid, libc::SIGINT) }, 0);
+    let target = if whole_group { -pgid } else { pgid };
+    // SAFETY: kill with a pid we own (our child or its process group) and a valid signal.
+    assert_eq!(unsafe { libc::kill(target, libc::SIGINT) }, 0);
     let status = ends(&mut child, pgid, hung);
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
@@ -712,6 +713,14 @@ fn interrupt(whole_group: bool) {
     for _ in 0..40 {
         cmd.arg(&sparse);
     }
+    // The parent, its fork server and two workers.
+    let child = running(&mut cmd, 4);
+    sigint_ends(child, whole_group, "still running after SIGINT");
+}
+
+/// Spawns `cmd` as a foreground job (stdout to /dev/null, stderr piped) and returns once its
+/// process group has `processes` members, and a moment more for them to settle.
+fn running(cmd: &mut Command, processes: usize) -> std::process::Child {
     let child = cmd
         .foreground()
         .stdout(Stdio::null())
@@ -719,16 +728,11 @@ fn interrupt(whole_group: bool) {
         .spawn()
         .unwrap();
     let pgid = child.id() as i32;
-    // The parent, its fork server and two workers.
-    wait_until("4 processes", || group_members(pgid).len() >= 4);
+    wait_until(&format!("{processes} processes"), || {
+        group_members(pgid).len() >= processes
+    });
     std::thread::sleep(Duration::from_millis(200));
-    let target = if whole_group { -pgid } else { pgid };
-    // SAFETY: kill with a pid we own (our child or its process group) and a valid signal.
-    assert_eq!(unsafe { libc::kill(target, libc::SIGINT) }, 0);
-    let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.signal(), Some(libc::SIGINT), "{}", stderr(&o));
-    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
-    assert_group_gone(pgid);
+    child
 }
 
 #[test]
@@ -759,7 +763,7 @@ fn ctrl_c_ends_a_run_blocked_on_a_full_stdout_pipe() {
         let wchan = fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
         wchan.contains("pipe_write") || wchan.contains("poll")
     });
-    sigint_ends(child, "blocked on its full stdout pipe");
+    sigint_ends(child, false, "blocked on its full stdout pipe");
 }
 
 #[test]
@@ -774,18 +778,12 @@ fn ctrl_c_ends_a_run_whose_only_task_never_answers() {
     let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
     // SAFETY: `c` is a NUL-terminated path that outlives the call.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    let child = shmpool()
-        .args([os("hash"), os("-j"), os("1"), fifo.as_os_str()])
-        .foreground()
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pgid = child.id() as i32;
     // The parent, its fork server and the worker, blocked in `open`.
-    wait_until("3 processes", || group_members(pgid).len() >= 3);
-    std::thread::sleep(Duration::from_millis(200));
-    sigint_ends(child, "Ctrl-C did not wake the engine's wait");
+    let child = running(
+        shmpool().args([os("hash"), os("-j"), os("1"), fifo.as_os_str()]),
+        3,
+    );
+    sigint_ends(child, false, "Ctrl-C did not wake the engine's wait");
     fs::remove_dir_all(&d).unwrap();
 }
 
